@@ -1,0 +1,163 @@
+"""``driftline`` command line: worker, dev, check-config, produce.
+
+User mistakes (a bad config, a missing file, an unreachable broker) end with a
+one-paragraph message on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import logging.config
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from schemas import SchemaError
+from streams.errors import ConfigError, DriftlineError
+from streams.settings import Settings, load_settings
+
+log = logging.getLogger("driftline")
+
+EXIT_USAGE = 2
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Turn expected failures into a message and exit code 2."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, SchemaError) as exc:
+            click.echo(f"driftline: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except DriftlineError as exc:
+            click.echo(f"driftline: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load(config: Path) -> Settings:
+    return load_settings(config)
+
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("driftline.yaml"),
+    show_default=True,
+    help="config file (YAML)",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="driftline")
+def main() -> None:
+    """driftline: streaming features and drift detection on Kafka."""
+
+
+@main.command("check-config")
+@click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
+@user_errors
+def check_config(config: Path) -> None:
+    """Validate CONFIG and its contract files without connecting anywhere."""
+    from streams.app import build_pipelines_parsers
+
+    settings = _load(config)
+    parsers = build_pipelines_parsers(settings)
+    click.echo(f"{config}: OK")
+    click.echo(f"  kafka   {settings.kafka.bootstrap_servers} ({settings.kafka.security_protocol}), group {settings.app_id}")
+    click.echo(f"  redis   {settings.redis.url}")
+    metrics = "disabled" if settings.metrics.port == 0 else f"http://{settings.metrics.host}:{settings.metrics.port}/metrics"
+    click.echo(f"  metrics {metrics}")
+    for source in settings.sources:
+        parser = parsers[source.name]
+        contract = getattr(parser.decoder, "contract", None)
+        engine = getattr(contract, "engine", "avro") if contract is not None else "confluent-avro"
+        fingerprint = getattr(contract, "fingerprint", "")
+        click.echo(
+            f"  source  {source.name}: topic {source.topic} -> dead letters {source.dlq_topic}; "
+            f"contract {source.schema_file.name} ({engine}{', ' + fingerprint[:19] if fingerprint else ''}); "
+            f"entity {source.entity_key}; event time {source.event_time or 'record timestamp'}"
+        )
+
+
+@main.command()
+@config_option
+@user_errors
+def worker(config: Path) -> None:
+    """Run the stream worker (many instances share one consumer group)."""
+    from streams.runner import run_worker
+
+    settings = _load(config)
+    run_worker(settings)
+
+
+@main.command()
+@config_option
+@click.option("--topic", required=True, help="topic to send to")
+@click.option("--key-field", default=None, help="JSON field used as record key (default: the source's entity key)")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@user_errors
+def produce(config: Path, topic: str, key_field: str | None, file: Path) -> None:
+    """Send the lines of FILE (JSON Lines) to TOPIC, unchanged, with a progress bar."""
+    from streams.produce import produce_file
+
+    settings = _load(config)
+    if key_field is None:
+        key_field = next((s.entity_key for s in settings.sources if s.topic == topic), None)
+    sent = asyncio.run(produce_file(settings.kafka.aiokafka_kwargs(), topic, file, key_field=key_field))
+    click.echo(f"sent {sent} record(s) to {topic}", err=True)
+
+
+@main.command()
+@click.option("-c", "--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="config file (default: the built-in demo config)")
+@click.option("--bootstrap", default=None, help="use this Kafka instead of starting the embedded broker")
+@click.option("--redis-url", default=None, help="use this Redis instead of starting one")
+@click.option("--tansu-bin", default=None, type=click.Path(dir_okay=False), help="explicit Tansu broker binary")
+@click.option("--redis-bin", default=None, type=click.Path(dir_okay=False), help="explicit redis-server/valkey-server binary")
+@click.option("--rate", default=200.0, show_default=True, help="demo events per second")
+@click.option("--invalid-ratio", default=0.02, show_default=True, help="share of deliberately invalid demo events")
+@click.option("--metrics-port", default=9464, show_default=True, help="worker metrics port (0: pick a free one)")
+@click.option("--duration", default=None, type=float, help="stop after this many seconds (default: until Ctrl-C)")
+@user_errors
+def dev(
+    config: Path | None,
+    bootstrap: str | None,
+    redis_url: str | None,
+    tansu_bin: str | None,
+    redis_bin: str | None,
+    rate: float,
+    invalid_ratio: float,
+    metrics_port: int,
+    duration: float | None,
+) -> None:
+    """Start a broker, Redis, the worker and a demo producer; Ctrl-C stops them all."""
+    from streams.dev import DevOptions, run_dev
+
+    options = DevOptions(
+        config=config,
+        bootstrap=bootstrap,
+        redis_url=redis_url,
+        tansu_bin=tansu_bin,
+        redis_bin=redis_bin,
+        rate=rate,
+        invalid_ratio=invalid_ratio,
+        metrics_port=metrics_port,
+        duration=duration,
+    )
+    sys.exit(run_dev(options))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+"""Typed, immutable settings: one YAML file, overridable from ``DRIFTLINE_*`` variables.
+
+Built once at start-up by :func:`load_settings`; nothing reads the environment
+anywhere else.  Precedence, highest first: environment variables, then the
+file, then the defaults below.  Nested keys use ``__`` in variable names::
+
+    DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS=broker-1:9092,broker-2:9092
+    DRIFTLINE_REDIS__URL=rediss://redis.internal:6380/0
+    DRIFTLINE_METRICS__PORT=9500
+
+Secrets (``kafka.sasl_password``, ``kafka.ssl_key_password``,
+``redis.password``, ``metrics.token``, ``schema_registry.password``) are read
+from the environment only; a secret written into the file is refused, so a
+config file can be committed and shared safely.  They are ``SecretStr``: they
+print as ``**********``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from streams.errors import ConfigError
+
+ENV_PREFIX = "DRIFTLINE_"
+
+#: (section, key) pairs that must come from the environment.
+SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("kafka", "sasl_password"),
+        ("kafka", "ssl_key_password"),
+        ("redis", "password"),
+        ("metrics", "token"),
+        ("schema_registry", "password"),
+    }
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="host:port[,host:port...]")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_s: float = Field(30.0, gt=0)
+    heartbeat_interval_s: float = Field(3.0, gt=0)
+    rebalance_timeout_s: float = Field(60.0, gt=0)
+    commit_interval_s: float = Field(2.0, gt=0)
+    create_topics: bool = Field(
+        False, description="create missing source and dead-letter topics at start-up (dev)"
+    )
+    topic_partitions: int = Field(4, ge=1, description="partitions of topics created by driftline")
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _hosts(cls, value: str) -> str:
+        for host in value.split(","):
+            name, sep, port = host.strip().rpartition(":")
+            if not sep or not name or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _auth(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and (
+            self.sasl_username is None or self.sasl_password is None
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs kafka.sasl_username and "
+                f"the environment variable {ENV_PREFIX}KAFKA__SASL_PASSWORD"
+            )
+        if self.heartbeat_interval_s >= self.session_timeout_s:
+            raise ValueError("heartbeat_interval_s must be smaller than session_timeout_s")
+        return self
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for SSL/SASL_SSL, verifying the broker by default."""
+        if not self.uses_ssl:
+            return None
+        context = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        context.check_hostname = self.ssl_check_hostname
+        if self.ssl_certfile:
+            context.load_cert_chain(
+                str(self.ssl_certfile),
+                str(self.ssl_keyfile) if self.ssl_keyfile else None,
+                self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
+            )
+        return context
+
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """Connection and security arguments for aiokafka clients."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.uses_ssl:
+            kwargs["ssl_context"] = self.ssl_context()
+        if self.security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return kwargs
+
+
+class RedisSettings(_Section):
+    url: str = Field("redis://127.0.0.1:6379/0", description="redis:// or rediss:// (TLS)")
+    username: str | None = None
+    password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    key_prefix: str = Field("driftline", min_length=1)
+    socket_timeout_s: float = Field(5.0, gt=0)
+    latest_ttl_s: int = Field(7 * 24 * 3600, ge=0, description="TTL of per-entity keys; 0 = none")
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {value!r}")
+        if "@" in value.split("//", 1)[1].split("/", 1)[0]:
+            raise ValueError(
+                f"put no credentials in the URL; set {ENV_PREFIX}REDIS__PASSWORD instead"
+            )
+        return value
+
+
+class MetricsSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(9464, ge=0, le=65535, description="0 disables the HTTP endpoint")
+    token: SecretStr | None = Field(None, description="bearer token required by /metrics")
+
+
+class WorkerSettings(_Section):
+    batch_max_events: int = Field(5000, ge=1)
+    batch_max_wait_s: float = Field(0.2, gt=0)
+    data_dir: Path | None = Field(None, description="Faust data dir; default: a temp dir")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    retry_backoff_initial_s: float = Field(0.2, gt=0)
+    retry_backoff_max_s: float = Field(10.0, gt=0)
+
+
+class SchemaRegistrySettings(_Section):
+    url: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout_s: float = Field(5.0, gt=0)
+
+
+class SourceSettings(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    topic: str = Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    schema_file: Path = Field(alias="schema", description="contract file, relative to the config")
+    encoding: Literal["json", "confluent-avro"] = "json"
+    schema_ids: dict[int, Path] = Field(default_factory=dict, description="Confluent id -> .avsc")
+    entity_key: str = Field(min_length=1)
+    event_time: str | None = Field(None, description="event-time field; default: record timestamp")
+    event_time_unit: Literal["ms", "s", "iso8601"] = "ms"
+    dead_letter_topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    max_event_bytes: int = Field(1 << 20, ge=1)
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.dead_letter_topic or f"{self.topic}.dlq"
+
+
+class Settings(BaseSettings):
+    """Everything the worker needs, validated once."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    app_id: str = Field(
+        "driftline",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Faust app id; also the Kafka consumer group id that workers share",
+    )
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    worker: WorkerSettings = WorkerSettings()
+    schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
+    sources: tuple[SourceSettings, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Settings:
+        names = [s.name for s in self.sources]
+        topics = [s.topic for s in self.sources]
+        for label, values in (("name", names), ("topic", topics)):
+            dupes = sorted({v for v in values if values.count(v) > 1})
+            if dupes:
+                raise ValueError(f"source {label}s must be unique; repeated: {', '.join(dupes)}")
+        for s in self.sources:
+            if s.dlq_topic in topics:
+                raise ValueError(f"source {s.name}: dead-letter topic {s.dlq_topic} is a source topic")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (passed as init kwargs).
+        return (env_settings, init_settings)
+
+
+def _format_loc(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
+    parts: list[str] = []
+    node: Any = data
+    for item in loc:
+        if isinstance(item, int):
+            name = None
+            if isinstance(node, list) and item < len(node) and isinstance(node[item], dict):
+                name = node[item].get("name")
+            parts.append(f"[{item}]" + (f"({name})" if name else ""))
+        else:
+            parts.append(("." if parts else "") + str(item))
+        node = node[item] if isinstance(node, dict | list) and _has(node, item) else None
+    return "".join(parts) or "(top level)"
+
+
+def _has(node: Any, item: int | str) -> bool:
+    if isinstance(node, dict):
+        return item in node
+    return isinstance(item, int) and item < len(node)
+
+
+_FIELDS_BY_SECTION: dict[str, type[BaseModel]] = {
+    "kafka": KafkaSettings,
+    "redis": RedisSettings,
+    "metrics": MetricsSettings,
+    "worker": WorkerSettings,
+    "schema_registry": SchemaRegistrySettings,
+}
+
+
+def _suggest(loc: tuple[int | str, ...]) -> str:
+    """'did you mean ...' for an unknown key."""
+    key = str(loc[-1])
+    if len(loc) == 1:
+        known = list(Settings.model_fields)
+    elif len(loc) == 2 and str(loc[0]) in _FIELDS_BY_SECTION:
+        known = list(_FIELDS_BY_SECTION[str(loc[0])].model_fields)
+    elif loc[0] == "sources":
+        known = [f.alias or n for n, f in SourceSettings.model_fields.items()]
+    else:
+        return ""
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(sorted(known))})"
+
+
+def format_validation_error(exc: ValidationError, origin: str, data: Mapping[str, Any]) -> str:
+    lines = [f"{origin}: invalid configuration"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = _format_loc(loc, data)
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key{_suggest(loc)}")
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        shown = err.get("input")
+        got = "" if err["type"] == "missing" or isinstance(shown, dict) else f" (got {shown!r})"
+        lines.append(f"  {where}: {message}{got}")
+    lines.append(
+        f"  (values may also come from {ENV_PREFIX}<SECTION>__<KEY> environment variables)"
+    )
+    return "\n".join(lines)
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Make contract paths relative to the config file, not to the working directory."""
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            return str(base / value)
+        return value
+
+    for source in data.get("sources") or []:
+        if not isinstance(source, dict):
+            continue
+        if "schema" in source:
+            source["schema"] = fix(source["schema"])
+        ids = source.get("schema_ids")
+        if isinstance(ids, dict):
+            source["schema_ids"] = {k: fix(v) for k, v in ids.items()}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    for section, key in sorted(SECRET_KEYS):
+        block = data.get(section)
+        if isinstance(block, dict) and key in block:
+            raise ConfigError(
+                f"{path}: {section}.{key}: secrets are read from the environment only; "
+                f"remove it from the file and set {ENV_PREFIX}{section.upper()}__{key.upper()}"
+            )
+    _resolve_paths(data, path.resolve().parent)
+    return data
+
+
+def load_settings(path: Path | str, env: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` and the environment into :class:`Settings`, or raise :class:`ConfigError`.
+
+    ``env`` replaces ``os.environ`` (for tests); variables not starting with
+    ``DRIFTLINE_`` are ignored.
+    """
+    path = Path(path)
+    data = read_config_file(path)
+    try:
+        if env is None:
+            return Settings(**data)
+        saved = {k: v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
+        for key in saved:
+            del os.environ[key]
+        try:
+            os.environ.update({k: v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)})
+            return Settings(**data)
+        finally:
+            for key in [k for k in os.environ if k.upper().startswith(ENV_PREFIX)]:
+                del os.environ[key]
+            os.environ.update(saved)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path), data)) from None
