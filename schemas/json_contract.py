@@ -197,6 +197,6 @@ def _classify_json_error(value: bytes, exc: orjson.JSONDecodeError) -> InvalidEv
     detail = str(exc)
     if "infinity" in detail:  # e.g. 1e400: a finite literal that overflows a double
         return reject("non_finite_number", f"a number overflows a 64-bit float ({detail})", "JSONDecodeError")
-    if "UTF-8" in detail:  # e.g. an escaped lone surrogate "\\ud800"
+    if "UTF-8" in detail or "surrogate" in detail:  # e.g. an escaped lone surrogate "\\ud800"
         return reject("invalid_utf8", detail, "JSONDecodeError")
     return reject("malformed_json", detail, "JSONDecodeError")

@@ -21,13 +21,13 @@ from typing import Any
 import faust
 from faust.types import EventT, StreamT
 
-from schemas import SchemaError, build_parser
-from schemas.registry import SchemaRegistryClient
+from schemas import EventParser, SchemaError
 from sinks.deadletter import KafkaDeadLetterSink
 from sinks.metrics import WorkerMetrics
 from sinks.redis_store import RedisLatestStore, connect_redis
 from streams.pipeline import Backoff, RawRecord, SourcePipeline
 from streams.settings import KafkaSettings, Settings
+from streams.sources import build_parsers
 from streams.errors import ConfigError
 from streams.web import WebService, bind_socket
 
@@ -47,32 +47,6 @@ def broker_credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | 
         ssl_context=kafka.ssl_context(),
         mechanism=kafka.sasl_mechanism,
     )
-
-
-def build_pipelines_parsers(settings: Settings) -> dict[str, Any]:
-    """Compile every source's contract (also used by ``check-config``)."""
-    registry = None
-    reg = settings.schema_registry
-    if reg.url:
-        registry = SchemaRegistryClient(
-            reg.url,
-            username=reg.username,
-            password=reg.password.get_secret_value() if reg.password else None,
-            timeout_s=reg.timeout_s,
-        )
-    parsers = {}
-    for source in settings.sources:
-        parsers[source.name] = build_parser(
-            encoding=source.encoding,
-            contract_path=source.schema_file,
-            entity_key=source.entity_key,
-            event_time_field=source.event_time,
-            event_time_unit=source.event_time_unit,
-            max_event_bytes=source.max_event_bytes,
-            schema_ids=source.schema_ids,
-            registry=registry,
-        )
-    return parsers
 
 
 @dataclass
@@ -114,9 +88,14 @@ def _make_agent(
     return ingest
 
 
-def create_app(settings: Settings, *, metrics: WorkerMetrics | None = None) -> DriftlineApp:
+def create_app(
+    settings: Settings,
+    *,
+    parsers: dict[str, EventParser] | None = None,
+    metrics: WorkerMetrics | None = None,
+) -> DriftlineApp:
     """Build the worker's Faust app from settings.  Raises ``SchemaError`` on bad contracts."""
-    parsers = build_pipelines_parsers(settings)
+    parsers = parsers if parsers is not None else build_parsers(settings)
     metrics = metrics or WorkerMetrics([s.name for s in settings.sources])
     metrics.build.info({"version": VERSION, "faust": faust.__version__})
     kafka = settings.kafka

@@ -70,10 +70,10 @@ def main() -> None:
 @user_errors
 def check_config(config: Path) -> None:
     """Validate CONFIG and its contract files without connecting anywhere."""
-    from streams.app import build_pipelines_parsers
+    from streams.sources import build_parsers
 
     settings = _load(config)
-    parsers = build_pipelines_parsers(settings)
+    parsers = build_parsers(settings)
     click.echo(f"{config}: OK")
     click.echo(f"  kafka   {settings.kafka.bootstrap_servers} ({settings.kafka.security_protocol}), group {settings.app_id}")
     click.echo(f"  redis   {settings.redis.url}")
@@ -96,10 +96,13 @@ def check_config(config: Path) -> None:
 @user_errors
 def worker(config: Path) -> None:
     """Run the stream worker (many instances share one consumer group)."""
-    from streams.runner import run_worker
+    from streams.sources import build_parsers
 
     settings = _load(config)
-    run_worker(settings)
+    parsers = build_parsers(settings)  # contract errors surface before Faust starts
+    from streams.runner import run_worker
+
+    run_worker(settings, parsers)
 
 
 @main.command()

@@ -126,6 +126,47 @@ def _tcp_accepts(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def _listening_inodes(port: int) -> set[str] | None:
+    """Socket inodes listening on TCP *port* (Linux ``/proc/net``), ``None`` elsewhere."""
+    found: set[str] = set()
+    readable = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for row in rows:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
+                found.add(inode)
+    return found if readable else None
+
+
+def _owns_listener(pid: int, port: int) -> bool | None:
+    """Whether process *pid* holds the socket listening on *port*.
+
+    Guards the readiness probe against a *different* server on the same port
+    (an explicit ``--port 6379`` while a system Redis runs): without it, that
+    server's PONG would be taken for ours while ours is dying of EADDRINUSE.
+    ``None`` when the platform cannot tell (no ``/proc``): the caller then
+    trusts the probe.
+    """
+    inodes = _listening_inodes(port)
+    fd_dir = Path(f"/proc/{pid}/fd")
+    if inodes is None or not fd_dir.is_dir():
+        return None
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False
+
+
 # ------------------------------------------------------------------------ binaries
 
 
@@ -274,7 +315,7 @@ def _load_prctl() -> Callable[..., int] | None:
 _PRCTL = _load_prctl()
 
 
-def _child_preexec(parent_pid: int) -> Callable[[], None] | None:
+def child_preexec(parent_pid: int) -> Callable[[], None] | None:
     """Build the function run in the child between fork and exec.
 
     It asks the kernel to SIGKILL the child when the parent dies.  If the parent
@@ -345,7 +386,7 @@ def _spawn(
     argv: Sequence[str], log_file: IO[bytes], cwd: Path, env: Mapping[str, str]
 ) -> subprocess.Popen[bytes]:
     """Start *argv* detached from the terminal and bound to our lifetime."""
-    preexec = _child_preexec(os.getpid())
+    preexec = child_preexec(os.getpid())
 
     def popen() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -665,7 +706,7 @@ class _ServerProcess:
         while True:
             if proc.poll() is not None:
                 self._raise_exited(proc)
-            if _tcp_accepts(self._port):
+            if _tcp_accepts(self._port) and _owns_listener(proc.pid, self._port) is not False:
                 try:
                     self._probe(max(0.5, min(2.0, deadline - time.monotonic())))
                 except _NotReady as exc:

@@ -8,6 +8,7 @@ import logging.config
 
 import faust
 
+from schemas import EventParser
 from streams.app import create_app
 from streams.logs import logging_config
 from streams.settings import Settings
@@ -16,11 +17,11 @@ from streams.topics import ensure_topics
 log = logging.getLogger(__name__)
 
 
-def run_worker(settings: Settings) -> None:
+def run_worker(settings: Settings, parsers: dict[str, EventParser] | None = None) -> None:
     """Build the app and run it until SIGTERM/SIGINT; returns after a graceful stop."""
     config = logging_config(settings.worker.log_level, settings.worker.log_format)
     logging.config.dictConfig(config)
-    driftline = create_app(settings)
+    driftline = create_app(settings, parsers=parsers)
     if settings.kafka.create_topics:
         topics: dict[str, int] = {}
         for source in settings.sources:

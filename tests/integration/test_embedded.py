@@ -182,6 +182,31 @@ def test_explicit_busy_port_fails_with_log_tail(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------- Redis
 
 
+def test_foreign_server_on_explicit_port_is_not_taken_for_ours(tmp_path: Path) -> None:
+    """A PONG from somebody else's Redis must not make a dying server look ready."""
+    with EmbeddedRedis() as foreign, pytest.raises(EmbeddedError, match="exited"):
+        EmbeddedRedis(port=foreign.port, log_dir=tmp_path).start(timeout=10)
+
+
+def test_auto_port_taken_meanwhile_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    import streams.embedded as embedded
+
+    with EmbeddedRedis() as squatter:
+        ports = iter([squatter.port])
+        real = embedded.find_free_port
+        monkeypatch.setattr(embedded, "find_free_port", lambda: next(ports, None) or real())
+        server = EmbeddedRedis()
+        assert server.port == squatter.port
+        with server:
+            assert server.port != squatter.port
+            client = redis.Redis.from_url(server.url)
+            try:
+                assert client.ping()
+            finally:
+                client.close()
+
+
+
 def test_redis_answers_set_get(redis_server: EmbeddedRedis) -> None:
     assert redis_server.url == f"redis://127.0.0.1:{redis_server.port}/0"
     client = redis.Redis.from_url(redis_server.url)

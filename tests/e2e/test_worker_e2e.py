@@ -1,0 +1,191 @@
+"""The worker as a user runs it: a subprocess, a real broker, a real Redis.
+
+Valid events must be processed exactly once, every invalid kind must reach the
+dead-letter topic byte for byte with its reason, and the worker must stay up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import orjson
+import pytest
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from schemas import REASONS
+from schemas.avro_contract import AvroContract
+from schemas.deadletter import parse_dead_letter_headers
+from schemas.wire import frame
+from streams.demo import DemoEvents
+from tests.worker_process import CONTRACTS, WorkerProcess
+
+pytestmark = pytest.mark.slow
+
+
+def e2e_config(bootstrap: str, redis_url: str, suffix: str) -> dict[str, Any]:
+    return {
+        "app_id": f"e2e-{suffix}",
+        "kafka": {
+            "bootstrap_servers": bootstrap, "session_timeout_s": 6, "heartbeat_interval_s": 1,
+            "rebalance_timeout_s": 5, "commit_interval_s": 1, "create_topics": True, "topic_partitions": 4,
+        },
+        "redis": {"url": redis_url, "key_prefix": f"e2e-{suffix}"},
+        "worker": {"batch_max_wait_s": 0.05, "log_level": "info"},
+        "sources": [
+            {
+                "name": "tx", "topic": f"tx-{suffix}", "schema": str(CONTRACTS / "transactions.schema.json"),
+                "entity_key": "user_id", "event_time": "event_time", "max_event_bytes": 4096,
+            },
+            {
+                "name": "tx-avro", "topic": f"txa-{suffix}", "schema": str(CONTRACTS / "transactions.avsc"),
+                "encoding": "confluent-avro", "schema_ids": {1: str(CONTRACTS / "transactions.avsc")},
+                "entity_key": "user_id", "event_time": "event_time",
+            },
+        ],
+    }
+
+
+def avro_body(record: dict[str, Any]) -> bytes:
+    contract = AvroContract.from_file(CONTRACTS / "transactions.avsc")
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, contract.parsed, record)
+    return buf.getvalue()
+
+
+async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> list[tuple[int, int]]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=1 << 20)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in records]
+        metas = [await f for f in futures]
+    finally:
+        await producer.stop()
+    return [(m.partition, m.offset) for m in metas]
+
+
+async def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 30) -> list[Any]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(out) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for messages in batch.values():
+                out.extend(messages)
+        # a short grace period to catch duplicates
+        extra = await consumer.getmany(timeout_ms=1000)
+        for messages in extra.values():
+            out.extend(messages)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def test_valid_events_once_invalid_ones_dead_lettered(tmp_path: Path, kafka_bootstrap: str, redis_url: str) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    config = e2e_config(kafka_bootstrap, redis_url, suffix)
+    worker = WorkerProcess(tmp_path, config).start()
+    try:
+        demo = DemoEvents(users=50, seed=11, max_event_bytes=4096)
+        json_records: list[tuple[bytes, bytes]] = []
+        expected_reason: dict[int, str] = {}  # index in json_records -> reason
+        invalid_payloads = [
+            ("invalid_utf8", b'{"user_id": "u1", "note": "\xff\xfe"}'),
+            ("malformed_json", b'{"event_id": "x", "user_id": "u1", "amount": 1'),
+            ("non_finite_number", b'{"event_id": "x", "user_id": "u1", "amount": NaN, "category": "fuel", "event_time": 1}'),
+            ("non_finite_number", b'{"event_id": "x", "user_id": "u1", "amount": Infinity, "category": "fuel", "event_time": 1}'),
+            ("wrong_type", b'{"event_id": "x", "user_id": "u1", "amount": "12.0", "category": "fuel", "event_time": 1}'),
+            ("missing_field", b'{"event_id": "x", "user_id": "u1", "amount": 1.0, "event_time": 1}'),
+            ("not_an_object", b"[1, 2, 3]"),
+            ("oversize", orjson.dumps({"event_id": "x", "user_id": "u1", "pad": "x" * 5000})),
+        ]
+        n_valid = 400
+        for i in range(n_valid):
+            json_records.append(demo.valid())
+            if i % 50 == 7:
+                reason, payload = invalid_payloads[(i // 50) % len(invalid_payloads)]
+                expected_reason[len(json_records)] = reason
+                json_records.append((b"bad-" + str(i).encode(), payload))
+        # make sure every kind appears at least once
+        for reason, payload in invalid_payloads:
+            expected_reason[len(json_records)] = reason
+            json_records.append((b"bad-tail", payload))
+
+        good = {"event_id": "a1", "user_id": "avro-user", "amount": 3.5, "currency": None,
+                "category": "fuel", "country": "DE", "event_time": 1_700_000_000_000}
+        body = avro_body(good)
+        avro_records = [(b"avro-user", frame(1, body))] * 20
+        avro_invalid = [
+            ("unknown_schema_id", frame(99, body)),
+            ("bad_wire_format", b"\x07" + frame(1, body)[1:]),
+            ("avro_decode_error", frame(1, body[:-4])),
+        ]
+        avro_expected: dict[int, str] = {}
+        for reason, payload in avro_invalid:
+            avro_expected[len(avro_records)] = reason
+            avro_records.append((b"avro-bad", payload))
+
+        tx_meta = asyncio.run(produce(kafka_bootstrap, f"tx-{suffix}", json_records))
+        txa_meta = asyncio.run(produce(kafka_bootstrap, f"txa-{suffix}", avro_records))
+
+        worker.wait_for("driftline_events_consumed_total", len(json_records), source="tx")
+        worker.wait_for("driftline_events_consumed_total", len(avro_records), source="tx-avro")
+        time.sleep(1.0)  # anything processed twice would show up now
+
+        assert worker.metric_sum("driftline_events_consumed_total", source="tx") == len(json_records)
+        assert worker.metric_sum("driftline_events_valid_total", source="tx") == n_valid
+        assert worker.metric_sum("driftline_events_valid_total", source="tx-avro") == 20
+        for reason in set(expected_reason.values()):
+            want = sum(1 for r in expected_reason.values() if r == reason)
+            got = worker.metric_sum("driftline_events_invalid_total", source="tx", reason=reason)
+            assert got == want, (reason, got, want)
+
+        # dead letters: byte-identical payloads, reason headers, origin coordinates
+        for topic, records, meta, expected in (
+            (f"tx-{suffix}", json_records, tx_meta, expected_reason),
+            (f"txa-{suffix}", avro_records, txa_meta, avro_expected),
+        ):
+            dead = asyncio.run(consume_all(kafka_bootstrap, f"{topic}.dlq", len(expected)))
+            assert len(dead) == len(expected), f"{topic}: {len(dead)} dead letters, want {len(expected)}"
+            by_origin = {(p, o): i for i, (p, o) in enumerate(meta)}
+            for message in dead:
+                headers = parse_dead_letter_headers(message.headers)
+                index = by_origin[(int(headers["partition"]), int(headers["offset"]))]
+                assert headers["topic"] == topic
+                assert headers["reason"] == expected[index]
+                assert headers["stage"] == REASONS[headers["reason"]]
+                assert headers["exception.message"]
+                assert message.value == records[index][1]
+                assert message.key == records[index][0]
+
+        # Redis holds the newest valid event of each entity
+        newest: dict[str, dict[str, Any]] = {}
+        for key, value in json_records:
+            try:
+                event = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                continue
+            if not key.startswith(b"bad") and (
+                key.decode() not in newest or event["event_time"] >= newest[key.decode()]["event_time"]
+            ):
+                newest[key.decode()] = event
+        client = redis.Redis.from_url(redis_url)
+        for user, event in newest.items():
+            stored = client.hgetall(f"e2e-{suffix}:tx:latest:{user}")
+            assert int(stored[b"_event_time_ms"]) == event["event_time"]
+            assert stored[b"event_id"].decode() == event["event_id"]
+        assert client.hget(f"e2e-{suffix}:tx-avro:latest:avro-user", "amount") == b"3.5"
+
+        assert worker.proc is not None and worker.proc.poll() is None, "worker must survive bad input"
+        assert worker.get("/healthz")[0] == 200
+    finally:
+        code = worker.stop()
+    assert code == 0, f"worker exit code {code} after SIGTERM:\n{worker.log()}"
