@@ -83,10 +83,13 @@ class AvroContract:
         except AvroValidationError as exc:
             missing = [name for name in self._required if name not in obj]
             if missing:
-                raise reject("missing_field", f"$.{missing[0]}: required field is missing", "ValidationError") from None
+                raise reject(
+                    "missing_field", f"$.{missing[0]}: required field is missing", "ValidationError"
+                ) from None
             details = "; ".join(
                 f"$.{err.field.rsplit('.', 1)[-1]}: {err.datum!r} is not of type {err.schema!r}"
-                if hasattr(err, "field") else str(err)
+                if hasattr(err, "field")
+                else str(err)
                 for err in exc.errors
             )
             raise reject("wrong_type", details or str(exc), "ValidationError") from None
@@ -98,7 +101,9 @@ class AvroContract:
             record = fastavro.schemaless_reader(buf, self.parsed, None)
         except Exception as exc:  # EOFError, IndexError, UnicodeDecodeError, ...
             raise reject(
-                "avro_decode_error", f"cannot decode Avro body: {type(exc).__name__}: {exc}", type(exc).__name__
+                "avro_decode_error",
+                f"cannot decode Avro body: {type(exc).__name__}: {exc}",
+                type(exc).__name__,
             ) from None
         left = len(body) - buf.tell()
         if left:

@@ -63,7 +63,5 @@ def dead_letter_headers(
 def parse_dead_letter_headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
     """The ``driftline.errors.*`` headers as a dict without the prefix (for tools and tests)."""
     return {
-        k[len(PREFIX):]: v.decode("utf-8", "replace")
-        for k, v in headers
-        if k.startswith(PREFIX)
+        k[len(PREFIX) :]: v.decode("utf-8", "replace") for k, v in headers if k.startswith(PREFIX)
     }

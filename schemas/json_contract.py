@@ -40,14 +40,51 @@ from schemas.exceptions import InvalidEvent, SchemaError, reject
 #: form (checked separately).
 FAST_SAFE_KEYWORDS = frozenset(
     {
-        "$schema", "$id", "$comment", "$defs", "definitions", "$ref", "title",
-        "description", "default", "examples", "deprecated", "readOnly", "writeOnly",
-        "format", "type", "enum", "const", "multipleOf", "minimum", "maximum",
-        "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern",
-        "items", "minItems", "maxItems", "uniqueItems", "contains", "properties",
-        "patternProperties", "additionalProperties", "required", "minProperties",
-        "maxProperties", "propertyNames", "dependentRequired", "allOf", "anyOf",
-        "oneOf", "not", "if", "then", "else",
+        "$schema",
+        "$id",
+        "$comment",
+        "$defs",
+        "definitions",
+        "$ref",
+        "title",
+        "description",
+        "default",
+        "examples",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "format",
+        "type",
+        "enum",
+        "const",
+        "multipleOf",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "items",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+        "contains",
+        "properties",
+        "patternProperties",
+        "additionalProperties",
+        "required",
+        "minProperties",
+        "maxProperties",
+        "propertyNames",
+        "dependentRequired",
+        "allOf",
+        "anyOf",
+        "oneOf",
+        "not",
+        "if",
+        "then",
+        "else",
     }
 )
 #: Keywords whose value is a map of name -> subschema.
@@ -107,7 +144,9 @@ class JsonSchemaContract:
             Draft202012Validator.check_schema(schema)
         except JsonSchemaSchemaError as exc:
             where = _json_path(exc) if exc.absolute_path else "$"
-            raise SchemaError(path, f"not a valid JSON Schema (2020-12) at {where}: {exc.message}") from None
+            raise SchemaError(
+                path, f"not a valid JSON Schema (2020-12) at {where}: {exc.message}"
+            ) from None
         self._explainer = Draft202012Validator(schema)
         self.engine = "fastjsonschema" if fast_engine_is_exact(schema) else "jsonschema"
         self._check: Callable[[Any], object]
@@ -180,7 +219,9 @@ def _classify_json_error(value: bytes, exc: orjson.JSONDecodeError) -> InvalidEv
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as uexc:
-        return reject("invalid_utf8", f"payload is not valid UTF-8 at byte {uexc.start}", "UnicodeDecodeError")
+        return reject(
+            "invalid_utf8", f"payload is not valid UTF-8 at byte {uexc.start}", "UnicodeDecodeError"
+        )
     constants: list[str] = []
 
     def _seen_constant(name: str) -> float:
@@ -192,11 +233,15 @@ def _classify_json_error(value: bytes, exc: orjson.JSONDecodeError) -> InvalidEv
     except ValueError:
         return reject("malformed_json", str(exc), "JSONDecodeError")
     if constants:
-        message = f"{constants[0]} is not a valid JSON number (RFC 8259); send null or omit the field"
+        message = (
+            f"{constants[0]} is not a valid JSON number (RFC 8259); send null or omit the field"
+        )
         return reject("non_finite_number", message, "JSONDecodeError")
     detail = str(exc)
     if "infinity" in detail:  # e.g. 1e400: a finite literal that overflows a double
-        return reject("non_finite_number", f"a number overflows a 64-bit float ({detail})", "JSONDecodeError")
+        return reject(
+            "non_finite_number", f"a number overflows a 64-bit float ({detail})", "JSONDecodeError"
+        )
     if "UTF-8" in detail or "surrogate" in detail:  # e.g. an escaped lone surrogate "\\ud800"
         return reject("invalid_utf8", detail, "JSONDecodeError")
     return reject("malformed_json", detail, "JSONDecodeError")

@@ -48,7 +48,9 @@ def build_parser(
         decoder = JsonEventDecoder(contract)
     elif encoding == "confluent-avro":
         if not isinstance(contract, AvroContract):
-            raise SchemaError(contract_path, "encoding confluent-avro needs an Avro (.avsc) contract")
+            raise SchemaError(
+                contract_path, "encoding confluent-avro needs an Avro (.avsc) contract"
+            )
         contracts: dict[int, AvroContract] = {}
         for sid, path in (schema_ids or {}).items():
             loaded = load_contract(path)
@@ -57,12 +59,18 @@ def build_parser(
             contracts[sid] = loaded
         decoder = ConfluentAvroDecoder(contracts, registry)
     else:
-        raise SchemaError(contract_path, f"unknown encoding {encoding!r}: use json or confluent-avro")
+        raise SchemaError(
+            contract_path, f"unknown encoding {encoding!r}: use json or confluent-avro"
+        )
     fields = contract.top_level_properties
     if fields and entity_key not in fields:
-        raise SchemaError(contract_path, f"entity key field {entity_key!r} is not declared in the contract")
+        raise SchemaError(
+            contract_path, f"entity key field {entity_key!r} is not declared in the contract"
+        )
     if event_time_field is not None and fields and event_time_field not in fields:
-        raise SchemaError(contract_path, f"event time field {event_time_field!r} is not declared in the contract")
+        raise SchemaError(
+            contract_path, f"event time field {event_time_field!r} is not declared in the contract"
+        )
     return EventParser(
         decoder,
         entity_key=entity_key,

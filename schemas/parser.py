@@ -39,7 +39,9 @@ class JsonEventDecoder:
     def decode(self, value: bytes) -> dict[str, Any]:
         obj = decode_json(value)
         if not isinstance(obj, dict):
-            raise reject("not_an_object", f"an event must be a JSON object, got {type(obj).__name__}")
+            raise reject(
+                "not_an_object", f"an event must be a JSON object, got {type(obj).__name__}"
+            )
         self._validate(obj)
         return obj
 
@@ -61,7 +63,9 @@ def _event_time_ms(raw: Any, unit: EventTimeUnit, field: str) -> int:
         except ValueError:
             raise reject("bad_event_time", f"$.{field}: {raw!r} is not an ISO 8601 time") from None
         if parsed.tzinfo is None:
-            raise reject("bad_event_time", f"$.{field}: {raw!r} has no time zone offset (add Z or +00:00)")
+            raise reject(
+                "bad_event_time", f"$.{field}: {raw!r} has no time zone offset (add Z or +00:00)"
+            )
         return int(parsed.timestamp() * 1000)
     raise reject("bad_event_time", f"$.{field}: {type(raw).__name__} is not a time")
 
@@ -88,11 +92,21 @@ class EventParser:
         if value is None:
             value = b""
         if len(value) > self.max_event_bytes:
-            raise reject("oversize", f"{len(value)} bytes is over the limit of {self.max_event_bytes}")
+            raise reject(
+                "oversize", f"{len(value)} bytes is over the limit of {self.max_event_bytes}"
+            )
         data = self.decoder.decode(value)
         entity = data.get(self.entity_key)
-        if entity is None or entity == "" or isinstance(entity, bool) or not isinstance(entity, str | int):
-            raise reject("missing_entity_key", f"$.{self.entity_key}: entity key is missing or not a string/integer")
+        if (
+            entity is None
+            or entity == ""
+            or isinstance(entity, bool)
+            or not isinstance(entity, str | int)
+        ):
+            raise reject(
+                "missing_entity_key",
+                f"$.{self.entity_key}: entity key is missing or not a string/integer",
+            )
         field = self.event_time_field
         raw_time = data.get(field) if field is not None else None
         if raw_time is None:

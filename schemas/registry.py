@@ -58,11 +58,17 @@ class SchemaRegistryClient:
                 body = orjson.loads(response.read())
             schema_type = body.get("schemaType", "AVRO")
             if schema_type != "AVRO":
-                raise SchemaError(f"registry id {schema_id}", f"schema type {schema_type} is not supported")
-            contract = AvroContract.from_bytes(f"{self.url}/schemas/ids/{schema_id}", body["schema"].encode())
+                raise SchemaError(
+                    f"registry id {schema_id}", f"schema type {schema_type} is not supported"
+                )
+            contract = AvroContract.from_bytes(
+                f"{self.url}/schemas/ids/{schema_id}", body["schema"].encode()
+            )
         except (urllib.error.URLError, OSError, ValueError, KeyError, SchemaError) as exc:
             # The URL is logged without credentials (they travel in a header).
-            log.warning("schema registry lookup of id %d at %s failed: %s", schema_id, self.url, exc)
+            log.warning(
+                "schema registry lookup of id %d at %s failed: %s", schema_id, self.url, exc
+            )
             self._failed[schema_id] = time.monotonic()
             return None
         self._failed.pop(schema_id, None)

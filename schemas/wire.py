@@ -40,7 +40,9 @@ class SchemaLookup(Protocol):
 class ConfluentAvroDecoder:
     """Decode Confluent-framed Avro values to dicts."""
 
-    def __init__(self, contracts: Mapping[int, AvroContract], registry: SchemaLookup | None = None) -> None:
+    def __init__(
+        self, contracts: Mapping[int, AvroContract], registry: SchemaLookup | None = None
+    ) -> None:
         self._contracts: dict[int, AvroContract] = dict(contracts)
         self._registry = registry
         self._unresolvable: set[int] = set()
@@ -74,11 +76,19 @@ class ConfluentAvroDecoder:
 
     def decode(self, value: bytes) -> dict[str, Any]:
         if len(value) < HEADER_SIZE:
-            raise reject("bad_wire_format", f"{len(value)} byte(s): shorter than the 5-byte Confluent header")
+            raise reject(
+                "bad_wire_format", f"{len(value)} byte(s): shorter than the 5-byte Confluent header"
+            )
         if value[0] != MAGIC:
-            raise reject("bad_wire_format", f"magic byte is {value[0]:#04x}, expected 0x00 (Confluent wire format)")
+            raise reject(
+                "bad_wire_format",
+                f"magic byte is {value[0]:#04x}, expected 0x00 (Confluent wire format)",
+            )
         sid = int.from_bytes(value[1:HEADER_SIZE], "big")
         contract = self._contracts.get(sid)
         if contract is None:
-            raise reject("unknown_schema_id", f"schema id {sid} is not mapped to a contract nor known to the registry")
+            raise reject(
+                "unknown_schema_id",
+                f"schema id {sid} is not mapped to a contract nor known to the registry",
+            )
         return contract.decode_binary(memoryview(value)[HEADER_SIZE:])

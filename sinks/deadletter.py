@@ -12,11 +12,19 @@ from typing import Any, Protocol
 
 #: ``send(topic, key, value, headers) -> awaitable delivery`` - the shape of
 #: Faust's and aiokafka's producers once their scheduling step is awaited.
-SendFn = Callable[[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]], Awaitable[Awaitable[Any]]]
+SendFn = Callable[
+    [str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]], Awaitable[Awaitable[Any]]
+]
 
 
 class DeadLetterSink(Protocol):
-    def add(self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> None: ...
+    def add(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> None: ...
 
     async def flush(self) -> None: ...
 
@@ -24,9 +32,17 @@ class DeadLetterSink(Protocol):
 class KafkaDeadLetterSink:
     def __init__(self, send: SendFn) -> None:
         self._send = send
-        self._pending: list[tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]] = []
+        self._pending: list[
+            tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]
+        ] = []
 
-    def add(self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> None:
+    def add(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> None:
         self._pending.append((topic, key, value, headers))
 
     async def flush(self) -> None:
@@ -49,7 +65,13 @@ class MemoryDeadLetterSink:
         self.written: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
         self.fail_next = 0
 
-    def add(self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> None:
+    def add(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> None:
         self.pending.append((topic, key, value, list(headers)))
 
     async def flush(self) -> None:

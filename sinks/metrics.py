@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
 from schemas import REASONS
 
@@ -20,7 +27,7 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 # ``*_created`` series double the scrape size and no dashboard of ours reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class WorkerMetrics:
@@ -31,38 +38,54 @@ class WorkerMetrics:
             "driftline_events_consumed", "Records read from source topics.", ["source"], registry=r
         )
         self.valid = Counter(
-            "driftline_events_valid", "Records that passed their contract and were processed.",
-            ["source"], registry=r,
+            "driftline_events_valid",
+            "Records that passed their contract and were processed.",
+            ["source"],
+            registry=r,
         )
         self.invalid = Counter(
-            "driftline_events_invalid", "Records refused by their contract, by reason.",
-            ["source", "reason"], registry=r,
+            "driftline_events_invalid",
+            "Records refused by their contract, by reason.",
+            ["source", "reason"],
+            registry=r,
         )
         self.dead_letters = Counter(
-            "driftline_dead_letter_writes", "Records written to a dead-letter topic.",
-            ["source"], registry=r,
+            "driftline_dead_letter_writes",
+            "Records written to a dead-letter topic.",
+            ["source"],
+            registry=r,
         )
         self.batch_size = Histogram(
-            "driftline_batch_size_events", "Records per processed batch.", ["source"],
-            buckets=_BATCH_BUCKETS, registry=r,
+            "driftline_batch_size_events",
+            "Records per processed batch.",
+            ["source"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
         )
         self.batch_seconds = Histogram(
             "driftline_batch_processing_seconds",
-            "Time to validate a batch and make its effects durable.", ["source"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "Time to validate a batch and make its effects durable.",
+            ["source"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.redis_write_seconds = Histogram(
-            "driftline_redis_write_seconds", "Latency of one pipelined Redis write per batch.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "driftline_redis_write_seconds",
+            "Latency of one pipelined Redis write per batch.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.effect_errors = Counter(
             "driftline_effect_errors",
             "Failed attempts to make a batch's effects durable (retried with backoff).",
-            ["source", "target"], registry=r,
+            ["source", "target"],
+            registry=r,
         )
         self.up = Gauge("driftline_worker_up", "1 while the worker runs.", registry=r)
         self.assigned_partitions = Gauge(
-            "driftline_assigned_partitions", "Source partitions assigned to this worker.", registry=r
+            "driftline_assigned_partitions",
+            "Source partitions assigned to this worker.",
+            registry=r,
         )
         self.rebalances = Counter(
             "driftline_rebalances", "Partition assignments received.", registry=r

@@ -55,6 +55,10 @@ def _field_value(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def newest_per_entity(events: Iterable[ParsedEvent]) -> dict[str, ParsedEvent]:
     """Reduce a batch to the newest event of each entity (later offset wins ties)."""
     newest: dict[str, ParsedEvent] = {}
@@ -84,17 +88,24 @@ class RedisLatestStore:
         now = str(int(time.time() * 1000)).encode()
         async with self.client.pipeline(transaction=False) as pipe:
             for entity, event in newest.items():
-                args: list[bytes | str | int] = [event.event_time_ms, self.ttl_ms, b"_ingested_ms", now]
+                args: list[bytes | str | int] = [
+                    event.event_time_ms,
+                    self.ttl_ms,
+                    b"_ingested_ms",
+                    now,
+                ]
                 for name, value in event.data.items():
                     args.append(name)
                     args.append(_field_value(value))
-                await self._script(keys=[latest_key(self.prefix, source, entity)], args=args, client=pipe)
+                await self._script(
+                    keys=[latest_key(self.prefix, source, entity)], args=args, client=pipe
+                )
             results = await pipe.execute()
         return sum(1 for r in results if r == 1)
 
     async def read_latest(self, source: str, entity: str) -> dict[str, str]:
         raw = await self.client.hgetall(latest_key(self.prefix, source, entity))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {_text(k): _text(v) for k, v in raw.items()}
 
 
 def connect_redis(

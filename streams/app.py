@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import EventT, StreamT
@@ -25,10 +25,10 @@ from schemas import EventParser, SchemaError
 from sinks.deadletter import KafkaDeadLetterSink
 from sinks.metrics import WorkerMetrics
 from sinks.redis_store import RedisLatestStore, connect_redis
+from streams.errors import ConfigError
 from streams.pipeline import Backoff, RawRecord, SourcePipeline
 from streams.settings import KafkaSettings, Settings
 from streams.sources import build_parsers
-from streams.errors import ConfigError
 from streams.web import WebService, bind_socket
 
 log = logging.getLogger(__name__)
@@ -61,16 +61,25 @@ class DriftlineApp:
     assigned: set[Any] = field(default_factory=set)
 
 
-def _to_records(events: Sequence[EventT]) -> list[RawRecord]:
+def _to_records(events: Sequence[EventT[Any]]) -> list[RawRecord]:
     records = []
     for event in events:
         m = event.message
-        headers = m.headers
-        if isinstance(headers, dict):
-            headers = list(headers.items())
+        raw_headers = m.headers
+        headers: Sequence[tuple[str, bytes]] = (
+            list(raw_headers.items())
+            if isinstance(raw_headers, Mapping)
+            else list(cast(Sequence[tuple[str, bytes]], raw_headers or ()))
+        )
         records.append(
             RawRecord(
-                m.topic, m.partition, m.offset, int(m.timestamp * 1000), m.key, m.value, headers or ()
+                m.topic,
+                m.partition,
+                m.offset,
+                int(m.timestamp * 1000),
+                m.key,
+                m.value,
+                headers,
             )
         )
     return records
@@ -80,7 +89,10 @@ def _make_agent(
     pipeline: SourcePipeline, max_events: int, max_wait_s: float
 ) -> Callable[[StreamT[bytes]], Coroutine[Any, Any, None]]:
     async def ingest(stream: StreamT[bytes]) -> None:
-        batches: AsyncIterator[Sequence[EventT]] = stream.take_events(max_events, within=max_wait_s)
+        # take_events is in faust-streaming's Stream but missing from its StreamT protocol.
+        batches: AsyncIterator[Sequence[EventT[Any]]] = stream.take_events(  # type: ignore[attr-defined]
+            max_events, within=max_wait_s
+        )
         async for events in batches:
             await pipeline.process(_to_records(events))
 
@@ -133,7 +145,9 @@ def create_app(
     )
     store = RedisLatestStore(client, prefix=redis_cfg.key_prefix, ttl_s=redis_cfg.latest_ttl_s)
 
-    async def send(topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> Any:
+    async def send(
+        topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]
+    ) -> Any:
         return await app.producer.send(topic, key, value, None, None, list(headers))
 
     pipelines: dict[str, SourcePipeline] = {}
@@ -153,15 +167,20 @@ def create_app(
             _make_agent(pipeline, worker.batch_max_events, worker.batch_max_wait_s)
         )
 
-    holder = DriftlineApp(app=app, settings=settings, metrics=metrics, pipelines=pipelines, web=None)
+    holder = DriftlineApp(
+        app=app, settings=settings, metrics=metrics, pipelines=pipelines, web=None
+    )
     source_topics = {s.topic for s in settings.sources}
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(app: faust.App, assigned: set[Any], **kwargs: Any) -> None:
         holder.assigned = {tp for tp in assigned if tp.topic in source_topics}
         metrics.assigned_partitions.set(len(holder.assigned))
         metrics.rebalances.inc()
-        log.info("assigned partitions: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in holder.assigned))
+        log.info(
+            "assigned partitions: %s",
+            sorted(f"{tp.topic}/{tp.partition}" for tp in holder.assigned),
+        )
 
     async def readiness() -> tuple[bool, dict[str, Any]]:
         try:
@@ -182,7 +201,8 @@ def create_app(
         except OSError as exc:
             raise ConfigError(
                 f"metrics.port: cannot listen on {settings.metrics.host}:{settings.metrics.port}: "
-                f"{exc.strerror or exc} (another worker on this port? set DRIFTLINE_METRICS__PORT, or 0 to disable)"
+                f"{exc.strerror or exc} (another worker on this port? "
+                "set DRIFTLINE_METRICS__PORT, or 0 to disable)"
             ) from None
         holder.web = WebService(
             sock=sock,
@@ -192,7 +212,7 @@ def create_app(
         )
         app.web_server(holder.web)
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def _mark_up() -> None:
         metrics.up.set(1)
 

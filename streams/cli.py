@@ -75,9 +75,16 @@ def check_config(config: Path) -> None:
     settings = _load(config)
     parsers = build_parsers(settings)
     click.echo(f"{config}: OK")
-    click.echo(f"  kafka   {settings.kafka.bootstrap_servers} ({settings.kafka.security_protocol}), group {settings.app_id}")
+    click.echo(
+        f"  kafka   {settings.kafka.bootstrap_servers} ({settings.kafka.security_protocol}), "
+        f"group {settings.app_id}"
+    )
     click.echo(f"  redis   {settings.redis.url}")
-    metrics = "disabled" if settings.metrics.port == 0 else f"http://{settings.metrics.host}:{settings.metrics.port}/metrics"
+    metrics = (
+        "disabled"
+        if settings.metrics.port == 0
+        else f"http://{settings.metrics.host}:{settings.metrics.port}/metrics"
+    )
     click.echo(f"  metrics {metrics}")
     for source in settings.sources:
         parser = parsers[source.name]
@@ -86,7 +93,8 @@ def check_config(config: Path) -> None:
         fingerprint = getattr(contract, "fingerprint", "")
         click.echo(
             f"  source  {source.name}: topic {source.topic} -> dead letters {source.dlq_topic}; "
-            f"contract {source.schema_file.name} ({engine}{', ' + fingerprint[:19] if fingerprint else ''}); "
+            f"contract {source.schema_file.name} "
+            f"({engine}{', ' + fingerprint[:19] if fingerprint else ''}); "
             f"entity {source.entity_key}; event time {source.event_time or 'record timestamp'}"
         )
 
@@ -108,7 +116,11 @@ def worker(config: Path) -> None:
 @main.command()
 @config_option
 @click.option("--topic", required=True, help="topic to send to")
-@click.option("--key-field", default=None, help="JSON field used as record key (default: the source's entity key)")
+@click.option(
+    "--key-field",
+    default=None,
+    help="JSON field used as record key (default: the source's entity key)",
+)
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @user_errors
 def produce(config: Path, topic: str, key_field: str | None, file: Path) -> None:
@@ -118,21 +130,56 @@ def produce(config: Path, topic: str, key_field: str | None, file: Path) -> None
     settings = _load(config)
     if key_field is None:
         key_field = next((s.entity_key for s in settings.sources if s.topic == topic), None)
-    sent = asyncio.run(produce_file(settings.kafka.aiokafka_kwargs(), topic, file, key_field=key_field))
+    sent = asyncio.run(
+        produce_file(settings.kafka.aiokafka_kwargs(), topic, file, key_field=key_field)
+    )
     click.echo(f"sent {sent} record(s) to {topic}", err=True)
 
 
 @main.command()
-@click.option("-c", "--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="config file (default: the built-in demo config)")
-@click.option("--bootstrap", default=None, help="use this Kafka instead of starting the embedded broker")
+@click.option(
+    "-c",
+    "--config",
+    "config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="config file (default: the built-in demo config)",
+)
+@click.option(
+    "--bootstrap", default=None, help="use this Kafka instead of starting the embedded broker"
+)
 @click.option("--redis-url", default=None, help="use this Redis instead of starting one")
-@click.option("--tansu-bin", default=None, type=click.Path(dir_okay=False), help="explicit Tansu broker binary")
-@click.option("--redis-bin", default=None, type=click.Path(dir_okay=False), help="explicit redis-server/valkey-server binary")
+@click.option(
+    "--tansu-bin",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="explicit Tansu broker binary",
+)
+@click.option(
+    "--redis-bin",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="explicit redis-server/valkey-server binary",
+)
 @click.option("--rate", default=200.0, show_default=True, help="demo events per second")
-@click.option("--invalid-ratio", default=0.02, show_default=True, help="share of deliberately invalid demo events")
-@click.option("--metrics-port", default=9464, show_default=True, help="worker metrics port (0: pick a free one)")
-@click.option("--duration", default=None, type=float, help="stop after this many seconds (default: until Ctrl-C)")
+@click.option(
+    "--invalid-ratio",
+    default=0.02,
+    show_default=True,
+    help="share of deliberately invalid demo events",
+)
+@click.option(
+    "--metrics-port",
+    default=9464,
+    show_default=True,
+    help="worker metrics port (0: pick a free one)",
+)
+@click.option(
+    "--duration",
+    default=None,
+    type=float,
+    help="stop after this many seconds (default: until Ctrl-C)",
+)
 @user_errors
 def dev(
     config: Path | None,

@@ -14,18 +14,38 @@ from collections.abc import Iterator
 
 import orjson
 
-CATEGORIES = ("grocery", "restaurant", "travel", "electronics", "fuel", "entertainment", "health", "other")
+CATEGORIES = (
+    "grocery",
+    "restaurant",
+    "travel",
+    "electronics",
+    "fuel",
+    "entertainment",
+    "health",
+    "other",
+)
 _CATEGORY_WEIGHTS = (30, 20, 5, 4, 15, 10, 6, 10)
 #: (mu, sigma) of log(amount) per category.
 _AMOUNT = {
-    "grocery": (3.3, 0.6), "restaurant": (3.2, 0.5), "travel": (5.5, 0.8), "electronics": (5.0, 1.0),
-    "fuel": (3.8, 0.3), "entertainment": (3.0, 0.7), "health": (3.6, 0.8), "other": (3.0, 1.0),
+    "grocery": (3.3, 0.6),
+    "restaurant": (3.2, 0.5),
+    "travel": (5.5, 0.8),
+    "electronics": (5.0, 1.0),
+    "fuel": (3.8, 0.3),
+    "entertainment": (3.0, 0.7),
+    "health": (3.6, 0.8),
+    "other": (3.0, 1.0),
 }
 _COUNTRIES = ("DE", "FR", "GB", "NL", "ES", "IT", "PL", "SE")
 
 #: Broken payloads, by the reason code the worker must give them.
 INVALID_KINDS = (
-    "invalid_utf8", "malformed_json", "non_finite_number", "wrong_type", "missing_field", "oversize",
+    "invalid_utf8",
+    "malformed_json",
+    "non_finite_number",
+    "wrong_type",
+    "missing_field",
+    "oversize",
 )
 
 
@@ -60,7 +80,9 @@ class DemoEvents:
         }
         return user.encode(), orjson.dumps(event)
 
-    def invalid(self, kind: str | None = None, now_ms: int | None = None) -> tuple[str, bytes, bytes]:
+    def invalid(
+        self, kind: str | None = None, now_ms: int | None = None
+    ) -> tuple[str, bytes, bytes]:
         """One broken event as (expected reason, key, value)."""
         kind = kind or self.rng.choice(INVALID_KINDS)
         key, value = self.valid(now_ms)

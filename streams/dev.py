@@ -169,7 +169,9 @@ class DevStack:
                     await producer.send(source.topic, value, key=key)
                 next_at += due * interval
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_at - time.monotonic()))
+                    await asyncio.wait_for(
+                        stop.wait(), timeout=max(0.0, next_at - time.monotonic())
+                    )
         finally:
             await producer.stop()
 
@@ -181,7 +183,8 @@ class DevStack:
         while not _ready(base + "/readyz"):
             if self.worker is not None and self.worker.poll() is not None:
                 _say(f"worker exited with code {self.worker.returncode}; its log ({log_path}):")
-                _say(log_path.read_text(errors="replace")[-4000:])
+                text = await asyncio.to_thread(log_path.read_text, errors="replace")
+                _say(text[-4000:])
                 return 1
             if stop.is_set():
                 return 0
@@ -190,7 +193,10 @@ class DevStack:
         prefix = self.settings.redis.key_prefix
         _say(f"worker ready after {time.monotonic() - started:.1f}s. Where to look:")
         _say(f"  metrics      {base}/metrics   (health {base}/healthz, readiness {base}/readyz)")
-        _say(f"  features     redis-cli -u {redis_url} HGETALL {prefix}:{source.name}:latest:user-00000")
+        _say(
+            f"  features     redis-cli -u {redis_url} "
+            f"HGETALL {prefix}:{source.name}:latest:user-00000"
+        )
         _say(f"  dead letters topic {source.dlq_topic} (reason in header driftline.errors.reason)")
         _say(f"  worker log   {log_path}")
         _say("Ctrl-C stops everything.")
@@ -211,11 +217,15 @@ class DevStack:
                     continue
                 latest = await client.hgetall(f"{prefix}:{source.name}:latest:user-00000")
                 reasons = ", ".join(
-                    f"{k.split(':', 1)[1]}={int(v)}" for k, v in sorted(m.items()) if k.startswith("invalid:")
+                    f"{k.split(':', 1)[1]}={int(v)}"
+                    for k, v in sorted(m.items())
+                    if k.startswith("invalid:")
                 )
-                amount = latest.get(b"amount", b"-").decode()
+                raw_amount = latest.get(b"amount", b"-")
+                amount = raw_amount.decode() if isinstance(raw_amount, bytes) else raw_amount
                 _say(
-                    f"[{time.strftime('%H:%M:%S')}] consumed {int(m.get('driftline_events_consumed_total', 0))}"
+                    f"[{time.strftime('%H:%M:%S')}]"
+                    f" consumed {int(m.get('driftline_events_consumed_total', 0))}"
                     f"  valid {int(m.get('driftline_events_valid_total', 0))}"
                     f"  dead-lettered {int(m.get('driftline_dead_letter_writes_total', 0))}"
                     f"{' (' + reasons + ')' if reasons else ''}"
@@ -253,7 +263,10 @@ def run_dev(options: DevOptions) -> int:
         kafka_kwargs = dict(stack.settings.kafka.aiokafka_kwargs(), bootstrap_servers=bootstrap)
         asyncio.run(ensure_topics(kafka_kwargs, topics))
         log_path = stack.start_worker(bootstrap, redis_url)
-        _say(f"  worker   pid {stack.worker.pid if stack.worker else '?'}; waiting for partitions ...")
+        _say(
+            f"  worker   pid {stack.worker.pid if stack.worker else '?'}; "
+            "waiting for partitions ..."
+        )
         code = asyncio.run(_main(stack, bootstrap, redis_url, log_path))
     except KeyboardInterrupt:
         code = 0

@@ -197,9 +197,7 @@ def _explicit_binary(value: str, source: str, hint: str) -> str:
     if not path.is_file():
         raise EmbeddedError(f"{source} {value!r} is not a file. {hint}")
     if not os.access(path, os.X_OK):
-        raise EmbeddedError(
-            f"{source} {value!r} is not executable (try `chmod +x {path}`). {hint}"
-        )
+        raise EmbeddedError(f"{source} {value!r} is not executable (try `chmod +x {path}`). {hint}")
     return str(path)
 
 
@@ -345,9 +343,9 @@ class _Spawner:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[
-            tuple[Callable[[], Any], concurrent.futures.Future[Any]]
-        ] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = (
+            queue.SimpleQueue()
+        )
         self._thread: threading.Thread | None = None
 
     def run(self, fn: Callable[[], T]) -> T:
@@ -633,8 +631,12 @@ class _ServerProcess:
                     self.stop()
                     raise
                 atexit.register(self.stop)
-                log.info("%s ready on 127.0.0.1:%d (pid %d)", self.name, self._port,
-                         self._proc.pid if self._proc else -1)
+                log.info(
+                    "%s ready on 127.0.0.1:%d (pid %d)",
+                    self.name,
+                    self._port,
+                    self._proc.pid if self._proc else -1,
+                )
                 return self
             raise AssertionError("unreachable")  # pragma: no cover
 
@@ -648,8 +650,12 @@ class _ServerProcess:
                 try:
                     proc.wait(timeout)
                 except subprocess.TimeoutExpired:
-                    log.warning("%s (pid %d) ignored SIGTERM for %.0fs; killing",
-                                self.name, proc.pid, timeout)
+                    log.warning(
+                        "%s (pid %d) ignored SIGTERM for %.0fs; killing",
+                        self.name,
+                        proc.pid,
+                        timeout,
+                    )
                     _signal_tree(proc, signal.SIGKILL)
                     proc.wait()
                 self._proc = None
@@ -768,9 +774,12 @@ class EmbeddedBroker(_ServerProcess):
         return [
             self._binary,
             "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
             *self._extra_args,
         ]
 
@@ -825,13 +834,20 @@ class EmbeddedRedis(_ServerProcess):
     def _argv(self) -> list[str]:
         argv = [
             self._binary,
-            "--port", str(self._port),
-            "--bind", _LOOPBACK,
-            "--save", "",
-            "--appendonly", "no",
-            "--protected-mode", "yes",
-            "--daemonize", "no",
-            "--dir", str(self._ensure_log_dir()),
+            "--port",
+            str(self._port),
+            "--bind",
+            _LOOPBACK,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self._ensure_log_dir()),
         ]
         if self._password is not None:
             argv += ["--requirepass", self._password]
@@ -896,9 +912,7 @@ async def _await_partitions(admin: Any, expected: Mapping[str, int], wait_s: flo
     deadline = time.monotonic() + wait_s
     while True:
         described = await admin.describe_topics(list(expected))
-        seen = {
-            t["topic"]: len(t["partitions"]) for t in described if t.get("error_code", 0) == 0
-        }
+        seen = {t["topic"]: len(t["partitions"]) for t in described if t.get("error_code", 0) == 0}
         missing = [t for t, n in expected.items() if seen.get(t, 0) < n]
         if not missing:
             return

@@ -117,7 +117,11 @@ class SourcePipeline:
         for record, rejection in result.rejected:
             log.warning(
                 "rejected record topic=%s partition=%d offset=%d reason=%s: %s",
-                record.topic, record.partition, record.offset, rejection.reason, rejection.message,
+                record.topic,
+                record.partition,
+                record.offset,
+                rejection.reason,
+                rejection.message,
             )
             self.dead_letters.add(
                 self.dead_letter_topic,
@@ -178,7 +182,12 @@ class SourcePipeline:
         self.metrics.effect_errors.labels(source=self.source, target=target).inc()
         log.warning(
             "writing %s for source %s failed (attempt %d, retrying in %.1fs): %s: %s",
-            target, self.source, attempt + 1, self.backoff.current, type(exc).__name__, exc,
+            target,
+            self.source,
+            attempt + 1,
+            self.backoff.current,
+            type(exc).__name__,
+            exc,
         )
 
     def _count(self, records: Sequence[RawRecord], result: Classified, elapsed: float) -> None:
@@ -196,4 +205,13 @@ class SourcePipeline:
 
 def _is_transient(exc: BaseException) -> bool:
     names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(names & {"ConnectionError", "TimeoutError", "KafkaError", "KafkaConnectionError", "BusyLoadingError"})
+    return bool(
+        names
+        & {
+            "ConnectionError",
+            "TimeoutError",
+            "KafkaError",
+            "KafkaConnectionError",
+            "BusyLoadingError",
+        }
+    )

@@ -51,7 +51,9 @@ async def produce_file(
         await producer.start()
     except KafkaConnectionError as exc:
         await producer.stop()
-        raise DriftlineError(f"cannot reach Kafka at {kafka_kwargs.get('bootstrap_servers')}: {exc}") from None
+        raise DriftlineError(
+            f"cannot reach Kafka at {kafka_kwargs.get('bootstrap_servers')}: {exc}"
+        ) from None
     sent = 0
     try:
         with tqdm(total=total, unit="ev", desc=f"-> {topic}", file=sys.stderr, disable=None) as bar:

@@ -107,7 +107,9 @@ class KafkaSettings(_Section):
         """The TLS context for SSL/SASL_SSL, verifying the broker by default."""
         if not self.uses_ssl:
             return None
-        context = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        context = ssl.create_default_context(
+            cafile=str(self.ssl_cafile) if self.ssl_cafile else None
+        )
         context.check_hostname = self.ssl_check_hostname
         if self.ssl_certfile:
             context.load_cert_chain(
@@ -230,7 +232,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"source {label}s must be unique; repeated: {', '.join(dupes)}")
         for s in self.sources:
             if s.dlq_topic in topics:
-                raise ValueError(f"source {s.name}: dead-letter topic {s.dlq_topic} is a source topic")
+                raise ValueError(
+                    f"source {s.name}: dead-letter topic {s.dlq_topic} is a source topic"
+                )
         return self
 
     @classmethod
@@ -257,14 +261,14 @@ def _format_loc(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
             parts.append(f"[{item}]" + (f"({name})" if name else ""))
         else:
             parts.append(("." if parts else "") + str(item))
-        node = node[item] if isinstance(node, dict | list) and _has(node, item) else None
+        node = node[item] if _has(node, item) else None
     return "".join(parts) or "(top level)"
 
 
 def _has(node: Any, item: int | str) -> bool:
     if isinstance(node, dict):
         return item in node
-    return isinstance(item, int) and item < len(node)
+    return isinstance(node, list) and isinstance(item, int) and item < len(node)
 
 
 _FIELDS_BY_SECTION: dict[str, type[BaseModel]] = {
@@ -288,7 +292,9 @@ def _suggest(loc: tuple[int | str, ...]) -> str:
     else:
         return ""
     close = difflib.get_close_matches(key, known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(sorted(known))})"
+    return (
+        f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(sorted(known))})"
+    )
 
 
 def format_validation_error(exc: ValidationError, origin: str, data: Mapping[str, Any]) -> str:

@@ -29,7 +29,7 @@ async def ensure_topics(
     configs: Mapping[str, str] | None = None,
     attempts: int = 10,
 ) -> None:
-    """Create ``topics`` (name -> partitions) that do not exist yet; retries while the broker starts."""
+    """Create missing ``topics`` (name -> partitions); retries while the broker starts."""
     delay = 0.2
     for attempt in range(1, attempts + 1):
         admin = AIOKafkaAdminClient(**kafka_kwargs, request_timeout_ms=10000)

@@ -89,7 +89,9 @@ class WebService(Service):
             expected = f"Bearer {self._token}"
             if not hmac.compare_digest(header.encode(), expected.encode()):
                 return web.Response(
-                    status=401, text="bearer token required\n", headers={"WWW-Authenticate": "Bearer"}
+                    status=401,
+                    text="bearer token required\n",
+                    headers={"WWW-Authenticate": "Bearer"},
                 )
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

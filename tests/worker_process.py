@@ -20,17 +20,28 @@ ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS = ROOT / "schemas" / "contracts"
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "streams.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
     )
 
 
 class WorkerProcess:
-    def __init__(self, tmp_path: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, tmp_path: Path, config: dict[str, Any], env: dict[str, str] | None = None
+    ) -> None:
         self.port = find_free_port()
-        config = {**config, "metrics": {**config.get("metrics", {}), "host": "127.0.0.1", "port": self.port}}
+        config = {
+            **config,
+            "metrics": {**config.get("metrics", {}), "host": "127.0.0.1", "port": self.port},
+        }
         self.config_path = tmp_path / f"driftline-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = tmp_path / f"worker-{self.port}.log"
@@ -45,7 +56,11 @@ class WorkerProcess:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "streams.cli", "worker", "-c", str(self.config_path)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                cwd=ROOT,
             )
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
@@ -80,7 +95,8 @@ class WorkerProcess:
 
     def metric_sum(self, name: str, **labels: str) -> float:
         return sum(
-            v for (n, ls), v in self.metrics().items()
+            v
+            for (n, ls), v in self.metrics().items()
             if n == name and all(dict(ls).get(k) == val for k, val in labels.items())
         )
 
@@ -93,7 +109,9 @@ class WorkerProcess:
             if value >= at_least:
                 return value
             time.sleep(0.2)
-        raise AssertionError(f"{name}{labels} = {value} < {at_least} after {timeout}s:\n{self.log()}")
+        raise AssertionError(
+            f"{name}{labels} = {value} < {at_least} after {timeout}s:\n{self.log()}"
+        )
 
     def stop(self, timeout: float = 30) -> int:
         assert self.proc is not None
@@ -104,7 +122,9 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"worker ignored SIGTERM for {timeout}s:\n{self.log()}") from None
+                raise AssertionError(
+                    f"worker ignored SIGTERM for {timeout}s:\n{self.log()}"
+                ) from None
         return self.proc.returncode
 
     def kill(self) -> None:

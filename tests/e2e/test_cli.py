@@ -34,13 +34,19 @@ def test_check_config_ok_without_connecting(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         (GOOD.replace("entity_key", "entity_kee"), "unknown key (did you mean 'entity_key'?)"),
-        (GOOD + "kafka:\n  session_timeout_s: -3\n", "kafka.session_timeout_s: Input should be greater than 0"),
+        (
+            GOOD + "kafka:\n  session_timeout_s: -3\n",
+            "kafka.session_timeout_s: Input should be greater than 0",
+        ),
         (GOOD + "kafka:\n  sasl_password: hunter2\n", "secrets are read from the environment only"),
         (GOOD + "redis:\n  url: http://x\n", "redis.url: expected a redis://"),
         ("sources: [\n", "not valid YAML"),
         ("app_id: x\n", "sources: Field required"),
         (GOOD.replace("transactions.schema.json", "nope.json"), "contract file does not exist"),
-        (GOOD.replace("entity_key: user_id", "entity_key: account"), "entity key field 'account' is not declared"),
+        (
+            GOOD.replace("entity_key: user_id", "entity_key: account"),
+            "entity key field 'account' is not declared",
+        ),
     ],
 )
 def test_bad_config_is_a_clear_message_and_exit_2(tmp_path: Path, text: str, expected: str) -> None:
@@ -55,15 +61,22 @@ def test_bad_config_is_a_clear_message_and_exit_2(tmp_path: Path, text: str, exp
 
 
 def test_secret_never_echoed(tmp_path: Path) -> None:
-    config = write(tmp_path, GOOD + "kafka:\n  security_protocol: SASL_SSL\n  sasl_username: bob\n  session_timeout_s: 0\n")
-    result = run_cli("check-config", str(config), env={"DRIFTLINE_KAFKA__SASL_PASSWORD": "s3cr3t-value"})
+    config = write(
+        tmp_path,
+        GOOD
+        + "kafka:\n  security_protocol: SASL_SSL\n  sasl_username: bob\n  session_timeout_s: 0\n",
+    )
+    result = run_cli(
+        "check-config", str(config), env={"DRIFTLINE_KAFKA__SASL_PASSWORD": "s3cr3t-value"}
+    )
     assert result.returncode == 2
     assert "s3cr3t-value" not in result.stderr + result.stdout
 
 
 def test_env_overrides_the_file(tmp_path: Path) -> None:
     result = run_cli(
-        "check-config", str(write(tmp_path, GOOD)),
+        "check-config",
+        str(write(tmp_path, GOOD)),
         env={"DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": "broker-9:9093", "DRIFTLINE_METRICS__PORT": "0"},
     )
     assert result.returncode == 0, result.stderr

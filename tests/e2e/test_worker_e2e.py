@@ -33,20 +33,33 @@ def e2e_config(bootstrap: str, redis_url: str, suffix: str) -> dict[str, Any]:
     return {
         "app_id": f"e2e-{suffix}",
         "kafka": {
-            "bootstrap_servers": bootstrap, "session_timeout_s": 6, "heartbeat_interval_s": 1,
-            "rebalance_timeout_s": 5, "commit_interval_s": 1, "create_topics": True, "topic_partitions": 4,
+            "bootstrap_servers": bootstrap,
+            "session_timeout_s": 6,
+            "heartbeat_interval_s": 1,
+            "rebalance_timeout_s": 5,
+            "commit_interval_s": 1,
+            "create_topics": True,
+            "topic_partitions": 4,
         },
         "redis": {"url": redis_url, "key_prefix": f"e2e-{suffix}"},
         "worker": {"batch_max_wait_s": 0.05, "log_level": "info"},
         "sources": [
             {
-                "name": "tx", "topic": f"tx-{suffix}", "schema": str(CONTRACTS / "transactions.schema.json"),
-                "entity_key": "user_id", "event_time": "event_time", "max_event_bytes": 4096,
+                "name": "tx",
+                "topic": f"tx-{suffix}",
+                "schema": str(CONTRACTS / "transactions.schema.json"),
+                "entity_key": "user_id",
+                "event_time": "event_time",
+                "max_event_bytes": 4096,
             },
             {
-                "name": "tx-avro", "topic": f"txa-{suffix}", "schema": str(CONTRACTS / "transactions.avsc"),
-                "encoding": "confluent-avro", "schema_ids": {1: str(CONTRACTS / "transactions.avsc")},
-                "entity_key": "user_id", "event_time": "event_time",
+                "name": "tx-avro",
+                "topic": f"txa-{suffix}",
+                "schema": str(CONTRACTS / "transactions.avsc"),
+                "encoding": "confluent-avro",
+                "schema_ids": {1: str(CONTRACTS / "transactions.avsc")},
+                "entity_key": "user_id",
+                "event_time": "event_time",
             },
         ],
     }
@@ -59,7 +72,9 @@ def avro_body(record: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> list[tuple[int, int]]:
+async def produce(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
+) -> list[tuple[int, int]]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=1 << 20)
     await producer.start()
     try:
@@ -71,7 +86,9 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
 
 
 async def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 30) -> list[Any]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
     await consumer.start()
     out: list[Any] = []
     try:
@@ -89,7 +106,9 @@ async def consume_all(bootstrap: str, topic: str, expected: int, timeout: float 
     return out
 
 
-def test_valid_events_once_invalid_ones_dead_lettered(tmp_path: Path, kafka_bootstrap: str, redis_url: str) -> None:
+def test_valid_events_once_invalid_ones_dead_lettered(
+    tmp_path: Path, kafka_bootstrap: str, redis_url: str
+) -> None:
     suffix = uuid.uuid4().hex[:8]
     config = e2e_config(kafka_bootstrap, redis_url, suffix)
     worker = WorkerProcess(tmp_path, config).start()
@@ -100,10 +119,22 @@ def test_valid_events_once_invalid_ones_dead_lettered(tmp_path: Path, kafka_boot
         invalid_payloads = [
             ("invalid_utf8", b'{"user_id": "u1", "note": "\xff\xfe"}'),
             ("malformed_json", b'{"event_id": "x", "user_id": "u1", "amount": 1'),
-            ("non_finite_number", b'{"event_id": "x", "user_id": "u1", "amount": NaN, "category": "fuel", "event_time": 1}'),
-            ("non_finite_number", b'{"event_id": "x", "user_id": "u1", "amount": Infinity, "category": "fuel", "event_time": 1}'),
-            ("wrong_type", b'{"event_id": "x", "user_id": "u1", "amount": "12.0", "category": "fuel", "event_time": 1}'),
-            ("missing_field", b'{"event_id": "x", "user_id": "u1", "amount": 1.0, "event_time": 1}'),
+            (
+                "non_finite_number",
+                b'{"event_id": "x", "user_id": "u1", "amount": NaN, "category": "fuel", "event_time": 1}',
+            ),
+            (
+                "non_finite_number",
+                b'{"event_id": "x", "user_id": "u1", "amount": Infinity, "category": "fuel", "event_time": 1}',
+            ),
+            (
+                "wrong_type",
+                b'{"event_id": "x", "user_id": "u1", "amount": "12.0", "category": "fuel", "event_time": 1}',
+            ),
+            (
+                "missing_field",
+                b'{"event_id": "x", "user_id": "u1", "amount": 1.0, "event_time": 1}',
+            ),
             ("not_an_object", b"[1, 2, 3]"),
             ("oversize", orjson.dumps({"event_id": "x", "user_id": "u1", "pad": "x" * 5000})),
         ]
@@ -119,8 +150,15 @@ def test_valid_events_once_invalid_ones_dead_lettered(tmp_path: Path, kafka_boot
             expected_reason[len(json_records)] = reason
             json_records.append((b"bad-tail", payload))
 
-        good = {"event_id": "a1", "user_id": "avro-user", "amount": 3.5, "currency": None,
-                "category": "fuel", "country": "DE", "event_time": 1_700_000_000_000}
+        good = {
+            "event_id": "a1",
+            "user_id": "avro-user",
+            "amount": 3.5,
+            "currency": None,
+            "category": "fuel",
+            "country": "DE",
+            "event_time": 1_700_000_000_000,
+        }
         body = avro_body(good)
         avro_records = [(b"avro-user", frame(1, body))] * 20
         avro_invalid = [
@@ -140,7 +178,9 @@ def test_valid_events_once_invalid_ones_dead_lettered(tmp_path: Path, kafka_boot
         worker.wait_for("driftline_events_consumed_total", len(avro_records), source="tx-avro")
         time.sleep(1.0)  # anything processed twice would show up now
 
-        assert worker.metric_sum("driftline_events_consumed_total", source="tx") == len(json_records)
+        assert worker.metric_sum("driftline_events_consumed_total", source="tx") == len(
+            json_records
+        )
         assert worker.metric_sum("driftline_events_valid_total", source="tx") == n_valid
         assert worker.metric_sum("driftline_events_valid_total", source="tx-avro") == 20
         for reason in set(expected_reason.values()):
@@ -154,7 +194,9 @@ def test_valid_events_once_invalid_ones_dead_lettered(tmp_path: Path, kafka_boot
             (f"txa-{suffix}", avro_records, txa_meta, avro_expected),
         ):
             dead = asyncio.run(consume_all(kafka_bootstrap, f"{topic}.dlq", len(expected)))
-            assert len(dead) == len(expected), f"{topic}: {len(dead)} dead letters, want {len(expected)}"
+            assert len(dead) == len(expected), (
+                f"{topic}: {len(dead)} dead letters, want {len(expected)}"
+            )
             by_origin = {(p, o): i for i, (p, o) in enumerate(meta)}
             for message in dead:
                 headers = parse_dead_letter_headers(message.headers)
@@ -174,7 +216,8 @@ def test_valid_events_once_invalid_ones_dead_lettered(tmp_path: Path, kafka_boot
             except orjson.JSONDecodeError:
                 continue
             if not key.startswith(b"bad") and (
-                key.decode() not in newest or event["event_time"] >= newest[key.decode()]["event_time"]
+                key.decode() not in newest
+                or event["event_time"] >= newest[key.decode()]["event_time"]
             ):
                 newest[key.decode()] = event
         client = redis.Redis.from_url(redis_url)
@@ -184,7 +227,9 @@ def test_valid_events_once_invalid_ones_dead_lettered(tmp_path: Path, kafka_boot
             assert stored[b"event_id"].decode() == event["event_id"]
         assert client.hget(f"e2e-{suffix}:tx-avro:latest:avro-user", "amount") == b"3.5"
 
-        assert worker.proc is not None and worker.proc.poll() is None, "worker must survive bad input"
+        assert worker.proc is not None and worker.proc.poll() is None, (
+            "worker must survive bad input"
+        )
         assert worker.get("/healthz")[0] == 200
     finally:
         code = worker.stop()

@@ -153,7 +153,9 @@ async def test_created_topics_carry_explicit_configs(broker: EmbeddedBroker) -> 
     finally:
         await admin.close()
     entries = {
-        entry[0]: entry[1] for response in responses for res in response.resources
+        entry[0]: entry[1]
+        for response in responses
+        for res in response.resources
         for entry in res[4]
     }
     assert entries["retention.ms"] == "1234567"
@@ -204,7 +206,6 @@ def test_auto_port_taken_meanwhile_is_retried(monkeypatch: pytest.MonkeyPatch) -
                 assert client.ping()
             finally:
                 client.close()
-
 
 
 def test_redis_answers_set_get(redis_server: EmbeddedRedis) -> None:
@@ -356,8 +357,9 @@ def _load_infra() -> ModuleType:
     for name in ("tests.infra", "infra"):
         with contextlib.suppress(ImportError):
             return importlib.import_module(name)
-    spec = importlib.util.spec_from_file_location("driftline_tests_infra",
-                                                  PROJECT_ROOT / "tests" / "infra.py")
+    spec = importlib.util.spec_from_file_location(
+        "driftline_tests_infra", PROJECT_ROOT / "tests" / "infra.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -22,8 +22,13 @@ TX_JSON = CONTRACTS / "transactions.schema.json"
 TX_AVRO = CONTRACTS / "transactions.avsc"
 
 GOOD = {
-    "event_id": "e1", "user_id": "u1", "amount": 12.5, "category": "grocery",
-    "currency": "EUR", "country": "DE", "event_time": 1_700_000_000_000,
+    "event_id": "e1",
+    "user_id": "u1",
+    "amount": 12.5,
+    "category": "grocery",
+    "currency": "EUR",
+    "country": "DE",
+    "event_time": 1_700_000_000_000,
 }
 
 
@@ -93,7 +98,9 @@ def test_tuple_items_and_remote_refs_are_not_fast_safe() -> None:
         (b'{"type": "strnig"}', "not a valid JSON Schema"),
     ],
 )
-def test_bad_json_schema_files_are_schema_errors(tmp_path: Path, content: bytes, message: str) -> None:
+def test_bad_json_schema_files_are_schema_errors(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
     path = tmp_path / "bad.json"
     path.write_bytes(content)
     with pytest.raises(SchemaError, match=message) as info:
@@ -121,7 +128,10 @@ def test_json_events_against_avro_contract() -> None:
     contract = AvroContract.from_file(TX_AVRO)
     contract.validate(GOOD)
     assert reason_of(contract.validate, {**GOOD, "amount": "12"}) == "wrong_type"
-    assert reason_of(contract.validate, {k: v for k, v in GOOD.items() if k != "user_id"}) == "missing_field"
+    assert (
+        reason_of(contract.validate, {k: v for k, v in GOOD.items() if k != "user_id"})
+        == "missing_field"
+    )
     # nullable fields may be absent
     contract.validate({k: v for k, v in GOOD.items() if k != "country"})
 
@@ -172,21 +182,34 @@ def test_unknown_ids_are_resolved_once_through_the_registry() -> None:
 
 
 def test_build_parser_checks_config_against_contract() -> None:
-    common = {"encoding": "json", "contract_path": TX_JSON, "event_time_unit": "ms", "max_event_bytes": 1000}
+    common = {
+        "encoding": "json",
+        "contract_path": TX_JSON,
+        "event_time_unit": "ms",
+        "max_event_bytes": 1000,
+    }
     with pytest.raises(SchemaError, match="entity key field 'account'"):
         build_parser(entity_key="account", event_time_field=None, **common)
     with pytest.raises(SchemaError, match="event time field 'ts'"):
         build_parser(entity_key="user_id", event_time_field="ts", **common)
     with pytest.raises(SchemaError, match="needs an Avro"):
-        build_parser(**{**common, "encoding": "confluent-avro"}, entity_key="user_id", event_time_field=None)
+        build_parser(
+            **{**common, "encoding": "confluent-avro"}, entity_key="user_id", event_time_field=None
+        )
 
 
 # -- differential test: the fast engine agrees with draft 2020-12 -------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10, 10**13) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=5) | st.sampled_from(["grocery", "EUR", "DE", "e1", "u1"]),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-10, 10**13)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5)
+    | st.sampled_from(["grocery", "EUR", "DE", "e1", "u1"]),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3)
+    ),
     max_leaves=8,
 )
 events = st.fixed_dictionaries(

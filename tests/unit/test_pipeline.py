@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,8 +23,12 @@ TX_JSON = Path(__file__).resolve().parents[2] / "schemas" / "contracts" / "trans
 
 def make_parser(max_event_bytes: int = 4096, event_time_unit: str = "ms"):
     return build_parser(
-        encoding="json", contract_path=TX_JSON, entity_key="user_id", event_time_field="event_time",
-        event_time_unit=event_time_unit, max_event_bytes=max_event_bytes,
+        encoding="json",
+        contract_path=TX_JSON,
+        entity_key="user_id",
+        event_time_field="event_time",
+        event_time_unit=event_time_unit,
+        max_event_bytes=max_event_bytes,
     )
 
 
@@ -53,9 +56,13 @@ def make_pipeline(store=None, dlq=None, max_event_bytes=4096):
         sleeps.append(delay)
 
     pipeline = SourcePipeline(
-        source="transactions", dead_letter_topic="tx.dlq", parser=make_parser(max_event_bytes),
-        dead_letters=dlq or MemoryDeadLetterSink(), store=store or MemoryStore(),
-        metrics=WorkerMetrics(["transactions"], CollectorRegistry()), backoff=Backoff(0.1, 0.4),
+        source="transactions",
+        dead_letter_topic="tx.dlq",
+        parser=make_parser(max_event_bytes),
+        dead_letters=dlq or MemoryDeadLetterSink(),
+        store=store or MemoryStore(),
+        metrics=WorkerMetrics(["transactions"], CollectorRegistry()),
+        backoff=Backoff(0.1, 0.4),
         sleep=fake_sleep,
     )
     return pipeline, sleeps
@@ -81,8 +88,14 @@ def test_event_time_sources_and_units(tmp_path: Path) -> None:
     schema.write_text('{"type": "object", "properties": {"id": {}, "t": {}}}')
 
     def parser(unit: str):
-        return build_parser(encoding="json", contract_path=schema, entity_key="id", event_time_field="t",
-                            event_time_unit=unit, max_event_bytes=100)
+        return build_parser(
+            encoding="json",
+            contract_path=schema,
+            entity_key="id",
+            event_time_field="t",
+            event_time_unit=unit,
+            max_event_bytes=100,
+        )
 
     # no event-time field in the event: falls back to the record timestamp
     assert parser("ms").parse(b'{"id": 1}', 777).event_time_ms == 777
@@ -90,20 +103,34 @@ def test_event_time_sources_and_units(tmp_path: Path) -> None:
     assert parser("ms").parse(b'{"id": 1, "t": 1234}', 0).event_time_ms == 1234
     assert parser("s").parse(b'{"id": 1, "t": 2.5}', 0).event_time_ms == 2500
     # ISO 8601 strings are accepted whatever the unit, when they carry an offset
-    assert parser("ms").parse(b'{"id": 1, "t": "1970-01-01T00:00:01+00:00"}', 0).event_time_ms == 1000
+    assert (
+        parser("ms").parse(b'{"id": 1, "t": "1970-01-01T00:00:01+00:00"}', 0).event_time_ms == 1000
+    )
 
 
 def test_entity_key_must_be_a_non_empty_string_or_integer(tmp_path: Path) -> None:
     schema = tmp_path / "loose.json"
     schema.write_text('{"type": "object", "properties": {"id": {}, "t": {}}}')
-    parser = build_parser(encoding="json", contract_path=schema, entity_key="id", event_time_field="t",
-                          event_time_unit="iso8601", max_event_bytes=100)
-    assert parser.parse(b'{"id": 5, "t": "2024-01-01T00:00:00Z"}', 0) == ParsedEvent("5", 1704067200000, {"id": 5, "t": "2024-01-01T00:00:00Z"})
+    parser = build_parser(
+        encoding="json",
+        contract_path=schema,
+        entity_key="id",
+        event_time_field="t",
+        event_time_unit="iso8601",
+        max_event_bytes=100,
+    )
+    assert parser.parse(b'{"id": 5, "t": "2024-01-01T00:00:00Z"}', 0) == ParsedEvent(
+        "5", 1704067200000, {"id": 5, "t": "2024-01-01T00:00:00Z"}
+    )
     for bad in (b'{"t": 1}', b'{"id": "", "t": 1}', b'{"id": true}', b'{"id": [1]}'):
         with pytest.raises(InvalidEvent) as info:
             parser.parse(bad, 0)
         assert info.value.rejection.reason == "missing_entity_key"
-    for bad_time in (b'{"id": 1, "t": "yesterday"}', b'{"id": 1, "t": "2024-01-01T00:00:00"}', b'{"id": 1, "t": true}'):
+    for bad_time in (
+        b'{"id": 1, "t": "yesterday"}',
+        b'{"id": 1, "t": "2024-01-01T00:00:00"}',
+        b'{"id": 1, "t": true}',
+    ):
         with pytest.raises(InvalidEvent) as info:
             parser.parse(bad_time, 0)
         assert info.value.rejection.reason == "bad_event_time"
@@ -125,7 +152,7 @@ async def test_batch_dead_letters_bytes_unchanged_with_reason_headers() -> None:
     dlq = pipeline.dead_letters
     assert isinstance(dlq, MemoryDeadLetterSink)
     assert len(dlq.written) == len(expected)
-    for topic, key, value, headers in dlq.written:
+    for topic, _key, value, headers in dlq.written:
         meta = parse_dead_letter_headers(headers)
         offset = int(meta["offset"])
         assert topic == "tx.dlq"
@@ -157,8 +184,12 @@ async def test_failed_effects_are_retried_with_backoff_and_nothing_is_lost() -> 
 
 
 def test_newest_per_entity_keeps_the_latest_event_time() -> None:
-    events = [ParsedEvent("a", 5, {"n": 1}), ParsedEvent("a", 3, {"n": 2}), ParsedEvent("b", 1, {}),
-              ParsedEvent("a", 5, {"n": 3})]
+    events = [
+        ParsedEvent("a", 5, {"n": 1}),
+        ParsedEvent("a", 3, {"n": 2}),
+        ParsedEvent("b", 1, {}),
+        ParsedEvent("a", 5, {"n": 3}),
+    ]
     newest = newest_per_entity(events)
     assert newest["a"].data == {"n": 3}  # later offset wins a tie
     assert newest["b"].event_time_ms == 1
