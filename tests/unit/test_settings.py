@@ -1,0 +1,117 @@
+"""Settings: precedence, secrets, security options, error messages."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+
+from streams.errors import ConfigError
+from streams.settings import load_settings
+
+CONTRACT = (
+    Path(__file__).resolve().parents[2] / "schemas" / "contracts" / "transactions.schema.json"
+)
+BASE = f"""
+sources:
+  - name: tx
+    topic: tx
+    schema: {CONTRACT}
+    entity_key: user_id
+"""
+
+
+def load(tmp_path: Path, extra: str = "", env: dict[str, str] | None = None):
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + extra)
+    return load_settings(path, env=env or {})
+
+
+def test_defaults_and_dead_letter_topic(tmp_path: Path) -> None:
+    s = load(tmp_path)
+    assert s.app_id == "driftline"
+    assert s.sources[0].dlq_topic == "tx.dlq"
+    assert s.kafka.aiokafka_kwargs() == {
+        "bootstrap_servers": "127.0.0.1:9092",
+        "security_protocol": "PLAINTEXT",
+    }
+
+
+def test_environment_wins_over_the_file(tmp_path: Path) -> None:
+    s = load(
+        tmp_path,
+        "kafka:\n  bootstrap_servers: a:1\n",
+        env={"DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": "b:2"},
+    )
+    assert s.kafka.bootstrap_servers == "b:2"
+    assert load(tmp_path, "kafka:\n  bootstrap_servers: a:1\n").kafka.bootstrap_servers == "a:1"
+
+
+def test_settings_are_immutable(tmp_path: Path) -> None:
+    s = load(tmp_path)
+    with pytest.raises(Exception, match="frozen"):
+        s.kafka.bootstrap_servers = "x:1"  # type: ignore[misc]
+
+
+def test_relative_contract_paths_follow_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "contracts").mkdir()
+    (tmp_path / "contracts" / "c.json").write_bytes(CONTRACT.read_bytes())
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "sources:\n  - {name: a, topic: a, schema: contracts/c.json, entity_key: user_id}\n"
+    )
+    assert load_settings(path, env={}).sources[0].schema_file == tmp_path / "contracts" / "c.json"
+
+
+def test_sasl_ssl_builds_client_arguments_with_secret_from_env(tmp_path: Path) -> None:
+    extra = "kafka:\n  security_protocol: SASL_SSL\n  sasl_mechanism: SCRAM-SHA-512\n  sasl_username: bob\n"
+    with pytest.raises(ConfigError, match="DRIFTLINE_KAFKA__SASL_PASSWORD"):
+        load(tmp_path, extra)
+    s = load(tmp_path, extra, env={"DRIFTLINE_KAFKA__SASL_PASSWORD": "pw"})
+    kwargs = s.kafka.aiokafka_kwargs()
+    assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert kwargs["sasl_plain_username"] == "bob" and kwargs["sasl_plain_password"] == "pw"
+    assert isinstance(kwargs["ssl_context"], ssl.SSLContext)
+    assert kwargs["ssl_context"].verify_mode == ssl.CERT_REQUIRED
+    assert "pw" not in repr(s) and "pw" not in str(s.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("kafka", "sasl_password"),
+        ("redis", "password"),
+        ("metrics", "token"),
+        ("kafka", "ssl_key_password"),
+    ],
+)
+def test_secrets_in_the_file_are_refused(tmp_path: Path, section: str, key: str) -> None:
+    with pytest.raises(
+        ConfigError, match=f"{section}.{key}: secrets are read from the environment only"
+    ):
+        load(tmp_path, f"{section}:\n  {key}: oops\n")
+
+
+def test_redis_url_must_not_carry_credentials(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="DRIFTLINE_REDIS__PASSWORD"):
+        load(tmp_path, "redis:\n  url: redis://:pw@host:6379/0\n")
+
+
+def test_duplicate_sources_and_dlq_collisions(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"sources:\n  - {{name: a, topic: t, schema: {CONTRACT}, entity_key: user_id}}\n"
+        f"  - {{name: a, topic: t.dlq, schema: {CONTRACT}, entity_key: user_id}}\n"
+    )
+    with pytest.raises(ConfigError, match="source names must be unique; repeated: a"):
+        load_settings(path, env={})
+
+
+def test_bad_bootstrap_and_yaml_position(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"kafka.bootstrap_servers: expected host:port"):
+        load(tmp_path, "kafka:\n  bootstrap_servers: nohost\n")
+    path = tmp_path / "broken.yaml"
+    path.write_text("sources:\n  - name: a\n    topic: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml:\d+:\d+: not valid YAML"):
+        load_settings(path, env={})
