@@ -140,7 +140,11 @@ def faust_child(bootstrap: str, topic: str, n: int) -> None:
     import faust
 
     logging.basicConfig(level=logging.WARNING)
-    app = faust.App(
+    from streams.transport import App as BatchApp
+
+    batch_mode = os.environ.get("BENCH_FAUST_MODE", "batch") == "batch"
+    app_class = BatchApp if batch_mode else faust.App
+    app = app_class(
         f"bench-{uuid.uuid4().hex[:6]}",
         broker=f"kafka://{bootstrap}",
         value_serializer="raw",
@@ -156,9 +160,30 @@ def faust_child(bootstrap: str, topic: str, n: int) -> None:
         stream_buffer_maxsize=5000,
         datadir=f"/tmp/driftline-bench-{os.getpid()}",
     )
-    topic_t = app.topic(topic, key_type=bytes, value_type=bytes)
+    topic_t = app.topic(
+        f"unused-{topic}" if batch_mode else topic, key_type=bytes, value_type=bytes
+    )
     p = parser()
     state = {"n": 0, "t0": 0.0}
+
+    def done(n_now: int) -> None:
+        if n_now >= n:
+            rate = n_now / (time.perf_counter() - state["t0"])
+            print(json.dumps({"faust": rate}), flush=True)
+            os._exit(0)
+
+    if batch_mode:
+        channel = app.batch_channel(topic)
+
+        @app.agent(channel)
+        async def ingest_batches(stream):  # type: ignore[no-untyped-def]
+            async for batch in stream:
+                if not state["n"]:
+                    state["t0"] = time.perf_counter()
+                classify(p, batch.records)
+                app.ack_batch(batch)
+                state["n"] += len(batch.records)
+                done(state["n"])
 
     @app.agent(topic_t)
     async def ingest(stream):  # type: ignore[no-untyped-def]

@@ -2,33 +2,35 @@
 
 There is no module-level app: ``create_app(settings)`` builds one with its
 broker, credentials and agents, so tests and several configs can coexist in
-one process.  Agents are thin: they gather a batch with ``take_events`` (which
-acknowledges the events only after the loop body returns, i.e. after
-:meth:`SourcePipeline.process` made the batch's effects durable) and hand it
-to the pipeline.  Faust commits acknowledged offsets every
-``kafka.commit_interval_s`` and on rebalance.
+one process.  Agents are thin: each receives whole partition batches from
+the consumer (:mod:`streams.transport`), hands them to
+:meth:`SourcePipeline.process`, and acknowledges the batch only once that
+returned, i.e. once its effects are durable.  Faust commits acknowledged
+offsets every ``kafka.commit_interval_s`` and on rebalance.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import faust
-from faust.types import EventT, StreamT
+from faust.types import StreamT
 
 from schemas import EventParser, SchemaError
 from sinks.deadletter import KafkaDeadLetterSink
 from sinks.metrics import WorkerMetrics
 from sinks.redis_store import RedisLatestStore, connect_redis
 from streams.errors import ConfigError
-from streams.pipeline import Backoff, RawRecord, SourcePipeline
+from streams.pipeline import Backoff, SourcePipeline
 from streams.settings import KafkaSettings, Settings
 from streams.sources import build_parsers
+from streams.transport import App as BatchApp
+from streams.transport import RecordBatch
 from streams.web import WebService, bind_socket
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ def broker_credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | 
 class DriftlineApp:
     """A Faust app plus the runtime pieces the agents use."""
 
-    app: faust.App
+    app: BatchApp
     settings: Settings
     metrics: WorkerMetrics
     pipelines: dict[str, SourcePipeline]
@@ -61,40 +63,18 @@ class DriftlineApp:
     assigned: set[Any] = field(default_factory=set)
 
 
-def _to_records(events: Sequence[EventT[Any]]) -> list[RawRecord]:
-    records = []
-    for event in events:
-        m = event.message
-        raw_headers = m.headers
-        headers: Sequence[tuple[str, bytes]] = (
-            list(raw_headers.items())
-            if isinstance(raw_headers, Mapping)
-            else list(cast(Sequence[tuple[str, bytes]], raw_headers or ()))
-        )
-        records.append(
-            RawRecord(
-                m.topic,
-                m.partition,
-                m.offset,
-                int(m.timestamp * 1000),
-                m.key,
-                m.value,
-                headers,
-            )
-        )
-    return records
-
-
 def _make_agent(
-    pipeline: SourcePipeline, max_events: int, max_wait_s: float
-) -> Callable[[StreamT[bytes]], Coroutine[Any, Any, None]]:
-    async def ingest(stream: StreamT[bytes]) -> None:
-        # take_events is in faust-streaming's Stream but missing from its StreamT protocol.
-        batches: AsyncIterator[Sequence[EventT[Any]]] = stream.take_events(  # type: ignore[attr-defined]
-            max_events, within=max_wait_s
-        )
-        async for events in batches:
-            await pipeline.process(_to_records(events))
+    app: BatchApp, pipeline: SourcePipeline
+) -> Callable[[StreamT[RecordBatch]], Coroutine[Any, Any, None]]:
+    async def ingest(stream: StreamT[RecordBatch]) -> None:
+        async for batch in stream:
+            await pipeline.process(batch.records)
+            if not app.ack_batch(batch):
+                log.info(
+                    "partition %s/%d moved during a batch; its new owner replays it",
+                    batch.tp.topic,
+                    batch.tp.partition,
+                )
 
     ingest.__name__ = f"ingest_{pipeline.source.replace('-', '_').replace('.', '_')}"
     return ingest
@@ -113,7 +93,7 @@ def create_app(
     kafka = settings.kafka
     worker = settings.worker
     data_dir = worker.data_dir or Path(tempfile.gettempdir()) / f"driftline-{settings.app_id}"
-    app = faust.App(
+    app = BatchApp(
         settings.app_id,
         broker=[f"kafka://{host.strip()}" for host in kafka.bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(kafka),
@@ -129,8 +109,7 @@ def create_app(
         broker_heartbeat_interval=kafka.heartbeat_interval_s,
         broker_rebalance_timeout=kafka.rebalance_timeout_s,
         broker_commit_interval=kafka.commit_interval_s,
-        broker_max_poll_records=max(worker.batch_max_events, 500),
-        stream_buffer_maxsize=max(worker.batch_max_events, 4096),
+        broker_max_poll_records=worker.batch_max_events,
         producer_acks=-1,
         worker_redirect_stdouts=False,
     )
@@ -162,10 +141,8 @@ def create_app(
             backoff=Backoff(worker.retry_backoff_initial_s, worker.retry_backoff_max_s),
         )
         pipelines[source.name] = pipeline
-        topic = app.topic(source.topic, key_type=bytes, value_type=bytes, acks=True)
-        app.agent(topic, name=f"driftline.ingest.{source.name}")(
-            _make_agent(pipeline, worker.batch_max_events, worker.batch_max_wait_s)
-        )
+        channel = app.batch_channel(source.topic)
+        app.agent(channel, name=f"driftline.ingest.{source.name}")(_make_agent(app, pipeline))
 
     holder = DriftlineApp(
         app=app, settings=settings, metrics=metrics, pipelines=pipelines, web=None

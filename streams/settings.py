@@ -164,8 +164,9 @@ class MetricsSettings(_Section):
 
 
 class WorkerSettings(_Section):
-    batch_max_events: int = Field(5000, ge=1)
-    batch_max_wait_s: float = Field(0.2, gt=0)
+    batch_max_events: int = Field(
+        10000, ge=1, description="records fetched per poll (max.poll.records); bounds a batch"
+    )
     data_dir: Path | None = Field(None, description="Faust data dir; default: a temp dir")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"

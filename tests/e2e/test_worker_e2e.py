@@ -42,7 +42,7 @@ def e2e_config(bootstrap: str, redis_url: str, suffix: str) -> dict[str, Any]:
             "topic_partitions": 4,
         },
         "redis": {"url": redis_url, "key_prefix": f"e2e-{suffix}"},
-        "worker": {"batch_max_wait_s": 0.05, "log_level": "info"},
+        "worker": {"log_level": "info"},
         "sources": [
             {
                 "name": "tx",

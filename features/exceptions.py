@@ -1,0 +1,54 @@
+"""Errors raised by the feature layer.
+
+One root, :class:`FeatureError`, so callers can catch everything this package
+raises with one clause.  The concrete errors also derive from ``ValueError``:
+they are all "this value is not acceptable" problems, and code that already
+catches ``ValueError`` (config loaders, the CLI) keeps working.
+
+* :class:`FeatureDefinitionError`: a feature group definition is invalid.  It
+  always names the group and the offending key, because the definitions come
+  from a config file a human has to fix.
+* :class:`CodecError`: a stored state blob does not decode (truncated, written
+  for another definition, or corrupted).
+"""
+
+from __future__ import annotations
+
+
+class FeatureError(Exception):
+    """Root of every error raised by :mod:`features`."""
+
+
+class FeatureDefinitionError(FeatureError, ValueError):
+    """A feature group definition is invalid.
+
+    ``str(error)`` reads ``feature group 'user_spend': windows[1]: <problem>``;
+    the parts are also available as :attr:`group`, :attr:`key` and
+    :attr:`problem` for tools that want to point at the config line.
+    """
+
+    def __init__(self, problem: str, *, group: str | None = None, key: str | None = None) -> None:
+        self.problem = problem
+        self.group = group
+        self.key = key
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = f"feature group {self.group!r}" if self.group else "feature group <unnamed>"
+        if self.key:
+            where = f"{where}: {self.key}"
+        return f"{where}: {self.problem}"
+
+    def within(self, group: str | None, key: str | None = None) -> FeatureDefinitionError:
+        """The same problem, located in ``group`` (and under ``key`` if given).
+
+        Lower layers (a :class:`~features.definitions.Window`) do not know which
+        group they belong to; the group adds itself on the way up.
+        """
+        if key and self.key:
+            key = f"{key}.{self.key}"
+        return FeatureDefinitionError(self.problem, group=group, key=key or self.key)
+
+
+class CodecError(FeatureError, ValueError):
+    """Bytes that do not decode as the state of the given feature group."""
