@@ -8,8 +8,9 @@ the embedded broker (or ``--bootstrap``), then reads them back four ways:
 1. ``raw``        plain aiokafka consumer, ``orjson.loads`` per record: the baseline;
 2. ``validate``   aiokafka consumer + driftline's per-batch ``classify`` (decode,
                   contract, entity/event-time extraction), no sinks;
-3. ``faust``      the worker's real path: a Faust agent gathering batches with
-                  ``take_events`` + ``classify`` (a child process), no sinks;
+3. ``faust``      a Faust agent in a child process, + ``classify``, no sinks:
+                  stock Faust delivery with ``take_events``, and driftline's
+                  partition-batch delivery (``streams/transport.py``, the worker's path);
 4. in-memory engines: fastjsonschema vs jsonschema on the same decoded events.
 
 Rates are events/s; the ratio to ``raw`` from the same run is the figure to
@@ -276,18 +277,23 @@ def main() -> None:
         for mode in ("raw", "validate"):
             print(f"measuring {mode} ...", file=sys.stderr)
             results[mode] = asyncio.run(consume(bootstrap, topic, n, mode))
-        print("measuring faust (agent + take_events + classify) ...", file=sys.stderr)
-        child = subprocess.run(
-            [sys.executable, __file__, "--faust-child", bootstrap, topic, str(n)],
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        for line in child.stdout.splitlines():
-            if '{"faust"' in line:  # Faust's terminal codes may precede it
-                results.update(json.loads(line[line.index('{"faust"') :]))
-        if "faust" not in results:
-            print(child.stderr[-3000:], file=sys.stderr)
+        for mode, label in (
+            ("stock", "faust take_events + validate"),
+            ("batch", "faust batches + validate"),
+        ):
+            print(f"measuring {label} ...", file=sys.stderr)
+            child = subprocess.run(
+                [sys.executable, __file__, "--faust-child", bootstrap, topic, str(n)],
+                capture_output=True,
+                text=True,
+                timeout=900,
+                env={**os.environ, "BENCH_FAUST_MODE": mode},
+            )
+            for line in child.stdout.splitlines():
+                if '{"faust"' in line:  # Faust's terminal codes may precede it
+                    results[label] = json.loads(line[line.index('{"faust"') :])["faust"]
+            if label not in results:
+                print(child.stderr[-3000:], file=sys.stderr)
         # the baseline again, to show the noise of the machine during the run
         results["raw (again)"] = asyncio.run(consume(bootstrap, topic, n, "raw"))
         memory = engines(events)
