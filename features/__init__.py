@@ -1,4 +1,52 @@
-"""Window aggregation engine and feature definitions (pure: no Kafka, Redis or Faust).
+"""Sliding-window features: definitions and the window engine (pure: no Kafka, Redis or Faust).
 
-The sliding-window engine lands with the features issue (#3).
+::
+
+    FeatureGroup.from_config(dict)          definitions.py   what to compute
+            │
+    split_by_time(events, watermark, …)     watermark.py     late / future / accepted
+            │ accepted events
+    build_deltas(group, events)             engine.py        one pass: a delta per entity
+            │ {entity: EntityState}
+    apply_delta(group, state, delta)        engine.py        merge + prune (Redis: Lua)
+            │                               codec.py         ring <-> bytes for the Lua side
+    read_features(group, state, as_of_ms)   engine.py        FeatureVector
+
+The window semantics (buckets, reads as of a time, decay, pruning) are
+described in :mod:`features.engine`; the mergeable intermediates in
+:mod:`features.stats` and :mod:`features.sketch`.
 """
+
+from features.codec import decode_last, decode_ring, encode_last, encode_ring
+from features.definitions import AGGREGATIONS, FeatureGroup, Window
+from features.durations import format_duration, parse_duration
+from features.engine import apply_delta, build_deltas, read_features
+from features.exceptions import CodecError, FeatureDefinitionError, FeatureError
+from features.state import BucketStats, EntityState, FeatureVector
+from features.stats import Summary
+from features.watermark import TimeSplit, Watermark, split_by_time
+
+__all__ = [
+    "AGGREGATIONS",
+    "BucketStats",
+    "CodecError",
+    "EntityState",
+    "FeatureDefinitionError",
+    "FeatureError",
+    "FeatureGroup",
+    "FeatureVector",
+    "Summary",
+    "TimeSplit",
+    "Watermark",
+    "Window",
+    "apply_delta",
+    "build_deltas",
+    "decode_last",
+    "decode_ring",
+    "encode_last",
+    "encode_ring",
+    "format_duration",
+    "parse_duration",
+    "read_features",
+    "split_by_time",
+]

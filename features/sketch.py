@@ -9,7 +9,7 @@ error about ``1 / sqrt(K - 2)``, i.e. ~18 % for ``K = 32``).
 ::
 
     hash space 0 ────────────────────────────────────────────── 2**52
-                ×  × ×   ×  ×  ×   ×  …  ×│ ×      ×     ×   ×
+                x  x x   x  x  x   x  …  x│ x      x     x   x
                 └──── the 32 smallest ────┘│└─ not kept ──────┘
                                            h_K
 

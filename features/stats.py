@@ -54,6 +54,9 @@ class Summary(NamedTuple):
 
 EMPTY = Summary(0, 0.0, 0.0, math.inf, -math.inf)
 
+# NamedTuple construction without the Python-level ``__new__`` (hot paths).
+_new = tuple.__new__
+
 
 def summary_of(value: float) -> Summary:
     """The summary of a single value."""
@@ -74,13 +77,13 @@ def summary_of_values(values: Sequence[float]) -> Summary:
         return EMPTY
     if n == 1:
         x = values[0]
-        return Summary(1, x, 0.0, x, x)
+        return _new(Summary, (1, x, 0.0, x, x))
     mu = math.fsum(values) / n
     m2 = 0.0
     for x in values:
         d = x - mu
         m2 += d * d
-    return Summary(n, mu, m2, min(values), max(values))
+    return _new(Summary, (n, mu, m2, min(values), max(values)))
 
 
 def merge(a: Summary, b: Summary) -> Summary:
@@ -93,12 +96,15 @@ def merge(a: Summary, b: Summary) -> Summary:
     bn = b.n
     n = an + bn
     delta = b.mean - a.mean
-    return Summary(
-        n,
-        a.mean + delta * bn / n,
-        a.m2 + b.m2 + delta * delta * an * bn / n,
-        a.min if a.min <= b.min else b.min,
-        a.max if a.max >= b.max else b.max,
+    return _new(
+        Summary,
+        (
+            n,
+            a.mean + delta * bn / n,
+            a.m2 + b.m2 + delta * delta * an * bn / n,
+            a.min if a.min <= b.min else b.min,
+            a.max if a.max >= b.max else b.max,
+        ),
     )
 
 

@@ -12,7 +12,7 @@ header                                  value (UTF-8)
 driftline.errors.topic                  topic the record was read from
 driftline.errors.partition              its partition (decimal)
 driftline.errors.offset                 its offset (decimal)
-driftline.errors.stage                  size | deserialize | validate | extract
+driftline.errors.stage                  size | deserialize | validate | extract | time
 driftline.errors.reason                 reason code, e.g. ``missing_field``
 driftline.errors.class.name             error class, e.g. ``ValidationError``
 driftline.errors.exception.message      human explanation (at most 1 KiB)

@@ -52,6 +52,7 @@ STAGE_SIZE = "size"
 STAGE_DESERIALIZE = "deserialize"
 STAGE_VALIDATE = "validate"
 STAGE_EXTRACT = "extract"
+STAGE_TIME = "time"
 
 #: Every reason code the contract layer can produce, with its stage.  The
 #: worker pre-creates a metric series per reason so dashboards show zeros
@@ -70,6 +71,9 @@ REASONS: dict[str, str] = {
     "schema_violation": STAGE_VALIDATE,
     "missing_entity_key": STAGE_EXTRACT,
     "bad_event_time": STAGE_EXTRACT,
+    # decided by the feature stage, against the partition's event-time watermark
+    "late": STAGE_TIME,
+    "future": STAGE_TIME,
 }
 
 

@@ -49,6 +49,12 @@ class WorkerMetrics:
             ["source", "reason"],
             registry=r,
         )
+        self.replayed = Counter(
+            "driftline_events_replayed",
+            "Redelivered records skipped because their effects were already stored (exactly-once).",
+            ["source"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "driftline_dead_letter_writes",
             "Records written to a dead-letter topic.",
@@ -71,7 +77,7 @@ class WorkerMetrics:
         )
         self.redis_write_seconds = Histogram(
             "driftline_redis_write_seconds",
-            "Latency of one pipelined Redis write per batch.",
+            "Latency of one atomic feature write (one partition batch) to Redis.",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -92,7 +98,7 @@ class WorkerMetrics:
         )
         self.build = Info("driftline_build", "Version of the running worker.", registry=r)
         for source in sources:
-            for label in (self.consumed, self.valid, self.dead_letters):
+            for label in (self.consumed, self.valid, self.dead_letters, self.replayed):
                 label.labels(source=source)
             for reason in REASONS:
                 self.invalid.labels(source=source, reason=reason)

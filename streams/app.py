@@ -21,14 +21,16 @@ from typing import Any
 import faust
 from faust.types import StreamT
 
+from features.definitions import FeatureGroup
 from schemas import EventParser, SchemaError
 from sinks.deadletter import KafkaDeadLetterSink
+from sinks.feature_store import RedisFeatureStore
 from sinks.metrics import WorkerMetrics
-from sinks.redis_store import RedisLatestStore, connect_redis
+from sinks.redis_client import connect_redis
 from streams.errors import ConfigError
 from streams.pipeline import Backoff, SourcePipeline
 from streams.settings import KafkaSettings, Settings
-from streams.sources import build_parsers
+from streams.sources import build_feature_groups, build_parsers
 from streams.transport import App as BatchApp
 from streams.transport import RecordBatch
 from streams.web import WebService, bind_socket
@@ -80,14 +82,28 @@ def _make_agent(
     return ingest
 
 
+def redis_client(settings: Settings) -> Any:
+    redis_cfg = settings.redis
+    return connect_redis(
+        redis_cfg.url,
+        username=redis_cfg.username,
+        password=redis_cfg.password.get_secret_value() if redis_cfg.password else None,
+        ssl_cafile=str(redis_cfg.ssl_cafile) if redis_cfg.ssl_cafile else None,
+        socket_timeout_s=redis_cfg.socket_timeout_s,
+    )
+
+
 def create_app(
     settings: Settings,
     *,
     parsers: dict[str, EventParser] | None = None,
+    groups: dict[str, tuple[FeatureGroup, ...]] | None = None,
     metrics: WorkerMetrics | None = None,
 ) -> DriftlineApp:
     """Build the worker's Faust app from settings.  Raises ``SchemaError`` on bad contracts."""
     parsers = parsers if parsers is not None else build_parsers(settings)
+    if groups is None:
+        groups = build_feature_groups(settings, parsers, "config")
     metrics = metrics or WorkerMetrics([s.name for s in settings.sources])
     metrics.build.info({"version": VERSION, "faust": faust.__version__})
     kafka = settings.kafka
@@ -115,14 +131,8 @@ def create_app(
     )
 
     redis_cfg = settings.redis
-    client = connect_redis(
-        redis_cfg.url,
-        username=redis_cfg.username,
-        password=redis_cfg.password.get_secret_value() if redis_cfg.password else None,
-        ssl_cafile=str(redis_cfg.ssl_cafile) if redis_cfg.ssl_cafile else None,
-        socket_timeout_s=redis_cfg.socket_timeout_s,
-    )
-    store = RedisLatestStore(client, prefix=redis_cfg.key_prefix, ttl_s=redis_cfg.latest_ttl_s)
+    client = redis_client(settings)
+    store = RedisFeatureStore(client, prefix=redis_cfg.key_prefix)
 
     async def send(
         topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]
@@ -137,6 +147,9 @@ def create_app(
             parser=parsers[source.name],
             dead_letters=KafkaDeadLetterSink(send),
             store=store,
+            groups=groups.get(source.name, ()),
+            allowed_lateness_ms=source.allowed_lateness_ms,
+            future_tolerance_ms=source.future_tolerance_ms,
             metrics=metrics,
             backoff=Backoff(worker.retry_backoff_initial_s, worker.retry_backoff_max_s),
         )

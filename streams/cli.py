@@ -70,10 +70,11 @@ def main() -> None:
 @user_errors
 def check_config(config: Path) -> None:
     """Validate CONFIG and its contract files without connecting anywhere."""
-    from streams.sources import build_parsers
+    from streams.sources import build_feature_groups, build_parsers
 
     settings = _load(config)
     parsers = build_parsers(settings)
+    groups = build_feature_groups(settings, parsers, str(config))
     click.echo(f"{config}: OK")
     click.echo(
         f"  kafka   {settings.kafka.bootstrap_servers} ({settings.kafka.security_protocol}), "
@@ -97,6 +98,13 @@ def check_config(config: Path) -> None:
             f"({engine}{', ' + fingerprint[:19] if fingerprint else ''}); "
             f"entity {source.entity_key}; event time {source.event_time or 'record timestamp'}"
         )
+        for group in groups.get(source.name, ()):
+            windows = ", ".join(w.name for w in group.windows)
+            click.echo(
+                f"  group   {group.name} v{group.version} on {source.name}: "
+                f"{len(group.feature_names())} features over {windows}; "
+                f"fingerprint {group.fingerprint()[:12]}"
+            )
 
 
 @main.command()
@@ -104,13 +112,42 @@ def check_config(config: Path) -> None:
 @user_errors
 def worker(config: Path) -> None:
     """Run the stream worker (many instances share one consumer group)."""
-    from streams.sources import build_parsers
+    from streams.sources import build_feature_groups, build_parsers
 
     settings = _load(config)
     parsers = build_parsers(settings)  # contract errors surface before Faust starts
+    groups = build_feature_groups(settings, parsers, str(config))
     from streams.runner import run_worker
 
-    run_worker(settings, parsers)
+    run_worker(settings, parsers, groups)
+
+
+@main.group()
+def features() -> None:
+    """Read online features from Redis."""
+
+
+@features.command("get")
+@config_option
+@click.option("--group", "group_name", default=None, help="feature group (default: the only one)")
+@click.option(
+    "--as-of", "as_of_ms", type=int, default=None, help="read as of this epoch ms (default: now)"
+)
+@click.option("--json", "as_json", is_flag=True, help="print JSON (one object per entity)")
+@click.argument("entities", nargs=-1, required=True)
+@user_errors
+def features_get(
+    config: Path,
+    group_name: str | None,
+    as_of_ms: int | None,
+    as_json: bool,
+    entities: tuple[str, ...],
+) -> None:
+    """Print the features of ENTITIES (one Redis round trip for all of them)."""
+    from streams.features_cli import get_features
+
+    settings = _load(config)
+    click.echo(get_features(settings, str(config), group_name, list(entities), as_of_ms, as_json))
 
 
 @main.command()

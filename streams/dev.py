@@ -25,10 +25,13 @@ import click
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from sinks.feature_store import RedisFeatureStore
+from sinks.redis_client import connect_redis
 from streams import embedded
 from streams.demo import DemoEvents
 from streams.errors import DriftlineError
 from streams.settings import Settings, load_settings
+from streams.sources import build_feature_groups, build_parsers
 from streams.topics import ensure_topics
 
 DEFAULT_CONFIG = Path(__file__).parent / "defaults" / "dev.yaml"
@@ -67,6 +70,10 @@ def _scrape(url: str) -> dict[str, float]:
     return out
 
 
+def _fmt(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
 def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
@@ -84,6 +91,12 @@ class DevStack:
         self.worker: subprocess.Popen[bytes] | None = None
         self.config_path = options.config or DEFAULT_CONFIG
         self.settings: Settings = load_settings(self.config_path)
+        parsers = build_parsers(self.settings)
+        self.groups = [
+            g
+            for gs in build_feature_groups(self.settings, parsers, str(self.config_path)).values()
+            for g in gs
+        ]
         self.metrics_port = options.metrics_port or embedded.find_free_port()
 
     # -- start / stop ------------------------------------------------------
@@ -176,8 +189,6 @@ class DevStack:
             await producer.stop()
 
     async def watch(self, redis_url: str, stop: asyncio.Event, log_path: Path) -> int:
-        import redis.asyncio as aioredis
-
         base = f"http://127.0.0.1:{self.metrics_port}"
         started = time.monotonic()
         while not _ready(base + "/readyz"):
@@ -190,17 +201,19 @@ class DevStack:
                 return 0
             await asyncio.sleep(0.25)
         source = self.settings.sources[0]
-        prefix = self.settings.redis.key_prefix
+        groups = [g for g in self.groups if g.source == source.name]
         _say(f"worker ready after {time.monotonic() - started:.1f}s. Where to look:")
         _say(f"  metrics      {base}/metrics   (health {base}/healthz, readiness {base}/readyz)")
-        _say(
-            f"  features     redis-cli -u {redis_url} "
-            f"HGETALL {prefix}:{source.name}:latest:user-00000"
-        )
+        if groups:
+            _say(
+                f"  features     DRIFTLINE_REDIS__URL={redis_url} driftline features get "
+                f"-c {self.config_path} --group {groups[0].name} user-00000"
+            )
         _say(f"  dead letters topic {source.dlq_topic} (reason in header driftline.errors.reason)")
         _say(f"  worker log   {log_path}")
         _say("Ctrl-C stops everything.")
-        client = aioredis.Redis.from_url(redis_url)
+        client = connect_redis(redis_url)
+        store = RedisFeatureStore(client, prefix=self.settings.redis.key_prefix)
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -215,21 +228,25 @@ class DevStack:
                 except OSError as exc:
                     _say(f"  (metrics not reachable: {exc})")
                     continue
-                latest = await client.hgetall(f"{prefix}:{source.name}:latest:user-00000")
+                feature = ""
+                if groups:
+                    [vector] = await store.get(groups[0], ["user-00000"])
+                    shown = [n for n in vector.values if n.endswith(("_count_5m", "_mean_5m"))][:2]
+                    feature = "  | user-00000 " + " ".join(
+                        f"{n}={_fmt(vector.values[n])}" for n in shown
+                    )
                 reasons = ", ".join(
                     f"{k.split(':', 1)[1]}={int(v)}"
                     for k, v in sorted(m.items())
                     if k.startswith("invalid:")
                 )
-                raw_amount = latest.get(b"amount", b"-")
-                amount = raw_amount.decode() if isinstance(raw_amount, bytes) else raw_amount
                 _say(
                     f"[{time.strftime('%H:%M:%S')}]"
                     f" consumed {int(m.get('driftline_events_consumed_total', 0))}"
                     f"  valid {int(m.get('driftline_events_valid_total', 0))}"
                     f"  dead-lettered {int(m.get('driftline_dead_letter_writes_total', 0))}"
                     f"{' (' + reasons + ')' if reasons else ''}"
-                    f"  | user-00000 last amount {amount}"
+                    f"{feature}"
                 )
         finally:
             await client.aclose()

@@ -1,17 +1,27 @@
-"""Per-batch processing of one source: validate, dead-letter, store, count.
+"""Per-batch processing of one source: validate, judge event time, aggregate, store, count.
 
 No Faust here: the agent hands over a list of :class:`RawRecord` and awaits
 :meth:`SourcePipeline.process`.  When it returns, every effect of the batch is
-durable (dead letters acknowledged by the broker, Redis written), so the agent
-may acknowledge the batch and Faust may commit its offsets.  When an effect
-fails (broker or Redis unreachable) it is retried with exponential backoff;
-the batch is never acknowledged half-done and never dropped.
+durable (dead letters acknowledged by the broker, feature updates applied in
+Redis together with the partition's offset), so the agent may acknowledge the
+batch and Faust may commit its offsets.  When an effect fails (broker or
+Redis unreachable) it is retried with exponential backoff; the batch is never
+acknowledged half-done and never dropped.
 
 ::
 
-    records ──► classify (pure) ──┬─► valid ───► Redis latest (idempotent)
-                                  └─► invalid ─► dead-letter topic (bytes unchanged,
-                                                 reason headers)
+    records of one partition
+      │  offset <= offset stored with the features?  ──► skip (a replay: already applied)
+      ▼
+    classify (contract) ──invalid──────────────────────────────┐
+      │ valid                                                  │
+      ▼                                                        ▼
+    event time vs. record time and partition watermark ──late/future──► dead-letter topic
+      │ accepted
+      ▼
+    build_deltas per feature group ──► Redis: one atomic script per partition batch
+                                        (bucket merges + new offset + watermark,
+                                         only if the stored offset is unchanged)
 """
 
 from __future__ import annotations
@@ -20,18 +30,28 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from schemas import EventParser, InvalidEvent, ParsedEvent, Rejection
+from features.definitions import FeatureGroup
+from features.engine import build_deltas
+from features.state import EntityState
+from features.watermark import split_by_time
+from schemas import REASONS, EventParser, InvalidEvent, ParsedEvent, Rejection
 from schemas.deadletter import dead_letter_headers
 from schemas.wire import ConfluentAvroDecoder
 from sinks.deadletter import DeadLetterSink
+from sinks.feature_store import FeatureStore, PartitionState
 from sinks.metrics import WorkerMetrics
-from sinks.redis_store import LatestStore
 
 log = logging.getLogger(__name__)
+
+#: Rejections logged one by one per batch; the rest are summarised (the
+#: metrics and the dead-letter topic have them all).
+LOG_REJECTIONS_PER_BATCH = 5
+#: "Now" for split_by_time once future events are removed per record.
+_NO_HORIZON = 1 << 62
 
 
 class RawRecord(NamedTuple):
@@ -46,8 +66,12 @@ class RawRecord(NamedTuple):
 
 @dataclass
 class Classified:
+    """Valid events (with the record each came from) and rejections of a batch."""
+
     valid: list[ParsedEvent] = field(default_factory=list)
+    valid_records: list[RawRecord] = field(default_factory=list)
     rejected: list[tuple[RawRecord, Rejection]] = field(default_factory=list)
+    replayed: int = 0
 
     def reasons(self) -> Counter[str]:
         return Counter(rejection.reason for _, rejection in self.rejected)
@@ -58,13 +82,69 @@ def classify(parser: EventParser, records: Sequence[RawRecord]) -> Classified:
     out = Classified()
     parse = parser.parse
     add_valid = out.valid.append
+    add_record = out.valid_records.append
     add_rejected = out.rejected.append
     for record in records:
         try:
-            add_valid(parse(record.value, record.timestamp_ms))
+            event = parse(record.value, record.timestamp_ms)
         except InvalidEvent as exc:
             add_rejected((record, exc.rejection))
+        else:
+            add_valid(event)
+            add_record(record)
     return out
+
+
+def _time_rejection(reason: str, event: ParsedEvent, record: RawRecord, limit_ms: int) -> Rejection:
+    if reason == "future":
+        message = (
+            f"event time {event.event_time_ms} is {event.event_time_ms - record.timestamp_ms} ms "
+            f"after the record's timestamp (tolerance {limit_ms} ms)"
+        )
+    else:
+        message = (
+            f"event time {event.event_time_ms} is more than {limit_ms} ms "
+            "behind the partition's watermark"
+        )
+    return Rejection(REASONS[reason], reason, message, "EventTime")
+
+
+class TimeJudged(NamedTuple):
+    accepted: list[ParsedEvent]
+    rejected: list[tuple[RawRecord, Rejection]]
+    watermark_ms: int | None
+
+
+def judge_event_time(
+    events: Sequence[ParsedEvent],
+    records: Sequence[RawRecord],
+    watermark_ms: int | None,
+    *,
+    allowed_lateness_ms: int,
+    future_tolerance_ms: int,
+) -> TimeJudged:
+    """Late and future events of one partition, decided so a replay decides the same.
+
+    *Future* is judged against each record's own Kafka timestamp (producer or
+    log-append time), not the worker's clock, and *late* against the watermark
+    stored with the partition's offset: both are fixed properties of the
+    partition's history, so reprocessing after a crash gives the same verdicts.
+    """
+    rejected: list[tuple[RawRecord, Rejection]] = []
+    pairs: list[tuple[int, ParsedEvent]] = []
+    by_offset: dict[int, RawRecord] = {}
+    for event, record in zip(events, records, strict=True):
+        if event.event_time_ms > record.timestamp_ms + future_tolerance_ms:
+            rejected.append((record, _time_rejection("future", event, record, future_tolerance_ms)))
+        else:
+            pairs.append((record.offset, event))
+            by_offset[record.offset] = record
+    split = split_by_time(pairs, watermark_ms, _NO_HORIZON, allowed_lateness_ms, 0)
+    for offset, event in split.late:
+        record = by_offset[offset]
+        rejected.append((record, _time_rejection("late", event, record, allowed_lateness_ms)))
+    rejected.sort(key=lambda pair: pair[0].offset)
+    return TimeJudged(split.accepted, rejected, split.watermark_ms)
 
 
 class Backoff:
@@ -92,8 +172,11 @@ class SourcePipeline:
         dead_letter_topic: str,
         parser: EventParser,
         dead_letters: DeadLetterSink,
-        store: LatestStore,
+        store: FeatureStore | None,
+        groups: Sequence[FeatureGroup],
         metrics: WorkerMetrics,
+        allowed_lateness_ms: int = 30_000,
+        future_tolerance_ms: int = 300_000,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -101,10 +184,14 @@ class SourcePipeline:
         self.dead_letter_topic = dead_letter_topic
         self.parser = parser
         self.dead_letters = dead_letters
-        self.store = store
+        self.store = store if groups else None
+        self.groups = tuple(groups)
         self.metrics = metrics
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.future_tolerance_ms = future_tolerance_ms
         self.backoff = backoff or Backoff(0.2, 10.0)
         self._sleep = sleep
+        self._partitions: dict[int, PartitionState] = {}
         decoder = parser.decoder
         self._registry_decoder = decoder if isinstance(decoder, ConfluentAvroDecoder) else None
 
@@ -112,17 +199,126 @@ class SourcePipeline:
         """Process one batch; returns once its effects are durable."""
         started = time.perf_counter()
         await self._resolve_schema_ids(records)
-        result = classify(self.parser, records)
-        now_ms = int(time.time() * 1000)
-        for record, rejection in result.rejected:
+        by_partition: dict[int, list[RawRecord]] = {}
+        for record in records:
+            by_partition.setdefault(record.partition, []).append(record)
+        total = Classified()
+        for partition, recs in by_partition.items():
+            result = await self._process_partition(partition, recs)
+            total.valid += result.valid
+            total.valid_records += result.valid_records
+            total.rejected += result.rejected
+            total.replayed += result.replayed
+        self._count(len(records), total, time.perf_counter() - started)
+        return total
+
+    async def _process_partition(self, partition: int, records: list[RawRecord]) -> Classified:
+        while True:
+            state = await self._partition_state(partition)
+            fresh = records if state is None else [r for r in records if r.offset > state.offset]
+            result = classify(self.parser, fresh)
+            result.replayed = len(records) - len(fresh)
+            deltas: list[tuple[FeatureGroup, Mapping[str, EntityState]]] = []
+            watermark = state.watermark_ms if state is not None else None
+            if state is not None and fresh:
+                judged = judge_event_time(
+                    result.valid,
+                    result.valid_records,
+                    watermark,
+                    allowed_lateness_ms=self.allowed_lateness_ms,
+                    future_tolerance_ms=self.future_tolerance_ms,
+                )
+                if judged.rejected:
+                    refused = {r.offset for r, _ in judged.rejected}
+                    kept = [
+                        (e, r)
+                        for e, r in zip(result.valid, result.valid_records, strict=True)
+                        if r.offset not in refused
+                    ]
+                    result.valid = [e for e, _ in kept]
+                    result.valid_records = [r for _, r in kept]
+                    result.rejected = sorted(
+                        result.rejected + judged.rejected, key=lambda p: p[0].offset
+                    )
+                watermark = judged.watermark_ms
+                deltas = [(group, build_deltas(group, judged.accepted)) for group in self.groups]
+            self._dead_letter(result.rejected)
+            await self._until_done("dead_letter", self.dead_letters.flush)
+            if state is None or not fresh:
+                return result
+            applied = await self._apply(partition, state, fresh[-1].offset, watermark, deltas)
+            if applied:
+                return result
+            # Another writer moved the partition's offset (a replay raced a
+            # stale owner): reload what is stored and filter again.
             log.warning(
-                "rejected record topic=%s partition=%d offset=%d reason=%s: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                rejection.reason,
-                rejection.message,
+                "source %s partition %d: stored offset moved under this worker; reloading",
+                self.source,
+                partition,
             )
+
+    async def _partition_state(self, partition: int) -> PartitionState | None:
+        if self.store is None:
+            return None
+        cached = self._partitions.get(partition)
+        if cached is not None:
+            return cached
+        store = self.store
+        loaded: list[PartitionState] = []
+
+        async def load() -> None:
+            loaded.append(await store.partition_state(self.source, partition))
+
+        await self._until_done("redis", load)
+        self._partitions[partition] = loaded[0]
+        return loaded[0]
+
+    async def _apply(
+        self,
+        partition: int,
+        state: PartitionState,
+        new_offset: int,
+        watermark: int | None,
+        deltas: list[tuple[FeatureGroup, Mapping[str, EntityState]]],
+    ) -> bool:
+        assert self.store is not None
+        store = self.store
+        outcome: list[tuple[bool, int]] = []
+
+        async def write() -> None:
+            t0 = time.perf_counter()
+            outcome.append(
+                await store.apply(
+                    self.source,
+                    partition,
+                    expected_offset=state.offset,
+                    new_offset=new_offset,
+                    watermark_ms=watermark,
+                    deltas=deltas,
+                )
+            )
+            self.metrics.redis_write_seconds.observe(time.perf_counter() - t0)
+
+        await self._until_done("redis", write)
+        ok, _stored = outcome[-1]
+        if ok:
+            self._partitions[partition] = PartitionState(new_offset, watermark)
+        else:
+            self._partitions.pop(partition, None)
+        return ok
+
+    def _dead_letter(self, rejected: list[tuple[RawRecord, Rejection]]) -> None:
+        now_ms = int(time.time() * 1000)
+        for i, (record, rejection) in enumerate(rejected):
+            if i < LOG_REJECTIONS_PER_BATCH:
+                log.warning(
+                    "rejected record topic=%s partition=%d offset=%d reason=%s: %s",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    rejection.reason,
+                    rejection.message,
+                )
             self.dead_letters.add(
                 self.dead_letter_topic,
                 record.key,
@@ -137,17 +333,13 @@ class SourcePipeline:
                     original=record.headers,
                 ),
             )
-        await self._until_done("dead_letter", self.dead_letters.flush)
-        await self._until_done("redis", lambda: self._write(result.valid))
-        self._count(records, result, time.perf_counter() - started)
-        return result
-
-    async def _write(self, events: list[ParsedEvent]) -> None:
-        if not events:
-            return
-        t0 = time.perf_counter()
-        await self.store.write_latest(self.source, events)
-        self.metrics.redis_write_seconds.observe(time.perf_counter() - t0)
+        if len(rejected) > LOG_REJECTIONS_PER_BATCH:
+            log.warning(
+                "... and %d more rejected records in this batch of %s (dead-letter topic %s)",
+                len(rejected) - LOG_REJECTIONS_PER_BATCH,
+                self.source,
+                self.dead_letter_topic,
+            )
 
     async def _resolve_schema_ids(self, records: Sequence[RawRecord]) -> None:
         decoder = self._registry_decoder
@@ -162,13 +354,11 @@ class SourcePipeline:
         while True:
             try:
                 await effect()
-            except (ConnectionError, TimeoutError, OSError) as exc:
-                self._retry_log(target, exc, attempt)
             except Exception as exc:
-                # Client libraries wrap connection trouble in their own types
-                # (redis.exceptions.ConnectionError, aiokafka KafkaError): they
-                # are retried too.  A programming error shows up in the log
-                # with its traceback on every attempt.
+                # Connection trouble (OSError, redis/aiokafka connection and
+                # timeout errors) is expected and retried quietly; anything
+                # else is logged with its traceback, and retried too: the
+                # batch must not be acknowledged, and dropping it would lose data.
                 if not _is_transient(exc):
                     log.exception("unexpected error writing %s for source %s", target, self.source)
                 self._retry_log(target, exc, attempt)
@@ -190,20 +380,24 @@ class SourcePipeline:
             exc,
         )
 
-    def _count(self, records: Sequence[RawRecord], result: Classified, elapsed: float) -> None:
+    def _count(self, n_records: int, result: Classified, elapsed: float) -> None:
         m = self.metrics
         src = self.source
-        m.consumed.labels(source=src).inc(len(records))
+        m.consumed.labels(source=src).inc(n_records)
         m.valid.labels(source=src).inc(len(result.valid))
+        if result.replayed:
+            m.replayed.labels(source=src).inc(result.replayed)
         if result.rejected:
             for reason, n in result.reasons().items():
                 m.invalid.labels(source=src, reason=reason).inc(n)
             m.dead_letters.labels(source=src).inc(len(result.rejected))
-        m.batch_size.labels(source=src).observe(len(records))
+        m.batch_size.labels(source=src).observe(n_records)
         m.batch_seconds.labels(source=src).observe(elapsed)
 
 
 def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, OSError | TimeoutError | ConnectionError):
+        return True
     names = {cls.__name__ for cls in type(exc).__mro__}
     return bool(
         names

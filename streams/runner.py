@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import logging.config
+import time
 
 import faust
 
+from features.definitions import FeatureGroup
 from schemas import EventParser
-from streams.app import create_app
+from sinks.feature_store import FeatureVersionConflict, RedisFeatureStore
+from streams.app import create_app, redis_client
+from streams.errors import ConfigError, DriftlineError
 from streams.logs import logging_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -17,11 +21,51 @@ from streams.topics import ensure_topics
 log = logging.getLogger(__name__)
 
 
-def run_worker(settings: Settings, parsers: dict[str, EventParser] | None = None) -> None:
+async def register_feature_groups(settings: Settings, groups: list[FeatureGroup]) -> None:
+    """Record each group version in Redis; refuse a changed definition under an old version.
+
+    Waits for Redis up to ``redis.startup_timeout_s`` (a worker may start
+    before its Redis), then gives up with a clear message.
+    """
+    if not groups:
+        return
+    client = redis_client(settings)
+    store = RedisFeatureStore(client, prefix=settings.redis.key_prefix)
+    deadline = time.monotonic() + settings.redis.startup_timeout_s
+    delay = 0.5
+    try:
+        while True:
+            try:
+                for group in groups:
+                    await store.register(group)
+                return
+            except FeatureVersionConflict as exc:
+                raise ConfigError(str(exc)) from None
+            except Exception as exc:  # connection refused, timeout, auth
+                if time.monotonic() > deadline:
+                    raise DriftlineError(
+                        f"cannot reach Redis at {settings.redis.url} after "
+                        f"{settings.redis.startup_timeout_s:.0f}s: {type(exc).__name__}: {exc}"
+                    ) from None
+                log.warning("Redis not reachable yet (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+    finally:
+        await client.aclose()
+
+
+def run_worker(
+    settings: Settings,
+    parsers: dict[str, EventParser] | None = None,
+    groups: dict[str, tuple[FeatureGroup, ...]] | None = None,
+) -> None:
     """Build the app and run it until SIGTERM/SIGINT; returns after a graceful stop."""
     config = logging_config(settings.worker.log_level, settings.worker.log_format)
     logging.config.dictConfig(config)
-    driftline = create_app(settings, parsers=parsers)
+    driftline = create_app(settings, parsers=parsers, groups=groups)
+    asyncio.run(
+        register_feature_groups(settings, [g for gs in (groups or {}).values() for g in gs])
+    )
     if settings.kafka.create_topics:
         topics: dict[str, int] = {}
         for source in settings.sources:

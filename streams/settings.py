@@ -143,7 +143,9 @@ class RedisSettings(_Section):
     ssl_cafile: Path | None = None
     key_prefix: str = Field("driftline", min_length=1)
     socket_timeout_s: float = Field(5.0, gt=0)
-    latest_ttl_s: int = Field(7 * 24 * 3600, ge=0, description="TTL of per-entity keys; 0 = none")
+    startup_timeout_s: float = Field(
+        60.0, gt=0, description="how long the worker waits for Redis at start-up before giving up"
+    )
 
     @field_validator("url")
     @classmethod
@@ -192,6 +194,32 @@ class SourceSettings(_Section):
     event_time_unit: Literal["ms", "s", "iso8601"] = "ms"
     dead_letter_topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
     max_event_bytes: int = Field(1 << 20, ge=1)
+    allowed_lateness: str = Field(
+        "30s", description="events older than the partition's newest event time minus this are late"
+    )
+    future_tolerance: str = Field(
+        "5m", description="events further ahead of the worker's clock than this are refused"
+    )
+
+    @field_validator("allowed_lateness", "future_tolerance")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        from features.durations import parse_duration
+
+        parse_duration(value)  # raises ValueError with the reason
+        return value
+
+    @property
+    def allowed_lateness_ms(self) -> int:
+        from features.durations import parse_duration
+
+        return parse_duration(self.allowed_lateness)
+
+    @property
+    def future_tolerance_ms(self) -> int:
+        from features.durations import parse_duration
+
+        return parse_duration(self.future_tolerance)
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -222,6 +250,9 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
     sources: tuple[SourceSettings, ...] = Field(min_length=1)
+    #: Feature group definitions, validated by :func:`streams.sources.build_feature_groups`
+    #: (``features.definitions.FeatureGroup.from_config``).
+    feature_groups: tuple[dict[str, Any], ...] = ()
 
     @model_validator(mode="after")
     def _unique(self) -> Settings:

@@ -1,9 +1,12 @@
-"""Compile every source's contract into its parser (no Faust: ``check-config`` uses it)."""
+"""Compile sources and feature groups from settings (no Faust: ``check-config`` uses it)."""
 
 from __future__ import annotations
 
+from features.definitions import FeatureGroup
+from features.exceptions import FeatureDefinitionError
 from schemas import EventParser, build_parser
 from schemas.registry import SchemaRegistryClient
+from streams.errors import ConfigError
 from streams.settings import Settings
 
 
@@ -31,3 +34,74 @@ def build_parsers(settings: Settings) -> dict[str, EventParser]:
             registry=registry,
         )
     return parsers
+
+
+def build_feature_groups(
+    settings: Settings, parsers: dict[str, EventParser], origin: str
+) -> dict[str, tuple[FeatureGroup, ...]]:
+    """Validate ``feature_groups`` against the sources and their contracts.
+
+    Lateness and future tolerance belong to the source (one event-time
+    watermark per partition decides them for every group), so a group inherits
+    them.  Raises :class:`ConfigError` naming the file, the group and the key.
+    """
+    sources = {s.name: s for s in settings.sources}
+    by_source: dict[str, list[FeatureGroup]] = {name: [] for name in sources}
+    names: set[str] = set()
+    for index, raw in enumerate(settings.feature_groups):
+        label = f"{origin}: feature_groups[{index}]"
+        if isinstance(raw, dict) and raw.get("name"):
+            label += f"({raw['name']})"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{label}: expected a mapping")
+        for key in ("allowed_lateness", "future_tolerance"):
+            if key in raw:
+                raise ConfigError(
+                    f"{label}.{key}: set it on the source; every group of a source shares it"
+                )
+        source = sources.get(str(raw.get("source")))
+        if source is None:
+            known = ", ".join(sorted(sources))
+            raise ConfigError(
+                f"{label}.source: unknown source {raw.get('source')!r} (known: {known})"
+            )
+        config = {
+            **raw,
+            "entity_key": raw.get("entity_key", source.entity_key),
+            "allowed_lateness": source.allowed_lateness,
+            "future_tolerance": source.future_tolerance,
+        }
+        if config["entity_key"] != source.entity_key:
+            raise ConfigError(
+                f"{label}.entity_key: must be the source's entity key {source.entity_key!r} "
+                "(groups keyed by another field are not supported yet)"
+            )
+        try:
+            group = FeatureGroup.from_config(config)
+        except FeatureDefinitionError as exc:
+            raise ConfigError(f"{origin}: {exc}") from None
+        if group.name in names:
+            raise ConfigError(f"{label}.name: feature group {group.name!r} is defined twice")
+        names.add(group.name)
+        declared = _declared_fields(parsers[source.name])
+        if declared:
+            used = [*group.values, *group.distinct, *group.last]
+            unknown = sorted({f for f in used if f not in declared})
+            if unknown:
+                raise ConfigError(
+                    f"{label}: field(s) {', '.join(unknown)} are not declared in the contract "
+                    f"{source.schema_file.name} of source {source.name}"
+                )
+        by_source[source.name].append(group)
+    return {name: tuple(groups) for name, groups in by_source.items()}
+
+
+def _declared_fields(parser: EventParser) -> frozenset[str]:
+    contract = getattr(parser.decoder, "contract", None)
+    if contract is None:  # confluent-avro: contracts per schema id
+        contracts = getattr(parser.decoder, "contracts", {})
+        fields: set[str] = set()
+        for c in contracts.values():
+            fields |= c.top_level_properties
+        return frozenset(fields)
+    return frozenset(contract.top_level_properties)

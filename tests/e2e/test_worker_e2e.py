@@ -16,13 +16,15 @@ from typing import Any
 import fastavro
 import orjson
 import pytest
-import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from features.definitions import FeatureGroup
 from schemas import REASONS
 from schemas.avro_contract import AvroContract
 from schemas.deadletter import parse_dead_letter_headers
 from schemas.wire import frame
+from sinks.feature_store import RedisFeatureStore
+from sinks.redis_client import connect_redis
 from streams.demo import DemoEvents
 from tests.worker_process import CONTRACTS, WorkerProcess
 
@@ -62,6 +64,23 @@ def e2e_config(bootstrap: str, redis_url: str, suffix: str) -> dict[str, Any]:
                 "event_time": "event_time",
             },
         ],
+        "feature_groups": [
+            {
+                "name": "spend",
+                "version": 1,
+                "source": "tx",
+                "values": {"amount": ["count", "sum", "max"]},
+                "last": ["event_id"],
+                "windows": ["1h", "24h"],
+            },
+            {
+                "name": "spend-avro",
+                "version": 1,
+                "source": "tx-avro",
+                "values": {"amount": ["sum"]},
+                "windows": ["24h"],
+            },
+        ],
     }
 
 
@@ -70,6 +89,19 @@ def avro_body(record: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, contract.parsed, record)
     return buf.getvalue()
+
+
+async def read_features(
+    redis_url: str, prefix: str, config: dict[str, Any], group_name: str, entities: list[str]
+) -> list[Any]:
+    spec = next(g for g in config["feature_groups"] if g["name"] == group_name)
+    source = next(s for s in config["sources"] if s["name"] == spec["source"])
+    group = FeatureGroup.from_config({"entity_key": source["entity_key"], **spec})
+    client = connect_redis(redis_url)
+    try:
+        return await RedisFeatureStore(client, prefix=prefix).get(group, entities)
+    finally:
+        await client.aclose()
 
 
 async def produce(
@@ -157,7 +189,7 @@ def test_valid_events_once_invalid_ones_dead_lettered(
             "currency": None,
             "category": "fuel",
             "country": "DE",
-            "event_time": 1_700_000_000_000,
+            "event_time": int(time.time() * 1000) - 1000,
         }
         body = avro_body(good)
         avro_records = [(b"avro-user", frame(1, body))] * 20
@@ -208,24 +240,28 @@ def test_valid_events_once_invalid_ones_dead_lettered(
                 assert message.value == records[index][1]
                 assert message.key == records[index][0]
 
-        # Redis holds the newest valid event of each entity
-        newest: dict[str, dict[str, Any]] = {}
+        # Redis holds each user's window aggregates, every valid event counted once
+        expected_users: dict[str, list[dict[str, Any]]] = {}
         for key, value in json_records:
-            try:
-                event = orjson.loads(value)
-            except orjson.JSONDecodeError:
+            if key.startswith(b"bad"):
                 continue
-            if not key.startswith(b"bad") and (
-                key.decode() not in newest
-                or event["event_time"] >= newest[key.decode()]["event_time"]
-            ):
-                newest[key.decode()] = event
-        client = redis.Redis.from_url(redis_url)
-        for user, event in newest.items():
-            stored = client.hgetall(f"e2e-{suffix}:tx:latest:{user}")
-            assert int(stored[b"_event_time_ms"]) == event["event_time"]
-            assert stored[b"event_id"].decode() == event["event_id"]
-        assert client.hget(f"e2e-{suffix}:tx-avro:latest:avro-user", "amount") == b"3.5"
+            expected_users.setdefault(key.decode(), []).append(orjson.loads(value))
+        vectors = asyncio.run(
+            read_features(redis_url, f"e2e-{suffix}", config, "spend", sorted(expected_users))
+        )
+        for user, vector in zip(sorted(expected_users), vectors, strict=True):
+            events = expected_users[user]
+            assert vector.values["amount_count_24h"] == len(events), user
+            assert vector.values["amount_sum_24h"] == pytest.approx(
+                sum(e["amount"] for e in events), rel=1e-9
+            )
+            newest = max(events, key=lambda e: e["event_time"])
+            assert vector.newest_event_ms == newest["event_time"]
+            assert vector.values["event_id_last"] == newest["event_id"]
+        [avro_vector] = asyncio.run(
+            read_features(redis_url, f"e2e-{suffix}", config, "spend-avro", ["avro-user"])
+        )
+        assert avro_vector.values["amount_sum_24h"] == pytest.approx(20 * 3.5)
 
         assert worker.proc is not None and worker.proc.poll() is None, (
             "worker must survive bad input"

@@ -13,40 +13,15 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from schemas import ParsedEvent
+from features.definitions import FeatureGroup
 from schemas.registry import SchemaRegistryClient
+from sinks.feature_store import RedisFeatureStore
 from sinks.metrics import WorkerMetrics
-from sinks.redis_store import RedisLatestStore, connect_redis
+from sinks.redis_client import connect_redis
 from streams.embedded import EmbeddedRedis
 from streams.web import WebService, bind_socket
 
 AVSC = Path(__file__).resolve().parents[2] / "schemas" / "contracts" / "transactions.avsc"
-
-
-async def test_latest_store_is_idempotent_and_never_goes_back_in_time(redis_url: str) -> None:
-    client = connect_redis(redis_url)
-    store = RedisLatestStore(client, prefix="itest-latest", ttl_s=60)
-    try:
-        batch = [
-            ParsedEvent("u1", 2000, {"amount": 2.0, "tag": "new", "nested": {"a": 1}}),
-            ParsedEvent("u1", 1000, {"amount": 1.0, "tag": "old"}),
-            ParsedEvent("u2", 5, {"amount": 9}),
-        ]
-        assert await store.write_latest("src", batch) == 2
-        assert await store.write_latest("src", batch) == 2  # replay: same state
-        late = [ParsedEvent("u1", 1500, {"amount": 1.5})]
-        assert await store.write_latest("src", late) == 0  # older than stored: ignored
-        stored = await store.read_latest("src", "u1")
-        assert stored["_event_time_ms"] == "2000"
-        assert stored["tag"] == "new" and stored["amount"] == "2.0"
-        assert orjson.loads(stored["nested"]) == {"a": 1}
-        ttl = await client.pttl("itest-latest:src:latest:u1")
-        assert 0 < ttl <= 60_000
-        # a newer event replaces the whole hash (no stale fields left behind)
-        await store.write_latest("src", [ParsedEvent("u1", 3000, {"amount": 3})])
-        assert "tag" not in await store.read_latest("src", "u1")
-    finally:
-        await client.aclose()
 
 
 async def test_redis_auth_from_password() -> None:
@@ -56,9 +31,19 @@ async def test_redis_auth_from_password() -> None:
             await bad.ping()
         await bad.aclose()
         good = connect_redis(server.url, password="s3cret")
-        store = RedisLatestStore(good, prefix="auth", ttl_s=0)
-        assert await store.write_latest("s", [ParsedEvent("e", 1, {"x": 1})]) == 1
-        assert await good.ttl("auth:s:latest:e") == -1  # ttl 0 means no expiry
+        group = FeatureGroup.from_config(
+            {
+                "name": "g",
+                "version": 1,
+                "source": "s",
+                "entity_key": "id",
+                "values": {"x": ["sum"]},
+                "windows": ["1m"],
+            }
+        )
+        store = RedisFeatureStore(good, prefix="auth")
+        await store.register(group)
+        assert (await store.partition_state("s", 0)).offset == -1
         await good.aclose()
 
 

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from features.definitions import FeatureGroup
 from schemas import REASONS, InvalidEvent, ParsedEvent, build_parser
 from schemas.deadletter import parse_dead_letter_headers
 from sinks.deadletter import MemoryDeadLetterSink
+from sinks.feature_store import MemoryFeatureStore
 from sinks.metrics import WorkerMetrics
-from sinks.redis_store import newest_per_entity
 from streams.demo import INVALID_KINDS, DemoEvents
 from streams.pipeline import Backoff, RawRecord, SourcePipeline, classify
 
@@ -36,20 +39,24 @@ def record(value: bytes | None, offset: int = 0, key: bytes | None = b"k") -> Ra
     return RawRecord("tx", 1, offset, 1_000, key, value, [("trace", b"abc")])
 
 
-class MemoryStore:
-    def __init__(self, fail_next: int = 0) -> None:
-        self.written: list[ParsedEvent] = []
-        self.fail_next = fail_next
-
-    async def write_latest(self, source: str, events) -> int:
-        if self.fail_next:
-            self.fail_next -= 1
-            raise ConnectionError("redis down (test double)")
-        self.written.extend(events)
-        return len(events)
+NOW_MS = int(time.time() * 1000)
 
 
-def make_pipeline(store=None, dlq=None, max_event_bytes=4096):
+GROUP = FeatureGroup.from_config(
+    {
+        "name": "spend",
+        "version": 1,
+        "source": "transactions",
+        "entity_key": "user_id",
+        "values": {"amount": ["count", "sum", "max"]},
+        "distinct": ["category"],
+        "last": ["amount"],
+        "windows": ["1m", "1h"],
+    }
+)
+
+
+def make_pipeline(store=None, dlq=None, max_event_bytes=4096, groups=(GROUP,)):
     sleeps: list[float] = []
 
     async def fake_sleep(delay: float) -> None:
@@ -60,7 +67,8 @@ def make_pipeline(store=None, dlq=None, max_event_bytes=4096):
         dead_letter_topic="tx.dlq",
         parser=make_parser(max_event_bytes),
         dead_letters=dlq or MemoryDeadLetterSink(),
-        store=store or MemoryStore(),
+        store=store if store is not None else MemoryFeatureStore(),
+        groups=groups,
         metrics=WorkerMetrics(["transactions"], CollectorRegistry()),
         backoff=Backoff(0.1, 0.4),
         sleep=fake_sleep,
@@ -145,7 +153,7 @@ async def test_batch_dead_letters_bytes_unchanged_with_reason_headers() -> None:
             expected[offset] = (reason, value)
         else:
             key, value = demo.valid()
-        records.append(RawRecord("transactions", 2, offset, 1, key, value, [("trace", b"t")]))
+        records.append(RawRecord("transactions", 2, offset, NOW_MS, key, value, [("trace", b"t")]))
     pipeline, _ = make_pipeline()
     result = await pipeline.process(records)
     assert len(result.valid) == 60 - len(expected)
@@ -167,32 +175,22 @@ async def test_batch_dead_letters_bytes_unchanged_with_reason_headers() -> None:
 
 
 async def test_failed_effects_are_retried_with_backoff_and_nothing_is_lost() -> None:
-    store = MemoryStore(fail_next=3)
+    store = MemoryFeatureStore()
+    store.fail_next = 3
     dlq = MemoryDeadLetterSink()
     dlq.fail_next = 2
     pipeline, sleeps = make_pipeline(store=store, dlq=dlq)
     demo = DemoEvents(seed=2)
-    records = [record(demo.valid()[1], i) for i in range(5)] + [record(b"{", 5)]
+    records = [record(demo.valid(now_ms=900)[1], i) for i in range(5)] + [record(b"{", 5)]
     await pipeline.process(records)
-    assert len(store.written) == 5
+    assert store.applied_batches == 1
+    assert (await store.partition_state("transactions", 1)).offset == 5
     assert len(dlq.written) == 1 and not dlq.pending
     # 2 dead-letter failures, then 3 Redis failures; backoff doubles to its cap and resets between
     assert sleeps == [0.1, 0.2, 0.1, 0.2, 0.4]
     errors = pipeline.metrics.effect_errors
     assert errors.labels(source="transactions", target="dead_letter")._value.get() == 2
     assert errors.labels(source="transactions", target="redis")._value.get() == 3
-
-
-def test_newest_per_entity_keeps_the_latest_event_time() -> None:
-    events = [
-        ParsedEvent("a", 5, {"n": 1}),
-        ParsedEvent("a", 3, {"n": 2}),
-        ParsedEvent("b", 1, {}),
-        ParsedEvent("a", 5, {"n": 3}),
-    ]
-    newest = newest_per_entity(events)
-    assert newest["a"].data == {"n": 3}  # later offset wins a tie
-    assert newest["b"].event_time_ms == 1
 
 
 @settings(max_examples=300, deadline=None)
@@ -204,3 +202,82 @@ def test_classify_accounts_for_every_record(values: list[bytes | None]) -> None:
     assert len(result.valid) + len(result.rejected) == len(records)
     for _, rejection in result.rejected:
         assert rejection.reason in REASONS
+
+
+def tx(user: str, t: int, amount: float, category: str = "fuel") -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": f"{user}-{t}",
+            "user_id": user,
+            "amount": amount,
+            "category": category,
+            "event_time": t,
+        }
+    )
+
+
+def rec(value: bytes, offset: int, ts: int = 10_000_000, partition: int = 0) -> RawRecord:
+    return RawRecord("transactions", partition, offset, ts, b"k", value, ())
+
+
+async def test_replayed_records_are_applied_once() -> None:
+    store = MemoryFeatureStore()
+    pipeline, _ = make_pipeline(store=store)
+    batch = [rec(tx("u1", 1_000 + i, 1.0), i) for i in range(10)]
+    await pipeline.process(batch[:6])
+    # a crash before the Kafka commit: the consumer redelivers from offset 3
+    fresh_pipeline, _ = make_pipeline(store=store)
+    result = await fresh_pipeline.process(batch[3:])
+    assert result.replayed == 3 and len(result.valid) == 4
+    [vector] = await store.get(GROUP, ["u1"], as_of_ms=1_009)
+    assert vector.values["amount_count_1m"] == 10 and vector.values["amount_sum_1h"] == 10.0
+    assert fresh_pipeline.metrics.replayed.labels(source="transactions")._value.get() == 3
+    assert fresh_pipeline.metrics.valid.labels(source="transactions")._value.get() == 4
+
+
+async def test_late_and_future_events_are_dead_lettered_with_reasons() -> None:
+    store = MemoryFeatureStore()
+    dlq = MemoryDeadLetterSink()
+    pipeline, _ = make_pipeline(store=store, dlq=dlq)
+    ts = 10_000_000  # Kafka record timestamp
+    batch = [
+        rec(tx("u1", ts, 5.0), 0, ts),
+        rec(tx("u1", ts - 20_000, 1.0), 1, ts),  # 20 s behind: within the 30 s lateness
+        rec(tx("u1", ts - 31_000, 2.0), 2, ts),  # 31 s behind the watermark: late
+        rec(tx("u1", ts + 301_000, 3.0), 3, ts),  # 5 min + 1 s ahead of its record: future
+        rec(
+            tx("u1", ts + 299_000, 4.0), 4, ts
+        ),  # inside the tolerance: accepted, moves the watermark
+        rec(tx("u1", ts + 260_000, 6.0), 5, ts),  # 39 s behind the new watermark: late
+    ]
+    result = await pipeline.process(batch)
+    reasons = {
+        int(parse_dead_letter_headers(h)["offset"]): parse_dead_letter_headers(h)["reason"]
+        for *_, h in dlq.written
+    }
+    assert reasons == {2: "late", 3: "future", 5: "late"}
+    assert len(result.valid) == 3
+    assert (await store.partition_state("transactions", 0)).watermark_ms == ts + 299_000
+    [vector] = await store.get(GROUP, ["u1"], as_of_ms=ts + 299_000)
+    assert vector.values["amount_sum_1h"] == 10.0
+    m = pipeline.metrics
+    assert m.invalid.labels(source="transactions", reason="late")._value.get() == 2
+
+
+async def test_a_moved_offset_is_reloaded_and_nothing_is_applied_twice() -> None:
+    store = MemoryFeatureStore()
+    stale, _ = make_pipeline(store=store)
+    owner, _ = make_pipeline(store=store)
+    batch = [rec(tx("u1", 1_000 + i, 1.0), i) for i in range(8)]
+    await stale.process(batch[:2])  # the stale worker caches offset 1
+    await owner.process(batch[:5])  # the new owner applies 2..4 (0..1 are skipped)
+    result = await stale.process(batch[2:8])  # compare-and-set fails, reloads offset 4
+    assert len(result.valid) == 3 and result.replayed == 3
+    [vector] = await store.get(GROUP, ["u1"], as_of_ms=1_007)
+    assert vector.values["amount_count_1m"] == 8
+
+
+async def test_sources_without_feature_groups_only_validate() -> None:
+    pipeline, _ = make_pipeline(store=MemoryFeatureStore(), groups=())
+    result = await pipeline.process([rec(tx("u1", 1, 1.0), 0), rec(b"nope", 1)])
+    assert len(result.valid) == 1 and len(result.rejected) == 1

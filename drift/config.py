@@ -1,0 +1,168 @@
+"""Monitor configuration: one frozen, validated object per monitor.
+
+A monitor watches one numeric field of one source, optionally per segment::
+
+    monitors:
+      - name: amount
+        source: transactions
+        field: amount
+        segment_by: country        # optional; one monitor per value, at most max_segments
+        # everything below is optional; the defaults are the benchmarked ones
+        detectors: [page_hinkley, adwin]
+        warmup: 1000
+        stable_after: 1000
+
+Every threshold is in **standard units of the reference**: the monitor turns
+each value into a normal score against the distribution it learned during the
+warm-up (see :mod:`drift.reference`), so the same numbers suit amounts in
+cents, latencies in seconds and counts.  ``bench/drift_quality.py`` measures
+the defaults (false alarms per 100k values, detection delays) and is the place
+to re-check any change to them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from drift.exceptions import DriftConfigError
+
+DetectorName = Literal["page_hinkley", "adwin"]
+Statistic = Literal["location", "scale"]
+
+#: Every detector a monitor can run, in the order they are evaluated.
+DETECTORS: tuple[DetectorName, ...] = ("page_hinkley", "adwin")
+#: The two statistics each detector watches (see :mod:`drift.reference`).
+STATISTICS: tuple[Statistic, ...] = ("location", "scale")
+
+DEFAULT_DETECTORS: tuple[DetectorName, ...] = ("page_hinkley", "adwin")
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PageHinkleyParams(_Params):
+    """River's ``PageHinkley`` on normal scores.
+
+    Page-Hinkley is Page's CUSUM around the running mean since its last
+    restart: ``delta`` is half the shift it is tuned for (0.25: shifts of
+    0.5 sd and up), ``threshold`` sets the false-alarm rate (about x2.5 fewer
+    per +2, delay about ``threshold / (shift - delta)``).  ``alpha = 1`` (no
+    forgetting): with forgetting, the statistic of a stable stream is pulled
+    back to zero and the threshold no longer maps to a false-alarm rate.
+    """
+
+    delta: float = Field(0.25, gt=0, le=2)
+    threshold: float = Field(30.0, gt=0)
+    min_instances: int = Field(30, ge=1)
+    alpha: float = Field(1.0, gt=0, le=1)
+
+
+class AdwinParams(_Params):
+    """River's ``ADWIN`` on normal scores.
+
+    On scores (bounded, near normal) ADWIN's bound is honest; ``delta`` 1e-4
+    costs little delay against River's 0.002 and ``clock = 1`` checks every
+    value (the Rust implementation makes that cheap).
+    """
+
+    delta: float = Field(1e-4, gt=0, lt=1)
+    clock: int = Field(1, ge=1)
+    max_buckets: int = Field(5, ge=2)
+    min_window_length: int = Field(5, ge=1)
+    grace_period: int = Field(10, ge=1)
+
+
+class MonitorConfig(BaseModel):
+    """One drift monitor.  Build it with :meth:`from_config` from a mapping."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=128)
+    source: str = Field(min_length=1)
+    field: str = Field(min_length=1, description="a top-level field of the event")
+    segment_by: str | None = Field(
+        None, min_length=1, description="a field whose value selects a separate monitor"
+    )
+    max_segments: int = Field(
+        50,
+        ge=1,
+        description="named segments kept; values first seen after that share '__other__'",
+    )
+    detectors: tuple[DetectorName, ...] = DEFAULT_DETECTORS
+    statistics: tuple[Statistic, ...] = STATISTICS
+    warmup: int = Field(
+        1000,
+        ge=100,
+        description="values learned as the reference before any alert; also the size of "
+        "the fresh reference learned during an incident",
+    )
+    stable_after: int = Field(
+        1000,
+        ge=1,
+        description="values in a row without a detection, against a reference learned "
+        "after the change, that close an incident",
+    )
+    recent_window: int = Field(500, ge=10, description="values kept for current stats")
+    critical_shift_sd: float = Field(
+        1.0, gt=0, description="|mean shift| in reference sd from which an incident is critical"
+    )
+    critical_sd_ratio: float = Field(
+        2.0, gt=1, description="sd ratio (or its inverse) from which an incident is critical"
+    )
+    page_hinkley: PageHinkleyParams = PageHinkleyParams()
+    adwin: AdwinParams = AdwinParams()
+
+    @field_validator("detectors", "statistics", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("detectors", "statistics")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one")
+        if len(set(value)) != len(value):
+            raise ValueError(f"listed twice: {sorted({v for v in value if value.count(v) > 1})}")
+        return value
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any]) -> MonitorConfig:
+        """Validate ``data`` (a mapping from YAML) into a config.
+
+        Raises :class:`DriftConfigError` naming the monitor and the first bad
+        key, with a "did you mean" for a misspelt one.
+        """
+        name = data.get("name") if isinstance(data, Mapping) else None
+        monitor = name if isinstance(name, str) and name else "<unnamed>"
+        if not isinstance(data, Mapping):
+            raise DriftConfigError(monitor, "(monitor)", f"expected a mapping, got {data!r}")
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            key = ".".join(str(part) for part in error["loc"]) or "(monitor)"
+            message = error["msg"]
+            if error["type"] == "extra_forbidden":
+                message = "unknown key" + _did_you_mean(key)
+            elif error["type"] == "literal_error" and key.startswith("detectors"):
+                message = f"unknown detector {error['input']!r}; known: {', '.join(DETECTORS)}"
+            raise DriftConfigError(monitor, key, message) from None
+
+
+def _did_you_mean(key: str) -> str:
+    *parents, last = key.split(".")
+    model: type[BaseModel] = MonitorConfig
+    for part in parents:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    known = sorted(model.model_fields)
+    close = difflib.get_close_matches(last, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"

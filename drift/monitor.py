@@ -1,0 +1,445 @@
+"""A drift monitor: one numeric stream in, incident alerts out.
+
+Life of a monitor
+-----------------
+::
+
+    warmup ──(warmup values)──► monitoring ──detection──► relearning ──(warmup values)──► settling
+                                    ▲          (opened)        │  detections: folded in,          │
+                                    │                          │  "updated" if worse              │
+                                    │                          ◄──────── detection ("updated") ───┤
+                                    └────────────── stable_after values without detection ────────┘
+                                                                      (closed)
+
+* **warmup**: the first ``warmup`` values become the reference (see
+  :mod:`drift.reference`); nothing is detected, no alert is possible.
+* **monitoring**: every value is scored against the reference and fed to each
+  detector (see :mod:`drift.detectors`).  The first detection opens an
+  incident and returns an ``opened`` alert.
+* **relearning**: the detectors keep running against the *old* reference (they
+  are never muted), while the values since the detection are collected as a
+  fresh reference.  Detections are folded into the incident; one returns an
+  ``updated`` alert only if the incident got worse (warning -> critical).
+* **settling**: the fresh reference is in force, with fresh detectors.  A
+  detection now means the stream is still moving (a gradual drift, a second
+  step): ``updated``, and the monitor relearns again.  ``stable_after`` values
+  in a row without a detection close the incident (``closed``).
+
+Why "stable" means *a reference learned after the change, then quiet*: a
+plain "N values without detection" closes an incident whose change persists
+as soon as the detectors (which restart after each detection) go quiet, and
+then the same change is raised again, or worse, never again against a stale
+reference.  Learning the post-change distribution turns a persistent change
+into the new normal exactly once, and the quiet period confirms it is stable
+rather than still drifting.  A short blip ends the same way: the fresh
+reference is then simply the old distribution again.
+
+Checkpoints
+-----------
+:meth:`Monitor.to_state` returns bytes (a header, then a pickle of builtins
+and River's detector objects) that :meth:`Monitor.from_state` restores
+exactly, so a restart neither loses an open incident nor raises it again.
+Pickle executes code on load: restore only checkpoints this worker wrote.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from array import array
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from typing import Any, Literal
+
+from drift.alerts import Alert, AlertKind, Severity
+from drift.config import MonitorConfig
+from drift.detectors import Channel, build_channels
+from drift.exceptions import DriftStateError
+from drift.reference import Reference
+from drift.state import check_config, dump_payload, load_payload
+from drift.stats import Stats
+
+#: The segment of a monitor that is not segmented.
+ALL_SEGMENT = "__all__"
+
+Phase = Literal["warmup", "monitoring", "relearning", "settling"]
+
+_MAGIC = b"DLMON"
+# The change-point estimate looks at no fewer trailing values than this.
+_MIN_CHANGE_LENGTH = 10
+
+
+@dataclass(slots=True)
+class _Incident:
+    seq: int
+    incident_id: str
+    opened_event_time_ms: int
+    opened_value_index: int
+    change_start_index: int
+    first_offset: int | None
+    last_offset: int | None
+    severity: Severity
+    reference: Stats
+    last_detector: str
+    last_statistic: str
+    detections: int = 0
+    labels: set[str] = field(default_factory=set)
+    statistics: set[str] = field(default_factory=set)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "incident_id": self.incident_id,
+            "opened_event_time_ms": self.opened_event_time_ms,
+            "opened_value_index": self.opened_value_index,
+            "change_start_index": self.change_start_index,
+            "first_offset": self.first_offset,
+            "last_offset": self.last_offset,
+            "severity": self.severity,
+            "reference": (self.reference.mean, self.reference.std, self.reference.n),
+            "last_detector": self.last_detector,
+            "last_statistic": self.last_statistic,
+            "detections": self.detections,
+            "labels": sorted(self.labels),
+            "statistics": sorted(self.statistics),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> _Incident:
+        values = dict(data)
+        values["reference"] = Stats(*values["reference"])
+        values["labels"] = set(values["labels"])
+        values["statistics"] = set(values["statistics"])
+        return cls(**values)
+
+
+class Monitor:
+    """Drift monitor of one stream of floats (one field, one segment)."""
+
+    def __init__(self, config: MonitorConfig, *, segment: str = ALL_SEGMENT) -> None:
+        self.config = config
+        self.segment = segment
+        self._n = 0
+        self._skipped = 0
+        self._phase: Phase = "warmup"
+        self._sample: list[float] = []
+        self._reference: Reference | None = None
+        self._channels: list[Channel] = []
+        self._recent: deque[float] = deque(maxlen=config.recent_window)
+        self._incident: _Incident | None = None
+        self._incidents = 0
+        self._stable = 0
+
+    # -- reading -------------------------------------------------------------
+
+    @property
+    def phase(self) -> Phase:
+        """``warmup``, ``monitoring``, ``relearning`` or ``settling`` (see module doc)."""
+        return self._phase
+
+    @property
+    def warming_up(self) -> bool:
+        """True until the first reference is learned; no alert is possible."""
+        return self._phase == "warmup"
+
+    @property
+    def incident_open(self) -> bool:
+        return self._incident is not None
+
+    @property
+    def incident_id(self) -> str | None:
+        """The open incident's id, or None."""
+        return self._incident.incident_id if self._incident else None
+
+    @property
+    def n_values(self) -> int:
+        """Finite values seen (the ``value_index`` of the last one)."""
+        return self._n
+
+    @property
+    def n_skipped(self) -> int:
+        """Non-finite values skipped (NaN, infinities)."""
+        return self._skipped
+
+    @property
+    def reference_stats(self) -> Stats | None:
+        """Raw stats of the reference in force; None while warming up."""
+        return self._reference.stats if self._reference else None
+
+    @property
+    def recent_stats(self) -> Stats:
+        """Raw stats of the last ``recent_window`` values."""
+        return Stats.of(list(self._recent))
+
+    # -- feeding -------------------------------------------------------------
+
+    def update(self, value: float, *, event_time_ms: int, offset: int | None = None) -> list[Alert]:
+        """Feed one value; return the alerts it caused (usually none).
+
+        Non-finite values are skipped and counted in :attr:`n_skipped`.
+        ``offset`` (the Kafka offset, if the caller has one) only feeds the
+        ``first_offset``/``last_offset`` of an open incident.
+        """
+        if not math.isfinite(value):
+            self._skipped += 1
+            return []
+        self._n += 1
+        self._recent.append(value)
+        reference = self._reference
+        if reference is None:
+            self._sample.append(value)
+            if len(self._sample) >= self.config.warmup:
+                self._adopt_reference()
+            return []
+
+        scores = reference.scores(value)
+        fired: list[Channel] = []
+        for channel in self._channels:
+            model = channel.model
+            model.update(scores[channel.index])
+            if model.drift_detected:
+                fired.append(channel)
+
+        alerts: list[Alert] = []
+        incident = self._incident
+        if incident is None:
+            if not fired:
+                return alerts
+            alerts.append(self._open(fired, event_time_ms, offset))
+        else:
+            if offset is not None:
+                incident.last_offset = offset
+                if incident.first_offset is None:
+                    incident.first_offset = offset
+            if fired:
+                alert = self._fold(incident, fired, event_time_ms)
+                if alert is not None:
+                    alerts.append(alert)
+            elif self._phase == "settling":
+                self._stable += 1
+                if self._stable >= self.config.stable_after:
+                    alerts.append(self._close(incident, event_time_ms))
+                    return alerts
+        if self._phase == "relearning":
+            self._sample.append(value)
+            if len(self._sample) >= self.config.warmup:
+                self._adopt_reference()
+        return alerts
+
+    # -- incident life -------------------------------------------------------
+
+    def _adopt_reference(self) -> None:
+        self._reference = Reference(self._sample)
+        self._sample = []
+        self._channels = build_channels(self.config)
+        self._stable = 0
+        self._phase = "monitoring" if self._incident is None else "settling"
+
+    def _open(self, fired: list[Channel], event_time_ms: int, offset: int | None) -> Alert:
+        assert self._reference is not None
+        self._incidents += 1
+        first = fired[0]
+        length = self._change_length(first.index)
+        current = Stats.of(self._tail(length))
+        reference = self._reference.stats
+        severity, shift, ratio = self._assess(reference, current)
+        incident = _Incident(
+            seq=self._incidents,
+            incident_id=f"{self.config.name}/{self.segment}/{self._incidents}-{event_time_ms}",
+            opened_event_time_ms=event_time_ms,
+            opened_value_index=self._n,
+            change_start_index=self._n - length + 1,
+            first_offset=offset,
+            last_offset=offset,
+            severity=severity,
+            reference=reference,
+            last_detector=first.detector,
+            last_statistic=first.statistic,
+        )
+        self._record(incident, fired)
+        self._incident = incident
+        self._phase = "relearning"
+        self._sample = []
+        self._stable = 0
+        return self._alert(incident, "opened", event_time_ms, current, shift, ratio)
+
+    def _fold(self, incident: _Incident, fired: list[Channel], event_time_ms: int) -> Alert | None:
+        """A detection during an open incident: record it; alert only if it got worse.
+
+        A detection on the other statistic is recorded but not alerted: a
+        large mean shift also moves the scale score (values land far from the
+        reference median), so it would mostly announce the same change twice.
+        """
+        self._record(incident, fired)
+        current = Stats.of(self._tail(self._n - incident.change_start_index + 1))
+        severity, shift, ratio = self._assess(incident.reference, current)
+        escalated = severity == "critical" and incident.severity == "warning"
+        if escalated:
+            incident.severity = severity
+        moved_again = self._phase == "settling"
+        if moved_again:
+            # still drifting after re-baselining: learn the newest distribution
+            self._phase = "relearning"
+            self._sample = []
+            self._stable = 0
+        if escalated or moved_again:
+            return self._alert(incident, "updated", event_time_ms, current, shift, ratio)
+        return None
+
+    def _close(self, incident: _Incident, event_time_ms: int) -> Alert:
+        current = self.recent_stats
+        _, shift, ratio = self._assess(incident.reference, current)
+        alert = self._alert(incident, "closed", event_time_ms, current, shift, ratio)
+        self._incident = None
+        self._phase = "monitoring"
+        self._stable = 0
+        return alert
+
+    @staticmethod
+    def _record(incident: _Incident, fired: list[Channel]) -> None:
+        incident.detections += len(fired)
+        incident.last_detector = fired[0].detector
+        incident.last_statistic = fired[0].statistic
+        for channel in fired:
+            incident.labels.add(channel.label)
+            incident.statistics.add(channel.statistic)
+
+    def _alert(
+        self,
+        incident: _Incident,
+        kind: AlertKind,
+        event_time_ms: int,
+        current: Stats,
+        shift: float | None,
+        ratio: float | None,
+    ) -> Alert:
+        config = self.config
+        return Alert(
+            monitor=config.name,
+            source=config.source,
+            field=config.field,
+            segment=self.segment,
+            incident_id=incident.incident_id,
+            kind=kind,
+            detector=incident.last_detector,
+            statistic=incident.last_statistic,
+            severity=incident.severity,
+            event_time_ms=event_time_ms,
+            value_index=self._n,
+            opened_event_time_ms=incident.opened_event_time_ms,
+            opened_value_index=incident.opened_value_index,
+            change_start_index=incident.change_start_index,
+            first_offset=incident.first_offset,
+            last_offset=incident.last_offset,
+            detections=incident.detections,
+            detectors=tuple(sorted(incident.labels)),
+            reference=incident.reference,
+            current=current,
+            mean_shift_sd=shift,
+            sd_ratio=ratio,
+        )
+
+    def _assess(
+        self, reference: Stats, current: Stats
+    ) -> tuple[Severity, float | None, float | None]:
+        """Severity, mean shift in reference sd and sd ratio of ``current``."""
+        if reference.std <= 0 or current.n == 0:
+            changed = current.n > 0 and (current.std > 0 or current.mean != reference.mean)
+            return ("critical" if changed else "warning"), None, None
+        shift = (current.mean - reference.mean) / reference.std
+        ratio = current.std / reference.std if current.n >= 2 else None
+        critical_ratio = self.config.critical_sd_ratio
+        critical = abs(shift) >= self.config.critical_shift_sd or (
+            ratio is not None and (ratio >= critical_ratio or ratio * critical_ratio <= 1)
+        )
+        return ("critical" if critical else "warning"), shift, ratio
+
+    def _change_length(self, index: int) -> int:
+        """How many trailing values the change covers (maximum-likelihood split).
+
+        Scores are N(0, 1) before the change, so the most likely start of a
+        shifted tail of length m maximises (sum of its scores)^2 / m.
+        """
+        assert self._reference is not None
+        scores = self._reference.scores
+        best_length = min(len(self._recent), _MIN_CHANGE_LENGTH)
+        best = -1.0
+        total = 0.0
+        for length, value in enumerate(reversed(self._recent), start=1):
+            total += scores(value)[index]
+            if length >= _MIN_CHANGE_LENGTH and total * total / length > best:
+                best = total * total / length
+                best_length = length
+        return best_length
+
+    def _tail(self, length: int) -> list[float]:
+        recent = self._recent
+        length = max(1, min(length, len(recent)))
+        return list(itertools.islice(recent, len(recent) - length, None))
+
+    # -- checkpoints ---------------------------------------------------------
+
+    def to_state(self) -> bytes:
+        """Everything needed to continue exactly where this monitor is."""
+        return dump_payload(_MAGIC, self._payload())
+
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "river": version("river"),
+            "config": self.config.model_dump(mode="json"),
+            "segment": self.segment,
+            "n": self._n,
+            "skipped": self._skipped,
+            "phase": self._phase,
+            "sample": array("d", self._sample).tobytes(),
+            "reference": array("d", self._reference.sample).tobytes()
+            if self._reference
+            else None,
+            "channels": [(c.detector, c.statistic, c.model) for c in self._channels],
+            "recent": array("d", self._recent).tobytes(),
+            "incident": self._incident.to_dict() if self._incident else None,
+            "incidents": self._incidents,
+            "stable": self._stable,
+        }
+
+    @classmethod
+    def from_state(cls, data: bytes, *, config: MonitorConfig | None = None) -> Monitor:
+        """Restore a checkpoint of :meth:`to_state`.
+
+        With ``config`` (the configuration the worker runs now), a checkpoint
+        written under any other configuration is refused with
+        :class:`DriftStateError` naming the keys that differ.
+        """
+        payload = load_payload(data, _MAGIC, "monitor")
+        stored = check_config(payload["config"], config)
+        monitor = cls(stored, segment=payload["segment"])
+        monitor._restore(payload)
+        return monitor
+
+    def _restore(self, payload: Mapping[str, Any]) -> None:
+        try:
+            self._n = payload["n"]
+            self._skipped = payload["skipped"]
+            self._phase = payload["phase"]
+            self._sample = _floats(payload["sample"])
+            reference = payload["reference"]
+            self._reference = Reference(_floats(reference)) if reference is not None else None
+            self._channels = [
+                Channel(detector, statistic, model)
+                for detector, statistic, model in payload["channels"]
+            ]
+            self._recent.extend(_floats(payload["recent"]))
+            incident = payload["incident"]
+            self._incident = _Incident.from_dict(incident) if incident is not None else None
+            self._incidents = payload["incidents"]
+            self._stable = payload["stable"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DriftStateError(f"corrupt drift monitor checkpoint: {exc!r}") from exc
+
+
+def _floats(data: bytes) -> list[float]:
+    values = array("d")
+    values.frombytes(data)
+    return values.tolist()

@@ -1,0 +1,79 @@
+"""The state the window engine reads and writes, as plain immutable-by-contract data.
+
+::
+
+    EntityState
+    ├── rings: {resolution_ms: {bucket_id: BucketStats}}   one ring per resolution
+    │            BucketStats.summaries[i]  Summary of value field i   (group order)
+    │            BucketStats.sketches[j]   KMV sketch of distinct field j
+    ├── last: {field: (event_time_ms, value)}
+    ├── newest_event_ms: newest event time ever merged (drives pruning)
+    └── skipped: {field: count}   deltas only: present but unusable values
+
+The same type carries a *delta* (what one batch adds for one entity) and the
+*state* (what is stored); :func:`~features.engine.apply_delta` merges one into
+the other.  Nothing here is mutated after construction: the engine builds
+new dicts and shares the immutable ``BucketStats`` tuples between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from features.sketch import Kmv, kmv_merge
+from features.stats import Summary, merge
+
+#: A value kept by ``last``: a JSON scalar.
+LastValue = str | int | float | bool
+#: A feature value as :func:`~features.engine.read_features` returns it.
+FeatureValue = float | int | str | None
+
+
+class BucketStats(NamedTuple):
+    """The mergeable intermediates of one bucket, positional in the group's field order."""
+
+    summaries: tuple[Summary, ...]
+    sketches: tuple[Kmv, ...]
+
+
+Ring = dict[int, BucketStats]
+
+
+def merge_buckets(a: BucketStats, b: BucketStats) -> BucketStats:
+    """Field by field: :func:`~features.stats.merge` and :func:`~features.sketch.kmv_merge`."""
+    return BucketStats(
+        tuple(map(merge, a.summaries, b.summaries)),
+        tuple(map(kmv_merge, a.sketches, b.sketches)),
+    )
+
+
+@dataclass(slots=True)
+class EntityState:
+    """Window state of one entity (or one batch's delta for it)."""
+
+    rings: dict[int, Ring] = field(default_factory=dict)
+    last: dict[str, tuple[int, LastValue]] = field(default_factory=dict)
+    newest_event_ms: int | None = None
+    #: deltas only (never carried into state): per field, the number of
+    #: values that were present but unusable (not a finite number for a
+    #: value field, not a scalar for a distinct or last field)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def bucket_count(self) -> int:
+        return sum(len(ring) for ring in self.rings.values())
+
+
+class FeatureVector(NamedTuple):
+    """The features of one entity as of ``as_of_ms``, in ``feature_names()`` order."""
+
+    values: dict[str, FeatureValue]
+    as_of_ms: int
+    newest_event_ms: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "as_of_ms": self.as_of_ms,
+            "newest_event_ms": self.newest_event_ms,
+            "features": dict(self.values),
+        }

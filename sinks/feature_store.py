@@ -1,0 +1,421 @@
+"""Redis online feature store: bucket rings merged server-side, exactly once per offset.
+
+Key layout (one hash per entity and feature-group version, readable names)::
+
+    {prefix}:fg:{group}:v{version}:{entity}     hash
+        _n            newest event time of the entity (epoch ms)
+        _u            wall time of the last write (epoch ms)
+        r{res_ms}     bucket ring of resolution res_ms (binary, see features/codec.py)
+        l:{field}     last value: "{event_time_ms}|{json value}"
+    {prefix}:offsets:{source}                   hash
+        p{partition}  last Kafka offset whose effects are in the store
+        w{partition}  event-time watermark of the partition after that offset
+    {prefix}:registry:{group}                   hash
+        v{version}    JSON: fingerprint, definition, first deployed (ms)
+
+**Exactly-once effect.**  Kafka redelivers after a crash or a rebalance, and
+the local broker has no transactions, so one Lua script applies *all* the
+feature updates of one partition batch together with the partition's new
+offset and watermark, and only if the stored offset is still the one the
+worker started from (compare-and-set).  The worker filters out records at or
+below the stored offset before building the batch, so a replay applies
+nothing twice; a stale worker whose partition moved loses the race (its
+compare-and-set fails, it reloads and re-filters), so it cannot apply
+anything twice either.  Merges are commutative, so even an entity whose
+events are spread over partitions stays exact.  Single Redis (or a primary
+with replicas); Redis Cluster is not supported because one script touches
+keys of many slots.
+
+The Lua merge mirrors :func:`features.engine.apply_delta` (the reference
+implementation, tested against this script on a real Redis).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+import redis.asyncio as aioredis
+
+from features.codec import decode_ring, encode_ring
+from features.definitions import FeatureGroup
+from features.engine import apply_delta, read_features
+from features.state import EntityState, FeatureVector
+
+_APPLY = r"""
+local K_CAP = 33
+local offsets = KEYS[1]
+local partition = ARGV[1]
+local stored = redis.call('HGET', offsets, 'p' .. partition)
+if (stored or '-1') ~= ARGV[2] then
+  return {0, stored or '-1'}
+end
+local now = ARGV[5]
+local ngroups = tonumber(ARGV[6])
+local a = 7
+local k = 2
+
+local function read_ring(blob, V, D)
+  local ring, ids = {}, {}
+  local pos, len = 1, #blob
+  while pos <= len do
+    local id
+    id, pos = struct.unpack('<d', blob, pos)
+    local sums, sketches = {}, {}
+    for v = 1, V do
+      local n, mean, m2, mn, mx
+      n, mean, m2, mn, mx, pos = struct.unpack('<ddddd', blob, pos)
+      sums[v] = {n, mean, m2, mn, mx}
+    end
+    for d = 1, D do
+      local cnt
+      cnt, pos = struct.unpack('<d', blob, pos)
+      local hs = {}
+      for j = 1, cnt do
+        hs[j], pos = struct.unpack('<d', blob, pos)
+      end
+      sketches[d] = hs
+    end
+    ring[id] = {sums, sketches}
+    ids[#ids + 1] = id
+  end
+  return ring, ids
+end
+
+local function merge_summary(x, y)
+  if y[1] == 0 then return x end
+  if x[1] == 0 then return y end
+  local an, bn = x[1], y[1]
+  local n = an + bn
+  local delta = y[2] - x[2]
+  local mn = x[4]
+  if y[4] < mn then mn = y[4] end
+  local mx = x[5]
+  if y[5] > mx then mx = y[5] end
+  return {n, x[2] + delta * bn / n, x[3] + y[3] + delta * delta * an * bn / n, mn, mx}
+end
+
+local function merge_kmv(x, y)
+  if #y == 0 then return x end
+  if #x == 0 then return y end
+  local seen, all = {}, {}
+  for _, h in ipairs(x) do if not seen[h] then seen[h] = true; all[#all + 1] = h end end
+  for _, h in ipairs(y) do if not seen[h] then seen[h] = true; all[#all + 1] = h end end
+  table.sort(all)
+  local out = {}
+  for j = 1, math.min(#all, K_CAP) do out[j] = all[j] end
+  return out
+end
+
+local function write_ring(ring, V, D)
+  local ids = {}
+  for id, _ in pairs(ring) do ids[#ids + 1] = id end
+  table.sort(ids)
+  local parts = {}
+  for _, id in ipairs(ids) do
+    local b = ring[id]
+    parts[#parts + 1] = struct.pack('<d', id)
+    for v = 1, V do
+      local s = b[1][v]
+      parts[#parts + 1] = struct.pack('<ddddd', s[1], s[2], s[3], s[4], s[5])
+    end
+    for d = 1, D do
+      local hs = b[2][d]
+      parts[#parts + 1] = struct.pack('<d', #hs)
+      for _, h in ipairs(hs) do parts[#parts + 1] = struct.pack('<d', h) end
+    end
+  end
+  return table.concat(parts)
+end
+
+for _ = 1, ngroups do
+  local V, D = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local ttl, R = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  a = a + 4
+  local res, nb = {}, {}
+  for r = 1, R do
+    res[r] = tonumber(ARGV[a]); nb[r] = tonumber(ARGV[a + 1]); a = a + 2
+  end
+  local nentities = tonumber(ARGV[a]); a = a + 1
+  for _ = 1, nentities do
+    local key = KEYS[k]; k = k + 1
+    local delta_newest = tonumber(ARGV[a]); a = a + 1
+    local old_newest = tonumber(redis.call('HGET', key, '_n') or '')
+    local newest = delta_newest
+    if old_newest and old_newest > newest then newest = old_newest end
+    redis.call('HSET', key, '_n', string.format('%.0f', newest), '_u', now)
+    local nlast = tonumber(ARGV[a]); a = a + 1
+    for _ = 1, nlast do
+      local field, t, value = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
+      a = a + 3
+      local held = redis.call('HGET', key, field)
+      local held_t = held and tonumber(string.match(held, '^(-?%d+)|'))
+      if (not held_t) or t >= held_t then
+        redis.call('HSET', key, field, ARGV[a - 2] .. '|' .. value)
+      end
+    end
+    for r = 1, R do
+      local blob = ARGV[a]; a = a + 1
+      local field = 'r' .. res[r]
+      local cutoff = math.floor(newest / res[r]) - nb[r]
+      local old = redis.call('HGET', key, field)
+      local ring = {}
+      if old then
+        local oring = read_ring(old, V, D)
+        for id, b in pairs(oring) do
+          if id > cutoff then ring[id] = b end
+        end
+      end
+      if #blob > 0 then
+        local dring = read_ring(blob, V, D)
+        for id, b in pairs(dring) do
+          if id > cutoff then
+            local cur = ring[id]
+            if cur == nil then
+              ring[id] = b
+            else
+              local sums, sketches = {}, {}
+              for v = 1, V do sums[v] = merge_summary(cur[1][v], b[1][v]) end
+              for d = 1, D do sketches[d] = merge_kmv(cur[2][d], b[2][d]) end
+              ring[id] = {sums, sketches}
+            end
+          end
+        end
+      end
+      local out = write_ring(ring, V, D)
+      if #out > 0 then
+        redis.call('HSET', key, field, out)
+      elseif old then
+        redis.call('HDEL', key, field)
+      end
+    end
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+  end
+end
+redis.call('HSET', offsets, 'p' .. partition, ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', offsets, 'w' .. partition, ARGV[4]) end
+return {1, ARGV[3]}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionState:
+    """What the store holds for one source partition: last applied offset and watermark."""
+
+    offset: int  # -1: nothing applied yet
+    watermark_ms: int | None
+
+
+class FeatureStore(Protocol):
+    """What the worker needs from an online store (Redis, or the in-memory double)."""
+
+    async def partition_state(self, source: str, partition: int) -> PartitionState: ...
+
+    async def apply(
+        self,
+        source: str,
+        partition: int,
+        *,
+        expected_offset: int,
+        new_offset: int,
+        watermark_ms: int | None,
+        deltas: Sequence[tuple[FeatureGroup, Mapping[str, EntityState]]],
+    ) -> tuple[bool, int]: ...
+
+
+class FeatureVersionConflict(Exception):
+    """A feature group version is deployed with a different definition."""
+
+
+def entity_key(prefix: str, group: FeatureGroup, entity: str) -> str:
+    return f"{prefix}:fg:{group.name}:v{group.version}:{entity}"
+
+
+def offsets_key(prefix: str, source: str) -> str:
+    return f"{prefix}:offsets:{source}"
+
+
+def registry_key(prefix: str, group: str) -> str:
+    return f"{prefix}:registry:{group}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisFeatureStore:
+    def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._apply = client.register_script(_APPLY)
+
+    # -- partition state --------------------------------------------------
+
+    async def partition_state(self, source: str, partition: int) -> PartitionState:
+        offset, watermark = await self.client.hmget(
+            offsets_key(self.prefix, source), [f"p{partition}", f"w{partition}"]
+        )
+        return PartitionState(
+            int(offset) if offset is not None else -1,
+            int(watermark) if watermark is not None else None,
+        )
+
+    # -- writes -------------------------------------------------------------
+
+    async def apply(
+        self,
+        source: str,
+        partition: int,
+        *,
+        expected_offset: int,
+        new_offset: int,
+        watermark_ms: int | None,
+        deltas: Sequence[tuple[FeatureGroup, Mapping[str, EntityState]]],
+    ) -> tuple[bool, int]:
+        """Apply one partition batch atomically; ``(False, stored)`` when the offset moved."""
+        keys: list[str] = [offsets_key(self.prefix, source)]
+        args: list[Any] = [
+            partition,
+            expected_offset,
+            new_offset,
+            "" if watermark_ms is None else watermark_ms,
+            int(time.time() * 1000),
+            len(deltas),
+        ]
+        for group, entities in deltas:
+            layout = group.layout
+            resolutions = layout.resolutions
+            args += [
+                len(layout.value_fields),
+                len(layout.distinct_fields),
+                group.ttl_ms,
+                len(resolutions),
+            ]
+            for r in resolutions:
+                args += [r, layout.ring_buckets[r]]
+            args.append(len(entities))
+            for entity, delta in entities.items():
+                keys.append(entity_key(self.prefix, group, entity))
+                args.append(delta.newest_event_ms)
+                args.append(len(delta.last))
+                for field, (t, value) in delta.last.items():
+                    args += [f"l:{field}", t, orjson.dumps(value)]
+                for r in resolutions:
+                    ring = delta.rings.get(r)
+                    args.append(encode_ring(group, ring) if ring else b"")
+        ok, stored = await self._apply(keys=keys, args=args)
+        return bool(ok), int(stored)
+
+    # -- reads --------------------------------------------------------------
+
+    async def read_states(
+        self, group: FeatureGroup, entities: Sequence[str]
+    ) -> list[EntityState | None]:
+        """The stored state of each entity (``None`` when unknown), in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for entity in entities:
+                pipe.hgetall(entity_key(self.prefix, group, entity))
+            raw = await pipe.execute()
+        return [decode_state(group, fields) if fields else None for fields in raw]
+
+    async def get(
+        self, group: FeatureGroup, entities: Sequence[str], *, as_of_ms: int | None = None
+    ) -> list[FeatureVector]:
+        """Features of ``entities`` as of ``as_of_ms`` (default: now), one round trip."""
+        as_of = int(time.time() * 1000) if as_of_ms is None else as_of_ms
+        states = await self.read_states(group, entities)
+        return [read_features(group, state, as_of) for state in states]
+
+    # -- registry -----------------------------------------------------------
+
+    async def register(self, group: FeatureGroup) -> None:
+        """Record the group version's definition; refuse a changed definition under one version."""
+        key = registry_key(self.prefix, group.name)
+        record = orjson.dumps(
+            {
+                "fingerprint": group.fingerprint(),
+                "definition": group.canonical(),
+                "first_deployed_ms": int(time.time() * 1000),
+            }
+        )
+        field = f"v{group.version}"
+        if await self.client.hsetnx(key, field, record):
+            return
+        existing = orjson.loads(await self.client.hget(key, field) or b"{}")
+        if existing.get("fingerprint") != group.fingerprint():
+            raise FeatureVersionConflict(
+                f"feature group {group.name!r} version {group.version} is already deployed with a "
+                f"different definition (fingerprint {str(existing.get('fingerprint'))[:12]}, this "
+                f"config {group.fingerprint()[:12]}): bump 'version' to write the new definition "
+                "to a new key space"
+            )
+
+
+def decode_state(group: FeatureGroup, fields: Mapping[bytes | str, bytes | str]) -> EntityState:
+    rings = {}
+    last: dict[str, tuple[int, Any]] = {}
+    newest: int | None = None
+    for raw_name, raw_value in fields.items():
+        name = _text(raw_name)
+        if name == "_n":
+            newest = int(_text(raw_value))
+        elif name.startswith("r"):
+            blob = raw_value if isinstance(raw_value, bytes) else raw_value.encode()
+            rings[int(name[1:])] = decode_ring(group, blob)
+        elif name.startswith("l:"):
+            t, _, value = _text(raw_value).partition("|")
+            last[name[2:]] = (int(t), orjson.loads(value))
+    return EntityState(rings, last, newest)
+
+
+class MemoryFeatureStore:
+    """In-memory double with the same compare-and-set contract, for unit tests.
+
+    Merges with :func:`features.engine.apply_delta`, the reference the Lua
+    script is tested against.
+    """
+
+    def __init__(self) -> None:
+        self.partitions: dict[tuple[str, int], PartitionState] = {}
+        self.states: dict[tuple[str, int, str], EntityState] = {}
+        self.fail_next = 0
+        self.applied_batches = 0
+
+    async def partition_state(self, source: str, partition: int) -> PartitionState:
+        return self.partitions.get((source, partition), PartitionState(-1, None))
+
+    async def apply(
+        self,
+        source: str,
+        partition: int,
+        *,
+        expected_offset: int,
+        new_offset: int,
+        watermark_ms: int | None,
+        deltas: Sequence[tuple[FeatureGroup, Mapping[str, EntityState]]],
+    ) -> tuple[bool, int]:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("redis down (test double)")
+        current = self.partitions.get((source, partition), PartitionState(-1, None))
+        if current.offset != expected_offset:
+            return False, current.offset
+        for group, entities in deltas:
+            for entity, delta in entities.items():
+                key = (group.name, group.version, entity)
+                self.states[key] = apply_delta(group, self.states.get(key), delta)
+        self.partitions[(source, partition)] = PartitionState(new_offset, watermark_ms)
+        self.applied_batches += 1
+        return True, new_offset
+
+    async def get(
+        self, group: FeatureGroup, entities: Sequence[str], *, as_of_ms: int | None = None
+    ) -> list[FeatureVector]:
+        as_of = int(time.time() * 1000) if as_of_ms is None else as_of_ms
+        return [
+            read_features(group, self.states.get((group.name, group.version, e)), as_of)
+            for e in entities
+        ]

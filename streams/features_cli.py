@@ -1,0 +1,112 @@
+"""``driftline features get``: read features as model-serving code would, and show them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+
+from features.definitions import FeatureGroup
+from sinks.feature_store import RedisFeatureStore
+from streams.app import redis_client
+from streams.errors import ConfigError, DriftlineError
+from streams.settings import Settings
+from streams.sources import build_feature_groups, build_parsers
+
+
+def pick_group(settings: Settings, origin: str, name: str | None) -> FeatureGroup:
+    groups = [
+        g
+        for gs in build_feature_groups(settings, build_parsers(settings), origin).values()
+        for g in gs
+    ]
+    if not groups:
+        raise ConfigError(f"{origin}: no feature_groups are defined")
+    if name is None:
+        if len(groups) > 1:
+            names = ", ".join(g.name for g in groups)
+            raise ConfigError(
+                f"{origin}: several feature groups ({names}); choose one with --group"
+            )
+        return groups[0]
+    for group in groups:
+        if group.name == name:
+            return group
+    names = ", ".join(g.name for g in groups)
+    raise ConfigError(f"{origin}: no feature group {name!r} (defined: {names})")
+
+
+def _fmt_time(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+def _fmt_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+async def _read(
+    settings: Settings, group: FeatureGroup, entities: list[str], as_of_ms: int | None
+) -> list[Any]:
+    client = redis_client(settings)
+    try:
+        return await RedisFeatureStore(client, prefix=settings.redis.key_prefix).get(
+            group, entities, as_of_ms=as_of_ms
+        )
+    except (OSError, ConnectionError) as exc:
+        raise DriftlineError(f"cannot read from Redis at {settings.redis.url}: {exc}") from None
+    except Exception as exc:
+        if type(exc).__name__ in {"ConnectionError", "TimeoutError", "AuthenticationError"}:
+            raise DriftlineError(f"cannot read from Redis at {settings.redis.url}: {exc}") from None
+        raise
+    finally:
+        await client.aclose()
+
+
+def get_features(
+    settings: Settings,
+    origin: str,
+    group_name: str | None,
+    entities: list[str],
+    as_of_ms: int | None,
+    as_json: bool,
+) -> str:
+    group = pick_group(settings, origin, group_name)
+    vectors = asyncio.run(_read(settings, group, entities, as_of_ms))
+    if as_json:
+        return "\n".join(
+            orjson.dumps(
+                {
+                    "entity": entity,
+                    "group": group.name,
+                    "version": group.version,
+                    **vector.as_dict(),
+                    "age_ms": None
+                    if vector.newest_event_ms is None
+                    else vector.as_of_ms - vector.newest_event_ms,
+                }
+            ).decode()
+            for entity, vector in zip(entities, vectors, strict=True)
+        )
+    lines: list[str] = []
+    for entity, vector in zip(entities, vectors, strict=True):
+        if vector.newest_event_ms is None:
+            freshness = "no events stored (unknown entity, or all windows expired)"
+        else:
+            age_s = (vector.as_of_ms - vector.newest_event_ms) / 1000
+            freshness = f"newest event {_fmt_time(vector.newest_event_ms)} ({age_s:.1f}s before)"
+        lines.append(
+            f"{group.name} v{group.version} / {entity}  "
+            f"as of {_fmt_time(vector.as_of_ms)}; {freshness}"
+        )
+        width = max(len(name) for name in vector.values)
+        for name, value in vector.values.items():
+            lines.append(f"  {name:<{width}}  {_fmt_value(value)}")
+    return "\n".join(lines)
