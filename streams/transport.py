@@ -106,8 +106,11 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             previous = last
             for r in fetched:
                 offset = r.offset
-                if previous is not None and offset <= previous:
-                    continue  # overlap with an earlier fetch (after a seek)
+                # After a seek Faust sets the read offset to the *next* offset to
+                # read (the committed one); after a delivery, to the offset
+                # delivered.  So only offsets below it are duplicates.
+                if previous is not None and offset < previous:
+                    continue
                 if previous is not None and offset - previous > 1:
                     await self._add_gap(tp, previous + 1, offset)  # compacted/aborted offsets
                 append(

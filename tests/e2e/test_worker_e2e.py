@@ -92,14 +92,21 @@ def avro_body(record: dict[str, Any]) -> bytes:
 
 
 async def read_features(
-    redis_url: str, prefix: str, config: dict[str, Any], group_name: str, entities: list[str]
+    redis_url: str,
+    prefix: str,
+    config: dict[str, Any],
+    group_name: str,
+    entities: list[str],
+    as_of_ms: int | None = None,
 ) -> list[Any]:
     spec = next(g for g in config["feature_groups"] if g["name"] == group_name)
     source = next(s for s in config["sources"] if s["name"] == spec["source"])
     group = FeatureGroup.from_config({"entity_key": source["entity_key"], **spec})
     client = connect_redis(redis_url)
     try:
-        return await RedisFeatureStore(client, prefix=prefix).get(group, entities)
+        return await RedisFeatureStore(client, prefix=prefix).get(
+            group, entities, as_of_ms=as_of_ms
+        )
     finally:
         await client.aclose()
 
