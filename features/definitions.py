@@ -43,7 +43,7 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -196,7 +196,9 @@ class FeatureGroup:
     Construct it directly (all values already typed) or from a config dict
     with :meth:`from_config`.  Aggregations are normalised to the order of
     :data:`AGGREGATIONS` and windows sorted by length; field order is kept as
-    declared because the state layout (and the codec) follows it.
+    declared because the state layout (and the codec) follows it.  ``values``
+    is a plain dict for cheap access: treat it as read-only, the derived
+    :attr:`layout` is computed once.
     """
 
     name: str
@@ -479,7 +481,9 @@ def _validate_and_normalise(g: FeatureGroup) -> None:
     setattr_("tags", tags)
 
 
-def _check_field(fail: Any, key: str, fname: object) -> None:
+def _check_field(
+    fail: Callable[[str, str], FeatureDefinitionError], key: str, fname: object
+) -> None:
     if not isinstance(fname, str) or not _FIELD.fullmatch(fname):
         raise fail(
             key, f"{fname!r} is not a usable field name (letters, digits and '_', not first digit)"

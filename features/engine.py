@@ -63,8 +63,15 @@ from typing import TYPE_CHECKING, Any
 
 from features import stats
 from features.definitions import FeatureGroup
-from features.sketch import CAPACITY, EMPTY_KMV, Kmv, canonical_text, hash_text, kmv_estimate
-from features.sketch import kmv_merge as _kmv_merge
+from features.sketch import (
+    CAPACITY,
+    EMPTY_KMV,
+    Kmv,
+    canonical_text,
+    hash_text,
+    kmv_estimate,
+    kmv_merge,
+)
 from features.state import (
     BucketStats,
     EntityState,
@@ -184,7 +191,7 @@ def build_deltas(group: FeatureGroup, events: Sequence[ParsedEvent]) -> dict[str
                     _skip(skipped, entity, f)
                     continue
                 cur = last.get(f)
-                if cur is None or t > cur[0]:
+                if cur is None or t >= cur[0]:
                     last[f] = (t, v)
 
     resolutions = layout.resolutions
@@ -393,9 +400,7 @@ def read_features(group: FeatureGroup, state: EntityState | None, as_of_ms: int)
                 assert ring is not None
                 bucket = ring[ids[k]]
                 sums = [merge(a, b) for a, b in zip(sums, bucket.summaries, strict=True)]
-                sketches = [
-                    _kmv_merge(a, b) for a, b in zip(sketches, bucket.sketches, strict=True)
-                ]
+                sketches = [kmv_merge(a, b) for a, b in zip(sketches, bucket.sketches, strict=True)]
                 k += 1
             per_window[w.name] = (sums, sketches)
     values: dict[str, FeatureValue] = {}

@@ -52,7 +52,12 @@ def test_from_config_builds_the_group() -> None:
 
 def test_feature_names_are_readable_and_stable() -> None:
     names = FeatureGroup.from_config(CONFIG).feature_names()
-    assert names[:4] == ("amount_count_1m", "amount_count_5m", "amount_count_1h", "amount_count_24h")
+    assert names[:4] == (
+        "amount_count_1m",
+        "amount_count_5m",
+        "amount_count_1h",
+        "amount_count_24h",
+    )
     assert "amount_sum_5m" in names
     assert "amount_std_1h" in names
     assert "category_distinct_count_24h" in names
@@ -69,7 +74,12 @@ def test_feature_names_are_readable_and_stable() -> None:
 def test_explicit_resolution_and_shared_rings() -> None:
     g = FeatureGroup.from_config(
         config(
-            windows=["1m", "5m", {"window": "24h", "resolution": "1h"}, {"window": "30m", "resolution": "5s"}],
+            windows=[
+                "1m",
+                "5m",
+                {"window": "24h", "resolution": "1h"},
+                {"window": "30m", "resolution": "5s"},
+            ],
         )
     )
     by_name = {w.name: w for w in g.windows}
@@ -91,7 +101,11 @@ def test_buckets_per_window_must_divide_the_window() -> None:
 @pytest.mark.parametrize(
     ("changes", "key", "needle"),
     [
-        ({"values": {"amount": ["count", "median"]}}, "values.amount", "unknown aggregation 'median'"),
+        (
+            {"values": {"amount": ["count", "median"]}},
+            "values.amount",
+            "unknown aggregation 'median'",
+        ),
         ({"values": {"amount": ["count", "count"]}}, "values.amount", "listed twice"),
         ({"values": {"amount": []}}, "values.amount", "at least one aggregation"),
         ({"values": {"amount": "sum"}}, "values.amount", "must be a list"),
@@ -102,7 +116,11 @@ def test_buckets_per_window_must_divide_the_window() -> None:
         ({"windows": None}, "windows", "required"),
         ({"windows": "1m"}, "windows", "must be a list"),
         ({"windows": [{"window": "1h", "resolution": "7m"}]}, "windows[0]", "does not divide"),
-        ({"windows": [{"window": "1h", "resolution": "1.5m"}]}, "windows[0].resolution", "fractions"),
+        (
+            {"windows": [{"window": "1h", "resolution": "1.5m"}]},
+            "windows[0].resolution",
+            "fractions",
+        ),
         ({"windows": [{"window": "1h", "buckets": 6}]}, "windows[0].buckets", "unknown key"),
         ({"windows": [{"resolution": "1m"}]}, "windows[0].window", "required"),
         ({"windows": [{"window": "7d", "resolution": "1s"}]}, "windows[0]", "choose a coarser"),
@@ -115,7 +133,11 @@ def test_buckets_per_window_must_divide_the_window() -> None:
         ({"distinct": "category"}, "distinct", "must be a list"),
         ({"last": ["amount", "amount"]}, "last", "listed twice"),
         ({"window": ["1m"]}, "window", "did you mean 'windows'"),
-        ({"values": {"amount_distinct": ["count"]}, "distinct": ["amount"]}, "distinct", "both be named"),
+        (
+            {"values": {"amount_distinct": ["count"]}, "distinct": ["amount"]},
+            "distinct",
+            "both be named",
+        ),
         ({"values": None, "distinct": None, "last": None}, "values", "computes nothing"),
         ({"name": "user:spend"}, "name", "no ':'"),
     ],

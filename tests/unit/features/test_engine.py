@@ -1,10 +1,8 @@
-"""The window engine against a brute-force reference.
+"""The window engine against a brute-force reference (``reference.py``).
 
-The reference keeps every event and computes each feature at ``as_of`` by
-filtering the events whose bucket is in ``(bucket(t) - n, bucket(t)]`` and
-aggregating them with plain Python (``statistics`` for the variance, which is
-exact).  The engine must agree however the events are split into batches,
-whatever their order, at any read time at or after the newest event.
+The engine must agree with it however the events are split into batches,
+whatever their order, at any read time at or after the newest event, and its
+state must stay bounded; plus the promised semantics as worked examples.
 """
 
 from __future__ import annotations
@@ -12,187 +10,42 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-from collections.abc import Iterable
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.definitions import AGGREGATIONS, FeatureGroup
+from features.definitions import FeatureGroup
 from features.engine import apply_delta, build_deltas, read_features
-from features.sketch import canonical_text, hash_text, kmv_estimate
+from features.sketch import kmv_estimate, kmv_of, value_hash
 from features.state import EntityState, merge_buckets
 from schemas.parser import ParsedEvent
-
-GROUP = FeatureGroup.from_config(
-    {
-        "name": "engine_test",
-        "version": 1,
-        "source": "events",
-        "entity_key": "user_id",
-        "values": {"amount": list(AGGREGATIONS), "qty": ["count", "sum", "max"]},
-        "distinct": ["category"],
-        "last": ["amount", "category"],
-        # rings: 100 ms (1s), 1 s (10s and 30s share it), 1.5 s (not a multiple
-        # of 1 s), 6 s (1m), 30 s (2m): both ways _finish derives coarse rings
-        "windows": [
-            "1s",
-            "10s",
-            "1m",
-            {"window": "30s", "resolution": "1s"},
-            {"window": "45s", "resolution": "1500ms"},
-            {"window": "2m", "resolution": "30s"},
-        ],
-        "buckets_per_window": 10,
-    }
-)
-T0 = 1_700_000_000_000
-ABSENT: Any = object()
-
-# ------------------------------------------------------------------ reference
-
-
-def usable_number(v: Any) -> bool:
-    return (type(v) is int or type(v) is float) and math.isfinite(v) and abs(v) <= 1e100
-
-
-def usable_last(v: Any) -> bool:
-    if isinstance(v, float):
-        return math.isfinite(v)
-    if isinstance(v, bool | str):
-        return True
-    return isinstance(v, int) and -(2**63) <= v < 2**63
-
-
-def reference(group: FeatureGroup, events: list[ParsedEvent], entity: str, t: int) -> dict[str, Any]:
-    """Every feature of ``entity`` as of ``t``, from the raw events (in arrival order)."""
-    mine = [e for e in events if e.entity == entity]
-    out: dict[str, Any] = {}
-    for spec in group.layout.features:
-        if spec.kind == "last":
-            best: tuple[int, Any] | None = None
-            for e in mine:
-                v = e.data.get(spec.field)
-                if v is not None and usable_last(v) and (best is None or e.event_time_ms >= best[0]):
-                    best = (e.event_time_ms, v)
-            out[spec.name] = None if best is None else best[1]
-            continue
-        assert spec.window is not None
-        r, n = spec.window.resolution_ms, spec.window.n_buckets
-        bt = t // r
-        inside = [e for e in mine if bt - n < e.event_time_ms // r <= bt]
-        vals = [e.data.get(spec.field) for e in inside]
-        if spec.kind == "distinct":
-            texts = {canonical_text(v) for v in vals if v is not None} - {None}
-            hashes = sorted({hash_text(x) for x in texts if x is not None})
-            out[spec.name] = len(texts) if len(texts) <= 32 else round(kmv_estimate(tuple(hashes[:33])))
-            continue
-        xs = [float(v) for v in vals if usable_number(v)]
-        agg = spec.aggregation
-        if agg == "count":
-            out[spec.name] = len(xs)
-        elif agg == "sum":
-            out[spec.name] = math.fsum(xs)
-        elif not xs:
-            out[spec.name] = None
-        elif agg == "mean":
-            out[spec.name] = math.fsum(xs) / len(xs)
-        elif agg == "min":
-            out[spec.name] = min(xs)
-        elif agg == "max":
-            out[spec.name] = max(xs)
-        elif agg == "var":
-            out[spec.name] = statistics.pvariance(xs)
-        elif agg == "std":
-            out[spec.name] = math.sqrt(statistics.pvariance(xs))
-        out[f"__scale__{spec.name}"] = max((abs(x) for x in xs), default=0.0)
-    return out
-
-
-def assert_matches(got: dict[str, Any], want: dict[str, Any]) -> None:
-    for name, value in got.items():
-        expected = want[name]
-        if isinstance(expected, float) and not name.endswith("_last"):
-            scale = want.get(f"__scale__{name}", 0.0)
-            if "_std_" in name or "_var_" in name:
-                ok = math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-9)
-            else:  # sums and means can cancel: tolerance relative to the data's magnitude
-                ok = math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-9 * max(1.0, scale))
-            assert ok, f"{name}: engine {value!r} != reference {expected!r}"
-        else:
-            assert value == expected and type(value) is type(expected), f"{name}: {value!r} != {expected!r}"
-
-
-# --------------------------------------------------------------------- engine
-
-
-def run(group: FeatureGroup, batches: Iterable[list[ParsedEvent]], states: dict[str, EntityState] | None = None) -> dict[str, EntityState]:
-    states = {} if states is None else states
-    for batch in batches:
-        for entity, delta in build_deltas(group, batch).items():
-            states[entity] = apply_delta(group, states.get(entity), delta)
-    return states
-
-
-def check_bounded(group: FeatureGroup, state: EntityState) -> None:
-    assert state.newest_event_ms is not None
-    assert state.skipped == {}
-    for r, n in group.layout.ring_buckets.items():
-        ring = state.rings[r]
-        newest_bucket = state.newest_event_ms // r
-        assert len(ring) <= n
-        assert all(newest_bucket - n < b <= newest_bucket for b in ring)
-
-
-# ----------------------------------------------------------------- strategies
-
-AMOUNT = st.one_of(
-    st.integers(-100_000, 100_000).map(lambda c: c / 100),
-    st.integers(-1000, 1000),
-    st.sampled_from([ABSENT, None, "12.5", float("nan"), float("inf"), True, 1e200]),
-)
-CATEGORY = st.one_of(
-    st.sampled_from(["grocery", "fuel", "travel", "health"]),
-    st.integers(0, 80),  # many distinct values: pushes windows past 32
-    st.sampled_from([ABSENT, None, 2.0, False, ["x"]]),
-)
-
-
-@st.composite
-def event_streams(draw: st.DrawFn) -> list[ParsedEvent]:
-    base = draw(st.sampled_from([T0, -7_777]))  # negative times: floor division
-    span = draw(st.sampled_from([300, 5_000, 60_000, 200_000]))
-    size = draw(st.integers(0, 60))
-    events = []
-    for _ in range(size):
-        data: dict[str, Any] = {}
-        for field, strategy in (("amount", AMOUNT), ("category", CATEGORY), ("qty", st.integers(0, 5))):
-            value = draw(strategy)
-            if value is not ABSENT:
-                data[field] = value
-        entity = draw(st.sampled_from(["a", "b", "c"]))
-        events.append(ParsedEvent(entity, base + draw(st.integers(0, span)), data))
-    return events
-
-
-def split(events: list[ParsedEvent], cuts: list[int]) -> list[list[ParsedEvent]]:
-    points = sorted({min(c, len(events)) for c in cuts})
-    bounds = [0, *points, len(events)]
-    return [events[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
-
-
-READ_DELAYS = st.one_of(
-    st.sampled_from([0, 1, 99, 100, 999, 1_000, 1_499, 5_999, 6_000, 29_999, 30_000, 60_000, 120_000, 10**9]),
-    st.integers(0, 200_000),
+from tests.unit.features.reference import (
+    GROUP,
+    MANY_CATEGORIES,
+    READ_DELAYS,
+    T0,
+    assert_matches,
+    check_bounded,
+    event_streams,
+    reference,
+    run,
+    split,
 )
 
 # ---------------------------------------------------------------------- tests
 
 
 @settings(max_examples=120, deadline=None)
-@given(event_streams(), st.lists(st.integers(0, 60), max_size=6), st.lists(READ_DELAYS, min_size=1, max_size=3))
-def test_engine_matches_brute_force_reference(events: list[ParsedEvent], cuts: list[int], delays: list[int]) -> None:
+@given(
+    event_streams(),
+    st.lists(st.integers(0, 60), max_size=6),
+    st.lists(READ_DELAYS, min_size=1, max_size=3),
+)
+def test_engine_matches_brute_force_reference(
+    events: list[ParsedEvent], cuts: list[int], delays: list[int]
+) -> None:
     batched = run(GROUP, split(events, cuts))
     one_shot = run(GROUP, [events])
     assert batched.keys() == one_shot.keys() == {e.entity for e in events}
@@ -225,13 +78,23 @@ def merge_unpruned(state: EntityState | None, delta: EntityState) -> EntityState
     for f, tv in delta.last.items():
         if f not in last or tv[0] >= last[f][0]:
             last[f] = tv
-    times = [x for x in (state.newest_event_ms if state else None, delta.newest_event_ms) if x is not None]
+    times = [
+        x
+        for x in (state.newest_event_ms if state else None, delta.newest_event_ms)
+        if x is not None
+    ]
     return EntityState(rings, last, max(times) if times else None)
 
 
 @settings(max_examples=60, deadline=None)
-@given(event_streams(), st.lists(st.integers(0, 60), max_size=6), st.lists(READ_DELAYS, min_size=1, max_size=4))
-def test_pruning_never_changes_a_read_at_or_after_the_newest_event(events: list[ParsedEvent], cuts: list[int], delays: list[int]) -> None:
+@given(
+    event_streams(),
+    st.lists(st.integers(0, 60), max_size=6),
+    st.lists(READ_DELAYS, min_size=1, max_size=4),
+)
+def test_pruning_never_changes_a_read_at_or_after_the_newest_event(
+    events: list[ParsedEvent], cuts: list[int], delays: list[int]
+) -> None:
     pruned: dict[str, EntityState] = {}
     full: dict[str, EntityState] = {}
     for batch in split(events, cuts):
@@ -243,7 +106,10 @@ def test_pruning_never_changes_a_read_at_or_after_the_newest_event(events: list[
         assert state.bucket_count() <= full[entity].bucket_count()
         for delay in delays:
             t = state.newest_event_ms + delay
-            assert read_features(GROUP, state, t).values == read_features(GROUP, full[entity], t).values
+            assert (
+                read_features(GROUP, state, t).values
+                == read_features(GROUP, full[entity], t).values
+            )
 
 
 USER_SPEND = FeatureGroup.from_config(
@@ -262,6 +128,37 @@ USER_SPEND = FeatureGroup.from_config(
 
 def ev(entity: str, t: int, **data: Any) -> ParsedEvent:
     return ParsedEvent(entity, t, data)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    event_streams(categories=MANY_CATEGORIES, entities=("a",), max_size=120),
+    st.lists(st.integers(0, 120), max_size=4),
+    READ_DELAYS,
+)
+def test_distinct_counts_past_32_match_the_reference(
+    events: list[ParsedEvent], cuts: list[int], delay: int
+) -> None:
+    for state in run(GROUP, split(events, cuts)).values():
+        assert state.newest_event_ms is not None
+        t = state.newest_event_ms + delay
+        got = read_features(GROUP, state, t).values
+        want = reference(GROUP, events, "a", t)
+        assert {k: v for k, v in got.items() if "_distinct_" in k} == {
+            k: v for k, v in want.items() if "_distinct_" in k
+        }
+
+
+@pytest.mark.parametrize("n", [31, 32, 33, 40, 200])
+def test_distinct_count_is_exact_up_to_32_in_one_bucket(n: int) -> None:
+    events = [ev("u", T0 + i, category=f"c{i}") for i in range(n)]  # one 1 s bucket
+    expected = n if n <= 32 else round(kmv_estimate(kmv_of(value_hash(f"c{i}") for i in range(n))))
+    for batches in ([events], [events[1::2], events[::2]]):
+        state = run(USER_SPEND, batches)["u"]
+        assert (
+            read_features(USER_SPEND, state, T0 + n).values["category_distinct_count_1m"]
+            == expected
+        )
 
 
 def test_an_idle_entity_decays_to_zero() -> None:
@@ -334,7 +231,10 @@ def test_last_is_newest_by_event_time_and_ties_go_to_the_later_event() -> None:
 
 
 def test_apply_delta_is_pure() -> None:
-    first = run(USER_SPEND, [[ev("u", T0 + i * 7_000, amount=float(i), category=f"c{i}") for i in range(30)]])["u"]
+    first = run(
+        USER_SPEND,
+        [[ev("u", T0 + i * 7_000, amount=float(i), category=f"c{i}") for i in range(30)]],
+    )["u"]
     delta = build_deltas(USER_SPEND, [ev("u", T0 + 400_000, amount=1.0, category="z")])["u"]
     before = (copy.deepcopy(first), copy.deepcopy(delta))
     after = apply_delta(USER_SPEND, first, delta)

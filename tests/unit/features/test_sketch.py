@@ -35,7 +35,14 @@ def test_hash_is_the_documented_blake2b_prefix() -> None:
 
 @pytest.mark.parametrize(
     ("a", "b"),
-    [(1, 1.0), ("1", 1), (True, "true"), (-0.0, 0), (2.5, "2.5"), (10**20, "100000000000000000000")],
+    [
+        (1, 1.0),
+        ("1", 1),
+        (True, "true"),
+        (-0.0, 0),
+        (2.5, "2.5"),
+        (10**20, "100000000000000000000"),
+    ],
 )
 def test_canonical_text_equates_the_same_category(a: object, b: object) -> None:
     assert canonical_text(a) == canonical_text(b)
@@ -50,7 +57,9 @@ def test_non_categories(bad: object) -> None:
 
 
 @given(SKETCHES, SKETCHES, SKETCHES)
-def test_merge_is_associative_commutative_idempotent(a: tuple[int, ...], b: tuple[int, ...], c: tuple[int, ...]) -> None:
+def test_merge_is_associative_commutative_idempotent(
+    a: tuple[int, ...], b: tuple[int, ...], c: tuple[int, ...]
+) -> None:
     assert kmv_merge(kmv_merge(a, b), c) == kmv_merge(a, kmv_merge(b, c))
     assert kmv_merge(a, b) == kmv_merge(b, a)
     assert kmv_merge(a, a) == a

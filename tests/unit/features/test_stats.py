@@ -14,7 +14,7 @@ from features.stats import EMPTY, Summary, merge, summary_of, summary_of_values
 
 VALUES = st.lists(
     st.one_of(
-        st.integers(-10**6, 10**6).map(lambda c: c / 100),
+        st.integers(-(10**6), 10**6).map(lambda c: c / 100),
         st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
     ),
     max_size=20,
@@ -39,7 +39,9 @@ def scale_of(*samples: list[float]) -> float:
 
 @settings(max_examples=150)
 @given(VALUES, VALUES, VALUES)
-def test_merge_is_associative_and_commutative(xs: list[float], ys: list[float], zs: list[float]) -> None:
+def test_merge_is_associative_and_commutative(
+    xs: list[float], ys: list[float], zs: list[float]
+) -> None:
     a, b, c = (summary_of_values(v) for v in (xs, ys, zs))
     s = scale_of(xs, ys, zs)
     left = merge(merge(a, b), c)
@@ -63,13 +65,20 @@ def test_accessors_match_population_statistics(xs: list[float]) -> None:
     assert stats.count(s) == len(xs)
     assert close(stats.sum(s), math.fsum(xs), scale * len(xs))
     assert close(stats.mean(s) or 0.0, statistics.fmean(xs), scale)
-    assert math.isclose(stats.var(s) or 0.0, statistics.pvariance(xs), rel_tol=1e-9, abs_tol=1e-9 * max(1.0, scale) ** 2)
+    assert math.isclose(
+        stats.var(s) or 0.0,
+        statistics.pvariance(xs),
+        rel_tol=1e-9,
+        abs_tol=1e-9 * max(1.0, scale) ** 2,
+    )
     assert stats.minimum(s) == min(xs) and stats.maximum(s) == max(xs)
 
 
 def test_empty_and_single() -> None:
     assert (stats.count(EMPTY), stats.sum(EMPTY)) == (0, 0.0)
-    assert [f(EMPTY) for f in (stats.mean, stats.var, stats.std, stats.minimum, stats.maximum)] == [None] * 5
+    assert [f(EMPTY) for f in (stats.mean, stats.var, stats.std, stats.minimum, stats.maximum)] == [
+        None
+    ] * 5
     one = summary_of(4.5)
     assert (stats.count(one), stats.sum(one), stats.mean(one)) == (1, 4.5, 4.5)
     assert stats.var(one) == 0.0 and stats.std(one) == 0.0
