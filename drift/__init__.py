@@ -7,13 +7,14 @@ The pieces, in the order a value meets them:
 * :mod:`drift.reference`  the warm-up sample and the normal scores against it;
 * :mod:`drift.detectors`  River's Page-Hinkley and ADWIN on the scores;
 * :mod:`drift.monitor`    warm-up, incidents (opened / updated / closed), checkpoints;
-* :mod:`drift.alerts`     the :class:`Alert` record and its JSON (``alert.schema.json``).
+* :mod:`drift.alerts`     the :class:`Alert` record and its JSON (``alert.schema.json``);
+* :mod:`drift.state`      checkpoint framing (format version, configuration check).
 
 ``bench/drift_quality.py`` measures false alarms and detection delays of the
 defaults; the numbers are in its docstring.
 """
 
-from drift.alerts import Alert, AlertKind, Severity
+from drift.alerts import Alert, AlertKind, AlertReason, Severity
 from drift.config import (
     DEFAULT_DETECTORS,
     DETECTORS,
@@ -37,6 +38,7 @@ __all__ = [
     "AdwinParams",
     "Alert",
     "AlertKind",
+    "AlertReason",
     "DriftConfigError",
     "DriftError",
     "DriftStateError",

@@ -3,9 +3,9 @@
 An alert is one event in the life of an **incident**:
 
 ``opened``   a detector fired while no incident was open;
-``updated``  the incident got worse (severity escalated to critical) or the
-             stream kept moving after the monitor had re-learned its
-             reference;
+``updated``  the incident got worse (``reason: escalated``, warning ->
+             critical) or the stream kept moving after the monitor had
+             re-learned its reference (``still_moving``);
 ``closed``   the stream is stable again (see :mod:`drift.monitor`).
 
 Other detections during an open incident are folded into it (``detections``,
@@ -25,6 +25,10 @@ import orjson
 from drift.stats import Stats
 
 AlertKind = Literal["opened", "updated", "closed"]
+#: why: ``detected`` (opened), ``escalated`` (warning -> critical),
+#: ``still_moving`` (the stream kept changing after the monitor re-learned its
+#: reference), ``stable`` (closed)
+AlertReason = Literal["detected", "escalated", "still_moving", "stable"]
 Severity = Literal["warning", "critical"]
 
 
@@ -40,6 +44,7 @@ class Alert:
     segment: str
     incident_id: str
     kind: AlertKind
+    reason: AlertReason
     #: the detector and statistic of the detection behind this alert (for
     #: ``closed``: of the incident's last detection)
     detector: str
@@ -53,7 +58,8 @@ class Alert:
     opened_value_index: int
     #: estimated first value of the change (a value index)
     change_start_index: int
-    #: offsets seen since the incident opened, when the caller passes them
+    #: offsets seen since the incident opened (the first and the latest passed
+    #: by the caller); a span of one partition when the monitor reads one
     first_offset: int | None
     last_offset: int | None
     detections: int
@@ -75,6 +81,7 @@ class Alert:
             "segment": self.segment,
             "incident_id": self.incident_id,
             "kind": self.kind,
+            "reason": self.reason,
             "detector": self.detector,
             "statistic": self.statistic,
             "severity": self.severity,

@@ -16,8 +16,8 @@ Every threshold is in **standard units of the reference**: the monitor turns
 each value into a normal score against the distribution it learned during the
 warm-up (see :mod:`drift.reference`), so the same numbers suit amounts in
 cents, latencies in seconds and counts.  ``bench/drift_quality.py`` measures
-the defaults (false alarms per 100k values, detection delays) and is the place
-to re-check any change to them.
+the defaults (false alarms per 100k values, detection delays) with a warm-up
+of 1,000 values and is the place to re-check any change to them.
 """
 
 from __future__ import annotations
@@ -50,10 +50,11 @@ class PageHinkleyParams(_Params):
 
     Page-Hinkley is Page's CUSUM around the running mean since its last
     restart: ``delta`` is half the shift it is tuned for (0.25: shifts of
-    0.5 sd and up), ``threshold`` sets the false-alarm rate (about x2.5 fewer
-    per +2, delay about ``threshold / (shift - delta)``).  ``alpha = 1`` (no
-    forgetting): with forgetting, the statistic of a stable stream is pulled
-    back to zero and the threshold no longer maps to a false-alarm rate.
+    0.5 sd and up); ``threshold`` sets the false-alarm rate (about half as
+    many per +2) and the delay (about ``threshold / (shift - delta)``).
+    ``alpha = 1`` (no forgetting) keeps it that CUSUM, the form the
+    benchmark calibrated; the threshold is in reference sd because the input
+    is a normal score, not a raw value.
     """
 
     delta: float = Field(0.25, gt=0, le=2)
@@ -65,9 +66,11 @@ class PageHinkleyParams(_Params):
 class AdwinParams(_Params):
     """River's ``ADWIN`` on normal scores.
 
-    On scores (bounded, near normal) ADWIN's bound is honest; ``delta`` 1e-4
-    costs little delay against River's 0.002 and ``clock = 1`` checks every
-    value (the Rust implementation makes that cheap).
+    On scores (bounded, near normal) ADWIN's bound holds: with ``delta``
+    1e-4 it raised no false alarm in 3M benchmark values and still finds a
+    1-sd shift in ~45 values.  ``clock = 1`` checks every value (River's Rust
+    implementation makes that cheap) instead of every 32nd, which would add
+    up to 31 values of delay.
     """
 
     delta: float = Field(1e-4, gt=0, lt=1)

@@ -5,11 +5,12 @@ Life of a monitor
 ::
 
     warmup ──(warmup values)──► monitoring ──detection──► relearning ──(warmup values)──► settling
-                                    ▲          (opened)        │  detections: folded in,          │
-                                    │                          │  "updated" if worse              │
-                                    │                          ◄──────── detection ("updated") ───┤
-                                    └────────────── stable_after values without detection ────────┘
-                                                                      (closed)
+                                    ▲          "opened"         ▲  detections folded in;         │
+                                    │                           │  "updated" if escalated        │
+                                    │                           └─ "updated" (still_moving) ◄────┤
+                                    │                              detection, or the settling     │
+                                    │                              window does not fit            │
+                                    └───────── "closed": stable_after quiet values that fit ◄────┘
 
 * **warmup**: the first ``warmup`` values become the reference (see
   :mod:`drift.reference`); nothing is detected, no alert is possible.
@@ -19,20 +20,28 @@ Life of a monitor
 * **relearning**: the detectors keep running against the *old* reference (they
   are never muted), while the values since the detection are collected as a
   fresh reference.  Detections are folded into the incident; one returns an
-  ``updated`` alert only if the incident got worse (warning -> critical).
-* **settling**: the fresh reference is in force, with fresh detectors.  A
-  detection now means the stream is still moving (a gradual drift, a second
-  step): ``updated``, and the monitor relearns again.  ``stable_after`` values
-  in a row without a detection close the incident (``closed``).
+  ``updated`` alert only if it escalates the severity (warning -> critical).
+* **settling**: the fresh reference is in force, with fresh detectors.  If
+  ``stable_after`` values pass without a detection *and* their mean location
+  and scale scores fit the fresh reference (within 4 standard errors, the
+  reference's own sampling error included), the incident closes
+  (``closed``).  A detection, or a window that does not fit, means the
+  stream is still moving (a gradual drift, a second step): ``updated``
+  (reason ``still_moving``), and the monitor relearns again.
 
-Why "stable" means *a reference learned after the change, then quiet*: a
-plain "N values without detection" closes an incident whose change persists
-as soon as the detectors (which restart after each detection) go quiet, and
-then the same change is raised again, or worse, never again against a stale
-reference.  Learning the post-change distribution turns a persistent change
-into the new normal exactly once, and the quiet period confirms it is stable
-rather than still drifting.  A short blip ends the same way: the fresh
-reference is then simply the old distribution again.
+What "stable" means, and why: *a reference learned after the change, then
+``stable_after`` values that match it*.  Two simpler rules fail in practice.
+"N values without a detection" closes an incident whose change persists as
+soon as the detectors (which restart after each detection, and Page-Hinkley
+re-centres on what it sees) go quiet, and then the same change is either
+raised again or never again.  "No detection after re-learning" closes a
+gradual drift in the middle: Page-Hinkley and ADWIN adapt to a slow trend,
+so a drift of 0.5 sd per 1,000 values was closed and re-opened every ~2,100
+values; the fit check keeps it one incident until the trend stops.  A short
+blip or a second step inside the re-learning window leaves a mixed fresh
+reference, which the fit check rejects: one more cycle (``still_moving``)
+and the incident closes on a clean reference.  There is no cooldown:
+detectors always run.
 
 Checkpoints
 -----------
@@ -53,7 +62,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any, Literal
 
-from drift.alerts import Alert, AlertKind, Severity
+from drift.alerts import Alert, AlertKind, AlertReason, Severity
 from drift.config import MonitorConfig
 from drift.detectors import Channel, build_channels
 from drift.exceptions import DriftStateError
@@ -69,6 +78,9 @@ Phase = Literal["warmup", "monitoring", "relearning", "settling"]
 _MAGIC = b"DLMON"
 # The change-point estimate looks at no fewer trailing values than this.
 _MIN_CHANGE_LENGTH = 10
+# A settling window fits the fresh reference when its mean scores are within
+# this many standard errors of 0.
+_STABLE_Z = 4.0
 
 
 @dataclass(slots=True)
@@ -86,7 +98,6 @@ class _Incident:
     last_statistic: str
     detections: int = 0
     labels: set[str] = field(default_factory=set)
-    statistics: set[str] = field(default_factory=set)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,7 +114,6 @@ class _Incident:
             "last_statistic": self.last_statistic,
             "detections": self.detections,
             "labels": sorted(self.labels),
-            "statistics": sorted(self.statistics),
         }
 
     @classmethod
@@ -111,7 +121,6 @@ class _Incident:
         values = dict(data)
         values["reference"] = Stats(*values["reference"])
         values["labels"] = set(values["labels"])
-        values["statistics"] = set(values["statistics"])
         return cls(**values)
 
 
@@ -131,6 +140,7 @@ class Monitor:
         self._incident: _Incident | None = None
         self._incidents = 0
         self._stable = 0
+        self._settle_sums = [0.0, 0.0]  # location, scale scores while settling
 
     # -- reading -------------------------------------------------------------
 
@@ -219,9 +229,14 @@ class Monitor:
                     alerts.append(alert)
             elif self._phase == "settling":
                 self._stable += 1
+                sums = self._settle_sums
+                sums[0] += scores[0]
+                sums[1] += scores[1]
                 if self._stable >= self.config.stable_after:
-                    alerts.append(self._close(incident, event_time_ms))
-                    return alerts
+                    if self._fits():
+                        alerts.append(self._close(incident, event_time_ms))
+                        return alerts
+                    alerts.append(self._still_moving(incident, event_time_ms))
         if self._phase == "relearning":
             self._sample.append(value)
             if len(self._sample) >= self.config.warmup:
@@ -235,7 +250,27 @@ class Monitor:
         self._sample = []
         self._channels = build_channels(self.config)
         self._stable = 0
+        self._settle_sums = [0.0, 0.0]
         self._phase = "monitoring" if self._incident is None else "settling"
+
+    def _relearn(self) -> None:
+        self._phase = "relearning"
+        self._sample = []
+        self._stable = 0
+        self._settle_sums = [0.0, 0.0]
+
+    def _fits(self) -> bool:
+        """Do the settling window's mean scores fit the fresh reference?
+
+        Each score is ~N(0, 1) under the reference, and the reference itself
+        is a sample of ``warmup`` values, hence the standard error.
+        """
+        n = self._stable
+        tolerance = _STABLE_Z * math.sqrt(1 / n + 1 / self.config.warmup)
+        return all(
+            abs(self._settle_sums[0 if statistic == "location" else 1] / n) <= tolerance
+            for statistic in self.config.statistics
+        )
 
     def _open(self, fired: list[Channel], event_time_ms: int, offset: int | None) -> Alert:
         assert self._reference is not None
@@ -260,42 +295,57 @@ class Monitor:
         )
         self._record(incident, fired)
         self._incident = incident
-        self._phase = "relearning"
-        self._sample = []
-        self._stable = 0
-        return self._alert(incident, "opened", event_time_ms, current, shift, ratio)
+        self._relearn()
+        return self._alert(incident, "opened", "detected", event_time_ms, current, shift, ratio)
 
     def _fold(self, incident: _Incident, fired: list[Channel], event_time_ms: int) -> Alert | None:
-        """A detection during an open incident: record it; alert only if it got worse.
+        """A detection during an open incident: record it; alert only if it matters.
 
         A detection on the other statistic is recorded but not alerted: a
         large mean shift also moves the scale score (values land far from the
         reference median), so it would mostly announce the same change twice.
         """
         self._record(incident, fired)
-        current = Stats.of(self._tail(self._n - incident.change_start_index + 1))
+        current = self._since_change(incident)
         severity, shift, ratio = self._assess(incident.reference, current)
-        escalated = severity == "critical" and incident.severity == "warning"
-        if escalated:
+        if self._phase == "settling":
+            # moving again against the fresh reference: learn the newest distribution
+            if severity == "critical":
+                incident.severity = severity
+            self._relearn()
+            return self._alert(
+                incident, "updated", "still_moving", event_time_ms, current, shift, ratio
+            )
+        if severity == "critical" and incident.severity == "warning":
             incident.severity = severity
-        moved_again = self._phase == "settling"
-        if moved_again:
-            # still drifting after re-baselining: learn the newest distribution
-            self._phase = "relearning"
-            self._sample = []
-            self._stable = 0
-        if escalated or moved_again:
-            return self._alert(incident, "updated", event_time_ms, current, shift, ratio)
+            return self._alert(
+                incident, "updated", "escalated", event_time_ms, current, shift, ratio
+            )
         return None
+
+    def _still_moving(self, incident: _Incident, event_time_ms: int) -> Alert:
+        """A quiet settling window that does not fit the fresh reference."""
+        current = self._since_change(incident)
+        severity, shift, ratio = self._assess(incident.reference, current)
+        if severity == "critical":
+            incident.severity = severity
+        self._relearn()
+        return self._alert(
+            incident, "updated", "still_moving", event_time_ms, current, shift, ratio
+        )
 
     def _close(self, incident: _Incident, event_time_ms: int) -> Alert:
         current = self.recent_stats
         _, shift, ratio = self._assess(incident.reference, current)
-        alert = self._alert(incident, "closed", event_time_ms, current, shift, ratio)
+        alert = self._alert(incident, "closed", "stable", event_time_ms, current, shift, ratio)
         self._incident = None
         self._phase = "monitoring"
         self._stable = 0
+        self._settle_sums = [0.0, 0.0]
         return alert
+
+    def _since_change(self, incident: _Incident) -> Stats:
+        return Stats.of(self._tail(self._n - incident.change_start_index + 1))
 
     @staticmethod
     def _record(incident: _Incident, fired: list[Channel]) -> None:
@@ -304,12 +354,12 @@ class Monitor:
         incident.last_statistic = fired[0].statistic
         for channel in fired:
             incident.labels.add(channel.label)
-            incident.statistics.add(channel.statistic)
 
     def _alert(
         self,
         incident: _Incident,
         kind: AlertKind,
+        reason: AlertReason,
         event_time_ms: int,
         current: Stats,
         shift: float | None,
@@ -323,6 +373,7 @@ class Monitor:
             segment=self.segment,
             incident_id=incident.incident_id,
             kind=kind,
+            reason=reason,
             detector=incident.last_detector,
             statistic=incident.last_statistic,
             severity=incident.severity,
@@ -394,14 +445,13 @@ class Monitor:
             "skipped": self._skipped,
             "phase": self._phase,
             "sample": array("d", self._sample).tobytes(),
-            "reference": array("d", self._reference.sample).tobytes()
-            if self._reference
-            else None,
+            "reference": self._reference.sample.tobytes() if self._reference else None,
             "channels": [(c.detector, c.statistic, c.model) for c in self._channels],
             "recent": array("d", self._recent).tobytes(),
             "incident": self._incident.to_dict() if self._incident else None,
             "incidents": self._incidents,
             "stable": self._stable,
+            "settle_sums": list(self._settle_sums),
         }
 
     @classmethod
@@ -435,6 +485,7 @@ class Monitor:
             self._incident = _Incident.from_dict(incident) if incident is not None else None
             self._incidents = payload["incidents"]
             self._stable = payload["stable"]
+            self._settle_sums = [float(s) for s in payload["settle_sums"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise DriftStateError(f"corrupt drift monitor checkpoint: {exc!r}") from exc
 

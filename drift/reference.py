@@ -17,10 +17,10 @@ shape of the data, as long as it does not change:
               N(0, 1) too; a wider distribution shifts s up, a narrower one
               (a stuck sensor) shifts it down.
 
-Both are clipped by construction: with ``n`` reference values, F ranges over
-[0.5/(n+1), 1 - 0.5/(n+1)], so |z| <= 3.29 for n = 1000.  A single extreme
-value can move a detector by at most that much, which is what keeps heavy
-tails from raising alarms.
+Both are clipped by construction: with ``n`` reference values, F ranges
+over [0.5/(n+1), 1 - 0.5/(n+1)], so |z| stays below about 3.3 for
+n = 1000.  A single extreme value can move a detector by at most that much,
+which is what keeps heavy tails from raising alarms.
 
 ::
 
@@ -58,7 +58,9 @@ class Reference:
         n = len(values)
         if n == 0:
             raise ValueError("a reference needs at least one value")
-        self.sample: list[float] = values
+        # arrays, not lists: a worker keeps one reference per monitor and
+        # segment, and an array of floats takes a third of the memory
+        self.sample = array("d", values)
         self.stats = Stats.of(values)
 
         xs: list[float] = []
@@ -81,9 +83,9 @@ class Reference:
 
         z_mean, z_sd = _weighted_moments(zs, weights)
         s_mean, s_sd = _weighted_moments(ss, weights)
-        self._xs = xs
-        self._zs = [(z - z_mean) / z_sd for z in zs]
-        self._sc = [(s - s_mean) / s_sd for s in ss]
+        self._xs = array("d", xs)
+        self._zs = array("d", [(z - z_mean) / z_sd for z in zs])
+        self._sc = array("d", [(s - s_mean) / s_sd for s in ss])
         self._lo = ((-z_out - z_mean) / z_sd, (s_out - s_mean) / s_sd)
         self._hi = ((z_out - z_mean) / z_sd, (s_out - s_mean) / s_sd)
 
@@ -109,7 +111,7 @@ class Reference:
     def __reduce__(self) -> tuple[object, tuple[bytes]]:
         # Checkpoints hold the sample only (8 bytes a value); the knots are
         # rebuilt exactly from it.
-        return (_from_bytes, (array("d", self.sample).tobytes(),))
+        return (_from_bytes, (self.sample.tobytes(),))
 
 
 def _from_bytes(data: bytes) -> Reference:

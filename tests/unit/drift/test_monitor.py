@@ -1,0 +1,219 @@
+"""Monitor behaviour on seeded streams, with exact detection indices.
+
+Like River's detector tests, the indices below are what the current
+detectors and defaults produce: a change here is a behaviour change to
+explain (and to re-run ``bench/drift_quality.py`` for), not noise.  Every
+stream changes at index 3000, i.e. 2,000 values after the warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+
+from drift import Monitor
+from tests.unit.drift.streams import feed, lognormal, make_config, normal, shifted, student_t3
+
+AT = 3000
+LOGNORMAL_SD = math.sqrt((math.e - 1) * math.e)
+
+STREAMS: dict[str, Callable[[], list[float]]] = {
+    "normal, mean +1 sd": lambda: shifted(normal(1, 8000), AT, shift=1.0),
+    "normal, mean +0.5 sd": lambda: shifted(normal(2, 8000), AT, shift=0.5),
+    "normal, sd x2": lambda: shifted(normal(3, 8000), AT, scale=2.0),
+    "normal, sd /2": lambda: shifted(normal(3, 8000), AT, scale=0.5),
+    "lognormal, mean +1 sd": lambda: shifted(lognormal(4, 8000), AT, shift=LOGNORMAL_SD),
+    "t(3), sd x2": lambda: shifted(student_t3(5, 8000), AT, scale=2.0),
+}
+
+
+# (stream, detectors, every alert as (index, kind, reason, detector, statistic, severity))
+# fmt: off
+CASES = [
+    ("normal, mean +1 sd", ("page_hinkley", "adwin"), [(3047, "opened", "detected", "page_hinkley", "location", "warning"), (3115, "updated", "escalated", "page_hinkley", "scale", "critical"), (5046, "closed", "stable", "adwin", "scale", "critical")]),
+    ("normal, mean +1 sd", ("page_hinkley",), [(3047, "opened", "detected", "page_hinkley", "location", "warning"), (3115, "updated", "escalated", "page_hinkley", "scale", "critical"), (5046, "closed", "stable", "page_hinkley", "scale", "critical")]),
+    ("normal, mean +1 sd", ("adwin",), [(3053, "opened", "detected", "adwin", "location", "warning"), (3127, "updated", "escalated", "adwin", "scale", "critical"), (5052, "closed", "stable", "adwin", "scale", "critical")]),
+    ("normal, mean +0.5 sd", ("page_hinkley", "adwin"), [(3126, "opened", "detected", "page_hinkley", "location", "warning"), (5125, "closed", "stable", "adwin", "location", "warning")]),
+    ("normal, mean +0.5 sd", ("adwin",), [(3159, "opened", "detected", "adwin", "location", "warning"), (5158, "closed", "stable", "adwin", "location", "warning")]),
+    ("normal, sd x2", ("page_hinkley", "adwin"), [(3033, "opened", "detected", "page_hinkley", "scale", "critical"), (5032, "closed", "stable", "page_hinkley", "location", "critical")]),
+    ("normal, sd x2", ("adwin",), [(3036, "opened", "detected", "adwin", "scale", "critical"), (5035, "closed", "stable", "adwin", "scale", "critical")]),
+    ("normal, sd /2", ("page_hinkley", "adwin"), [(3071, "opened", "detected", "page_hinkley", "scale", "critical"), (5070, "closed", "stable", "adwin", "scale", "critical")]),
+    ("lognormal, mean +1 sd", ("page_hinkley", "adwin"), [(3028, "opened", "detected", "adwin", "location", "critical"), (5027, "closed", "stable", "adwin", "scale", "critical")]),
+    ("lognormal, mean +1 sd", ("page_hinkley",), [(3029, "opened", "detected", "page_hinkley", "location", "critical"), (5028, "closed", "stable", "page_hinkley", "scale", "critical")]),
+    ("t(3), sd x2", ("page_hinkley", "adwin"), [(3107, "opened", "detected", "page_hinkley", "scale", "warning"), (5106, "closed", "stable", "adwin", "scale", "warning")]),
+    ("t(3), sd x2", ("adwin",), [(3135, "opened", "detected", "adwin", "scale", "warning"), (5134, "closed", "stable", "adwin", "scale", "warning")]),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("stream", "detectors", "expected"), CASES)
+def test_detection_indices(
+    stream: str, detectors: tuple[str, ...], expected: list[tuple[object, ...]]
+) -> None:
+    alerts = feed(Monitor(make_config(detectors=list(detectors))), STREAMS[stream]())
+    got = [(i, a.kind, a.reason, a.detector, a.statistic, a.severity) for i, a in alerts]
+    assert got == expected
+
+
+@pytest.mark.parametrize("draw", [normal, student_t3, lognormal])
+def test_stationary_streams_raise_nothing(draw: Callable[[int, int], list[float]]) -> None:
+    monitor = Monitor(make_config())
+    assert feed(monitor, draw(7, 20_000)) == []
+    assert monitor.phase == "monitoring"
+    assert monitor.n_values == 20_000
+
+
+def test_no_alert_during_warmup_even_for_a_huge_change() -> None:
+    monitor = Monitor(make_config(warmup=1000))
+    values = normal(8, 500) + normal(9, 500, mean=50.0)
+    for i, value in enumerate(values):
+        assert monitor.warming_up
+        assert monitor.reference_stats is None
+        assert monitor.update(value, event_time_ms=i) == []
+    assert not monitor.warming_up
+    assert monitor.phase == "monitoring"
+    reference = monitor.reference_stats
+    assert reference is not None and reference.n == 1000
+
+
+def test_a_persistent_change_is_one_incident_that_updates_then_closes() -> None:
+    monitor = Monitor(make_config())
+    values = shifted(normal(1, 12_000), AT, shift=1.0)
+    alerts = feed(monitor, values, start=0)
+    assert [a.kind for _, a in alerts] == ["opened", "updated", "closed"]
+    assert len({a.incident_id for _, a in alerts}) == 1
+    assert alerts[0][1].incident_id == "amount/__all__/1-3047000"
+    closed = alerts[-1][1]
+    # many detections were folded into the incident without alerts
+    assert closed.detections > len(alerts)
+    assert closed.detectors == (
+        "adwin/location",
+        "adwin/scale",
+        "page_hinkley/location",
+        "page_hinkley/scale",
+    )
+    assert not monitor.incident_open
+
+
+def test_phases_of_an_incident() -> None:
+    monitor = Monitor(make_config())
+    values = shifted(normal(1, 6000), AT, shift=1.0)
+    feed(monitor, values[:3047])
+    assert (monitor.phase, monitor.incident_open) == ("monitoring", False)
+    feed(monitor, values[:3048], start=3047)
+    assert (monitor.phase, monitor.incident_id) == ("relearning", "amount/__all__/1-3047000")
+    # the fresh reference: the 1000 values from the detection on
+    feed(monitor, values[: 3047 + 1000], start=3048)
+    assert monitor.phase == "settling"
+    reference = monitor.reference_stats
+    assert reference is not None and reference.mean == pytest.approx(1.0, abs=0.1)
+    assert [a.kind for _, a in feed(monitor, values, start=3047 + 1000)] == ["closed"]
+    assert (monitor.phase, monitor.incident_open) == ("monitoring", False)
+
+
+def test_a_later_change_opens_a_new_incident() -> None:
+    values = shifted(shifted(normal(10, 12_000), AT, shift=1.0), 8000, shift=-2.0)
+    alerts = feed(Monitor(make_config()), values)
+    opened = [(i, a.incident_id) for i, a in alerts if a.kind == "opened"]
+    assert opened == [(3035, "amount/__all__/1-3035000"), (8018, "amount/__all__/2-8018000")]
+    assert [a.kind for _, a in alerts].count("closed") == 2
+
+
+def test_gradual_drift_stays_one_incident_until_it_stops() -> None:
+    # the mean rises by 3 sd over 6000 values, then stays
+    values = [x + min(max(i - AT, 0), 6000) / 6000 * 3.0 for i, x in enumerate(normal(8, 16_000))]
+    alerts = feed(Monitor(make_config()), values)
+    got = [(i, a.kind, a.reason) for i, a in alerts]
+    assert got == [
+        (3580, "opened", "detected"),
+        (5579, "updated", "still_moving"),
+        (7578, "updated", "still_moving"),
+        (9577, "updated", "still_moving"),
+        (11576, "closed", "stable"),
+    ]
+
+
+def test_a_short_blip_closes_on_a_clean_reference() -> None:
+    values = [x + (3.0 if AT <= i < AT + 100 else 0.0) for i, x in enumerate(normal(9, 8000))]
+    monitor = Monitor(make_config())
+    alerts = feed(monitor, values)
+    assert [(i, a.kind, a.reason) for i, a in alerts] == [
+        (3009, "opened", "detected"),
+        (5008, "updated", "still_moving"),  # the first fresh reference held the blip's tail
+        (7007, "closed", "stable"),
+    ]
+    reference = monitor.reference_stats
+    assert reference is not None and abs(reference.mean) < 0.1
+
+
+def test_alert_content() -> None:
+    values = shifted(normal(1, 6000), AT, shift=1.0)
+    alerts = feed(Monitor(make_config()), values)
+    (_, opened), (_, updated), (_, closed) = alerts
+    assert (opened.monitor, opened.source, opened.field, opened.segment) == (
+        "amount",
+        "tx",
+        "amount",
+        "__all__",
+    )
+    assert (opened.event_time_ms, opened.value_index) == (3_047_000, 3048)
+    assert (opened.first_offset, opened.last_offset) == (3047, 3047)
+    assert (updated.first_offset, updated.last_offset) == (3047, 3115)
+    assert (closed.first_offset, closed.last_offset, closed.value_index) == (3047, 5046, 5047)
+    assert closed.opened_value_index == opened.opened_value_index == 3048
+    assert abs(opened.change_start_index - (AT + 1)) <= 15
+    assert opened.reference.n == 1000
+    assert abs(opened.reference.mean) < 0.1 and abs(opened.reference.std - 1) < 0.1
+    assert opened.current.n == 3048 - opened.change_start_index + 1
+    assert opened.mean_shift_sd is not None and 0.7 < opened.mean_shift_sd < 1.3
+    assert updated.mean_shift_sd is not None and updated.mean_shift_sd >= 1.0
+    assert closed.current.n == 500  # recent_window
+    assert closed.sd_ratio is not None and abs(closed.sd_ratio - 1) < 0.15
+
+
+def test_non_finite_values_are_skipped_and_counted() -> None:
+    values = shifted(normal(1, 4000), AT, shift=1.0)
+    with_gaps: list[float] = []
+    for i, x in enumerate(values):
+        with_gaps.append(x)
+        if i % 500 == 0:
+            with_gaps.extend([math.nan, math.inf, -math.inf])
+    clean, gappy = Monitor(make_config()), Monitor(make_config())
+    expected = [a.value_index for x in values for a in clean.update(x, event_time_ms=0)]
+    got = [a.value_index for x in with_gaps for a in gappy.update(x, event_time_ms=0)]
+    assert got == expected == [3048, 3116]
+    assert (gappy.n_skipped, gappy.n_values) == (24, 4000)
+    assert clean.n_skipped == 0
+
+
+def test_statistics_select_the_scores_watched() -> None:
+    values = shifted(normal(3, 8000), AT, scale=2.0)
+    location_only = feed(Monitor(make_config(statistics=["location"])), values)
+    scale_only = feed(Monitor(make_config(statistics=["scale"])), values)
+    # a doubled spread reaches the location score too, but much later
+    assert (location_only[0][0], scale_only[0][0]) == (3747, 3033)
+    assert {d for _, a in location_only for d in a.detectors} <= {
+        "page_hinkley/location",
+        "adwin/location",
+    }
+    assert {d for _, a in scale_only for d in a.detectors} <= {"page_hinkley/scale", "adwin/scale"}
+
+
+def test_constant_stream_then_a_new_value() -> None:
+    monitor = Monitor(make_config())
+    assert feed(monitor, [5.0] * 3000) == []
+    alerts = feed(monitor, [5.0] * 3000 + [6.0] * 50, start=3000)
+    assert [(i, a.kind, a.severity) for i, a in alerts][:1] == [(3002, "opened", "critical")]
+    assert alerts[0][1].mean_shift_sd is None  # no spread in the reference
+
+
+def test_recent_stats_and_accessors() -> None:
+    monitor = Monitor(make_config(recent_window=100))
+    assert monitor.recent_stats.n == 0
+    assert math.isnan(monitor.recent_stats.mean)
+    feed(monitor, [float(i) for i in range(1200)])
+    recent = monitor.recent_stats
+    assert (recent.n, recent.mean) == (100, 1149.5)
+    assert recent.std == pytest.approx(math.sqrt(100 * 101 / 12))
