@@ -7,7 +7,7 @@ The pieces, in the order a value meets them:
 * :mod:`drift.reference`  the warm-up sample and the normal scores against it;
 * :mod:`drift.detectors`  River's Page-Hinkley and ADWIN on the scores;
 * :mod:`drift.monitor`    warm-up, incidents (opened / updated / closed), checkpoints;
-* :mod:`drift.alerts`     the :class:`Alert` record and its JSON (``alert.schema.json``);
+* :mod:`drift.alerts`     the :class:`Alert` record and its JSON (``schemas/contracts/drift_alert.schema.json``);
 * :mod:`drift.state`      checkpoint framing (format version, configuration check).
 
 ``bench/drift_quality.py`` measures false alarms and detection delays of the

@@ -10,7 +10,7 @@ An alert is one event in the life of an **incident**:
 
 Other detections during an open incident are folded into it (``detections``,
 ``detectors``, ``last_offset``) without an alert.  The JSON form is described
-by ``drift/alert.schema.json``; ``schema_version`` changes with any
+by ``schemas/contracts/drift_alert.schema.json``; ``schema_version`` changes with any
 incompatible change to it.
 """
 

@@ -96,6 +96,49 @@ class WorkerMetrics:
         self.rebalances = Counter(
             "driftline_rebalances", "Partition assignments received.", registry=r
         )
+        drift_labels = ["monitor", "segment"]
+        self.drift_alerts = Counter(
+            "driftline_drift_alerts",
+            "Drift alert records published, by kind.",
+            ["monitor", "kind"],
+            registry=r,
+        )
+        self.drift_detections = Counter(
+            "driftline_drift_detections",
+            "Drift detections that opened or escalated an incident.",
+            ["monitor", "detector"],
+            registry=r,
+        )
+        self.drift_incident_open = Gauge(
+            "driftline_drift_incident_open",
+            "1 while a drift incident is open.",
+            drift_labels,
+            registry=r,
+        )
+        self.drift_warming_up = Gauge(
+            "driftline_drift_warming_up",
+            "1 while the monitor learns its reference (alerts muted).",
+            drift_labels,
+            registry=r,
+        )
+        self.drift_reference_mean = Gauge(
+            "driftline_drift_reference_mean",
+            "Mean of the monitor's reference sample.",
+            drift_labels,
+            registry=r,
+        )
+        self.drift_recent_mean = Gauge(
+            "driftline_drift_recent_mean",
+            "Mean of the monitor's recent values.",
+            drift_labels,
+            registry=r,
+        )
+        self.drift_last_detection = Gauge(
+            "driftline_drift_last_detection_timestamp_seconds",
+            "Wall time of the monitor's last detection.",
+            ["monitor"],
+            registry=r,
+        )
         self.build = Info("driftline_build", "Version of the running worker.", registry=r)
         for source in sources:
             for label in (self.consumed, self.valid, self.dead_letters, self.replayed):

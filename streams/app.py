@@ -21,16 +21,20 @@ from typing import Any
 import faust
 from faust.types import StreamT
 
+from drift import MonitorConfig
 from features.definitions import FeatureGroup
 from schemas import EventParser, SchemaError
-from sinks.deadletter import KafkaDeadLetterSink
 from sinks.feature_store import RedisFeatureStore
+from sinks.kafka_sink import BufferedKafkaSink
 from sinks.metrics import WorkerMetrics
+from sinks.monitor_store import RedisMonitorStore
 from sinks.redis_client import connect_redis
 from streams.errors import ConfigError
-from streams.pipeline import Backoff, SourcePipeline
+from streams.monitors import MonitorRunner
+from streams.pipeline import SourcePipeline
+from streams.retry import Backoff
 from streams.settings import KafkaSettings, Settings
-from streams.sources import build_feature_groups, build_parsers
+from streams.sources import build_feature_groups, build_monitors, build_parsers
 from streams.transport import App as BatchApp
 from streams.transport import RecordBatch
 from streams.web import WebService, bind_socket
@@ -82,6 +86,17 @@ def _make_agent(
     return ingest
 
 
+def _make_monitor_agent(
+    app: BatchApp, runner: MonitorRunner
+) -> Callable[[StreamT[RecordBatch]], Coroutine[Any, Any, None]]:
+    async def monitor(stream: StreamT[RecordBatch]) -> None:
+        async for batch in stream:
+            await runner.process(batch.records)
+            app.ack_batch(batch)
+
+    return monitor
+
+
 def redis_client(settings: Settings) -> Any:
     redis_cfg = settings.redis
     return connect_redis(
@@ -98,12 +113,15 @@ def create_app(
     *,
     parsers: dict[str, EventParser] | None = None,
     groups: dict[str, tuple[FeatureGroup, ...]] | None = None,
+    monitors: dict[str, tuple[MonitorConfig, ...]] | None = None,
     metrics: WorkerMetrics | None = None,
 ) -> DriftlineApp:
     """Build the worker's Faust app from settings.  Raises ``SchemaError`` on bad contracts."""
     parsers = parsers if parsers is not None else build_parsers(settings)
     if groups is None:
         groups = build_feature_groups(settings, parsers, "config")
+    if monitors is None:
+        monitors = build_monitors(settings, parsers, "config")
     metrics = metrics or WorkerMetrics([s.name for s in settings.sources])
     metrics.build.info({"version": VERSION, "faust": faust.__version__})
     kafka = settings.kafka
@@ -145,9 +163,11 @@ def create_app(
             source=source.name,
             dead_letter_topic=source.dlq_topic,
             parser=parsers[source.name],
-            dead_letters=KafkaDeadLetterSink(send),
+            dead_letters=BufferedKafkaSink(send),
             store=store,
             groups=groups.get(source.name, ()),
+            monitors=monitors.get(source.name, ()),
+            values_topic=settings.values_topic,
             allowed_lateness_ms=source.allowed_lateness_ms,
             future_tolerance_ms=source.future_tolerance_ms,
             metrics=metrics,
@@ -156,6 +176,19 @@ def create_app(
         pipelines[source.name] = pipeline
         channel = app.batch_channel(source.topic)
         app.agent(channel, name=f"driftline.ingest.{source.name}")(_make_agent(app, pipeline))
+
+    all_monitors = {m.name: m for ms in monitors.values() for m in ms}
+    if all_monitors:
+        runner = MonitorRunner(
+            monitors=all_monitors,
+            store=RedisMonitorStore(client, prefix=redis_cfg.key_prefix),
+            alerts=BufferedKafkaSink(send),
+            alerts_topic=settings.drift.alerts_topic,
+            metrics=metrics,
+            backoff=Backoff(worker.retry_backoff_initial_s, worker.retry_backoff_max_s),
+        )
+        values = app.batch_channel(settings.values_topic)
+        app.agent(values, name="driftline.monitors")(_make_monitor_agent(app, runner))
 
     holder = DriftlineApp(
         app=app, settings=settings, metrics=metrics, pipelines=pipelines, web=None

@@ -70,11 +70,12 @@ def main() -> None:
 @user_errors
 def check_config(config: Path) -> None:
     """Validate CONFIG and its contract files without connecting anywhere."""
-    from streams.sources import build_feature_groups, build_parsers
+    from streams.sources import build_feature_groups, build_monitors, build_parsers
 
     settings = _load(config)
     parsers = build_parsers(settings)
     groups = build_feature_groups(settings, parsers, str(config))
+    monitors = build_monitors(settings, parsers, str(config))
     click.echo(f"{config}: OK")
     click.echo(
         f"  kafka   {settings.kafka.bootstrap_servers} ({settings.kafka.security_protocol}), "
@@ -105,6 +106,16 @@ def check_config(config: Path) -> None:
                 f"{len(group.feature_names())} features over {windows}; "
                 f"fingerprint {group.fingerprint()[:12]}"
             )
+        for monitor in monitors.get(source.name, ()):
+            segments = f" by {monitor.segment_by}" if monitor.segment_by else ""
+            click.echo(
+                f"  monitor {monitor.name}: {source.name}.{monitor.field}{segments}; "
+                f"detectors {', '.join(monitor.detectors)}; warm-up {monitor.warmup} values"
+            )
+    if settings.monitors:
+        click.echo(
+            f"  drift   values via {settings.values_topic}, alerts to {settings.drift.alerts_topic}"
+        )
 
 
 @main.command()
@@ -112,14 +123,15 @@ def check_config(config: Path) -> None:
 @user_errors
 def worker(config: Path) -> None:
     """Run the stream worker (many instances share one consumer group)."""
-    from streams.sources import build_feature_groups, build_parsers
+    from streams.sources import build_feature_groups, build_monitors, build_parsers
 
     settings = _load(config)
     parsers = build_parsers(settings)  # contract errors surface before Faust starts
     groups = build_feature_groups(settings, parsers, str(config))
+    monitors = build_monitors(settings, parsers, str(config))
     from streams.runner import run_worker
 
-    run_worker(settings, parsers, groups)
+    run_worker(settings, parsers, groups, monitors)
 
 
 @main.group()

@@ -32,8 +32,11 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import orjson
+
+from drift.config import MonitorConfig
 from features.definitions import FeatureGroup
 from features.engine import build_deltas
 from features.state import EntityState
@@ -41,9 +44,10 @@ from features.watermark import split_by_time
 from schemas import REASONS, EventParser, InvalidEvent, ParsedEvent, Rejection
 from schemas.deadletter import dead_letter_headers
 from schemas.wire import ConfluentAvroDecoder
-from sinks.deadletter import DeadLetterSink
 from sinks.feature_store import FeatureStore, PartitionState
+from sinks.kafka_sink import KafkaSink
 from sinks.metrics import WorkerMetrics
+from streams.retry import Backoff, until_done
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +113,33 @@ def _time_rejection(reason: str, event: ParsedEvent, record: RawRecord, limit_ms
     return Rejection(REASONS[reason], reason, message, "EventTime")
 
 
+def sample_records(
+    monitors: Sequence[MonitorConfig],
+    source: str,
+    partition: int,
+    events: Sequence[ParsedEvent],
+    records: Sequence[RawRecord],
+) -> list[tuple[bytes, bytes]]:
+    """The values-topic records (key, value) for one partition batch of accepted events."""
+    out: list[tuple[bytes, bytes]] = []
+    for monitor in monitors:
+        field = monitor.field
+        segment_by = monitor.segment_by
+        samples: list[tuple[int, int, float, Any]] = []
+        for event, record in zip(events, records, strict=True):
+            raw = event.data.get(field)
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                continue
+            segment = event.data.get(segment_by) if segment_by else None
+            if segment is not None and not isinstance(segment, str | int | float | bool):
+                segment = None
+            samples.append((record.offset, event.event_time_ms, float(raw), segment))
+        if samples:
+            doc = {"m": monitor.name, "s": source, "p": partition, "v": samples}
+            out.append((monitor.name.encode(), orjson.dumps(doc)))
+    return out
+
+
 class TimeJudged(NamedTuple):
     accepted: list[ParsedEvent]
     rejected: list[tuple[RawRecord, Rejection]]
@@ -147,23 +178,6 @@ def judge_event_time(
     return TimeJudged(split.accepted, rejected, split.watermark_ms)
 
 
-class Backoff:
-    """Exponential backoff with a cap, reset by :meth:`reset` after a success."""
-
-    def __init__(self, initial_s: float, max_s: float) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.current = initial_s
-
-    def next_delay(self) -> float:
-        delay = self.current
-        self.current = min(self.current * 2, self.max_s)
-        return delay
-
-    def reset(self) -> None:
-        self.current = self.initial_s
-
-
 class SourcePipeline:
     def __init__(
         self,
@@ -171,10 +185,12 @@ class SourcePipeline:
         source: str,
         dead_letter_topic: str,
         parser: EventParser,
-        dead_letters: DeadLetterSink,
+        dead_letters: KafkaSink,
         store: FeatureStore | None,
         groups: Sequence[FeatureGroup],
         metrics: WorkerMetrics,
+        monitors: Sequence[MonitorConfig] = (),
+        values_topic: str = "",
         allowed_lateness_ms: int = 30_000,
         future_tolerance_ms: int = 300_000,
         backoff: Backoff | None = None,
@@ -186,6 +202,8 @@ class SourcePipeline:
         self.dead_letters = dead_letters
         self.store = store if groups else None
         self.groups = tuple(groups)
+        self.monitors = tuple(monitors)
+        self.values_topic = values_topic
         self.metrics = metrics
         self.allowed_lateness_ms = allowed_lateness_ms
         self.future_tolerance_ms = future_tolerance_ms
@@ -243,6 +261,13 @@ class SourcePipeline:
                 watermark = judged.watermark_ms
                 deltas = [(group, build_deltas(group, judged.accepted)) for group in self.groups]
             self._dead_letter(result.rejected)
+            if self.monitors and result.valid:
+                # Values for the drift monitors ride in the same flush: durable
+                # before the batch is acknowledged, deduplicated by offset downstream.
+                for key, value in sample_records(
+                    self.monitors, self.source, partition, result.valid, result.valid_records
+                ):
+                    self.dead_letters.add(self.values_topic, key, value, [])
             await self._until_done("dead_letter", self.dead_letters.flush)
             if state is None or not fresh:
                 return result
@@ -350,34 +375,13 @@ class SourcePipeline:
             await asyncio.to_thread(decoder.resolve, wanted)
 
     async def _until_done(self, target: str, effect: Callable[[], Awaitable[None]]) -> None:
-        attempt = 0
-        while True:
-            try:
-                await effect()
-            except Exception as exc:
-                # Connection trouble (OSError, redis/aiokafka connection and
-                # timeout errors) is expected and retried quietly; anything
-                # else is logged with its traceback, and retried too: the
-                # batch must not be acknowledged, and dropping it would lose data.
-                if not _is_transient(exc):
-                    log.exception("unexpected error writing %s for source %s", target, self.source)
-                self._retry_log(target, exc, attempt)
-            else:
-                self.backoff.reset()
-                return
-            attempt += 1
-            await self._sleep(self.backoff.next_delay())
-
-    def _retry_log(self, target: str, exc: BaseException, attempt: int) -> None:
-        self.metrics.effect_errors.labels(source=self.source, target=target).inc()
-        log.warning(
-            "writing %s for source %s failed (attempt %d, retrying in %.1fs): %s: %s",
-            target,
-            self.source,
-            attempt + 1,
-            self.backoff.current,
-            type(exc).__name__,
-            exc,
+        counter = self.metrics.effect_errors.labels(source=self.source, target=target)
+        await until_done(
+            effect,
+            what=f"{target} for source {self.source}",
+            backoff=self.backoff,
+            sleep=self._sleep,
+            on_error=counter.inc,
         )
 
     def _count(self, n_records: int, result: Classified, elapsed: float) -> None:
@@ -393,19 +397,3 @@ class SourcePipeline:
             m.dead_letters.labels(source=src).inc(len(result.rejected))
         m.batch_size.labels(source=src).observe(n_records)
         m.batch_seconds.labels(source=src).observe(elapsed)
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, OSError | TimeoutError | ConnectionError):
-        return True
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(
-        names
-        & {
-            "ConnectionError",
-            "TimeoutError",
-            "KafkaError",
-            "KafkaConnectionError",
-            "BusyLoadingError",
-        }
-    )

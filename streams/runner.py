@@ -9,6 +9,7 @@ import time
 
 import faust
 
+from drift import MonitorConfig
 from features.definitions import FeatureGroup
 from schemas import EventParser
 from sinks.feature_store import FeatureVersionConflict, RedisFeatureStore
@@ -58,11 +59,12 @@ def run_worker(
     settings: Settings,
     parsers: dict[str, EventParser] | None = None,
     groups: dict[str, tuple[FeatureGroup, ...]] | None = None,
+    monitors: dict[str, tuple[MonitorConfig, ...]] | None = None,
 ) -> None:
     """Build the app and run it until SIGTERM/SIGINT; returns after a graceful stop."""
     config = logging_config(settings.worker.log_level, settings.worker.log_format)
     logging.config.dictConfig(config)
-    driftline = create_app(settings, parsers=parsers, groups=groups)
+    driftline = create_app(settings, parsers=parsers, groups=groups, monitors=monitors)
     asyncio.run(
         register_feature_groups(settings, [g for gs in (groups or {}).values() for g in gs])
     )
@@ -71,6 +73,9 @@ def run_worker(
         for source in settings.sources:
             topics[source.topic] = settings.kafka.topic_partitions
             topics[source.dlq_topic] = settings.kafka.topic_partitions
+        if settings.monitors:
+            topics[settings.values_topic] = settings.drift.values_partitions
+            topics[settings.drift.alerts_topic] = settings.kafka.topic_partitions
         asyncio.run(ensure_topics(settings.kafka.aiokafka_kwargs(), topics))
     log.info(
         "driftline worker starting: group %s, sources %s, broker %s",

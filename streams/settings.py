@@ -176,6 +176,19 @@ class WorkerSettings(_Section):
     retry_backoff_max_s: float = Field(10.0, gt=0)
 
 
+class DriftSettings(_Section):
+    alerts_topic: str = Field("driftline.alerts", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    values_topic: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,249}$",
+        description="internal topic routing monitored values to their monitor's owner; "
+        "default <app_id>.monitor-values",
+    )
+    values_partitions: int = Field(
+        1, ge=1, description="partitions of the values topic when driftline creates it"
+    )
+
+
 class SchemaRegistrySettings(_Section):
     url: str | None = None
     username: str | None = None
@@ -249,10 +262,18 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     worker: WorkerSettings = WorkerSettings()
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
+    drift: DriftSettings = DriftSettings()
     sources: tuple[SourceSettings, ...] = Field(min_length=1)
     #: Feature group definitions, validated by :func:`streams.sources.build_feature_groups`
     #: (``features.definitions.FeatureGroup.from_config``).
     feature_groups: tuple[dict[str, Any], ...] = ()
+    #: Drift monitor definitions, validated by :func:`streams.sources.build_monitors`
+    #: (``drift.config.MonitorConfig.from_config``).
+    monitors: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def values_topic(self) -> str:
+        return self.drift.values_topic or f"{self.app_id}.monitor-values"
 
     @model_validator(mode="after")
     def _unique(self) -> Settings:
@@ -309,6 +330,7 @@ _FIELDS_BY_SECTION: dict[str, type[BaseModel]] = {
     "metrics": MetricsSettings,
     "worker": WorkerSettings,
     "schema_registry": SchemaRegistrySettings,
+    "drift": DriftSettings,
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from drift.config import MonitorConfig
+from drift.exceptions import DriftConfigError
 from features.definitions import FeatureGroup
 from features.exceptions import FeatureDefinitionError
 from schemas import EventParser, build_parser
@@ -105,3 +107,35 @@ def _declared_fields(parser: EventParser) -> frozenset[str]:
             fields |= c.top_level_properties
         return frozenset(fields)
     return frozenset(contract.top_level_properties)
+
+
+def build_monitors(
+    settings: Settings, parsers: dict[str, EventParser], origin: str
+) -> dict[str, tuple[MonitorConfig, ...]]:
+    """Validate ``monitors`` against the sources; by source name."""
+    sources = {s.name: s for s in settings.sources}
+    by_source: dict[str, list[MonitorConfig]] = {name: [] for name in sources}
+    names: set[str] = set()
+    for index, raw in enumerate(settings.monitors):
+        label = f"{origin}: monitors[{index}]"
+        try:
+            monitor = MonitorConfig.from_config(raw)
+        except DriftConfigError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+        label += f"({monitor.name})"
+        if monitor.name in names:
+            raise ConfigError(f"{label}.name: monitor {monitor.name!r} is defined twice")
+        names.add(monitor.name)
+        source = sources.get(monitor.source)
+        if source is None:
+            known = ", ".join(sorted(sources))
+            raise ConfigError(f"{label}.source: unknown source {monitor.source!r} (known: {known})")
+        declared = _declared_fields(parsers[source.name])
+        for key, field in (("field", monitor.field), ("segment_by", monitor.segment_by)):
+            if field is not None and declared and field not in declared:
+                raise ConfigError(
+                    f"{label}.{key}: field {field!r} is not declared in the contract "
+                    f"{source.schema_file.name} of source {source.name}"
+                )
+        by_source[source.name].append(monitor)
+    return {name: tuple(monitors) for name, monitors in by_source.items()}

@@ -15,11 +15,12 @@ from prometheus_client import CollectorRegistry
 from features.definitions import FeatureGroup
 from schemas import REASONS, InvalidEvent, ParsedEvent, build_parser
 from schemas.deadletter import parse_dead_letter_headers
-from sinks.deadletter import MemoryDeadLetterSink
 from sinks.feature_store import MemoryFeatureStore
+from sinks.kafka_sink import MemoryKafkaSink
 from sinks.metrics import WorkerMetrics
 from streams.demo import INVALID_KINDS, DemoEvents
-from streams.pipeline import Backoff, RawRecord, SourcePipeline, classify
+from streams.pipeline import RawRecord, SourcePipeline, classify
+from streams.retry import Backoff
 
 TX_JSON = Path(__file__).resolve().parents[2] / "schemas" / "contracts" / "transactions.schema.json"
 
@@ -66,7 +67,7 @@ def make_pipeline(store=None, dlq=None, max_event_bytes=4096, groups=(GROUP,)):
         source="transactions",
         dead_letter_topic="tx.dlq",
         parser=make_parser(max_event_bytes),
-        dead_letters=dlq or MemoryDeadLetterSink(),
+        dead_letters=dlq or MemoryKafkaSink(),
         store=store if store is not None else MemoryFeatureStore(),
         groups=groups,
         metrics=WorkerMetrics(["transactions"], CollectorRegistry()),
@@ -158,7 +159,7 @@ async def test_batch_dead_letters_bytes_unchanged_with_reason_headers() -> None:
     result = await pipeline.process(records)
     assert len(result.valid) == 60 - len(expected)
     dlq = pipeline.dead_letters
-    assert isinstance(dlq, MemoryDeadLetterSink)
+    assert isinstance(dlq, MemoryKafkaSink)
     assert len(dlq.written) == len(expected)
     for topic, _key, value, headers in dlq.written:
         meta = parse_dead_letter_headers(headers)
@@ -177,7 +178,7 @@ async def test_batch_dead_letters_bytes_unchanged_with_reason_headers() -> None:
 async def test_failed_effects_are_retried_with_backoff_and_nothing_is_lost() -> None:
     store = MemoryFeatureStore()
     store.fail_next = 3
-    dlq = MemoryDeadLetterSink()
+    dlq = MemoryKafkaSink()
     dlq.fail_next = 2
     pipeline, sleeps = make_pipeline(store=store, dlq=dlq)
     demo = DemoEvents(seed=2)
@@ -237,7 +238,7 @@ async def test_replayed_records_are_applied_once() -> None:
 
 async def test_late_and_future_events_are_dead_lettered_with_reasons() -> None:
     store = MemoryFeatureStore()
-    dlq = MemoryDeadLetterSink()
+    dlq = MemoryKafkaSink()
     pipeline, _ = make_pipeline(store=store, dlq=dlq)
     ts = 10_000_000  # Kafka record timestamp
     batch = [

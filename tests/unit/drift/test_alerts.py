@@ -1,4 +1,4 @@
-"""Alert records and their JSON contract (drift/alert.schema.json)."""
+"""Alert records and their JSON contract (schemas/contracts/drift_alert.schema.json)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import pytest
 from drift import Alert, Monitor, Stats
 from tests.unit.drift.streams import feed, make_config, normal, shifted
 
-SCHEMA_PATH = Path(__file__).resolve().parents[3] / "drift" / "alert.schema.json"
+SCHEMA_PATH = (
+    Path(__file__).resolve().parents[3] / "schemas" / "contracts" / "drift_alert.schema.json"
+)
 
 
 @pytest.fixture(scope="module")

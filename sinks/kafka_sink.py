@@ -1,7 +1,8 @@
-"""Dead-letter producer: buffer with ``add()``, write and wait on ``flush()``.
+"""Buffered Kafka output (dead letters, monitored values, drift alerts).
 
-``flush()`` returns only once every record of the batch is acknowledged by the
-broker, so the source offsets of the batch may be committed after it.
+Buffer with ``add()``, write and wait on ``flush()``: ``flush()`` returns only
+once every record of the batch is acknowledged by the broker, so the source
+offsets of the batch may be committed after it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ SendFn = Callable[
 ]
 
 
-class DeadLetterSink(Protocol):
+class KafkaSink(Protocol):
     def add(
         self,
         topic: str,
@@ -29,7 +30,7 @@ class DeadLetterSink(Protocol):
     async def flush(self) -> None: ...
 
 
-class KafkaDeadLetterSink:
+class BufferedKafkaSink:
     def __init__(self, send: SendFn) -> None:
         self._send = send
         self._pending: list[
@@ -57,7 +58,7 @@ class KafkaDeadLetterSink:
         return len(self._pending)
 
 
-class MemoryDeadLetterSink:
+class MemoryKafkaSink:
     """In-memory double for unit tests."""
 
     def __init__(self) -> None:

@@ -1,0 +1,189 @@
+"""Drift monitoring in the worker: sampling at the source, one owner per monitor.
+
+Detection must see a monitor's whole stream, whatever partition its events
+came from, so monitored values take a second hop::
+
+    source agent (every worker, its partitions)          values agent (owner of the monitor)
+    accepted events ──► samples [(offset, time, value, segment)] ──► <app_id>.monitor-values
+                        one record per monitor and batch,              keyed by monitor name
+                        keyed by monitor name                          │
+                                                                       ▼
+                                     SegmentedMonitor.update ──► alerts topic (keyed by monitor)
+                                                              ──► Prometheus gauges/counters
+                                                              ──► checkpoint in Redis (state +
+                                                                  source offsets it covers)
+
+The values topic is keyed by monitor, so each monitor lives in exactly one
+partition and so in exactly one worker of the group; a rebalance moves it,
+and the new owner resumes from the checkpoint.  The cost: one extra produced
+record per monitor per source batch (samples are batched, not one record per
+event), a few bytes per sample, and detection in one worker per monitor,
+which at River's ~4 µs per value is far from a bottleneck.
+
+Each sample carries its source offset; the checkpoint keeps the highest
+offset per source partition it contains, and samples at or below it are
+skipped.  So a replay (of the source or of the values topic) neither feeds a
+value twice nor re-raises an alert.  Alerts are published before the
+checkpoint is saved: a crash between the two re-publishes the same alert
+(same ``incident_id`` and ``kind``) rather than losing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from drift import Alert, MonitorConfig, SegmentedMonitor
+from drift.exceptions import DriftStateError
+from sinks.kafka_sink import KafkaSink
+from sinks.metrics import WorkerMetrics
+from sinks.monitor_store import MonitorCheckpoint, RedisMonitorStore
+from streams.pipeline import RawRecord
+from streams.retry import Backoff, until_done
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Held:
+    monitor: SegmentedMonitor
+    checkpoint: MonitorCheckpoint
+
+
+class MonitorRunner:
+    """Feeds the values topic into monitors; publishes alerts; checkpoints."""
+
+    def __init__(
+        self,
+        *,
+        monitors: Mapping[str, MonitorConfig],
+        store: RedisMonitorStore,
+        alerts: KafkaSink,
+        alerts_topic: str,
+        metrics: WorkerMetrics,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.configs = dict(monitors)
+        self.store = store
+        self.alerts = alerts
+        self.alerts_topic = alerts_topic
+        self.metrics = metrics
+        self.backoff = backoff or Backoff(0.2, 10.0)
+        self._sleep = sleep
+        self._held: dict[str, _Held] = {}
+
+    async def _hold(self, name: str) -> _Held:
+        held = self._held.get(name)
+        if held is not None:
+            return held
+        config = self.configs[name]
+        loaded: list[MonitorCheckpoint] = []
+
+        async def load() -> None:
+            loaded.append(await self.store.load(name))
+
+        await until_done(
+            load, what=f"checkpoint of monitor {name}", backoff=self.backoff, sleep=self._sleep
+        )
+        checkpoint = loaded[-1]
+        monitor = SegmentedMonitor(config)
+        if checkpoint.state is not None:
+            try:
+                monitor = SegmentedMonitor.from_state(checkpoint.state, config=config)
+            except DriftStateError as exc:
+                # A changed monitor definition: start over (a new warm-up) rather than
+                # judge new data against a reference learned under other settings.
+                log.warning(
+                    "monitor %s: checkpoint not reusable (%s); learning a new reference", name, exc
+                )
+        held = self._held[name] = _Held(monitor, checkpoint)
+        return held
+
+    async def process(self, records: Sequence[RawRecord]) -> list[Alert]:
+        alerts: list[Alert] = []
+        touched: dict[str, _Held] = {}
+        for record in records:
+            try:
+                doc = orjson.loads(record.value or b"")
+                name, source, partition, samples = doc["m"], doc["s"], doc["p"], doc["v"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                log.error(
+                    "values topic record %s/%d@%d is not a sample batch; skipped",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                )
+                continue
+            if name not in self.configs:
+                continue  # a monitor removed from the config
+            held = await self._hold(name)
+            key = f"{source}/{partition}"
+            high = held.checkpoint.high_water.get(key, -1)
+            for offset, event_time_ms, value, segment in samples:
+                if offset <= high:
+                    continue
+                alerts += held.monitor.update(
+                    value, segment=segment, event_time_ms=event_time_ms, offset=offset
+                )
+                high = offset
+            held.checkpoint.high_water[key] = high
+            touched[name] = held
+        for alert in alerts:
+            self.alerts.add(self.alerts_topic, alert.monitor.encode(), alert.to_json(), [])
+        await until_done(
+            self.alerts.flush, what="drift alerts", backoff=self.backoff, sleep=self._sleep
+        )
+        for name, held in touched.items():
+            await self._save(name, held)
+            self._export(name, held.monitor)
+        for alert in alerts:
+            log.warning(
+                "drift %s: monitor %s segment %s (%s on %s, severity %s, incident %s)",
+                alert.kind,
+                alert.monitor,
+                alert.segment,
+                alert.detector,
+                alert.statistic,
+                alert.severity,
+                alert.incident_id,
+            )
+            self.metrics.drift_alerts.labels(monitor=alert.monitor, kind=alert.kind).inc()
+            if alert.kind in ("opened", "updated"):
+                self.metrics.drift_detections.labels(
+                    monitor=alert.monitor, detector=alert.detector
+                ).inc()
+                self.metrics.drift_last_detection.labels(monitor=alert.monitor).set(time.time())
+        return alerts
+
+    async def _save(self, name: str, held: _Held) -> None:
+        held.checkpoint.state = held.monitor.to_state()
+        saved: list[bool] = []
+
+        async def save() -> None:
+            saved.append(await self.store.save(name, held.checkpoint))
+
+        await until_done(
+            save, what=f"checkpoint of monitor {name}", backoff=self.backoff, sleep=self._sleep
+        )
+        if not saved[-1]:
+            log.warning("monitor %s: another worker saved a newer checkpoint; reloading it", name)
+            self._held.pop(name, None)
+
+    def _export(self, name: str, monitor: SegmentedMonitor) -> None:
+        m = self.metrics
+        for segment, single in monitor.monitors.items():
+            labels = {"monitor": name, "segment": segment}
+            m.drift_incident_open.labels(**labels).set(1 if single.incident_open else 0)
+            m.drift_warming_up.labels(**labels).set(1 if single.warming_up else 0)
+            reference = single.reference_stats
+            if reference is not None:
+                m.drift_reference_mean.labels(**labels).set(reference.mean)
+            recent = single.recent_stats
+            if recent.n:
+                m.drift_recent_mean.labels(**labels).set(recent.mean)

@@ -1,0 +1,120 @@
+"""Drift end to end: a known shift in a stream gives one alert record and moves Prometheus.
+
+Then a restart: the monitor's state is restored from its checkpoint, so the
+open incident is neither lost nor raised again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+from jsonschema import Draft202012Validator
+
+from tests.e2e.test_worker_e2e import e2e_config, produce
+from tests.worker_process import CONTRACTS, WorkerProcess
+
+pytestmark = pytest.mark.slow
+ALERT_SCHEMA = Draft202012Validator(
+    orjson.loads((CONTRACTS / "drift_alert.schema.json").read_bytes())
+)
+
+
+def stream(n: int, mean: float, seed: int, start_ms: int) -> list[tuple[bytes, bytes]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        user = f"u{rng.randint(0, 50)}"
+        event = {
+            "event_id": f"{seed}-{i}",
+            "user_id": user,
+            "amount": round(max(0.0, rng.gauss(mean, 10.0)), 3),
+            "category": "fuel",
+            "event_time": start_ms + i,
+        }
+        out.append((user.encode(), orjson.dumps(event)))
+    return out
+
+
+async def read_alerts(bootstrap: str, topic: str, wait_s: float) -> list[dict[str, Any]]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    out: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for messages in batch.values():
+                for m in messages:
+                    alert = orjson.loads(m.value)
+                    assert m.key == alert["monitor"].encode()
+                    out.append(alert)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def test_shift_raises_one_alert_and_survives_restart(
+    tmp_path: Path, kafka_bootstrap: str, redis_url: str
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    config = e2e_config(kafka_bootstrap, redis_url, suffix)
+    config["sources"] = config["sources"][:1]
+    config["feature_groups"] = []
+    config["drift"] = {"alerts_topic": f"alerts-{suffix}"}
+    config["monitors"] = [{"name": "amount", "source": "tx", "field": "amount", "warmup": 500}]
+    topic = f"tx-{suffix}"
+    now = int(time.time() * 1000) - 60_000
+    worker = WorkerProcess(tmp_path, config).start()
+    try:
+        asyncio.run(
+            produce(kafka_bootstrap, topic, stream(1500, 100.0, 1, now))
+        )  # warm-up + stable
+        worker.wait_for("driftline_events_valid_total", 1500, source="tx")
+        assert not asyncio.run(read_alerts(kafka_bootstrap, f"alerts-{suffix}", 2)), (
+            "no alert before the shift"
+        )
+        asyncio.run(produce(kafka_bootstrap, topic, stream(400, 115.0, 2, now + 1500)))  # +1.5 sd
+        worker.wait_for("driftline_drift_alerts_total", 1, monitor="amount", kind="opened")
+        assert worker.metric_sum("driftline_drift_incident_open", monitor="amount") == 1
+        assert worker.metric_sum("driftline_drift_detections_total", monitor="amount") >= 1
+        assert worker.metric_sum("driftline_drift_warming_up", monitor="amount") == 0
+        assert worker.stop() == 0
+    finally:
+        worker.kill()
+    alerts = asyncio.run(read_alerts(kafka_bootstrap, f"alerts-{suffix}", 3))
+    opened = [a for a in alerts if a["kind"] == "opened"]
+    assert len(opened) == 1, alerts
+    alert = opened[0]
+    ALERT_SCHEMA.validate(alert)
+    assert alert["monitor"] == "amount" and alert["source"] == "tx" and alert["field"] == "amount"
+    assert (
+        95 < alert["reference"]["mean"] < 105
+        and alert["current"]["mean"] > alert["reference"]["mean"]
+    )
+    assert alert["first_offset"] is not None
+
+    # restart: state comes back from the checkpoint, the incident stays open, no second "opened"
+    again = WorkerProcess(tmp_path, config).start()
+    try:
+        asyncio.run(produce(kafka_bootstrap, topic, stream(200, 115.0, 3, now + 2000)))
+        again.wait_for("driftline_events_valid_total", 200, source="tx")
+        deadline = time.monotonic() + 30
+        while again.metric_sum("driftline_drift_incident_open", monitor="amount") != 1:
+            assert time.monotonic() < deadline, again.log()
+            time.sleep(0.3)
+        assert again.metric_sum("driftline_drift_warming_up", monitor="amount") == 0
+        assert again.metric_sum("driftline_drift_alerts_total", kind="opened") == 0
+    finally:
+        again.stop()
+    after = asyncio.run(read_alerts(kafka_bootstrap, f"alerts-{suffix}", 3))
+    assert [a for a in after if a["kind"] == "opened"] == opened
