@@ -212,6 +212,12 @@ def produce(config: Path, topic: str, key_field: str | None, file: Path) -> None
 )
 @click.option("--rate", default=200.0, show_default=True, help="demo events per second")
 @click.option(
+    "--drift-after",
+    default=90.0,
+    show_default=True,
+    help="seconds after start when demo amounts grow by 80 %% (a drift to detect); 0: never",
+)
+@click.option(
     "--invalid-ratio",
     default=0.02,
     show_default=True,
@@ -237,6 +243,7 @@ def dev(
     tansu_bin: str | None,
     redis_bin: str | None,
     rate: float,
+    drift_after: float,
     invalid_ratio: float,
     metrics_port: int,
     duration: float | None,
@@ -251,6 +258,7 @@ def dev(
         tansu_bin=tansu_bin,
         redis_bin=redis_bin,
         rate=rate,
+        drift_after=drift_after,
         invalid_ratio=invalid_ratio,
         metrics_port=metrics_port,
         duration=duration,

@@ -59,6 +59,9 @@ class DemoEvents:
         self.weights = [1.0 / (rank + 1) ** 1.1 for rank in range(users)]
         self.max_event_bytes = max_event_bytes
         self.seq = 0
+        #: multiplies every amount; ``driftline dev --drift-after`` raises it to
+        #: show a drift incident opening
+        self.amount_factor = 1.0
 
     def valid(self, now_ms: int | None = None) -> tuple[bytes, bytes]:
         """One valid event as (key, value)."""
@@ -71,7 +74,7 @@ class DemoEvents:
         event = {
             "event_id": f"evt-{self.seq:09d}",
             "user_id": user,
-            "amount": round(rng.lognormvariate(mu, sigma), 2),
+            "amount": round(rng.lognormvariate(mu, sigma) * self.amount_factor, 2),
             "currency": "EUR",
             "category": category,
             "country": rng.choice(_COUNTRIES),

@@ -49,6 +49,7 @@ class DevOptions:
     invalid_ratio: float
     metrics_port: int
     duration: float | None
+    drift_after: float = 0.0
 
 
 def _say(message: str) -> None:
@@ -62,6 +63,8 @@ def _scrape(url: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
+            if sample.name.startswith("driftline_drift_") and not sample.name.endswith("_total"):
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
             if sample.name.endswith("_total"):
                 out[sample.name] = out.get(sample.name, 0.0) + sample.value
                 if sample.name == "driftline_events_invalid_total" and sample.value:
@@ -172,8 +175,15 @@ class DevStack:
         try:
             events = demo.stream(o.invalid_ratio)
             interval = 1.0 / o.rate
-            next_at = time.monotonic()
+            started = next_at = time.monotonic()
             while not stop.is_set():
+                if (
+                    o.drift_after > 0
+                    and demo.amount_factor == 1.0
+                    and time.monotonic() - started > o.drift_after
+                ):
+                    demo.amount_factor = 1.8
+                    _say(f"[{time.strftime('%H:%M:%S')}] demo: amounts now 80 % higher (a drift)")
                 # Send what is due (coarse ticks keep CPU low at high rates).
                 now = time.monotonic()
                 due = max(1, int((now - next_at) / interval) + 1)
@@ -210,6 +220,16 @@ class DevStack:
                 f"-c {self.config_path} --group {groups[0].name} user-00000"
             )
         _say(f"  dead letters topic {source.dlq_topic} (reason in header driftline.errors.reason)")
+        if self.settings.monitors:
+            names = ", ".join(str(m.get("name")) for m in self.settings.monitors)
+            _say(
+                f"  drift        monitors {names}; alerts on {self.settings.drift.alerts_topic}"
+                + (
+                    f"; demo amounts jump by 80 % after {self.options.drift_after:.0f}s"
+                    if self.options.drift_after > 0 and self.options.rate > 0
+                    else ""
+                )
+            )
         _say(f"  worker log   {log_path}")
         _say("Ctrl-C stops everything.")
         client = connect_redis(redis_url)
@@ -235,6 +255,16 @@ class DevStack:
                     feature = "  | user-00000 " + " ".join(
                         f"{n}={_fmt(vector.values[n])}" for n in shown
                     )
+                if self.settings.monitors:
+                    if m.get("driftline_drift_incident_open", 0) > 0:
+                        feature += "  | drift: INCIDENT OPEN"
+                    elif (
+                        m.get("driftline_drift_warming_up", 1) > 0
+                        or "driftline_drift_warming_up" not in m
+                    ):
+                        feature += "  | drift: learning reference"
+                    else:
+                        feature += "  | drift: stable"
                 reasons = ", ".join(
                     f"{k.split(':', 1)[1]}={int(v)}"
                     for k, v in sorted(m.items())
