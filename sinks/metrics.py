@@ -23,6 +23,7 @@ from prometheus_client import (
 from schemas import REASONS
 
 _BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000)
+_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -85,6 +86,38 @@ class WorkerMetrics:
             "driftline_effect_errors",
             "Failed attempts to make a batch's effects durable (retried with backoff).",
             ["source", "target"],
+            registry=r,
+        )
+        self.event_time_lag = Histogram(
+            "driftline_event_time_lag_seconds",
+            "Wall time minus event time of valid events when their batch is durable (sampled).",
+            ["source"],
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.processing_latency = Histogram(
+            "driftline_processing_latency_seconds",
+            "Record timestamp (produce/append time) to effects durable in Redis (sampled).",
+            ["source"],
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.feature_freshness = Gauge(
+            "driftline_feature_freshness_seconds",
+            "Age of the newest event written to a feature group, at its last write.",
+            ["group"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "driftline_consumer_lag_records",
+            "Records between the last one fetched and the partition's fetch high-watermark.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.applied_offset = Gauge(
+            "driftline_applied_offset",
+            "Last source offset whose features are in Redis (stored with them).",
+            ["source", "partition"],
             registry=r,
         )
         self.up = Gauge("driftline_worker_up", "1 while the worker runs.", registry=r)

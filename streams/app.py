@@ -190,6 +190,7 @@ def create_app(
         values = app.batch_channel(settings.values_topic)
         app.agent(values, name="driftline.monitors")(_make_monitor_agent(app, runner))
 
+    app.lag_gauge = metrics.consumer_lag
     holder = DriftlineApp(
         app=app, settings=settings, metrics=metrics, pipelines=pipelines, web=None
     )

@@ -120,7 +120,15 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             if not batch:
                 continue
             read_offset[tp] = previous
-            self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+            highwater = self.highwater(tp)
+            self.app.monitor.track_tp_end_offset(tp, highwater)
+            lag_gauge = getattr(self.app, "lag_gauge", None)
+            if lag_gauge is not None and highwater is not None and previous is not None:
+                # The fetch high-watermark (not the broker's reported end offset,
+                # which the local broker gets wrong) minus the next offset to read.
+                lag_gauge.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                    max(0, highwater - previous - 1)
+                )
             await route.send(value=RecordBatch(tp, generation, batch))
 
     async def _deliver_per_record(self, tp: TP, fetched: list[Any]) -> None:
@@ -160,6 +168,8 @@ class App(faust.App):
         super().__init__(*args, **kwargs)
         #: topic name -> channel of RecordBatch for that topic's agent
         self.batch_routes: dict[str, ChannelT[Any]] = {}
+        #: a Prometheus gauge (labels topic, partition) for consumer lag, if set
+        self.lag_gauge: Any = None
 
     def _new_transport(self) -> TransportT:
         return BatchingTransport(self.conf.broker_consumer, self)

@@ -222,6 +222,17 @@ def test_valid_events_once_invalid_ones_dead_lettered(
         )
         assert worker.metric_sum("driftline_events_valid_total", source="tx") == n_valid
         assert worker.metric_sum("driftline_events_valid_total", source="tx-avro") == 20
+        # operational metrics: applied offsets match the log, lag drained, latency observed
+        last_offsets: dict[int, int] = {}
+        for partition, offset in tx_meta:
+            last_offsets[partition] = max(last_offsets.get(partition, -1), offset)
+        for partition, offset in last_offsets.items():
+            applied = worker.metric_sum("driftline_applied_offset", source="tx", partition=str(partition))
+            assert applied == offset, (partition, applied, offset)
+        assert worker.metric_sum("driftline_consumer_lag_records", topic=f"tx-{suffix}") == 0
+        assert worker.metric_sum("driftline_event_time_lag_seconds_count", source="tx") > 0
+        assert worker.metric_sum("driftline_processing_latency_seconds_count", source="tx") > 0
+        assert 0 <= worker.metric_sum("driftline_feature_freshness_seconds", group="spend") < 120
         for reason in set(expected_reason.values()):
             want = sum(1 for r in expected_reason.values() if r == reason)
             got = worker.metric_sum("driftline_events_invalid_total", source="tx", reason=reason)
