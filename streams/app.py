@@ -191,6 +191,7 @@ def create_app(
         app.agent(values, name="driftline.monitors")(_make_monitor_agent(app, runner))
 
     app.lag_gauge = metrics.consumer_lag
+    app.fetch_max_wait_ms = int(kafka.fetch_max_wait_s * 1000)
     holder = DriftlineApp(
         app=app, settings=settings, metrics=metrics, pipelines=pipelines, web=None
     )

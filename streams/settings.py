@@ -48,6 +48,7 @@ SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
         ("redis", "password"),
         ("metrics", "token"),
         ("schema_registry", "password"),
+        ("serve", "token"),
     }
 )
 
@@ -72,6 +73,9 @@ class KafkaSettings(_Section):
     heartbeat_interval_s: float = Field(3.0, gt=0)
     rebalance_timeout_s: float = Field(60.0, gt=0)
     commit_interval_s: float = Field(2.0, gt=0)
+    fetch_max_wait_s: float = Field(
+        0.1, gt=0, le=30, description="how long a fetch waits for data; bounds end-to-end latency"
+    )
     create_topics: bool = Field(
         False, description="create missing source and dead-letter topics at start-up (dev)"
     )
@@ -163,6 +167,20 @@ class MetricsSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(9464, ge=0, le=65535, description="0 disables the HTTP endpoint")
     token: SecretStr | None = Field(None, description="bearer token required by /metrics")
+
+
+class ServeSettings(_Section):
+    """``driftline serve``: the feature-serving HTTP API (a process of its own)."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port (logged)")
+    max_batch_entities: int = Field(
+        1000, ge=1, le=100_000, description="entities per batch request; more is refused (413)"
+    )
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, description="largest request body; larger is refused (413)"
+    )
+    token: SecretStr | None = Field(None, description="bearer token required by the /v1 routes")
 
 
 class WorkerSettings(_Section):
@@ -263,6 +281,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
     drift: DriftSettings = DriftSettings()
+    serve: ServeSettings = ServeSettings()
     sources: tuple[SourceSettings, ...] = Field(min_length=1)
     #: Feature group definitions, validated by :func:`streams.sources.build_feature_groups`
     #: (``features.definitions.FeatureGroup.from_config``).
@@ -331,6 +350,7 @@ _FIELDS_BY_SECTION: dict[str, type[BaseModel]] = {
     "worker": WorkerSettings,
     "schema_registry": SchemaRegistrySettings,
     "drift": DriftSettings,
+    "serve": ServeSettings,
 }
 
 

@@ -57,8 +57,28 @@ class RecordBatch:
     records: list[RawRecord]
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, with a configurable fetch wait.
+
+    Faust hard-codes ``fetch_max_wait_ms=1500``: a fetch waits up to 1.5 s for
+    data, which measured here set the floor of produce-to-Redis latency (p50
+    ~360 ms, p99 ~1.1 s at 5k events/s, against p50 ~32 ms for a consumer
+    waiting 50 ms).  The app's ``fetch_max_wait_ms`` attribute overrides it.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait_ms = getattr(self.app, "fetch_max_wait_ms", None)
+        if wait_ms is not None:
+            consumer._fetch_max_wait_ms = int(wait_ms)
+        return consumer
+
+
 class BatchingConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, delivering whole partition batches to channels."""
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:
         consumer_stopped = self._stopped.is_set
@@ -170,6 +190,8 @@ class App(faust.App):
         self.batch_routes: dict[str, ChannelT[Any]] = {}
         #: a Prometheus gauge (labels topic, partition) for consumer lag, if set
         self.lag_gauge: Any = None
+        #: how long a fetch may wait for data (None: Faust's 1500 ms)
+        self.fetch_max_wait_ms: int | None = None
 
     def _new_transport(self) -> TransportT:
         return BatchingTransport(self.conf.broker_consumer, self)

@@ -1,0 +1,1233 @@
+"""The whole features pipeline, end to end: throughput, latency, memory.
+
+    python bench/features.py [--events 1000000] [--entities 10000] [--quick]
+                             [--latency-seconds 30] [--latency-rate 5000]
+                             [--memory-entities 1000000] [--phases throughput,latency,memory]
+                             [--bootstrap HOST:PORT] [--redis-url URL] [--profile FILE]
+
+What runs: the embedded broker and Redis (or ``--bootstrap`` / ``--redis-url``),
+and ``driftline worker -c CONFIG`` as a subprocess, as a user runs it, with one
+source (``schemas/contracts/transactions.schema.json``) and ONE feature group:
+``amount: [count, sum, mean, min, max, std]`` over ``[1m, 5m, 1h]`` (6
+aggregations x 3 windows, 3 rings of 60 buckets).  Each phase uses a fresh
+4-partition topic, consumer group, Redis key prefix and worker.
+
+What is measured, and why that way:
+
+1. **Throughput.**  N demo transactions over ``--entities`` users with Zipf
+   activity (weight ``1 / rank**1.1``, as ``streams/demo.py``), event times
+   close to now and up to 3 s out of order, keyed by user, are produced
+   before the worker starts.  The worker's rate is taken from Redis, not from
+   the worker: the offsets hash ``{prefix}:offsets:{source}`` (``p{partition}``
+   = last applied offset) is written by the same Lua script that applies the
+   batch's features, so it is the honest "effects durable" clock (Faust's
+   commits lag behind it).  Rate = records applied after the first batch /
+   time from the first batch applied to the last (also shown per quarter of
+   the records: state grows during the run, and the tail waits on fetches).
+   The **raw baseline** is a plain aiokafka consumer (no group, earliest) that
+   only ``orjson.loads`` every record, measured in the same run, before and
+   after the worker.  The machine is shared and noisy (2 cores here, also
+   running the broker and Redis), so the figure to compare across runs and
+   machines is the **ratio to raw**, not events/s.
+2. **Latency** at a steady ``--latency-rate`` for ``--latency-seconds``: each
+   event carries its produce wall time (``sent_at_ms``); the producer keeps
+   every event's (partition, offset) from its RecordMetadata; a poller reads
+   the offsets hash every ~5 ms.  An event's latency is the first poll that saw
+   its partition's applied offset reach it, minus its produce time: produce
+   to *visible in Redis*, including Kafka, the worker's fetch wait, the batch
+   and the Lua script (resolution: the poll period plus one Redis round trip).
+   Two plain aiokafka consumers read the same topic meanwhile, one with the
+   ``fetch_max_wait_ms`` Faust's driver hard-codes (1500) and one with 50 ms:
+   on the embedded Tansu, delivery latency grows with that wait (measured:
+   p50 ~15 ms at 50, ~130 ms at 500, ~390 ms at 1500) where Apache Kafka
+   answers as soon as ``fetch_min_bytes`` (1) are there, so the first is the
+   floor of any Faust worker on this broker.
+3. **Memory.**  The worker keeps no per-entity state, so its RSS should stay
+   flat while ``--memory-entities`` distinct entities (one event each) stream
+   through: RSS at start (ready, idle, empty topic) vs. after all are applied,
+   and at each quarter of them (a plateau is the batch high-water mark, a
+   steady climb would be a leak).  Its events/s is shown too: every event
+   creates a key, the worst case for the Lua script.  Redis bytes
+   per entity: ``INFO memory`` ``used_memory`` delta over the number of entity
+   keys, plus ``MEMORY USAGE`` of a few sample keys.  The same figure is shown
+   for the Zipf entities of the throughput phase (many buckets each).
+
+Besides, from the worker's ``/metrics`` and Redis ``INFO``: the worker's CPU
+use (from ``/proc``), the share of wall time in batch processing and in the
+Redis write (``driftline_redis_write_seconds``: encoding the arguments + the
+Lua round trip), and the Lua script's own time inside Redis
+(``INFO commandstats``, evalsha).  ``--profile FILE`` runs py-spy on the
+throughput-phase worker (``py-spy record -f raw --idle``), writes the raw
+samples to FILE and prints the top self-time functions and a breakdown by
+stage; the throughput of a profiled run is lower (py-spy shares the cores).
+
+Everything it starts is stopped on exit (try/finally), even on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import gc
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import orjson
+import redis.asyncio as aioredis
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.embedded import child_preexec, create_topics, find_free_port
+
+CONTRACT = ROOT / "schemas" / "contracts" / "transactions.schema.json"
+SOURCE = "transactions"
+GROUP = "amount_stats"
+PARTITIONS = 4
+AGGREGATIONS = ["count", "sum", "mean", "min", "max", "std"]
+WINDOWS = ["1m", "5m", "1h"]
+CATEGORIES = ("grocery", "restaurant", "travel", "electronics", "fuel", "entertainment")
+COUNTRIES = ("DE", "FR", "GB", "NL", "ES", "IT", "PL", "SE")
+#: Nominal event-time rate of the pre-produced streams: N events cover N / rate s
+#: of event time ending near "now" (1M events: 20 s, i.e. ~20 1-s buckets per hot user).
+EVENT_TIME_RATE = 50_000
+#: Events are up to this much out of order (event time behind their position).
+DISORDER_MS = 3_000
+LATENCY_POLL_S = 0.005
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: Faust's aiokafka driver fixes ``fetch_max_wait_ms=1500`` for the worker's consumer.
+FAUST_FETCH_MAX_WAIT_MS = 1500
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- events
+
+
+def zipf_users(entities: int) -> tuple[list[str], list[float]]:
+    """User ids and cumulative Zipf weights (``1 / rank**1.1``, as ``streams/demo.py``)."""
+    users = [f"user-{i:05d}" for i in range(entities)]
+    cum: list[float] = []
+    total = 0.0
+    for rank in range(entities):
+        total += 1.0 / (rank + 1) ** 1.1
+        cum.append(total)
+    return users, cum
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No collections while building millions of tuples (they would rescan them all)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def zipf_events(n: int, entities: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
+    """N transactions over ``entities`` users, Zipf activity, event times ending near now."""
+    with gc_paused():
+        return _zipf_events(n, entities, seed)
+
+
+def _zipf_events(n: int, entities: int, seed: int) -> list[tuple[bytes, bytes]]:
+    rng = random.Random(seed)
+    users, cum = zipf_users(entities)
+    picks = rng.choices(range(entities), cum_weights=cum, k=n)
+    keys = [u.encode() for u in users]
+    base = int(time.time() * 1000) - n * 1000 // EVENT_TIME_RATE
+    out: list[tuple[bytes, bytes]] = []
+    add = out.append
+    lognorm = rng.lognormvariate
+    expo = rng.expovariate
+    choice = rng.choice
+    dumps = orjson.dumps
+    for i, u in enumerate(picks):
+        add(
+            (
+                keys[u],
+                dumps(
+                    {
+                        "event_id": f"evt-{i:09d}",
+                        "user_id": users[u],
+                        "amount": round(lognorm(3.3, 0.8), 2),
+                        "currency": "EUR",
+                        "category": choice(CATEGORIES),
+                        "country": choice(COUNTRIES),
+                        "event_time": base
+                        + i * 1000 // EVENT_TIME_RATE
+                        - int(expo(1 / 400.0)) % DISORDER_MS,
+                    }
+                ),
+            )
+        )
+    return out
+
+
+def distinct_events(n: int, seed: int = 2) -> list[tuple[bytes, bytes]]:
+    """N transactions, each of its own entity (``mem-0000000`` ...), event times near now."""
+    with gc_paused():
+        return list(_distinct_events(n, seed))
+
+
+def _distinct_events(n: int, seed: int) -> Iterator[tuple[bytes, bytes]]:
+    rng = random.Random(seed)
+    base = int(time.time() * 1000)
+    for i in range(n):
+        user = f"mem-{i:07d}"
+        yield (
+            user.encode(),
+            orjson.dumps(
+                {
+                    "event_id": f"evt-{i:09d}",
+                    "user_id": user,
+                    "amount": round(rng.lognormvariate(3.3, 0.8), 2),
+                    "currency": "EUR",
+                    "category": rng.choice(CATEGORIES),
+                    "country": rng.choice(COUNTRIES),
+                    "event_time": base - rng.randrange(DISORDER_MS),
+                }
+            ),
+        )
+
+
+# ----------------------------------------------------------------------------- kafka
+
+
+@dataclass
+class Produced:
+    count: int
+    seconds: float
+    last_offsets: dict[int, int]  # partition -> offset of its last record
+
+
+async def create_source_topic(bootstrap: str, topic: str) -> None:
+    """The source topic and its dead-letter topic (the worker runs with create_topics: false)."""
+    await create_topics(bootstrap, {topic: PARTITIONS, f"{topic}.dlq": PARTITIONS})
+
+
+async def produce_bulk(
+    bootstrap: str, topic: str, records: Iterator[tuple[bytes, bytes]] | list[tuple[bytes, bytes]]
+) -> Produced:
+    """As fast as aiokafka goes: whole record batches per partition (murmur2 of the key)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=50,
+        max_batch_size=1 << 20,
+        max_request_size=4 << 20,
+        acks=1,
+        request_timeout_ms=60_000,
+    )
+    await producer.start()
+    last: dict[int, int] = {}
+    count = 0
+    t0 = time.perf_counter()
+    try:
+        partitions = sorted(await producer.partitions_for(topic))
+        n_parts = len(partitions)
+        part_of: dict[bytes, int] = {}
+        builders: dict[int, Any] = {}
+        sizes: dict[int, int] = {}
+        inflight: list[tuple[int, int, asyncio.Future[Any]]] = []
+
+        async def settle(keep: int) -> None:
+            while len(inflight) > keep:
+                p, size, future = inflight.pop(0)
+                meta = await future
+                last[p] = max(last.get(p, -1), meta.offset + size - 1)
+
+        async def flush(p: int) -> None:
+            future = await producer.send_batch(builders.pop(p), topic, partition=p)
+            inflight.append((p, sizes.pop(p), future))
+            await settle(32)
+
+        for key, value in records:
+            p = part_of.get(key)
+            if p is None:
+                p = part_of[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % n_parts]
+            builder = builders.get(p)
+            if builder is None:
+                builder = builders[p] = producer.create_batch()
+                sizes[p] = 0
+            if builder.append(key=key, value=value, timestamp=None) is None:
+                await flush(p)
+                builder = builders[p] = producer.create_batch()
+                sizes[p] = 0
+                if builder.append(key=key, value=value, timestamp=None) is None:
+                    raise RuntimeError(f"a record of {len(value)} bytes fits no batch")
+            sizes[p] += 1
+            count += 1
+        for p in list(builders):
+            await flush(p)
+        await settle(0)
+    finally:
+        await producer.stop()
+    return Produced(count, time.perf_counter() - t0, last)
+
+
+async def raw_baseline(bootstrap: str, topic: str, n: int) -> float:
+    """Plain aiokafka, no group, ``orjson.loads`` per record: events/s after the first fetch."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 << 20,
+        fetch_max_bytes=32 << 20,
+    )
+    await consumer.start()
+    loads = orjson.loads
+    seen = 0
+    first = 0
+    t0 = 0.0
+    try:
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            got = 0
+            for messages in batch.values():
+                for m in messages:
+                    loads(m.value)
+                got += len(messages)
+            if got and not t0:
+                t0 = time.perf_counter()
+                first = got
+            seen += got
+        elapsed = time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+    return (n - first) / elapsed if elapsed > 0 else math.inf
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def worker_config(
+    bootstrap: str, redis_url: str, topic: str, suffix: str, data_dir: Path
+) -> dict[str, Any]:
+    return {
+        "app_id": f"bench-features-{suffix}",
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "session_timeout_s": 6,
+            "heartbeat_interval_s": 1,
+            "rebalance_timeout_s": 5,
+            "commit_interval_s": 1,
+            "create_topics": False,
+        },
+        "redis": {"url": redis_url, "key_prefix": f"bench-{suffix}"},
+        "worker": {"log_level": "warning", "data_dir": str(data_dir)},
+        "sources": [
+            {
+                "name": SOURCE,
+                "topic": topic,
+                "schema": str(CONTRACT),
+                "entity_key": "user_id",
+                "event_time": "event_time",
+            }
+        ],
+        "feature_groups": [
+            {
+                "name": GROUP,
+                "version": 1,
+                "source": SOURCE,
+                "values": {"amount": AGGREGATIONS},
+                "windows": WINDOWS,
+            }
+        ],
+    }
+
+
+@dataclass
+class ProcSample:
+    t: float
+    rss_kib: int
+    cpu_s: float
+
+
+def proc_sample(pid: int) -> ProcSample | None:
+    """RSS and CPU seconds (user + system) of ``pid`` from ``/proc``; None once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rss = next((int(line.split()[1]) for line in status.splitlines() if line[:6] == "VmRSS:"), 0)
+    if not rss:  # a zombie, exiting
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    return ProcSample(time.monotonic(), rss, cpu)
+
+
+class Sampler(threading.Thread):
+    """Samples a process's RSS and CPU every ``period`` seconds."""
+
+    def __init__(self, pid: int, period: float = 0.25) -> None:
+        super().__init__(daemon=True, name=f"sampler-{pid}")
+        self.pid = pid
+        self.period = period
+        self.samples: list[ProcSample] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            sample = proc_sample(self.pid)
+            if sample is None:
+                return
+            self.samples.append(sample)
+            self._stop_event.wait(self.period)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=2)
+
+    def peak_mib(self, since: float = 0.0, until: float = math.inf) -> float:
+        return max((s.rss_kib for s in self.samples if since <= s.t <= until), default=0) / 1024
+
+    def rss_mib_at(self, t: float) -> float:
+        """RSS of the first sample at or after ``t`` (the last one if none)."""
+        samples = list(self.samples)
+        hit = next((s for s in samples if s.t >= t), samples[-1] if samples else None)
+        return hit.rss_kib / 1024 if hit else math.nan
+
+    def cpu_share(self, t0: float, t1: float) -> float:
+        """CPU seconds per second (1.0 = one core busy) between ``t0`` and ``t1``."""
+        samples = [s for s in self.samples if t0 - self.period <= s.t <= t1 + self.period]
+        if len(samples) < 2 or samples[-1].t <= samples[0].t:
+            return math.nan
+        return (samples[-1].cpu_s - samples[0].cpu_s) / (samples[-1].t - samples[0].t)
+
+
+class Worker:
+    """``python -m streams.cli worker -c CONFIG`` in its own session, dying with us."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+        self.port = find_free_port()
+        self.config = {**config, "metrics": {"host": "127.0.0.1", "port": self.port}}
+        self.prefix: str = config["redis"]["key_prefix"]
+        self.path = workdir / f"worker-{self.port}.yaml"
+        self.path.write_text(yaml.safe_dump(self.config))
+        self.log_path = workdir / f"worker-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sampler: Sampler | None = None
+        self.spy: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker", "-c", str(self.path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                start_new_session=True,  # Ctrl-C reaches us only; we stop it in order
+                preexec_fn=child_preexec(os.getpid()),
+            )
+        self.sampler = Sampler(self.proc.pid)
+        self.sampler.start()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def check_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def http(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+        except OSError:
+            return 0, ""
+
+    async def wait_ready(self, limit_s: float = 90) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < limit_s:
+            self.check_alive()
+            if (await asyncio.to_thread(self.http, "/readyz"))[0] == 200:
+                return time.monotonic() - started
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"worker not ready after {limit_s:.0f}s:\n{self.log()}")
+
+    def metrics(self) -> dict[str, float]:
+        """Sample name -> value, summed over labels."""
+        status, text = self.http("/metrics")
+        if status != 200:
+            return {}
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                out[s.name] = out.get(s.name, 0.0) + s.value
+        return out
+
+    def start_profiler(self, path: Path) -> None:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.spy = subprocess.Popen(
+            [
+                *(spy, "record", "-p", str(self.pid), "-f", "raw", "-o", str(path)),
+                *("--idle", "--threads", "-r", "100", "--nonblocking"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=child_preexec(os.getpid()),
+        )
+
+    def stop_profiler(self) -> None:
+        spy, self.spy = self.spy, None
+        if spy is None or spy.poll() is not None:
+            return
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+
+    def stop(self) -> None:
+        self.stop_profiler()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.sampler is not None:
+            self.sampler.stop()
+
+
+# ----------------------------------------------------------------------------- redis
+
+
+def offsets_key(prefix: str) -> str:
+    return f"{prefix}:offsets:{SOURCE}"
+
+
+async def applied_offsets(client: aioredis.Redis, prefix: str) -> dict[int, int]:
+    raw = await client.hgetall(offsets_key(prefix))
+    return {int(k[1:]): int(v) for k, v in raw.items() if k[:1] in (b"p", "p")}
+
+
+@dataclass
+class Applied:
+    t_first: float  # monotonic time the first applied batch was seen
+    at_first: int  # records applied at that moment
+    t_end: float  # monotonic time all records were seen applied
+    trace: list[tuple[float, int]]  # (monotonic time, records applied) at every change
+
+    def rate(self, total: int) -> float:
+        elapsed = self.t_end - self.t_first
+        return (total - self.at_first) / elapsed if elapsed > 0 else math.inf
+
+    def rates_by_quarter(self, total: int) -> list[float]:
+        """events/s in each quarter of the records applied after the first batch."""
+        marks = [self.at_first + (total - self.at_first) * q // 4 for q in range(5)]
+        times = [self.t_first, *(self.time_at(m) for m in marks[1:])]
+        return [
+            (marks[i + 1] - marks[i]) / (times[i + 1] - times[i])
+            if times[i + 1] > times[i]
+            else math.nan
+            for i in range(4)
+        ]
+
+    def time_at(self, records: int) -> float:
+        """When at least ``records`` were first seen applied."""
+        return next((t for t, n in self.trace if n >= records), self.t_end)
+
+
+async def wait_applied(
+    client: aioredis.Redis,
+    worker: Worker,
+    last_offsets: dict[int, int],
+    limit_s: float,
+    poll_s: float = 0.02,
+    on_first: Callable[[], Awaitable[None]] | None = None,
+) -> Applied:
+    """Poll the offsets hash until every partition's last produced offset is applied.
+
+    ``on_first`` runs once the first applied batch is seen (to snapshot counters).
+    """
+    deadline = time.monotonic() + limit_s
+    t_first = 0.0
+    at_first = 0
+    next_check = 0.0
+    trace: list[tuple[float, int]] = []
+    while time.monotonic() < deadline:
+        offsets = await applied_offsets(client, worker.prefix)
+        now = time.monotonic()
+        applied = sum(o + 1 for o in offsets.values())
+        if not trace or applied > trace[-1][1]:
+            trace.append((now, applied))
+        if offsets and not t_first:
+            t_first = now
+            at_first = applied
+            if on_first is not None:
+                await on_first()
+        if all(offsets.get(p, -1) >= o for p, o in last_offsets.items()):
+            return Applied(t_first, at_first, now, trace)
+        if now >= next_check:
+            worker.check_alive()
+            next_check = now + 1.0
+        await asyncio.sleep(poll_s)
+    offsets = await applied_offsets(client, worker.prefix)
+    raise RuntimeError(
+        f"not all applied after {limit_s:.0f}s: {offsets} vs {last_offsets}\n{worker.log()}"
+    )
+
+
+async def redis_info(client: aioredis.Redis, section: str) -> dict[str, Any]:
+    info: dict[str, Any] = await client.info(section)
+    return info
+
+
+async def evalsha_usec(client: aioredis.Redis) -> tuple[int, float]:
+    """(calls, total microseconds) of EVALSHA inside Redis (scripts' own run time)."""
+    stats = await redis_info(client, "commandstats")
+    entry = stats.get("cmdstat_evalsha") or {}
+    return int(entry.get("calls", 0)), float(entry.get("usec", 0))
+
+
+async def redis_cpu(client: aioredis.Redis) -> float:
+    cpu = await redis_info(client, "cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+async def used_memory(client: aioredis.Redis) -> int:
+    return int((await redis_info(client, "memory"))["used_memory"])
+
+
+async def entity_keys(client: aioredis.Redis, prefix: str) -> list[bytes]:
+    keys: list[bytes] = []
+    async for key in client.scan_iter(match=f"{prefix}:fg:*", count=10_000):
+        keys.append(key)
+    return keys
+
+
+async def sample_key_sizes(client: aioredis.Redis, keys: Sequence[bytes], k: int = 5) -> list[int]:
+    picks = random.Random(3).sample(list(keys), min(k, len(keys)))
+    return [int(await client.memory_usage(key, samples=0) or 0) for key in picks]
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+@dataclass
+class Results:
+    params: dict[str, Any] = field(default_factory=dict)
+    rows: list[tuple[str, str, str]] = field(default_factory=list)  # figure, value, note
+    profile: list[str] = field(default_factory=list)
+
+    def add(self, figure: str, value: str, note: str = "") -> None:
+        self.rows.append((figure, value, note))
+        log(f"{figure}: {value} {note}")
+
+
+@dataclass
+class Counters:
+    """What the worker, Redis and the broker had counted at one moment."""
+
+    t: float
+    metrics: dict[str, float]
+    evalsha_calls: int
+    evalsha_usec: float
+    redis_cpu_s: float
+    broker: ProcSample | None
+
+
+async def counters(env: Env, worker: Worker) -> Counters:
+    calls, usec = await evalsha_usec(env.client)
+    return Counters(
+        time.monotonic(),
+        await asyncio.to_thread(worker.metrics),
+        calls,
+        usec,
+        await redis_cpu(env.client),
+        proc_sample(env.broker_pid) if env.broker_pid is not None else None,
+    )
+
+
+def breakdown(first: Counters, last: Counters, worker_cpu: float) -> tuple[str, str]:
+    """Where the wall time between two snapshots went: (worker CPU, details)."""
+    wall = last.t - first.t
+
+    def delta(name: str) -> float:
+        return last.metrics.get(name, math.nan) - first.metrics.get(name, math.nan)
+
+    proc_s = delta("driftline_batch_processing_seconds_sum")
+    redis_s = delta("driftline_redis_write_seconds_sum")
+    scripts = last.evalsha_calls - first.evalsha_calls
+    lua_s = (last.evalsha_usec - first.evalsha_usec) / 1e6
+    details = (
+        f"batch processing {proc_s / wall:.0%} of wall time, of which Redis write "
+        f"(args + Lua round trip) {redis_s / proc_s:.0%}; Lua inside Redis {lua_s:.1f}s "
+        f"({lua_s / wall:.0%} of wall, {scripts:,} scripts, "
+        f"{lua_s * 1000 / max(scripts, 1):.1f} ms each); "
+        f"Redis CPU {(last.redis_cpu_s - first.redis_cpu_s) / wall:.0%} of a core"
+    )
+    if first.broker is not None and last.broker is not None:
+        broker_cpu = (last.broker.cpu_s - first.broker.cpu_s) / (last.broker.t - first.broker.t)
+        details += f", broker CPU {broker_cpu:.0%} of a core"
+    return f"{worker_cpu:.0%} of a core", details
+
+
+def rss_by_progress(sampler: Sampler, applied: Applied, total: int) -> str:
+    return " / ".join(
+        f"{sampler.rss_mib_at(applied.time_at(total * q // 4)):.0f}" for q in (1, 2, 3, 4)
+    )
+
+
+@dataclass
+class Env:
+    bootstrap: str
+    redis_url: str
+    workdir: Path
+    client: aioredis.Redis
+    broker_pid: int | None = None  # the embedded broker, to show its CPU use
+    workers: list[Worker] = field(default_factory=list)
+
+    def new_worker(self, topic: str) -> Worker:
+        suffix = uuid.uuid4().hex[:8]
+        config = worker_config(
+            self.bootstrap, self.redis_url, topic, suffix, self.workdir / f"faust-{suffix}"
+        )
+        worker = Worker(self.workdir, config)
+        self.workers.append(worker)
+        return worker.start()
+
+
+async def throughput_phase(
+    env: Env, res: Results, n: int, entities: int, profile: Path | None
+) -> None:
+    topic = f"bench-features-{uuid.uuid4().hex[:8]}"
+    await create_source_topic(env.bootstrap, topic)
+    log(f"throughput: generating {n:,} events over {entities:,} Zipf entities ...")
+    t0 = time.perf_counter()
+    events = zipf_events(n, entities)
+    gen_s = time.perf_counter() - t0
+    nbytes = sum(len(v) for _, v in events)
+    log(f"throughput: producing to {topic} ...")
+    produced = await produce_bulk(env.bootstrap, topic, events)
+    del events
+    gc.collect()
+    res.add(
+        "produce (bulk, 1 MiB batches)",
+        f"{produced.count / produced.seconds:,.0f} events/s",
+        f"{produced.count:,} events ({nbytes / produced.count:.0f} B avg) in "
+        f"{produced.seconds:.1f}s; generating them took {gen_s:.1f}s",
+    )
+    log("throughput: raw baseline ...")
+    raw = await raw_baseline(env.bootstrap, topic, n)
+    res.add("raw aiokafka + orjson.loads", f"{raw:,.0f} events/s", "baseline, ratio 1.00")
+
+    mem0 = await used_memory(env.client)
+    log("throughput: starting the worker ...")
+    worker = env.new_worker(topic)
+    assert worker.sampler is not None
+    ready_s = await worker.wait_ready()
+    if profile is not None:
+        worker.start_profiler(profile)
+    t_ready = time.monotonic()
+    snapshots: list[Counters] = []
+
+    async def snapshot() -> None:
+        snapshots.append(await counters(env, worker))
+
+    applied = await wait_applied(
+        env.client, worker, produced.last_offsets, limit_s=max(300.0, n / 1000), on_first=snapshot
+    )
+    if profile is not None:
+        worker.stop_profiler()
+    last = await counters(env, worker)
+    sample_end = proc_sample(worker.pid)
+    rate = applied.rate(n)
+    wall = applied.t_end - applied.t_first
+    res.add(
+        "worker: validate + 6x3 features + Redis",
+        f"{rate:,.0f} events/s",
+        f"ratio to raw {rate / raw:.3f}; {n - applied.at_first:,} events in {wall:.1f}s "
+        f"after the first batch applied ({applied.at_first:,} in it); by quarter: "
+        + " / ".join(f"{r:,.0f}" for r in applied.rates_by_quarter(n))
+        + f" events/s; ready after {ready_s:.1f}s"
+        + (" [under py-spy]" if profile else ""),
+    )
+    valid = last.metrics.get("driftline_events_valid_total", math.nan)
+    invalid = last.metrics.get("driftline_events_invalid_total", math.nan)
+    batches = last.metrics.get("driftline_batch_size_events_count", math.nan)
+    res.add(
+        "worker: events valid / invalid / batches",
+        f"{valid:,.0f} / {invalid:,.0f} / {batches:,.0f}",
+        f"mean batch {valid / batches:,.0f} events" if batches else "",
+    )
+    res.add(
+        "worker CPU while applying",
+        *breakdown(snapshots[0], last, worker.sampler.cpu_share(applied.t_first, applied.t_end)),
+    )
+    res.add(
+        "worker RSS (throughput)",
+        f"{worker.sampler.peak_mib(until=applied.t_end):.0f} MiB peak",
+        f"{worker.sampler.rss_mib_at(t_ready):.0f} MiB at ready; at 25/50/75/100 % applied: "
+        + rss_by_progress(worker.sampler, applied, n)
+        + f" MiB; {(sample_end.rss_kib / 1024 if sample_end else math.nan):.0f} MiB at end",
+    )
+    keys = await entity_keys(env.client, worker.prefix)
+    mem1 = await used_memory(env.client)
+    sizes = await sample_key_sizes(env.client, keys)
+    res.add(
+        f"Redis bytes/entity, Zipf state ({len(keys):,} entities)",
+        f"{(mem1 - mem0) / max(len(keys), 1):,.0f} B",
+        f"used_memory +{(mem1 - mem0) / 2**20:.1f} MiB; MEMORY USAGE of 5 keys: "
+        + ", ".join(map(str, sizes)),
+    )
+    worker.stop()
+    raw2 = await raw_baseline(env.bootstrap, topic, n)
+    res.add(
+        "raw aiokafka + orjson.loads (again)",
+        f"{raw2:,.0f} events/s",
+        f"noise of the machine; worker ratio to this one {rate / raw2:.3f}",
+    )
+    if profile is not None:
+        res.profile = summarize_profile(profile)
+
+
+def percentiles(values: list[float]) -> str:
+    if not values:
+        return "no samples"
+    xs = sorted(values)
+
+    def q(x: float) -> float:
+        return xs[min(len(xs) - 1, int(x * len(xs)))]
+
+    return f"p50 {q(0.5):.0f} ms, p95 {q(0.95):.0f} ms, p99 {q(0.99):.0f} ms, max {xs[-1]:.0f} ms"
+
+
+async def latency_phase(env: Env, res: Results, seconds: float, rate: float) -> None:
+    """Produce at a steady rate; produce -> visible in Redis, and -> a raw consumer, per event."""
+    topic = f"bench-features-lat-{uuid.uuid4().hex[:8]}"
+    await create_source_topic(env.bootstrap, topic)
+    worker = env.new_worker(topic)
+    assert worker.sampler is not None
+    await worker.wait_ready()
+    await asyncio.sleep(1.0)  # let the join settle
+    key = offsets_key(worker.prefix)
+    fields = [f"p{p}" for p in range(PARTITIONS)]
+    # partition -> (applied offsets seen, wall ms when first seen), both ascending
+    seen: dict[int, tuple[list[int], list[float]]] = {p: ([], []) for p in range(PARTITIONS)}
+    # fetch_max_wait_ms -> (partition, offset) -> wall ms received by a raw consumer
+    received: dict[int, dict[tuple[int, int], float]] = {FAUST_FETCH_MAX_WAIT_MS: {}, 50: {}}
+    done = asyncio.Event()
+    poll_client = aioredis.Redis.from_url(env.redis_url)
+
+    async def poll() -> None:
+        current = dict.fromkeys(range(PARTITIONS), -1)
+        while not done.is_set():
+            values = await poll_client.hmget(key, fields)
+            now = time.time() * 1000
+            for p, v in enumerate(values):
+                if v is not None and int(v) > current[p]:
+                    current[p] = int(v)
+                    seen[p][0].append(current[p])
+                    seen[p][1].append(now)
+            await asyncio.sleep(LATENCY_POLL_S)
+
+    async def raw_consumer(fetch_max_wait_ms: int, started: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=env.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=fetch_max_wait_ms,
+        )
+        await consumer.start()
+        started.set()
+        out = received[fetch_max_wait_ms]
+        try:
+            while not done.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                now = time.time() * 1000
+                for messages in batch.values():
+                    for m in messages:
+                        orjson.loads(m.value)
+                        out[(m.partition, m.offset)] = now
+        finally:
+            await consumer.stop()
+
+    n = int(seconds * rate)
+    sent: list[tuple[float, asyncio.Future[Any]]] = []
+    rng = random.Random(4)
+    users, cum = zipf_users(10_000)
+    picks = rng.choices(users, cum_weights=cum, k=n)
+    producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap, linger_ms=2, acks=1)
+    await producer.start()
+    tasks = [asyncio.create_task(poll())]
+    for wait_ms in received:
+        ready = asyncio.Event()
+        tasks.append(asyncio.create_task(raw_consumer(wait_ms, ready)))
+        await ready.wait()
+    log(f"latency: {n:,} events at {rate:,.0f}/s to {topic} ...")
+    try:
+        started = time.monotonic()
+        i = 0
+        while i < n:
+            due = min(n, int((time.monotonic() - started) * rate) + 1)
+            while i < due:
+                user = picks[i]
+                now_ms = time.time() * 1000
+                value = orjson.dumps(
+                    {
+                        "event_id": f"lat-{i:09d}",
+                        "user_id": user,
+                        "amount": round(rng.lognormvariate(3.3, 0.8), 2),
+                        "currency": "EUR",
+                        "category": rng.choice(CATEGORIES),
+                        "country": rng.choice(COUNTRIES),
+                        "event_time": int(now_ms) - int(rng.expovariate(1 / 300.0)) % 2000,
+                        "sent_at_ms": now_ms,
+                    }
+                )
+                sent.append((now_ms, await producer.send(topic, value, key=user.encode())))
+                i += 1
+            await asyncio.sleep(0.002)
+        send_s = time.monotonic() - started
+        metas = [(t, await f) for t, f in sent]
+        last: dict[int, int] = {}
+        for _, m in metas:
+            last[m.partition] = max(last.get(m.partition, -1), m.offset)
+        await wait_applied(env.client, worker, last, limit_s=120)
+        await asyncio.sleep(max(3 * LATENCY_POLL_S, FAUST_FETCH_MAX_WAIT_MS / 1000))
+    finally:
+        done.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await producer.stop()
+        await poll_client.aclose()
+    latencies: list[float] = []
+    for t_sent, m in metas:
+        offsets, times = seen[m.partition]
+        j = bisect.bisect_left(offsets, m.offset)
+        latencies.append(times[j] - t_sent)
+    sampler = worker.sampler
+    cpu = sampler.cpu_share(started, started + send_s)
+    rss_end = sampler.rss_mib_at(started + send_s)
+    rss_peak = sampler.peak_mib(since=started, until=started + send_s)
+    worker.stop()
+    res.add(
+        "latency produce -> visible in Redis",
+        percentiles(latencies),
+        f"{n:,} events at {n / send_s:,.0f}/s over {send_s:.0f}s; poll every "
+        f"{LATENCY_POLL_S * 1000:.0f} ms",
+    )
+    for wait_ms, got in received.items():
+        raw_lat = [
+            got[(m.partition, m.offset)] - t for t, m in metas if (m.partition, m.offset) in got
+        ]
+        res.add(
+            f"latency produce -> raw consumer (fetch_max_wait {wait_ms} ms)",
+            percentiles(raw_lat),
+            "Faust's default wait (driftline sets kafka.fetch_max_wait_s, default 0.1 s)"
+            if wait_ms == FAUST_FETCH_MAX_WAIT_MS
+            else "same run, the broker's floor",
+        )
+    res.add(
+        f"worker CPU at {rate:,.0f} events/s",
+        f"{cpu:.0%} of a core",
+        f"RSS {rss_end:.0f} MiB at the end, peak {rss_peak:.0f} MiB",
+    )
+
+
+async def memory_phase(env: Env, res: Results, m: int) -> None:
+    """RSS of an idle worker, then after ``m`` distinct entities; Redis bytes per entity."""
+    topic = f"bench-features-mem-{uuid.uuid4().hex[:8]}"
+    await create_source_topic(env.bootstrap, topic)
+    log(f"memory: generating {m:,} events of {m:,} distinct entities ...")
+    events = distinct_events(m)
+    worker = env.new_worker(topic)
+    assert worker.sampler is not None
+    await worker.wait_ready()
+    await asyncio.sleep(2.0)  # idle: nothing in the topic yet
+    start = proc_sample(worker.pid)
+    assert start is not None
+    mem0 = await used_memory(env.client)
+    log("memory: producing them (the worker is running) ...")
+    produced = await produce_bulk(env.bootstrap, topic, events)
+    del events
+    gc.collect()
+    snapshots: list[Counters] = []
+
+    async def snapshot() -> None:
+        snapshots.append(await counters(env, worker))
+
+    applied = await wait_applied(
+        env.client, worker, produced.last_offsets, limit_s=max(300.0, m / 1000), on_first=snapshot
+    )
+    last = await counters(env, worker)
+    cpu, details = breakdown(
+        snapshots[0], last, worker.sampler.cpu_share(applied.t_first, applied.t_end)
+    )
+    await asyncio.sleep(1.0)
+    end = proc_sample(worker.pid)
+    assert end is not None
+    worker.stop()
+    keys = await entity_keys(env.client, worker.prefix)
+    mem1 = await used_memory(env.client)
+    sizes = await sample_key_sizes(env.client, keys)
+    rate = applied.rate(m)
+    res.add(
+        f"worker, {m:,} distinct entities (1 event each)",
+        f"{rate:,.0f} events/s",
+        f"produced in {produced.seconds:.1f}s while the worker ran, then drained; "
+        "every event creates a key",
+    )
+    res.add(f"worker CPU, {m:,} distinct entities", cpu, details)
+    res.add(
+        f"worker RSS, {m:,} distinct entities",
+        f"{start.rss_kib / 1024:.0f} -> {end.rss_kib / 1024:.0f} MiB",
+        "idle after ready -> 1 s after all applied; at 25/50/75/100 % applied: "
+        + rss_by_progress(worker.sampler, applied, m)
+        + f" MiB; peak {worker.sampler.peak_mib(until=applied.t_end):.0f} MiB",
+    )
+    res.add(
+        f"Redis bytes/entity, 1 event each ({len(keys):,} keys)",
+        f"{(mem1 - mem0) / max(len(keys), 1):,.0f} B",
+        f"used_memory +{(mem1 - mem0) / 2**20:.1f} MiB; MEMORY USAGE of 5 keys: "
+        + ", ".join(map(str, sizes)),
+    )
+
+
+# ----------------------------------------------------------------------------- profile
+
+#: (stage, substrings of a frame): a sample belongs to the stage of its innermost
+#: matching frame (the first matching stage when a frame matches several), so
+#: orjson called from the contract layer counts as JSON decode.  Frames compiled
+#: from strings (namedtuple ``__new__``, dataclass ``__init__``) count for their
+#: caller, except fastjsonschema's generated validators.
+STAGES: list[tuple[str, tuple[str, ...]]] = [
+    ("idle: loop in select (awaiting Redis reply / next batch)", ("selectors.py",)),
+    ("JSON decode (orjson)", ("decode_json",)),
+    ("schema validation (fastjsonschema)", ("validate_", "json_contract.py")),
+    ("parse: entity key, event time", ("schemas/parser.py",)),
+    ("classify loop", ("classify (pipeline.py",)),
+    ("event-time judging (late/future)", ("judge_event_time", "watermark.py")),
+    ("build_deltas (window engine)", ("features/engine.py", "features/stats.py")),
+    ("Redis apply: encode rings", ("features/codec.py",)),
+    ("Redis apply: script arguments", ("feature_store.py",)),
+    ("redis-py: send, read reply", ("redis/",)),
+    ("pipeline bookkeeping", ("pipeline.py",)),
+    ("prometheus_client", ("prometheus_client",)),
+    ("aiokafka: fetch, record objects", ("aiokafka/",)),
+    ("driftline transport (batching)", ("transport.py",)),
+    ("Faust/mode plumbing", ("faust/", "mode/")),
+    ("asyncio internals", ("asyncio/",)),
+]
+
+
+def _stage(frames: Sequence[str]) -> str:
+    for frame in reversed(frames):
+        if "(<string>" in frame and "validate_" not in frame:
+            continue
+        for name, subs in STAGES:
+            if any(sub in frame for sub in subs):
+                return name
+    return "other"
+
+
+def summarize_profile(path: Path, top: int = 12) -> list[str]:
+    """Wall-time shares per thread, by stage and by function (self), from py-spy raw output.
+
+    py-spy samples every thread at the same rate, idle included, so a thread's
+    samples are its wall time.  The worker has two busy threads: the main one
+    (event loop, agents, the pipeline) and Faust's consumer thread (aiokafka).
+    """
+    stages: dict[str, Counter[str]] = {}
+    leaves: dict[str, Counter[str]] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = stack.split(";")
+        thread = "?"
+        if frames[0].startswith("thread"):
+            thread = frames[0].split(": ", 1)[-1]
+            frames = frames[1:]
+        count = int(count_text)
+        stages.setdefault(thread, Counter())[_stage(frames)] += count
+        leaves.setdefault(thread, Counter())[frames[-1] if frames else "?"] += count
+    if not stages:
+        return [f"no samples in {path}"]
+    lines = [f"py-spy record -f raw --idle --threads -r 100: raw samples in {path}"]
+    for thread, counter in sorted(stages.items(), key=lambda kv: -kv[1].total()):
+        total = counter.total()
+        if total < 20:
+            continue
+        name = "consumer thread (Faust's aiokafka)" if thread.startswith("Thread-") else thread
+        lines += ["", f"{name}: {total:,} samples ({total / 100:.1f} s), by stage:"]
+        lines += [f"  {c / total:6.1%}  {stage}" for stage, c in counter.most_common()]
+        lines += [f"  top {top} functions by self time:"]
+        lines += [f"  {c / total:6.1%}  {leaf}" for leaf, c in leaves[thread].most_common(top)]
+    return lines
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def print_table(res: Results, runtime: float) -> None:
+    print("\n## driftline features pipeline benchmark\n")
+    print("parameters: " + ", ".join(f"{k}={v}" for k, v in res.params.items()))
+    print(f"runtime: {runtime:.0f}s\n")
+    print("| figure | value | notes |")
+    print("|---|---|---|")
+    for figure, value, note in res.rows:
+        print(f"| {figure} | {value} | {note} |")
+    if res.profile:
+        print("\n```")
+        print("\n".join(res.profile))
+        print("```")
+
+
+async def run(args: argparse.Namespace, res: Results, workdir: Path) -> None:
+    from streams.embedded import EmbeddedBroker, EmbeddedRedis
+
+    broker = redis_server = None
+    env: Env | None = None
+    task = asyncio.current_task()
+    assert task is not None
+    # SIGTERM like Ctrl-C: cancel, so the finally below stops what was started
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        bootstrap = args.bootstrap
+        if bootstrap is None:
+            broker = EmbeddedBroker().start()
+            bootstrap = broker.bootstrap
+        redis_url = args.redis_url
+        if redis_url is None:
+            redis_server = EmbeddedRedis().start()
+            redis_url = redis_server.url
+        env = Env(
+            bootstrap,
+            redis_url,
+            workdir,
+            aioredis.Redis.from_url(redis_url),
+            broker_pid=broker.pid if broker else None,
+        )
+        res.params["kafka"] = "embedded Tansu" if broker else bootstrap
+        res.params["redis"] = (
+            f"embedded {Path(redis_server.binary).name}" if redis_server else redis_url
+        )
+        phases = set(args.phases.split(","))
+        if "throughput" in phases:
+            await throughput_phase(env, res, args.events, args.entities, args.profile)
+        if "latency" in phases:
+            await latency_phase(env, res, args.latency_seconds, args.latency_rate)
+        if "memory" in phases:
+            await memory_phase(env, res, args.memory_entities)
+    finally:
+        if env is not None:
+            for worker in env.workers:
+                worker.stop()
+            with contextlib.suppress(Exception):
+                await env.client.aclose()
+        if redis_server is not None:
+            redis_server.stop()
+        if broker is not None:
+            broker.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--events", type=int, default=None, help="throughput events (1,000,000)")
+    ap.add_argument("--entities", type=int, default=10_000, help="Zipf entities (10,000)")
+    ap.add_argument("--latency-seconds", type=float, default=None, help="steady-rate run (30)")
+    ap.add_argument("--latency-rate", type=float, default=5_000, help="events/s (5,000)")
+    ap.add_argument(
+        "--memory-entities", type=int, default=None, help="distinct entities (1,000,000)"
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="100k events, 10 s of latency, 100k distinct entities",
+    )
+    ap.add_argument("--phases", default="throughput,latency,memory")
+    ap.add_argument("--bootstrap", default=None, help="use this broker instead of the embedded one")
+    ap.add_argument("--redis-url", default=None, help="use this Redis instead of the embedded one")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="run py-spy on the throughput worker, write its raw samples to this file",
+    )
+    args = ap.parse_args()
+    quick = args.quick
+    if args.events is None:
+        args.events = 100_000 if quick else 1_000_000
+    if args.latency_seconds is None:
+        args.latency_seconds = 10.0 if quick else 30.0
+    if args.memory_entities is None:
+        args.memory_entities = 100_000 if quick else 1_000_000
+    unknown = set(args.phases.split(",")) - {"throughput", "latency", "memory"}
+    if unknown:
+        ap.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    if args.profile is not None and "throughput" not in args.phases.split(","):
+        ap.error("--profile profiles the throughput phase; add it to --phases")
+    res = Results()
+    res.params = {
+        "events": f"{args.events:,}",
+        "entities": f"{args.entities:,} (Zipf 1/rank^1.1)",
+        "group": f"amount {'/'.join(AGGREGATIONS)} x {'/'.join(WINDOWS)}",
+        "partitions": PARTITIONS,
+        "latency": f"{args.latency_rate:,.0f}/s for {args.latency_seconds:.0f}s",
+        "memory entities": f"{args.memory_entities:,}",
+        "cores": os.cpu_count(),
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="driftline-features-bench-"))
+    started = time.monotonic()
+    try:
+        asyncio.run(run(args, res, workdir))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print_table(res, time.monotonic() - started)
+        log("interrupted; everything it started was stopped")
+        sys.exit(130)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print_table(res, time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    main()
