@@ -162,6 +162,18 @@ def features_get(
     click.echo(get_features(settings, str(config), group_name, list(entities), as_of_ms, as_json))
 
 
+def _register_serving_commands() -> None:
+    from streams import serve_cli
+
+    for command in (serve_cli.serve, serve_cli.registry):
+        assert command.callback is not None
+        command.callback = user_errors(command.callback)
+        main.add_command(command)
+
+
+_register_serving_commands()
+
+
 @main.command()
 @config_option
 @click.option("--topic", required=True, help="topic to send to")

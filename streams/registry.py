@@ -1,0 +1,612 @@
+"""The feature registry: every feature group version, what it computes, and where it comes from.
+
+Two inputs meet here.  The **config** says what is *active*: the groups a
+worker started with this file would compute.  **Redis** says what was
+*deployed*: at start-up each worker records every group version it computes
+in ``{prefix}:registry:{group}`` (field ``v{version}``, JSON with the
+definition's fingerprint, its canonical definition and the first deployment
+time; see :mod:`sinks.feature_store`).  So::
+
+    in the config                      -> status "active" (deployed or not yet)
+    in Redis, not in the config        -> status "retired" (its keys expire by TTL)
+
+Each entry carries its **lineage**, the chain a feature value went through::
+
+    topic ──► schema (fingerprint) ──► fields ──► group version ──► Redis key space
+
+    transactions ──► transactions.schema.json (sha256:3f0c…) ──► amount, category
+                 ──► user_spend v2 ──► driftline:fg:user_spend:v2:*
+
+so "which contract version fed this model input?" and "which keys hold it?"
+have one answer.  A retired version's definition comes from its Redis record;
+the record does not keep the contract fingerprint it was deployed with, so
+its schema is unknown (``null``) and its topic is the one its source has in
+the *current* config, if the source still exists.
+
+Everything but :func:`read_deployed` and :class:`RegistryReader` is pure, so
+it is tested without Redis; :func:`load_catalog` reads only local files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+import redis.asyncio as aioredis
+
+from features.definitions import FeatureGroup, Window
+from features.exceptions import FeatureDefinitionError
+from schemas import EventParser
+from sinks.feature_store import registry_key
+from streams.settings import Settings
+from streams.sources import build_feature_groups, build_parsers
+
+log = logging.getLogger(__name__)
+
+Status = Literal["active", "retired"]
+
+#: JSON type of each aggregate as served: counts are integers and never null,
+#: a sum of no values is 0.0, the others are null over an empty window.
+_AGGREGATE_TYPES: Mapping[str, str] = {
+    "count": "integer",
+    "sum": "number",
+    "mean": "number|null",
+    "min": "number|null",
+    "max": "number|null",
+    "std": "number|null",
+    "var": "number|null",
+}
+#: How long :class:`RegistryReader` reuses what it read (one SCAN of the keyspace).
+REGISTRY_CACHE_S = 30.0
+
+
+# ------------------------------------------------------------------ records
+
+
+@dataclass(frozen=True, slots=True)
+class DeployedVersion:
+    """One ``v{version}`` field of ``{prefix}:registry:{group}``: what a worker recorded."""
+
+    group: str
+    version: int
+    fingerprint: str
+    definition: Mapping[str, Any]
+    first_deployed_ms: int | None
+
+
+def parse_records(
+    group: str, fields: Mapping[bytes | str, bytes | str]
+) -> tuple[list[DeployedVersion], list[str]]:
+    """The versions recorded in one registry hash, and a problem per unreadable field.
+
+    An unreadable field is reported, not fatal: the registry is an
+    inventory, and one corrupt record must not hide the others.
+    """
+    out: list[DeployedVersion] = []
+    problems: list[str] = []
+    for raw_name, raw_value in fields.items():
+        name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
+        where = f"{group} {name}"
+        if not re.fullmatch(r"v[1-9][0-9]*", name):
+            problems.append(f"{where}: not a version field (expected v<version>)")
+            continue
+        try:
+            record = orjson.loads(raw_value)
+        except orjson.JSONDecodeError as exc:
+            problems.append(f"{where}: not JSON ({exc})")
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), str):
+            problems.append(f"{where}: expected an object with a fingerprint")
+            continue
+        deployed = record.get("first_deployed_ms")
+        definition = record.get("definition")
+        out.append(
+            DeployedVersion(
+                group=group,
+                version=int(name[1:]),
+                fingerprint=record["fingerprint"],
+                definition=definition if isinstance(definition, dict) else {},
+                first_deployed_ms=deployed
+                if isinstance(deployed, int) and not isinstance(deployed, bool)
+                else None,
+            )
+        )
+    return sorted(out, key=lambda d: d.version), problems
+
+
+def group_from_definition(definition: Mapping[str, Any]) -> FeatureGroup | None:
+    """Rebuild a group from the canonical definition a worker recorded (``None`` if unusable).
+
+    The inverse of :meth:`FeatureGroup.canonical` (description, owner and tags
+    are not recorded, so they are empty).  Used to list the features of a
+    retired version that the config no longer describes.
+    """
+    try:
+        return FeatureGroup(
+            name=definition["name"],
+            version=definition["version"],
+            source=definition["source"],
+            entity_key=definition["entity_key"],
+            values={f: tuple(aggs) for f, aggs in definition["values"]},
+            distinct=tuple(definition["distinct"]),
+            last=tuple(definition["last"]),
+            windows=tuple(Window(n, length, res) for n, length, res in definition["windows"]),
+            allowed_lateness_ms=definition["allowed_lateness_ms"],
+            future_tolerance_ms=definition["future_tolerance_ms"],
+        )
+    except (KeyError, TypeError, ValueError, FeatureDefinitionError):
+        return None
+
+
+# ------------------------------------------------------------------ sources
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaInfo:
+    """The contract of a source as lineage shows it (file name, not the server's path)."""
+
+    file: str
+    encoding: str
+    #: ``sha256:…`` of the contract file's bytes; for confluent-avro, of the
+    #: source's own ``schema`` file when it is one of the mapped ids, else None
+    fingerprint: str | None
+    #: confluent-avro: schema id -> fingerprint of each locally mapped contract
+    schema_ids: Mapping[int, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "encoding": self.encoding,
+            "fingerprint": self.fingerprint,
+            "schema_ids": {str(k): v for k, v in sorted(self.schema_ids.items())},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """What lineage needs of one configured source."""
+
+    name: str
+    topic: str
+    entity_key: str
+    event_time: str | None
+    schema: SchemaInfo
+    #: declared type of each top-level contract field ("number", "string|null", ...)
+    field_types: Mapping[str, str]
+
+
+def field_types(schema: Mapping[str, Any], kind: str) -> dict[str, str]:
+    """The declared type of each top-level field of a JSON Schema or Avro record.
+
+    Only what is written in the contract: a JSON Schema property without
+    ``type`` (say, a bare ``enum``) is ``"any"``.  Avro unions are joined
+    with ``|``; named and complex Avro types show their ``type``.
+    """
+    out: dict[str, str] = {}
+    if kind == "avro":
+        for f in schema.get("fields", []):
+            if isinstance(f, dict) and isinstance(f.get("name"), str):
+                out[f["name"]] = _avro_type(f.get("type"))
+        return out
+    props = schema.get("properties", {})
+    if isinstance(props, dict):
+        for name, prop in props.items():
+            t = prop.get("type") if isinstance(prop, dict) else None
+            if isinstance(t, list):
+                out[name] = "|".join(str(x) for x in t)
+            else:
+                out[name] = str(t) if t is not None else "any"
+    return out
+
+
+def _avro_type(t: Any) -> str:
+    if isinstance(t, list):
+        return "|".join(_avro_type(x) for x in t)
+    if isinstance(t, dict):
+        logical = t.get("logicalType")
+        return f"{t.get('type')}({logical})" if logical else str(t.get("type"))
+    return str(t)
+
+
+def source_info(settings: Settings, parsers: Mapping[str, EventParser]) -> dict[str, SourceInfo]:
+    """Lineage facts of every source: topic, contract file and fingerprint, field types."""
+    out: dict[str, SourceInfo] = {}
+    for source in settings.sources:
+        decoder = parsers[source.name].decoder
+        contract = getattr(decoder, "contract", None)
+        ids: dict[int, str] = {}
+        if contract is not None:
+            fingerprint: str | None = contract.fingerprint
+            schema_doc = contract.schema
+            kind = contract.kind
+        else:  # confluent-avro: one contract per schema id
+            contracts = getattr(decoder, "contracts", {})
+            ids = {sid: c.fingerprint for sid, c in contracts.items()}
+            own = [c for c in contracts.values() if str(c.path) == str(source.schema_file)]
+            fingerprint = own[0].fingerprint if own else None
+            schema_doc = own[0].schema if own else {}
+            kind = "avro"
+        out[source.name] = SourceInfo(
+            name=source.name,
+            topic=source.topic,
+            entity_key=source.entity_key,
+            event_time=source.event_time,
+            schema=SchemaInfo(source.schema_file.name, source.encoding, fingerprint, ids),
+            field_types=field_types(schema_doc, kind),
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """The config's side of the registry: compiled groups and source facts."""
+
+    prefix: str
+    groups: Mapping[str, FeatureGroup]
+    sources: Mapping[str, SourceInfo]
+
+
+def load_catalog(settings: Settings, origin: str) -> Catalog:
+    """Compile contracts and feature groups (``ConfigError``/``SchemaError`` on mistakes)."""
+    parsers = build_parsers(settings)
+    by_source = build_feature_groups(settings, parsers, origin)
+    groups = {g.name: g for gs in by_source.values() for g in gs}
+    return Catalog(settings.redis.key_prefix, groups, source_info(settings, parsers))
+
+
+# ------------------------------------------------------------------ entries
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureInfo:
+    """One served feature: how it is computed and from which source field."""
+
+    name: str
+    kind: Literal["value", "distinct", "last"]
+    #: JSON type of the served value ("integer", "number|null", "string|null", ...)
+    value_type: str
+    #: count, sum, mean, min, max, std, var, distinct_count, or last
+    aggregation: str
+    window: str | None
+    window_ms: int | None
+    source_field: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "value_type": self.value_type,
+            "aggregation": self.aggregation,
+            "window": self.window,
+            "window_ms": self.window_ms,
+            "source_field": self.source_field,
+        }
+
+
+def describe_features(
+    group: FeatureGroup, types: Mapping[str, str] | None = None
+) -> tuple[FeatureInfo, ...]:
+    """The features of ``group`` in ``feature_names()`` order, typed.
+
+    ``types`` (the contract's field types) gives a ``last`` feature its type:
+    the source field's type, nullable (no value yet).  Without it, ``scalar``.
+    """
+    out: list[FeatureInfo] = []
+    for spec in group.layout.features:
+        if spec.kind == "last":
+            declared = (types or {}).get(spec.field, "scalar")
+            value_type = declared if "null" in declared.split("|") else f"{declared}|null"
+            out.append(FeatureInfo(spec.name, "last", value_type, "last", None, None, spec.field))
+            continue
+        assert spec.window is not None
+        if spec.kind == "distinct":
+            agg, value_type = "distinct_count", "integer"
+        else:
+            agg, value_type = spec.aggregation, _AGGREGATE_TYPES[spec.aggregation]
+        out.append(
+            FeatureInfo(
+                spec.name,
+                spec.kind,
+                value_type,
+                agg,
+                spec.window.name,
+                spec.window.length_ms,
+                spec.field,
+            )
+        )
+    return tuple(out)
+
+
+def key_space(prefix: str, group: str, version: int) -> str:
+    """The Redis key pattern of a group version (``SCAN MATCH`` syntax)."""
+    return f"{prefix}:fg:{group}:v{version}:*"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryEntry:
+    """One feature group version, active or retired, with its lineage."""
+
+    name: str
+    version: int
+    status: Status
+    fingerprint: str
+    source: str
+    entity_key: str
+    description: str
+    owner: str
+    tags: tuple[str, ...]
+    features: tuple[FeatureInfo, ...]
+    #: from the Redis record; None: no worker has deployed this version yet
+    first_deployed_ms: int | None
+    #: None for a retired version whose source is no longer configured
+    topic: str | None
+    #: None for a retired version (its deploy-time contract is not recorded)
+    schema: SchemaInfo | None
+    event_time: str | None
+    key_space: str
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Source fields the features read, in first-use order."""
+        return tuple(dict.fromkeys(f.source_field for f in self.features))
+
+    def lineage(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "schema": None if self.schema is None else self.schema.as_dict(),
+            "fields": list(self.fields),
+            "entity_key": self.entity_key,
+            "event_time": self.event_time,
+            "feature_group": {
+                "name": self.name,
+                "version": self.version,
+                "fingerprint": self.fingerprint,
+            },
+            "redis_key_space": self.key_space,
+            "path": lineage_text(self),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "status": self.status,
+            "fingerprint": self.fingerprint,
+            "description": self.description,
+            "owner": self.owner,
+            "tags": list(self.tags),
+            "source": self.source,
+            "topic": self.topic,
+            "entity_key": self.entity_key,
+            "first_deployed_ms": self.first_deployed_ms,
+            "features": [f.as_dict() for f in self.features],
+            "lineage": self.lineage(),
+            "warnings": list(self.warnings),
+        }
+
+
+def lineage_text(entry: RegistryEntry) -> str:
+    """``topic → schema (fingerprint) → fields → group vN → key space`` on one line."""
+    schema = "schema unknown"
+    if entry.schema is not None:
+        fp = entry.schema.fingerprint
+        schema = entry.schema.file + (f" ({fp[:19]})" if fp else "")
+    return " → ".join(
+        [
+            entry.topic or f"(source {entry.source} not configured)",
+            schema,
+            ", ".join(entry.fields) or "-",
+            f"{entry.name} v{entry.version}",
+            entry.key_space,
+        ]
+    )
+
+
+def build_registry(catalog: Catalog, deployed: Iterable[DeployedVersion]) -> list[RegistryEntry]:
+    """Entries for every configured group and every recorded version; by name, newest first."""
+    records: dict[tuple[str, int], DeployedVersion] = {(d.group, d.version): d for d in deployed}
+    entries: list[RegistryEntry] = []
+    for group in catalog.groups.values():
+        src = catalog.sources[group.source]
+        record = records.pop((group.name, group.version), None)
+        warnings: list[str] = []
+        if record is None:
+            warnings.append("not deployed yet: no worker has recorded this version in Redis")
+        elif record.fingerprint != group.fingerprint():
+            warnings.append(
+                f"version {group.version} is deployed with a different definition "
+                f"(fingerprint {record.fingerprint[:12]}, config {group.fingerprint()[:12]}): "
+                "a worker refuses this config; bump 'version'"
+            )
+        entries.append(
+            RegistryEntry(
+                name=group.name,
+                version=group.version,
+                status="active",
+                fingerprint=group.fingerprint(),
+                source=group.source,
+                entity_key=group.entity_key,
+                description=group.description,
+                owner=group.owner,
+                tags=group.tags,
+                features=describe_features(group, src.field_types),
+                first_deployed_ms=None if record is None else record.first_deployed_ms,
+                topic=src.topic,
+                schema=src.schema,
+                event_time=src.event_time,
+                key_space=key_space(catalog.prefix, group.name, group.version),
+                warnings=tuple(warnings),
+            )
+        )
+    for record in records.values():
+        entries.append(_retired(catalog, record))
+    return sorted(entries, key=lambda e: (e.name, -e.version))
+
+
+def _retired(catalog: Catalog, record: DeployedVersion) -> RegistryEntry:
+    old = group_from_definition(record.definition)
+    source_name = str(record.definition.get("source", ""))
+    src = catalog.sources.get(source_name)
+    warnings = [] if old is not None else ["recorded definition is unreadable: features unknown"]
+    return RegistryEntry(
+        name=record.group,
+        version=record.version,
+        status="retired",
+        fingerprint=record.fingerprint,
+        source=source_name,
+        entity_key=old.entity_key if old is not None else "",
+        description="",
+        owner="",
+        tags=(),
+        features=describe_features(old, src.field_types if src else None) if old else (),
+        first_deployed_ms=record.first_deployed_ms,
+        topic=src.topic if src is not None else None,
+        schema=None,
+        event_time=src.event_time if src is not None else None,
+        key_space=key_space(catalog.prefix, record.group, record.version),
+        warnings=tuple(warnings),
+    )
+
+
+def format_table(entries: Sequence[RegistryEntry]) -> str:
+    """A human-readable listing: one row per version, then its lineage and features."""
+    if not entries:
+        return "no feature groups (none configured, none recorded in Redis)"
+    header = ("GROUP", "VERSION", "STATUS", "SOURCE", "FEATURES", "FIRST DEPLOYED", "FINGERPRINT")
+    rows = [
+        (
+            e.name,
+            str(e.version),
+            e.status,
+            e.source,
+            str(len(e.features)),
+            _fmt_time(e.first_deployed_ms),
+            e.fingerprint[:12],
+        )
+        for e in entries
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    for e in entries:
+        lines.append("")
+        title = f"{e.name} v{e.version} ({e.status})"
+        if e.description:
+            title += f": {e.description}"
+        lines.append(title)
+        if e.owner or e.tags:
+            lines.append(f"  owner {e.owner or '-'}; tags {', '.join(e.tags) or '-'}")
+        lines.append(f"  lineage  {lineage_text(e)}")
+        lines.append(f"  entity   {e.entity_key or '-'}")
+        for w in e.warnings:
+            lines.append(f"  warning  {w}")
+        width = max((len(f.name) for f in e.features), default=0)
+        for f in e.features:
+            how = f"{f.aggregation} of {f.source_field}" + (f" over {f.window}" if f.window else "")
+            lines.append(f"  {f.name:<{width}}  {f.value_type:<12}  {how}")
+    return "\n".join(lines)
+
+
+def _fmt_time(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+# ------------------------------------------------------------------ Redis
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+async def read_deployed(
+    client: aioredis.Redis, prefix: str, names: Iterable[str] = (), *, scan: bool = True
+) -> tuple[list[DeployedVersion], list[str]]:
+    """Every version recorded under ``prefix``: of ``names``, and of other groups when ``scan``.
+
+    Groups removed from the config are only found by a ``SCAN`` of the whole
+    keyspace (no index of group names is kept), ``COUNT 1000`` per call so
+    Redis is never blocked for long; the HGETALLs then go in one pipeline.
+    """
+    wanted = dict.fromkeys(names)
+    if scan:
+        head = registry_key(prefix, "")
+        async for key in client.scan_iter(match=_glob_escape(head) + "*", count=1000, _type="HASH"):
+            text = key.decode() if isinstance(key, bytes) else key
+            wanted.setdefault(text[len(head) :])
+    if not wanted:
+        return [], []
+    async with client.pipeline(transaction=False) as pipe:
+        for name in wanted:
+            pipe.hgetall(registry_key(prefix, name))
+        raw = await pipe.execute()
+    out: list[DeployedVersion] = []
+    problems: list[str] = []
+    for name, fields in zip(wanted, raw, strict=True):
+        found, bad = parse_records(name, fields or {})
+        out += found
+        problems += bad
+    return out, problems
+
+
+class RegistryReader:
+    """The registry as ``GET /v1/registry`` serves it: rebuilt at most every ``cache_s``.
+
+    Rebuilding scans the keyspace (:func:`read_deployed`), which is cheap
+    per call but proportional to the number of keys: a dashboard polling the
+    endpoint must not turn into a continuous SCAN.  Concurrent requests share
+    one rebuild.
+    """
+
+    def __init__(
+        self, client: aioredis.Redis, catalog: Catalog, *, cache_s: float = REGISTRY_CACHE_S
+    ) -> None:
+        self.client = client
+        self.catalog = catalog
+        self.cache_s = cache_s
+        self._lock = asyncio.Lock()
+        self._cached: tuple[float, list[dict[str, Any]]] | None = None
+
+    async def entries(self) -> list[dict[str, Any]]:
+        async with self._lock:
+            now = time.monotonic()
+            if self._cached is not None and now - self._cached[0] < self.cache_s:
+                return self._cached[1]
+            deployed, problems = await read_deployed(
+                self.client, self.catalog.prefix, self.catalog.groups
+            )
+            for problem in problems:
+                log.warning("registry record skipped: %s", problem)
+            entries = [e.as_dict() for e in build_registry(self.catalog, deployed)]
+            self._cached = (now, entries)
+            return entries
+
+
+__all__ = [
+    "Catalog",
+    "DeployedVersion",
+    "FeatureInfo",
+    "RegistryEntry",
+    "RegistryReader",
+    "SchemaInfo",
+    "SourceInfo",
+    "build_registry",
+    "describe_features",
+    "field_types",
+    "format_table",
+    "group_from_definition",
+    "key_space",
+    "lineage_text",
+    "load_catalog",
+    "parse_records",
+    "read_deployed",
+    "source_info",
+]

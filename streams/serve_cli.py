@@ -1,0 +1,127 @@
+"""``driftline serve`` and ``driftline registry``: plain click commands.
+
+They are registered on the main group by :mod:`streams.cli`
+(``main.add_command(serve)``, ``main.add_command(registry)``), which also
+wraps them in its user-error handling.  This module cannot import
+``streams.cli`` for that (``streams.cli`` imports this module), so the
+commands raise :class:`~streams.errors.DriftlineError` /
+:class:`~schemas.SchemaError` and leave the message to the caller.  Run
+directly (``python -m streams.serve_cli serve -c FILE``), :func:`_main` does
+the same: a message on stderr and exit code 2, never a traceback.
+
+The heavy imports (contract compilers, River through ``streams.sources``,
+aiohttp) happen inside the commands, so registering them keeps
+``driftline --help`` fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+import orjson
+from redis.exceptions import RedisError
+
+from schemas import SchemaError
+from sinks.redis_client import connect_redis
+from streams.errors import DriftlineError
+from streams.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from streams.registry import DeployedVersion
+
+_config_option = click.option(
+    "-c",
+    "--config",
+    "config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("driftline.yaml"),
+    show_default=True,
+    help="config file (YAML)",
+)
+
+
+@click.command()
+@_config_option
+def serve(config: Path) -> None:
+    """Serve online features and the registry over HTTP.
+
+    Listens on serve.host:serve.port (default 0.0.0.0:8080); set
+    DRIFTLINE_SERVE__TOKEN to require a bearer token on /v1.  Routes are
+    described at /openapi.json.  Run as many replicas as traffic needs: they
+    read Redis only and keep no state.
+    """
+    from streams.registry import load_catalog
+    from streams.serve import run_serve
+
+    settings = load_settings(config)
+    run_serve(settings, load_catalog(settings, str(config)))
+
+
+@click.command()
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON (the body of GET /v1/registry)")
+def registry(config: Path, as_json: bool) -> None:
+    """List feature group versions (active and retired) with their lineage.
+
+    Active: in the config.  Retired: recorded in Redis by a worker, no longer
+    in the config.
+    """
+    from streams.registry import build_registry, format_table, load_catalog
+
+    settings = load_settings(config)
+    catalog = load_catalog(settings, str(config))
+    deployed, problems = asyncio.run(_read_deployed(settings, list(catalog.groups)))
+    entries = build_registry(catalog, deployed)
+    for problem in problems:
+        click.echo(f"driftline: warning: registry record skipped: {problem}", err=True)
+    if as_json:
+        doc = {"groups": [e.as_dict() for e in entries]}
+        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(format_table(entries))
+
+
+async def _read_deployed(
+    settings: Settings, names: list[str]
+) -> tuple[list[DeployedVersion], list[str]]:
+    from streams.registry import read_deployed
+
+    redis_cfg = settings.redis
+    client = connect_redis(
+        redis_cfg.url,
+        username=redis_cfg.username,
+        password=redis_cfg.password.get_secret_value() if redis_cfg.password else None,
+        ssl_cafile=str(redis_cfg.ssl_cafile) if redis_cfg.ssl_cafile else None,
+        socket_timeout_s=redis_cfg.socket_timeout_s,
+    )
+    try:
+        return await read_deployed(client, redis_cfg.key_prefix, names)
+    except (RedisError, OSError) as exc:
+        raise DriftlineError(f"cannot read from Redis at {redis_cfg.url}: {exc}") from None
+    finally:
+        await client.aclose()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """driftline serving commands (also: driftline serve, driftline registry)."""
+
+
+cli.add_command(serve)
+cli.add_command(registry)
+
+
+def _main() -> None:
+    try:
+        cli()
+    except (DriftlineError, SchemaError) as exc:
+        click.echo(f"driftline: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    _main()
