@@ -17,6 +17,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    ProcessCollector,
     disable_created_metrics,
 )
 
@@ -34,6 +35,8 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 class WorkerMetrics:
     def __init__(self, sources: Iterable[str], registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        # process_start_time_seconds (uptime), CPU, RSS, open fds of the worker
+        ProcessCollector(registry=self.registry)
         r = self.registry
         self.consumed = Counter(
             "driftline_events_consumed", "Records read from source topics.", ["source"], registry=r
