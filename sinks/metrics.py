@@ -111,6 +111,12 @@ class WorkerMetrics:
             ["group"],
             registry=r,
         )
+        self.feature_newest_event = Gauge(
+            "driftline_feature_newest_event_timestamp_seconds",
+            "Event time of the newest event this worker wrote to a feature group (epoch s).",
+            ["group"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "driftline_consumer_lag_records",
             "Records between the last one fetched and the partition's fetch high-watermark.",

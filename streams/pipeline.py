@@ -212,6 +212,7 @@ class SourcePipeline:
         self.backoff = backoff or Backoff(0.2, 10.0)
         self._sleep = sleep
         self._partitions: dict[int, PartitionState] = {}
+        self._newest_written = 0.0
         decoder = parser.decoder
         self._registry_decoder = decoder if isinstance(decoder, ConfluentAvroDecoder) else None
 
@@ -406,8 +407,10 @@ class SourcePipeline:
             latency.observe(max(0.0, now - record.timestamp_ms / 1000))
         if self.groups:
             newest = max(event.event_time_ms for event in result.valid) / 1000
+            self._newest_written = max(self._newest_written, newest)
             for group in self.groups:
                 self.metrics.feature_freshness.labels(group=group.name).set(max(0.0, now - newest))
+                self.metrics.feature_newest_event.labels(group=group.name).set(self._newest_written)
 
     def _count(self, n_records: int, result: Classified, elapsed: float) -> None:
         m = self.metrics

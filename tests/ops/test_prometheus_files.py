@@ -30,6 +30,7 @@ EXPECTED_ALERTS = {
     "ConsumerStalled",
     "DeadLetterRateHigh",
     "RedisWriteErrors",
+    "FeatureFreshnessTooOld",
     "DriftIncidentOpen",
 }
 SEVERITIES = {"critical", "warning"}
