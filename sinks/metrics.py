@@ -130,6 +130,11 @@ class WorkerMetrics:
             registry=r,
         )
         self.up = Gauge("driftline_worker_up", "1 while the worker runs.", registry=r)
+        self.ready = Gauge(
+            "driftline_worker_ready",
+            "1 when the worker owns partitions and Redis answers (as /readyz; checked per scrape).",
+            registry=r,
+        )
         self.assigned_partitions = Gauge(
             "driftline_assigned_partitions",
             "Source partitions assigned to this worker.",

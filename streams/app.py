@@ -214,6 +214,7 @@ def create_app(
             log.debug("readiness: redis ping failed: %s", exc)
             redis_ok = False
         has_partitions = bool(holder.assigned)
+        metrics.ready.set(1 if redis_ok and has_partitions else 0)
         return redis_ok and has_partitions, {
             "redis": redis_ok,
             "assigned_partitions": len(holder.assigned),

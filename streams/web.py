@@ -93,6 +93,7 @@ class WebService(Service):
                     text="bearer token required\n",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
+        await self.readiness()  # refreshes driftline_worker_ready
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -230,6 +230,7 @@ def test_valid_events_once_invalid_ones_dead_lettered(
             applied = worker.metric_sum("driftline_applied_offset", source="tx", partition=str(partition))
             assert applied == offset, (partition, applied, offset)
         assert worker.metric_sum("driftline_consumer_lag_records", topic=f"tx-{suffix}") == 0
+        assert worker.metric_sum("driftline_worker_ready") == 1
         assert worker.metric_sum("driftline_event_time_lag_seconds_count", source="tx") > 0
         assert worker.metric_sum("driftline_processing_latency_seconds_count", source="tx") > 0
         assert 0 <= worker.metric_sum("driftline_feature_freshness_seconds", group="spend") < 120
