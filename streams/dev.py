@@ -32,7 +32,7 @@ from streams.demo import DemoEvents
 from streams.errors import DriftlineError
 from streams.settings import Settings, load_settings
 from streams.sources import build_feature_groups, build_parsers
-from streams.topics import ensure_topics
+from streams.topics import ensure_topics, topics_for
 
 DEFAULT_CONFIG = Path(__file__).parent / "defaults" / "dev.yaml"
 STATUS_EVERY_S = 5.0
@@ -303,12 +303,8 @@ def run_dev(options: DevOptions) -> int:
     _say(f"driftline dev: config {stack.config_path}, files in {stack.run_dir}")
     try:
         bootstrap, redis_url = stack.start_services()
-        topics: dict[str, int] = {}
-        for source in stack.settings.sources:
-            topics[source.topic] = stack.settings.kafka.topic_partitions
-            topics[source.dlq_topic] = stack.settings.kafka.topic_partitions
         kafka_kwargs = dict(stack.settings.kafka.aiokafka_kwargs(), bootstrap_servers=bootstrap)
-        asyncio.run(ensure_topics(kafka_kwargs, topics))
+        asyncio.run(ensure_topics(kafka_kwargs, topics_for(stack.settings)))
         log_path = stack.start_worker(bootstrap, redis_url)
         _say(
             f"  worker   pid {stack.worker.pid if stack.worker else '?'}; "

@@ -58,7 +58,6 @@ from urllib.parse import quote
 from streams.errors import DriftlineError
 
 __all__ = [
-    "DEFAULT_TOPIC_CONFIGS",
     "REDIS_BIN_ENV",
     "TANSU_BIN_ENV",
     "EmbeddedBroker",
@@ -81,15 +80,9 @@ TANSU_BIN_ENV = "DRIFTLINE_TANSU_BIN"
 #: Environment variable naming an explicit redis-server / valkey-server binary.
 REDIS_BIN_ENV = "DRIFTLINE_REDIS_SERVER_BIN"
 
-#: Configs sent with every topic :func:`create_topics` makes.  Tansu reports only
-#: the configs given at creation, so leaving them implicit would make
-#: ``describe_configs`` disagree between Tansu and Apache Kafka.
-DEFAULT_TOPIC_CONFIGS: Mapping[str, str] = {"retention.ms": "604800000"}
-
 _LOOPBACK = "127.0.0.1"
 _INSTALL_HINT = "pip install 'driftline[embedded]'"
 _PR_SET_PDEATHSIG = 1
-_TOPIC_ALREADY_EXISTS = 36
 _PORT_ATTEMPTS = 3
 _LOG_TAIL_BYTES = 4000
 # Environment variables Tansu reads as defaults for options we do not pass; left
@@ -868,54 +861,7 @@ async def create_topics(
     *,
     wait_s: float = 30.0,
 ) -> list[str]:
-    """Create *topics* (name -> partitions, replication factor 1).
+    """:func:`streams.topics.create_topics`, imported lazily (aiokafka is heavy)."""
+    from streams import topics as topic_admin
 
-    *configs* default to :data:`DEFAULT_TOPIC_CONFIGS`; pass ``{}`` for none.
-    Topics that already exist are left alone.  *wait_s* bounds both the broker's
-    creation timeout and the wait for metadata.  Returns the names actually
-    created, after waiting until metadata lists all their partitions (Apache
-    Kafka propagates new topics asynchronously; Tansu does so at once).
-    """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import for_code
-
-    if not topics:
-        return []
-    topic_configs = dict(DEFAULT_TOPIC_CONFIGS if configs is None else configs)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **dict(kafka_kwargs or {}))
-    await admin.start()
-    try:
-        response = await admin.create_topics(
-            [NewTopic(name, n, 1, topic_configs=topic_configs) for name, n in topics.items()],
-            timeout_ms=int(wait_s * 1000),
-        )
-        created: list[str] = []
-        failures: list[str] = []
-        for entry in response.topic_errors:
-            name, code, message = entry[0], entry[1], entry[2] if len(entry) > 2 else None
-            if code == 0:
-                created.append(name)
-            elif code != _TOPIC_ALREADY_EXISTS:
-                failures.append(f"{name}: {for_code(code).__name__} ({message or code})")
-        if failures:
-            raise EmbeddedError("could not create topics: " + "; ".join(failures))
-        await _await_partitions(admin, {t: topics[t] for t in created}, wait_s)
-        return created
-    finally:
-        await admin.close()
-
-
-async def _await_partitions(admin: Any, expected: Mapping[str, int], wait_s: float) -> None:
-    """Poll metadata until every topic in *expected* shows its partition count."""
-    if not expected:
-        return
-    deadline = time.monotonic() + wait_s
-    while True:
-        described = await admin.describe_topics(list(expected))
-        seen = {t["topic"]: len(t["partitions"]) for t in described if t.get("error_code", 0) == 0}
-        missing = [t for t, n in expected.items() if seen.get(t, 0) < n]
-        if not missing:
-            return
-        if time.monotonic() >= deadline:
-            raise EmbeddedError(f"topics not visible in metadata after {wait_s:.0f}s: {missing}")
-        await asyncio.sleep(0.1)
+    return await topic_admin.create_topics(bootstrap, topics, configs, kafka_kwargs, wait_s=wait_s)

@@ -83,15 +83,12 @@ class MonitorRunner:
         if held is not None:
             return held
         config = self.configs[name]
-        loaded: list[MonitorCheckpoint] = []
-
-        async def load() -> None:
-            loaded.append(await self.store.load(name))
-
-        await until_done(
-            load, what=f"checkpoint of monitor {name}", backoff=self.backoff, sleep=self._sleep
+        checkpoint = await until_done(
+            lambda: self.store.load(name),
+            what=f"checkpoint of monitor {name}",
+            backoff=self.backoff,
+            sleep=self._sleep,
         )
-        checkpoint = loaded[-1]
         monitor = SegmentedMonitor(config)
         if checkpoint.state is not None:
             try:
@@ -163,15 +160,13 @@ class MonitorRunner:
 
     async def _save(self, name: str, held: _Held) -> None:
         held.checkpoint.state = held.monitor.to_state()
-        saved: list[bool] = []
-
-        async def save() -> None:
-            saved.append(await self.store.save(name, held.checkpoint))
-
-        await until_done(
-            save, what=f"checkpoint of monitor {name}", backoff=self.backoff, sleep=self._sleep
+        saved = await until_done(
+            lambda: self.store.save(name, held.checkpoint),
+            what=f"checkpoint of monitor {name}",
+            backoff=self.backoff,
+            sleep=self._sleep,
         )
-        if not saved[-1]:
+        if not saved:
             log.warning("monitor %s: another worker saved a newer checkpoint; reloading it", name)
             self._held.pop(name, None)
 

@@ -47,7 +47,7 @@ from schemas.wire import ConfluentAvroDecoder
 from sinks.feature_store import FeatureStore, PartitionState
 from sinks.kafka_sink import KafkaSink
 from sinks.metrics import WorkerMetrics
-from streams.retry import Backoff, until_done
+from streams.retry import Backoff, T, until_done
 
 log = logging.getLogger(__name__)
 
@@ -293,14 +293,11 @@ class SourcePipeline:
         if cached is not None:
             return cached
         store = self.store
-        loaded: list[PartitionState] = []
-
-        async def load() -> None:
-            loaded.append(await store.partition_state(self.source, partition))
-
-        await self._until_done("redis", load)
-        self._partitions[partition] = loaded[0]
-        return loaded[0]
+        loaded = await self._until_done(
+            "redis", lambda: store.partition_state(self.source, partition)
+        )
+        self._partitions[partition] = loaded
+        return loaded
 
     async def _apply(
         self,
@@ -312,24 +309,21 @@ class SourcePipeline:
     ) -> bool:
         assert self.store is not None
         store = self.store
-        outcome: list[tuple[bool, int]] = []
 
-        async def write() -> None:
+        async def write() -> tuple[bool, int]:
             t0 = time.perf_counter()
-            outcome.append(
-                await store.apply(
-                    self.source,
-                    partition,
-                    expected_offset=state.offset,
-                    new_offset=new_offset,
-                    watermark_ms=watermark,
-                    deltas=deltas,
-                )
+            outcome = await store.apply(
+                self.source,
+                partition,
+                expected_offset=state.offset,
+                new_offset=new_offset,
+                watermark_ms=watermark,
+                deltas=deltas,
             )
             self.metrics.redis_write_seconds.observe(time.perf_counter() - t0)
+            return outcome
 
-        await self._until_done("redis", write)
-        ok, _stored = outcome[-1]
+        ok, _stored = await self._until_done("redis", write)
         if ok:
             self._partitions[partition] = PartitionState(new_offset, watermark)
             self.metrics.applied_offset.labels(source=self.source, partition=str(partition)).set(
@@ -381,9 +375,9 @@ class SourcePipeline:
         if wanted:
             await asyncio.to_thread(decoder.resolve, wanted)
 
-    async def _until_done(self, target: str, effect: Callable[[], Awaitable[None]]) -> None:
+    async def _until_done(self, target: str, effect: Callable[[], Awaitable[T]]) -> T:
         counter = self.metrics.effect_errors.labels(source=self.source, target=target)
-        await until_done(
+        return await until_done(
             effect,
             what=f"{target} for source {self.source}",
             backoff=self.backoff,

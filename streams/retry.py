@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +46,14 @@ def is_transient(exc: BaseException) -> bool:
 
 
 async def until_done(
-    effect: Callable[[], Awaitable[None]],
+    effect: Callable[[], Awaitable[T]],
     *,
     what: str,
     backoff: Backoff,
     sleep: Callable[[float], Awaitable[None]],
     on_error: Callable[[], None] = lambda: None,
-) -> None:
-    """Run ``effect`` until it succeeds, sleeping with ``backoff`` between attempts.
+) -> T:
+    """Run ``effect`` until it succeeds (returning its result), with ``backoff`` between attempts.
 
     Connection trouble is logged as a warning; anything else with its
     traceback. Both are retried: the batch must not be acknowledged before
@@ -59,7 +62,7 @@ async def until_done(
     attempt = 0
     while True:
         try:
-            await effect()
+            result = await effect()
         except Exception as exc:
             if not is_transient(exc):
                 log.exception("unexpected error writing %s", what)
@@ -74,6 +77,6 @@ async def until_done(
             )
         else:
             backoff.reset()
-            return
+            return result
         attempt += 1
         await sleep(backoff.next_delay())

@@ -17,7 +17,7 @@ from streams.app import create_app, redis_client
 from streams.errors import ConfigError, DriftlineError
 from streams.logs import logging_config
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import ensure_topics, topics_for
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,7 @@ def run_worker(
         register_feature_groups(settings, [g for gs in (groups or {}).values() for g in gs])
     )
     if settings.kafka.create_topics:
-        topics: dict[str, int] = {}
-        for source in settings.sources:
-            topics[source.topic] = settings.kafka.topic_partitions
-            topics[source.dlq_topic] = settings.kafka.topic_partitions
-        if settings.monitors:
-            topics[settings.values_topic] = settings.drift.values_partitions
-            topics[settings.drift.alerts_topic] = settings.kafka.topic_partitions
-        asyncio.run(ensure_topics(settings.kafka.aiokafka_kwargs(), topics))
+        asyncio.run(ensure_topics(settings.kafka.aiokafka_kwargs(), topics_for(settings)))
     log.info(
         "driftline worker starting: group %s, sources %s, broker %s",
         settings.app_id,
