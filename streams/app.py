@@ -28,7 +28,7 @@ from sinks.feature_store import RedisFeatureStore
 from sinks.kafka_sink import BufferedKafkaSink
 from sinks.metrics import WorkerMetrics
 from sinks.monitor_store import RedisMonitorStore
-from sinks.redis_client import connect_redis
+from streams.clients import redis_client
 from streams.errors import ConfigError
 from streams.monitors import MonitorRunner
 from streams.pipeline import SourcePipeline
@@ -95,17 +95,6 @@ def _make_monitor_agent(
             app.ack_batch(batch)
 
     return monitor
-
-
-def redis_client(settings: Settings) -> Any:
-    redis_cfg = settings.redis
-    return connect_redis(
-        redis_cfg.url,
-        username=redis_cfg.username,
-        password=redis_cfg.password.get_secret_value() if redis_cfg.password else None,
-        ssl_cafile=str(redis_cfg.ssl_cafile) if redis_cfg.ssl_cafile else None,
-        socket_timeout_s=redis_cfg.socket_timeout_s,
-    )
 
 
 def create_app(

@@ -7,10 +7,11 @@ import time
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from features.definitions import FeatureGroup
 from sinks.feature_store import RedisFeatureStore
-from streams.app import redis_client
+from streams.clients import redis_client
 from streams.errors import ConfigError, DriftlineError
 from streams.settings import Settings
 from streams.sources import build_feature_groups, build_parsers
@@ -60,12 +61,8 @@ async def _read(
         return await RedisFeatureStore(client, prefix=settings.redis.key_prefix).get(
             group, entities, as_of_ms=as_of_ms
         )
-    except (OSError, ConnectionError) as exc:
+    except (RedisError, OSError) as exc:
         raise DriftlineError(f"cannot read from Redis at {settings.redis.url}: {exc}") from None
-    except Exception as exc:
-        if type(exc).__name__ in {"ConnectionError", "TimeoutError", "AuthenticationError"}:
-            raise DriftlineError(f"cannot read from Redis at {settings.redis.url}: {exc}") from None
-        raise
     finally:
         await client.aclose()
 

@@ -13,7 +13,8 @@ from drift import MonitorConfig
 from features.definitions import FeatureGroup
 from schemas import EventParser
 from sinks.feature_store import FeatureVersionConflict, RedisFeatureStore
-from streams.app import create_app, redis_client
+from streams.app import create_app
+from streams.clients import redis_client
 from streams.errors import ConfigError, DriftlineError
 from streams.logs import logging_config
 from streams.settings import Settings

@@ -81,7 +81,7 @@ from features.engine import read_features
 from features.exceptions import CodecError
 from features.state import EntityState
 from sinks.feature_store import RedisFeatureStore
-from sinks.redis_client import connect_redis
+from streams.clients import redis_client
 from streams.errors import DriftlineError
 from streams.logs import logging_config
 from streams.registry import Catalog, RegistryReader
@@ -761,13 +761,7 @@ def openapi_document(
 def create_app(settings: Settings, catalog: Catalog) -> web.Application:
     """The serving application for ``settings``; its Redis client closes with the app."""
     redis_cfg = settings.redis
-    client = connect_redis(
-        redis_cfg.url,
-        username=redis_cfg.username,
-        password=redis_cfg.password.get_secret_value() if redis_cfg.password else None,
-        ssl_cafile=str(redis_cfg.ssl_cafile) if redis_cfg.ssl_cafile else None,
-        socket_timeout_s=redis_cfg.socket_timeout_s,
-    )
+    client = redis_client(settings)
     serve = settings.serve
     reader = RegistryReader(client, catalog)
     api = FeatureApi(

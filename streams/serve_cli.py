@@ -26,7 +26,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from schemas import SchemaError
-from sinks.redis_client import connect_redis
+from streams.clients import redis_client
 from streams.errors import DriftlineError
 from streams.settings import Settings, load_settings
 
@@ -91,13 +91,7 @@ async def _read_deployed(
     from streams.registry import read_deployed
 
     redis_cfg = settings.redis
-    client = connect_redis(
-        redis_cfg.url,
-        username=redis_cfg.username,
-        password=redis_cfg.password.get_secret_value() if redis_cfg.password else None,
-        ssl_cafile=str(redis_cfg.ssl_cafile) if redis_cfg.ssl_cafile else None,
-        socket_timeout_s=redis_cfg.socket_timeout_s,
-    )
+    client = redis_client(settings)
     try:
         return await read_deployed(client, redis_cfg.key_prefix, names)
     except (RedisError, OSError) as exc:
