@@ -1,4 +1,4 @@
-"""Drift monitors: values in, incident alerts out (pure: no Kafka, Redis or Faust).
+"""Monitors of the data: drift and quality (pure: no Kafka, Redis or Faust).
 
 The pieces, in the order a value meets them:
 
@@ -7,8 +7,11 @@ The pieces, in the order a value meets them:
 * :mod:`drift.reference`  the warm-up sample and the normal scores against it;
 * :mod:`drift.detectors`  River's Page-Hinkley and ADWIN on the scores;
 * :mod:`drift.monitor`    warm-up, incidents (opened / updated / closed), checkpoints;
-* :mod:`drift.alerts`     the :class:`Alert` record and its JSON (``schemas/contracts/drift_alert.schema.json``);
-* :mod:`drift.state`      checkpoint framing (format version, configuration check).
+* :mod:`drift.alerts`     the :class:`Alert` record and its JSON
+                          (``schemas/contracts/drift_alert.schema.json``);
+* :mod:`drift.state`      checkpoint framing (format version, configuration check);
+* :mod:`drift.quality`    data-quality checks of a source: completeness, uniqueness,
+                          ranges and domains (counted, optionally dead-lettered).
 
 ``bench/drift_quality.py`` measures false alarms and detection delays of the
 defaults; the numbers are in its docstring.

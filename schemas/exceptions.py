@@ -53,6 +53,7 @@ STAGE_DESERIALIZE = "deserialize"
 STAGE_VALIDATE = "validate"
 STAGE_EXTRACT = "extract"
 STAGE_TIME = "time"
+STAGE_QUALITY = "quality"
 
 #: Every reason code the contract layer can produce, with its stage.  The
 #: worker pre-creates a metric series per reason so dashboards show zeros
@@ -74,6 +75,10 @@ REASONS: dict[str, str] = {
     # decided by the feature stage, against the partition's event-time watermark
     "late": STAGE_TIME,
     "future": STAGE_TIME,
+    # decided by the source's data-quality checks when they route to the dead-letter topic
+    "out_of_range": STAGE_QUALITY,
+    "not_allowed": STAGE_QUALITY,
+    "duplicate": STAGE_QUALITY,
 }
 
 

@@ -186,6 +186,42 @@ class WorkerMetrics:
             ["monitor"],
             registry=r,
         )
+        self.quality_events = Counter(
+            "driftline_quality_events",
+            "Valid events seen by the source's data-quality checks (the rates' denominator).",
+            ["source"],
+            registry=r,
+        )
+        self.quality_missing = Counter(
+            "driftline_quality_missing",
+            "Valid events in which the field was absent or null (completeness).",
+            ["source", "field"],
+            registry=r,
+        )
+        self.quality_violations = Counter(
+            "driftline_quality_violations",
+            "Range (min, max, type) and domain (allowed) check violations.",
+            ["source", "field", "check"],
+            registry=r,
+        )
+        self.quality_duplicates = Counter(
+            "driftline_quality_duplicates",
+            "Events whose id was already seen within the uniqueness horizon.",
+            ["source"],
+            registry=r,
+        )
+        self.quality_dedup_evicted = Counter(
+            "driftline_quality_dedup_evicted",
+            "Ids forgotten before their horizon because of max_ids (their duplicates are missed).",
+            ["source"],
+            registry=r,
+        )
+        self.quality_dedup_ids = Gauge(
+            "driftline_quality_dedup_ids",
+            "Ids the uniqueness check remembers on this worker (its memory).",
+            ["source"],
+            registry=r,
+        )
         self.build = Info("driftline_build", "Version of the running worker.", registry=r)
         for source in sources:
             for label in (self.consumed, self.valid, self.dead_letters, self.replayed):
@@ -194,3 +230,15 @@ class WorkerMetrics:
                 self.invalid.labels(source=source, reason=reason)
             for target in ("redis", "dead_letter"):
                 self.effect_errors.labels(source=source, target=target)
+
+    def declare_quality(
+        self, source: str, completeness: Iterable[str], checks: Iterable[tuple[str, str]]
+    ) -> None:
+        """Pre-create a source's quality series so dashboards show zeros, not gaps."""
+        self.quality_events.labels(source=source)
+        self.quality_duplicates.labels(source=source)
+        self.quality_dedup_evicted.labels(source=source)
+        for name in completeness:
+            self.quality_missing.labels(source=source, field=name)
+        for name, check in checks:
+            self.quality_violations.labels(source=source, field=name, check=check)

@@ -22,6 +22,7 @@ import faust
 from faust.types import StreamT
 
 from drift import MonitorConfig
+from drift.quality import QualityChecker
 from features.definitions import FeatureGroup
 from schemas import EventParser, SchemaError
 from sinks.feature_store import RedisFeatureStore
@@ -34,7 +35,7 @@ from streams.monitors import MonitorRunner
 from streams.pipeline import SourcePipeline
 from streams.retry import Backoff
 from streams.settings import KafkaSettings, Settings
-from streams.sources import build_feature_groups, build_monitors, build_parsers
+from streams.sources import build_feature_groups, build_monitors, build_parsers, build_quality
 from streams.transport import App as BatchApp
 from streams.transport import RecordBatch
 from streams.web import WebService, bind_socket
@@ -103,6 +104,7 @@ def create_app(
     parsers: dict[str, EventParser] | None = None,
     groups: dict[str, tuple[FeatureGroup, ...]] | None = None,
     monitors: dict[str, tuple[MonitorConfig, ...]] | None = None,
+    quality: dict[str, QualityChecker] | None = None,
     metrics: WorkerMetrics | None = None,
 ) -> DriftlineApp:
     """Build the worker's Faust app from settings.  Raises ``SchemaError`` on bad contracts."""
@@ -111,6 +113,8 @@ def create_app(
         groups = build_feature_groups(settings, parsers, "config")
     if monitors is None:
         monitors = build_monitors(settings, parsers, "config")
+    if quality is None:
+        quality = build_quality(settings, parsers, "config")
     metrics = metrics or WorkerMetrics([s.name for s in settings.sources])
     metrics.build.info({"version": VERSION, "faust": faust.__version__})
     kafka = settings.kafka
@@ -159,6 +163,7 @@ def create_app(
             values_topic=settings.values_topic,
             allowed_lateness_ms=source.allowed_lateness_ms,
             future_tolerance_ms=source.future_tolerance_ms,
+            quality=quality[source.name],
             metrics=metrics,
             backoff=Backoff(worker.retry_backoff_initial_s, worker.retry_backoff_max_s),
         )

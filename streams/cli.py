@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
+from drift.quality import QualityChecker
 from schemas import SchemaError
 from streams.errors import ConfigError, DriftlineError
 from streams.settings import Settings, load_settings
@@ -70,12 +71,13 @@ def main() -> None:
 @user_errors
 def check_config(config: Path) -> None:
     """Validate CONFIG and its contract files without connecting anywhere."""
-    from streams.sources import build_feature_groups, build_monitors, build_parsers
+    from streams.sources import build_feature_groups, build_monitors, build_parsers, build_quality
 
     settings = _load(config)
     parsers = build_parsers(settings)
     groups = build_feature_groups(settings, parsers, str(config))
     monitors = build_monitors(settings, parsers, str(config))
+    quality = build_quality(settings, parsers, str(config))
     click.echo(f"{config}: OK")
     click.echo(
         f"  kafka   {settings.kafka.bootstrap_servers} ({settings.kafka.security_protocol}), "
@@ -106,6 +108,9 @@ def check_config(config: Path) -> None:
                 f"{len(group.feature_names())} features over {windows}; "
                 f"fingerprint {group.fingerprint()[:12]}"
             )
+        checks = _describe_quality(quality[source.name])
+        if checks:
+            click.echo(f"  quality {source.name}: {checks}")
         for monitor in monitors.get(source.name, ()):
             segments = f" by {monitor.segment_by}" if monitor.segment_by else ""
             click.echo(
@@ -118,20 +123,34 @@ def check_config(config: Path) -> None:
         )
 
 
+def _describe_quality(checker: QualityChecker) -> str:
+    parts = []
+    if checker.completeness:
+        parts.append(f"completeness of {len(checker.completeness)} fields")
+    config = checker.config
+    if config.unique is not None:
+        u = config.unique
+        parts.append(f"unique {u.field} within {u.horizon} ({u.action})")
+    if config.fields:
+        parts.append(f"range/domain of {', '.join(config.fields)} ({config.on_violation})")
+    return "; ".join(parts)
+
+
 @main.command()
 @config_option
 @user_errors
 def worker(config: Path) -> None:
     """Run the stream worker (many instances share one consumer group)."""
-    from streams.sources import build_feature_groups, build_monitors, build_parsers
+    from streams.sources import build_feature_groups, build_monitors, build_parsers, build_quality
 
     settings = _load(config)
     parsers = build_parsers(settings)  # contract errors surface before Faust starts
     groups = build_feature_groups(settings, parsers, str(config))
     monitors = build_monitors(settings, parsers, str(config))
+    quality = build_quality(settings, parsers, str(config))
     from streams.runner import run_worker
 
-    run_worker(settings, parsers, groups, monitors)
+    run_worker(settings, parsers, groups, monitors, quality)
 
 
 @main.group()

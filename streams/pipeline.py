@@ -15,7 +15,9 @@ acknowledged half-done and never dropped.
       ▼
     classify (contract) ──invalid──────────────────────────────┐
       │ valid                                                  │
-      ▼                                                        ▼
+      ▼                                                        │
+    data-quality checks (counted) ──routed violations──────────┤
+      │                                                        ▼
     event time vs. record time and partition watermark ──late/future──► dead-letter topic
       │ accepted
       ▼
@@ -37,6 +39,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from drift.config import MonitorConfig
+from drift.quality import QualityChecker, QualityReport
 from features.definitions import FeatureGroup
 from features.engine import build_deltas
 from features.state import EntityState
@@ -78,6 +81,7 @@ class Classified:
     valid_records: list[RawRecord] = field(default_factory=list)
     rejected: list[tuple[RawRecord, Rejection]] = field(default_factory=list)
     replayed: int = 0
+    quality: QualityReport | None = None
 
     def reasons(self) -> Counter[str]:
         return Counter(rejection.reason for _, rejection in self.rejected)
@@ -195,6 +199,7 @@ class SourcePipeline:
         values_topic: str = "",
         allowed_lateness_ms: int = 30_000,
         future_tolerance_ms: int = 300_000,
+        quality: QualityChecker | None = None,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -209,6 +214,9 @@ class SourcePipeline:
         self.metrics = metrics
         self.allowed_lateness_ms = allowed_lateness_ms
         self.future_tolerance_ms = future_tolerance_ms
+        self.quality = quality
+        if quality is not None:
+            metrics.declare_quality(source, quality.completeness, quality.checks())
         self.backoff = backoff or Backoff(0.2, 10.0)
         self._sleep = sleep
         self._partitions: dict[int, PartitionState] = {}
@@ -230,6 +238,10 @@ class SourcePipeline:
             total.valid_records += result.valid_records
             total.rejected += result.rejected
             total.replayed += result.replayed
+            if result.quality is not None:
+                if total.quality is None:
+                    total.quality = QualityReport()
+                total.quality.add(result.quality)
         self._count(len(records), total, time.perf_counter() - started)
         self._observe_time(total)
         return total
@@ -240,6 +252,8 @@ class SourcePipeline:
             fresh = records if state is None else [r for r in records if r.offset > state.offset]
             result = classify(self.parser, fresh)
             result.replayed = len(records) - len(fresh)
+            if self.quality is not None and result.valid:
+                self._check_quality(partition, result)
             deltas: list[tuple[FeatureGroup, Mapping[str, EntityState]]] = []
             watermark = state.watermark_ms if state is not None else None
             if state is not None and fresh:
@@ -285,6 +299,26 @@ class SourcePipeline:
                 self.source,
                 partition,
             )
+
+    def _check_quality(self, partition: int, result: Classified) -> None:
+        """Count the batch's data-quality findings; move routed violations to ``rejected``."""
+        assert self.quality is not None
+        records = result.valid_records
+        report = self.quality.check(partition, result.valid, [r.offset for r in records])
+        result.quality = report
+        if not report.refused:
+            return
+        refused = {i for i, _, _ in report.refused}
+        result.rejected = sorted(
+            result.rejected
+            + [
+                (records[i], Rejection(REASONS[reason], reason, message, "QualityCheck"))
+                for i, reason, message in report.refused
+            ],
+            key=lambda pair: pair[0].offset,
+        )
+        result.valid = [e for i, e in enumerate(result.valid) if i not in refused]
+        result.valid_records = [r for i, r in enumerate(records) if i not in refused]
 
     async def _partition_state(self, partition: int) -> PartitionState | None:
         if self.store is None:
@@ -417,5 +451,22 @@ class SourcePipeline:
             for reason, n in result.reasons().items():
                 m.invalid.labels(source=src, reason=reason).inc(n)
             m.dead_letters.labels(source=src).inc(len(result.rejected))
+        if result.quality is not None:
+            self._count_quality(result.quality)
         m.batch_size.labels(source=src).observe(n_records)
         m.batch_seconds.labels(source=src).observe(elapsed)
+
+    def _count_quality(self, report: QualityReport) -> None:
+        m = self.metrics
+        src = self.source
+        m.quality_events.labels(source=src).inc(report.events)
+        for name, n in report.missing.items():
+            m.quality_missing.labels(source=src, field=name).inc(n)
+        for (name, check), n in report.violations.items():
+            m.quality_violations.labels(source=src, field=name, check=check).inc(n)
+        if report.duplicates:
+            m.quality_duplicates.labels(source=src).inc(report.duplicates)
+        if report.evicted:
+            m.quality_dedup_evicted.labels(source=src).inc(report.evicted)
+        if self.quality is not None and self.quality.config.unique is not None:
+            m.quality_dedup_ids.labels(source=src).set(self.quality.tracked_ids())

@@ -10,6 +10,7 @@ import time
 import faust
 
 from drift import MonitorConfig
+from drift.quality import QualityChecker
 from features.definitions import FeatureGroup
 from schemas import EventParser
 from sinks.feature_store import FeatureVersionConflict, RedisFeatureStore
@@ -61,11 +62,14 @@ def run_worker(
     parsers: dict[str, EventParser] | None = None,
     groups: dict[str, tuple[FeatureGroup, ...]] | None = None,
     monitors: dict[str, tuple[MonitorConfig, ...]] | None = None,
+    quality: dict[str, QualityChecker] | None = None,
 ) -> None:
     """Build the app and run it until SIGTERM/SIGINT; returns after a graceful stop."""
     config = logging_config(settings.worker.log_level, settings.worker.log_format)
     logging.config.dictConfig(config)
-    driftline = create_app(settings, parsers=parsers, groups=groups, monitors=monitors)
+    driftline = create_app(
+        settings, parsers=parsers, groups=groups, monitors=monitors, quality=quality
+    )
     asyncio.run(
         register_feature_groups(settings, [g for gs in (groups or {}).values() for g in gs])
     )

@@ -36,6 +36,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from drift.quality import QualityConfig
 from streams.errors import ConfigError
 
 ENV_PREFIX = "DRIFTLINE_"
@@ -231,6 +232,10 @@ class SourceSettings(_Section):
     future_tolerance: str = Field(
         "5m", description="events further ahead of the worker's clock than this are refused"
     )
+    quality: QualityConfig = Field(
+        default_factory=QualityConfig,
+        description="data-quality checks: completeness, uniqueness, ranges and domains",
+    )
 
     @field_validator("allowed_lateness", "future_tolerance")
     @classmethod
@@ -373,8 +378,14 @@ def _suggest(loc: tuple[int | str, ...]) -> str:
 
 def format_validation_error(exc: ValidationError, origin: str, data: Mapping[str, Any]) -> str:
     lines = [f"{origin}: invalid configuration"]
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors:
         loc = tuple(err["loc"])
+        if err["type"] == "too_short" and any(
+            len(other["loc"]) > len(loc) and tuple(other["loc"][: len(loc)]) == loc
+            for other in errors
+        ):
+            continue  # "at least 1 item, not 0" only because an item failed: said above
         where = _format_loc(loc, data)
         if err["type"] == "extra_forbidden":
             lines.append(f"  {where}: unknown key{_suggest(loc)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from drift.config import MonitorConfig
 from drift.exceptions import DriftConfigError
+from drift.quality import QualityChecker
 from features.definitions import FeatureGroup
 from features.exceptions import FeatureDefinitionError
 from schemas import EventParser, build_parser
@@ -139,3 +140,28 @@ def build_monitors(
                 )
         by_source[source.name].append(monitor)
     return {name: tuple(monitors) for name, monitors in by_source.items()}
+
+
+def build_quality(
+    settings: Settings, parsers: dict[str, EventParser], origin: str
+) -> dict[str, QualityChecker]:
+    """One data-quality checker per source; fields must exist in the contract."""
+    checkers: dict[str, QualityChecker] = {}
+    for index, source in enumerate(settings.sources):
+        config = source.quality
+        declared = _declared_fields(parsers[source.name])
+        label = f"{origin}: sources[{index}]({source.name}).quality"
+        if declared:
+            named = [
+                *(("completeness", f) for f in config.completeness or ()),
+                *(("fields", f) for f in config.fields),
+                *((("unique.field", config.unique.field),) if config.unique else ()),
+            ]
+            for key, name in named:
+                if name not in declared:
+                    raise ConfigError(
+                        f"{label}.{key}: field {name!r} is not declared in the contract "
+                        f"{source.schema_file.name}"
+                    )
+        checkers[source.name] = QualityChecker(config, contract_fields=declared)
+    return checkers

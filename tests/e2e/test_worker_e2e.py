@@ -227,7 +227,9 @@ def test_valid_events_once_invalid_ones_dead_lettered(
         for partition, offset in tx_meta:
             last_offsets[partition] = max(last_offsets.get(partition, -1), offset)
         for partition, offset in last_offsets.items():
-            applied = worker.metric_sum("driftline_applied_offset", source="tx", partition=str(partition))
+            applied = worker.metric_sum(
+                "driftline_applied_offset", source="tx", partition=str(partition)
+            )
             assert applied == offset, (partition, applied, offset)
         assert worker.metric_sum("driftline_consumer_lag_records", topic=f"tx-{suffix}") == 0
         assert worker.metric_sum("driftline_worker_ready") == 1

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from drift.quality import QualityChecker, QualityConfig
 from features.definitions import FeatureGroup
 from schemas import REASONS, InvalidEvent, ParsedEvent, build_parser
 from schemas.deadletter import parse_dead_letter_headers
@@ -57,7 +58,7 @@ GROUP = FeatureGroup.from_config(
 )
 
 
-def make_pipeline(store=None, dlq=None, max_event_bytes=4096, groups=(GROUP,)):
+def make_pipeline(store=None, dlq=None, max_event_bytes=4096, groups=(GROUP,), quality=None):
     sleeps: list[float] = []
 
     async def fake_sleep(delay: float) -> None:
@@ -73,6 +74,7 @@ def make_pipeline(store=None, dlq=None, max_event_bytes=4096, groups=(GROUP,)):
         metrics=WorkerMetrics(["transactions"], CollectorRegistry()),
         backoff=Backoff(0.1, 0.4),
         sleep=fake_sleep,
+        quality=quality,
     )
     return pipeline, sleeps
 
@@ -282,3 +284,70 @@ async def test_sources_without_feature_groups_only_validate() -> None:
     pipeline, _ = make_pipeline(store=MemoryFeatureStore(), groups=())
     result = await pipeline.process([rec(tx("u1", 1, 1.0), 0), rec(b"nope", 1)])
     assert len(result.valid) == 1 and len(result.rejected) == 1
+
+
+def quality_checker(**raw: object) -> QualityChecker:
+    contract_fields = make_parser().decoder.contract.top_level_properties
+    return QualityChecker(QualityConfig.model_validate(raw), contract_fields)
+
+
+def metric(pipeline: SourcePipeline, name: str, **labels: str) -> float:
+    value = pipeline.metrics.registry.get_sample_value(name, {"source": "transactions", **labels})
+    assert value is not None, (name, labels)
+    return value
+
+
+async def test_quality_checks_count_and_route_violations_and_duplicates() -> None:
+    store = MemoryFeatureStore()
+    dlq = MemoryKafkaSink()
+    quality = quality_checker(
+        completeness=["currency", "country"],
+        unique={"field": "event_id", "action": "dead_letter"},
+        fields={"amount": {"min": 0, "max": 100}, "category": {"allowed": ["fuel", "food"]}},
+        on_violation="dead_letter",
+    )
+    pipeline, _ = make_pipeline(store=store, dlq=dlq, quality=quality)
+    # the metric series exist before any event: dashboards show zeros, not gaps
+    assert metric(pipeline, "driftline_quality_missing_total", field="currency") == 0
+    assert metric(pipeline, "driftline_quality_violations_total", field="amount", check="max") == 0
+    batch = [
+        rec(tx("u1", 1_000, 5.0), 0),
+        rec(tx("u1", 1_000, 5.0), 1),  # the same event again: duplicate
+        rec(tx("u1", 2_000, 500.0), 2),  # above max
+        rec(tx("u1", 3_000, 7.0, category="health"), 3),  # not allowed here
+        rec(tx("u1", 4_000, 1.0), 4),
+    ]
+    result = await pipeline.process(batch)
+    reasons = {
+        int(parse_dead_letter_headers(h)["offset"]): parse_dead_letter_headers(h)["reason"]
+        for *_, h in dlq.written
+    }
+    assert reasons == {1: "duplicate", 2: "out_of_range", 3: "not_allowed"}
+    for *_, headers in dlq.written:
+        assert parse_dead_letter_headers(headers)["stage"] == "quality"
+    assert len(result.valid) == 2
+    [vector] = await store.get(GROUP, ["u1"], as_of_ms=4_000)
+    assert vector.values["amount_count_1m"] == 2 and vector.values["amount_sum_1h"] == 6.0
+    assert metric(pipeline, "driftline_quality_events_total") == 5
+    assert metric(pipeline, "driftline_quality_missing_total", field="currency") == 5
+    assert metric(pipeline, "driftline_quality_duplicates_total") == 1
+    assert metric(pipeline, "driftline_quality_violations_total", field="amount", check="max") == 1
+    check = {"field": "category", "check": "allowed"}
+    assert metric(pipeline, "driftline_quality_violations_total", **check) == 1
+    assert metric(pipeline, "driftline_events_invalid_total", reason="duplicate") == 1
+    assert metric(pipeline, "driftline_quality_dedup_ids") == 4
+
+
+async def test_quality_counts_only_by_default_and_replays_keep_their_verdicts() -> None:
+    store = MemoryFeatureStore()
+    quality = quality_checker(unique={"field": "event_id"}, fields={"amount": {"max": 100}})
+    pipeline, _ = make_pipeline(store=store, quality=quality)
+    batch = [rec(tx("u1", 1_000, 5.0), 0), rec(tx("u1", 1_000, 5.0), 1), rec(tx("u1", 2, 500), 2)]
+    result = await pipeline.process(batch[:2])
+    assert len(result.valid) == 2 and not result.rejected  # counted, not routed
+    # a redelivery of the batch (offsets already applied) is skipped, not re-counted
+    again = await pipeline.process(batch)
+    assert again.replayed == 2 and len(again.valid) == 1
+    assert metric(pipeline, "driftline_quality_duplicates_total") == 1
+    assert metric(pipeline, "driftline_quality_violations_total", field="amount", check="max") == 1
+    assert metric(pipeline, "driftline_quality_events_total") == 3

@@ -115,3 +115,27 @@ def test_bad_bootstrap_and_yaml_position(tmp_path: Path) -> None:
     path.write_text("sources:\n  - name: a\n    topic: [unclosed\n")
     with pytest.raises(ConfigError, match=r"broken.yaml:\d+:\d+: not valid YAML"):
         load_settings(path, env={})
+
+
+def test_quality_section_is_typed_and_errors_name_the_key(tmp_path: Path) -> None:
+    quality = "    quality:\n      unique: {field: event_id, horizon: 2h}\n"
+    s = load(tmp_path, quality)
+    assert s.sources[0].quality.unique is not None
+    assert s.sources[0].quality.unique.horizon_ms == 2 * 3_600_000
+    bad = "    quality:\n      unique: {field: event_id, horizon: 2 hours}\n"
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, bad)
+    message = str(info.value)
+    assert "sources[0](tx).quality.unique.horizon: '2 hours' is not a duration" in message
+    assert "at least 1 item" not in message  # no echo of the failed list itself
+
+
+def test_quality_fields_must_be_in_the_contract(tmp_path: Path) -> None:
+    from streams.sources import build_parsers, build_quality
+
+    s = load(tmp_path, "    quality:\n      fields: {amout: {max: 1}}\n")
+    with pytest.raises(ConfigError, match=r"quality.fields: field 'amout' is not declared"):
+        build_quality(s, build_parsers(s), "c.yaml")
+    s = load(tmp_path, "    quality:\n      completeness: [amount, currency]\n")
+    [checker] = build_quality(s, build_parsers(s), "c.yaml").values()
+    assert checker.completeness == ("amount", "currency")
