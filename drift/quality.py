@@ -8,7 +8,9 @@ events the configuration wants routed to the dead-letter topic::
       - name: transactions
         ...
         quality:
-          completeness: [currency, country]  # default: every top-level field of the contract
+          completeness:                      # default: every top-level field of the contract
+            country: 0.01                    # alert when more than 1 % are absent or null
+            currency: 1.0                    # counted, never alerted on
           unique:                            # duplicate event ids
             field: event_id
             horizon: 1h                      # of event time
@@ -20,6 +22,11 @@ events the configuration wants routed to the dead-letter topic::
           on_violation: count                # or dead_letter
 
 **Completeness.**  Per field, events where the field is absent or ``null``.
+``completeness`` is a list of fields (each alerted on above 5 % missing) or a
+mapping field -> highest acceptable missing ratio; the ratio is exported as a
+gauge so one Prometheus rule serves every field.  Left out, every top-level
+field of the contract is counted and none is alerted on: a field that is
+optional by contract has no known normal rate.
 
 **Range and domain.**  ``min``/``max`` are inclusive; a value that is not a
 number (a string, a boolean, NaN) under a range check is a ``type`` violation.
@@ -63,6 +70,8 @@ REASON_NOT_ALLOWED = "not_allowed"
 REASON_DUPLICATE = "duplicate"
 
 Scalar = str | int | float | bool
+#: The alert threshold of a field listed in ``completeness`` without a ratio.
+DEFAULT_MISSING_RATIO = 0.05
 
 
 class _Model(BaseModel):
@@ -110,12 +119,34 @@ class UniqueCheck(_Model):
 class QualityConfig(_Model):
     """The ``quality`` section of a source; every part is optional."""
 
-    completeness: tuple[str, ...] | None = Field(
-        None, description="fields whose absent/null rate is counted; default: the contract's"
+    completeness: tuple[str, ...] | dict[str, float] | None = Field(
+        None,
+        description="fields whose absent/null rate is counted (a mapping gives each its "
+        "highest acceptable ratio); default: the contract's fields, not alerted on",
     )
     unique: UniqueCheck | None = None
     fields: dict[str, FieldCheck] = Field(default_factory=dict)
     on_violation: Action = "count"
+
+    @field_validator("completeness")
+    @classmethod
+    def _ratios(
+        cls, value: tuple[str, ...] | dict[str, float] | None
+    ) -> tuple[str, ...] | dict[str, float] | None:
+        if isinstance(value, dict):
+            for name, ratio in value.items():
+                if not 0 <= ratio <= 1:
+                    raise ValueError(f"{name}: a missing ratio between 0 and 1 (got {ratio})")
+        return value
+
+    def missing_limits(self) -> dict[str, float]:
+        """Field -> highest acceptable missing ratio, for the fields alerted on."""
+        c = self.completeness
+        if c is None:
+            return {}
+        if isinstance(c, dict):
+            return {name: ratio for name, ratio in c.items() if ratio < 1}
+        return dict.fromkeys(c, DEFAULT_MISSING_RATIO)
 
 
 class _Event(Protocol):
@@ -227,6 +258,7 @@ class QualityChecker:
             self.completeness = tuple(sorted(contract_fields))
         else:
             self.completeness = tuple(dict.fromkeys(config.completeness))
+        self.missing_limits = config.missing_limits()
         self.route_violations = config.on_violation == "dead_letter"
         self._ranges = tuple(
             (name, check.min, check.max)

@@ -9,7 +9,7 @@ code from :data:`schemas.REASONS`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -216,6 +216,12 @@ class WorkerMetrics:
             ["source"],
             registry=r,
         )
+        self.quality_missing_limit = Gauge(
+            "driftline_quality_missing_ratio_limit",
+            "Highest acceptable absent/null ratio of a field, from the config (alert threshold).",
+            ["source", "field"],
+            registry=r,
+        )
         self.quality_dedup_ids = Gauge(
             "driftline_quality_dedup_ids",
             "Ids the uniqueness check remembers on this worker (its memory).",
@@ -232,9 +238,15 @@ class WorkerMetrics:
                 self.effect_errors.labels(source=source, target=target)
 
     def declare_quality(
-        self, source: str, completeness: Iterable[str], checks: Iterable[tuple[str, str]]
+        self,
+        source: str,
+        completeness: Iterable[str],
+        checks: Iterable[tuple[str, str]],
+        missing_limits: Mapping[str, float],
     ) -> None:
         """Pre-create a source's quality series so dashboards show zeros, not gaps."""
+        for name, ratio in missing_limits.items():
+            self.quality_missing_limit.labels(source=source, field=name).set(ratio)
         self.quality_events.labels(source=source)
         self.quality_duplicates.labels(source=source)
         self.quality_dedup_evicted.labels(source=source)

@@ -246,7 +246,7 @@ def produce(config: Path, topic: str, key_field: str | None, file: Path) -> None
     "--drift-after",
     default=90.0,
     show_default=True,
-    help="seconds after start when demo amounts grow by 80 %% (a drift to detect); 0: never",
+    help="seconds after start when demo amounts grow by 80 % (a drift to detect); 0: never",
 )
 @click.option(
     "--invalid-ratio",

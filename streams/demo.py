@@ -3,7 +3,9 @@
 Realistic enough to look at: a few thousand users with Zipf-like activity,
 per-category log-normal amounts, events slightly out of order, and a small
 share of deliberately broken records, one of each kind the contract layer
-rejects, so the dead-letter topic has something to show.
+rejects, so the dead-letter topic has something to show.  ``driftline dev``
+also leaves out ``country`` now and then and repeats an event as a producer
+retry would, for the data-quality checks to find.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class DemoEvents:
         #: multiplies every amount; ``driftline dev --drift-after`` raises it to
         #: show a drift incident opening
         self.amount_factor = 1.0
+        #: share of valid events without the optional ``country`` field
+        self.missing_country_ratio = 0.0
 
     def valid(self, now_ms: int | None = None) -> tuple[bytes, bytes]:
         """One valid event as (key, value)."""
@@ -81,6 +85,8 @@ class DemoEvents:
             # up to 2 s out of order, as mobile clients and retries make it
             "event_time": now_ms - int(rng.expovariate(1 / 300.0)) % 2000,
         }
+        if self.missing_country_ratio and rng.random() < self.missing_country_ratio:
+            del event["country"]
         return user.encode(), orjson.dumps(event)
 
     def invalid(
@@ -109,10 +115,18 @@ class DemoEvents:
             raise ValueError(f"unknown invalid kind {kind!r}; known: {', '.join(INVALID_KINDS)}")
         return kind, key, bad
 
-    def stream(self, invalid_ratio: float) -> Iterator[tuple[bytes, bytes]]:
+    def stream(
+        self, invalid_ratio: float, duplicate_ratio: float = 0.0
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Events forever; ``duplicate_ratio`` of them repeat the previous valid one."""
+        last: tuple[bytes, bytes] | None = None
         while True:
-            if self.rng.random() < invalid_ratio:
+            draw = self.rng.random()
+            if draw < invalid_ratio:
                 _, key, value = self.invalid()
                 yield key, value
+            elif last is not None and draw < invalid_ratio + duplicate_ratio:
+                yield last  # a producer retry: same key, same bytes
             else:
-                yield self.valid()
+                last = self.valid()
+                yield last

@@ -36,6 +36,10 @@ from streams.topics import ensure_topics, topics_for
 
 DEFAULT_CONFIG = Path(__file__).parent / "defaults" / "dev.yaml"
 STATUS_EVERY_S = 5.0
+#: What the demo producer gets wrong besides invalid records, for the quality
+#: checks of the default config: events without ``country``, and retries.
+DEMO_MISSING_COUNTRY = 0.01
+DEMO_DUPLICATES = 0.005
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ def _scrape(url: str) -> dict[str, float]:
                 out[sample.name] = out.get(sample.name, 0.0) + sample.value
                 if sample.name == "driftline_events_invalid_total" and sample.value:
                     key = f"invalid:{sample.labels.get('reason')}"
+                    out[key] = out.get(key, 0.0) + sample.value
+                if sample.name == "driftline_quality_missing_total" and sample.value:
+                    key = f"missing:{sample.labels.get('field')}"
                     out[key] = out.get(key, 0.0) + sample.value
     return out
 
@@ -169,11 +176,12 @@ class DevStack:
             return
         source = self.settings.sources[0]
         demo = DemoEvents(max_event_bytes=source.max_event_bytes)
+        demo.missing_country_ratio = DEMO_MISSING_COUNTRY
         kafka_kwargs = dict(self.settings.kafka.aiokafka_kwargs(), bootstrap_servers=bootstrap)
         producer = AIOKafkaProducer(**kafka_kwargs, linger_ms=5, max_request_size=4 << 20)
         await producer.start()
         try:
-            events = demo.stream(o.invalid_ratio)
+            events = demo.stream(o.invalid_ratio, DEMO_DUPLICATES)
             interval = 1.0 / o.rate
             started = next_at = time.monotonic()
             while not stop.is_set():
@@ -265,6 +273,17 @@ class DevStack:
                         feature += "  | drift: learning reference"
                     else:
                         feature += "  | drift: stable"
+                checked = m.get("driftline_quality_events_total", 0)
+                if checked:
+                    missing = [
+                        f"{k.split(':', 1)[1]} {100 * v / checked:.1f}%"
+                        for k, v in sorted(m.items())
+                        if k.startswith("missing:")
+                    ]
+                    feature += (
+                        f"  | quality: {int(m.get('driftline_quality_duplicates_total', 0))} dup"
+                        + (f", missing {', '.join(missing)}" if missing else "")
+                    )
                 reasons = ", ".join(
                     f"{k.split(':', 1)[1]}={int(v)}"
                     for k, v in sorted(m.items())

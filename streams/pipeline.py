@@ -216,7 +216,11 @@ class SourcePipeline:
         self.future_tolerance_ms = future_tolerance_ms
         self.quality = quality
         if quality is not None:
-            metrics.declare_quality(source, quality.completeness, quality.checks())
+            metrics.declare_quality(
+                source, quality.completeness, quality.checks(), quality.missing_limits
+            )
+            if quality.config.unique is not None:
+                metrics.quality_dedup_ids.labels(source=source).set(0)
         self.backoff = backoff or Backoff(0.2, 10.0)
         self._sleep = sleep
         self._partitions: dict[int, PartitionState] = {}

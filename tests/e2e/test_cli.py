@@ -47,6 +47,14 @@ def test_check_config_ok_without_connecting(tmp_path: Path) -> None:
             GOOD.replace("entity_key: user_id", "entity_key: account"),
             "entity key field 'account' is not declared",
         ),
+        (
+            GOOD + "    quality:\n      fields: {amount: {min: 5, max: 1}}\n",
+            "sources[0](tx).quality.fields.amount: min (5.0) is greater than max (1.0)",
+        ),
+        (
+            GOOD + "    quality:\n      unique: {field: txn_id}\n",
+            "quality.unique.field: field 'txn_id' is not declared in the contract",
+        ),
     ],
 )
 def test_bad_config_is_a_clear_message_and_exit_2(tmp_path: Path, text: str, expected: str) -> None:

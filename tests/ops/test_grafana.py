@@ -66,6 +66,13 @@ ON_DASHBOARDS = {
     "driftline_drift_recent_mean",
     "driftline_drift_last_detection_timestamp_seconds",
     "driftline_build",
+    "driftline_quality_events",
+    "driftline_quality_missing",
+    "driftline_quality_missing_ratio_limit",
+    "driftline_quality_violations",
+    "driftline_quality_duplicates",
+    "driftline_quality_dedup_ids",
+    "driftline_quality_dedup_evicted",
 }
 
 
@@ -135,7 +142,7 @@ def test_dashboard_provider_reads_the_mounted_dashboards() -> None:
 
 def test_dashboards_are_distinct() -> None:
     files = dashboard_files()
-    assert {p.stem for p in files} >= {"pipeline", "features", "drift"}
+    assert {p.stem for p in files} >= {"pipeline", "features", "drift", "quality"}
     uids = [load_dashboard(p)["uid"] for p in files]
     titles = [load_dashboard(p)["title"] for p in files]
     assert len(set(uids)) == len(uids) and len(set(titles)) == len(titles)

@@ -124,7 +124,19 @@ def live_config(bootstrap: str, redis_url: str, suffix: str) -> dict[str, Any]:
         },
         "redis": {"url": redis_url, "key_prefix": f"ops-{suffix}"},
         "sources": [
-            {"name": "tx", "topic": f"ops-tx-{suffix}", **source},
+            {
+                "name": "tx",
+                "topic": f"ops-tx-{suffix}",
+                **source,
+                "quality": {
+                    "completeness": {"country": 0.05, "currency": 1.0},
+                    "unique": {"field": "event_id", "horizon": "1h"},
+                    "fields": {
+                        "amount": {"min": 0, "max": 1000},
+                        "category": {"allowed": ["fuel"]},
+                    },
+                },
+            },
             {"name": "scores", "topic": f"ops-scores-{suffix}", **source},
         ],
         "feature_groups": [

@@ -32,6 +32,11 @@ EXPECTED_ALERTS = {
     "RedisWriteErrors",
     "FeatureFreshnessTooOld",
     "DriftIncidentOpen",
+    "DataQualityMissingRateHigh",
+    "DataQualityViolationsHigh",
+    "DuplicateEventsHigh",
+    "DuplicateCheckMemoryFull",
+    "EventTimeLagHigh",
 }
 SEVERITIES = {"critical", "warning"}
 

@@ -310,6 +310,7 @@ async def test_quality_checks_count_and_route_violations_and_duplicates() -> Non
     # the metric series exist before any event: dashboards show zeros, not gaps
     assert metric(pipeline, "driftline_quality_missing_total", field="currency") == 0
     assert metric(pipeline, "driftline_quality_violations_total", field="amount", check="max") == 0
+    assert metric(pipeline, "driftline_quality_missing_ratio_limit", field="country") == 0.05
     batch = [
         rec(tx("u1", 1_000, 5.0), 0),
         rec(tx("u1", 1_000, 5.0), 1),  # the same event again: duplicate

@@ -49,6 +49,13 @@ def test_completeness_list_overrides_contract_fields() -> None:
     assert QualityChecker(cfg(completeness=[]), ["a"]).check(0, [Event({}, 0)], [0]).missing == {}
 
 
+def test_missing_ratio_limits_come_from_the_config() -> None:
+    assert QualityChecker(cfg(), ["a", "b"]).missing_limits == {}  # contract default: count only
+    assert QualityChecker(cfg(completeness=["a"])).missing_limits == {"a": 0.05}
+    mapped = QualityChecker(cfg(completeness={"a": 0.01, "b": 1.0}))
+    assert mapped.completeness == ("a", "b") and mapped.missing_limits == {"a": 0.01}
+
+
 def test_range_and_domain_violations_are_counted_by_check() -> None:
     checker = QualityChecker(
         cfg(fields={"amount": {"min": 0, "max": 100}, "cat": {"allowed": ["a", "b", 1]}})
@@ -135,6 +142,7 @@ def test_expired_sightings_leave_memory() -> None:
         ({"unique": {"field": "id", "max_ids": 0}}, "greater than or equal to 1"),
         ({"on_violation": "drop"}, "'count' or 'dead_letter'"),
         ({"completness": ["a"]}, "Extra inputs"),
+        ({"completeness": {"a": 1.5}}, "between 0 and 1"),
     ],
 )
 def test_bad_config_is_refused_with_a_reason(raw: dict[str, Any], needle: str) -> None:
