@@ -4,6 +4,7 @@
                              [--latency-seconds 30] [--latency-rate 5000]
                              [--memory-entities 1000000] [--phases throughput,latency,memory]
                              [--bootstrap HOST:PORT] [--redis-url URL] [--profile FILE]
+                             [--quality]
 
 What runs: the embedded broker and Redis (or ``--bootstrap`` / ``--redis-url``),
 and ``driftline worker -c CONFIG`` as a subprocess, as a user runs it, with one
@@ -60,6 +61,11 @@ Lua round trip), and the Lua script's own time inside Redis
 throughput-phase worker (``py-spy record -f raw --idle``), writes the raw
 samples to FILE and prints the top self-time functions and a breakdown by
 stage; the throughput of a profiled run is lower (py-spy shares the cores).
+
+``--quality`` adds the data-quality checks a production config would have
+(completeness of the contract's 7 fields, duplicate ``event_id`` within 1 h,
+a range on ``amount`` and a domain on ``category``: ``QUALITY`` below); run
+with and without it to see their cost as a change of the ratio to raw.
 
 Everything it starts is stopped on exit (try/finally), even on Ctrl-C.
 """
@@ -119,6 +125,11 @@ LATENCY_POLL_S = 0.005
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: Faust's aiokafka driver fixes ``fetch_max_wait_ms=1500`` for the worker's consumer.
 FAUST_FETCH_MAX_WAIT_MS = 1500
+#: The source's ``quality`` section with ``--quality``.
+QUALITY: dict[str, Any] = {
+    "unique": {"field": "event_id", "horizon": "1h"},
+    "fields": {"amount": {"min": 0, "max": 100_000}, "category": {"allowed": list(CATEGORIES)}},
+}
 
 
 def log(message: str) -> None:
@@ -328,8 +339,17 @@ async def raw_baseline(bootstrap: str, topic: str, n: int) -> float:
 
 
 def worker_config(
-    bootstrap: str, redis_url: str, topic: str, suffix: str, data_dir: Path
+    bootstrap: str, redis_url: str, topic: str, suffix: str, data_dir: Path, quality: bool = False
 ) -> dict[str, Any]:
+    source: dict[str, Any] = {
+        "name": SOURCE,
+        "topic": topic,
+        "schema": str(CONTRACT),
+        "entity_key": "user_id",
+        "event_time": "event_time",
+    }
+    if quality:
+        source["quality"] = QUALITY
     return {
         "app_id": f"bench-features-{suffix}",
         "kafka": {
@@ -342,15 +362,7 @@ def worker_config(
         },
         "redis": {"url": redis_url, "key_prefix": f"bench-{suffix}"},
         "worker": {"log_level": "warning", "data_dir": str(data_dir)},
-        "sources": [
-            {
-                "name": SOURCE,
-                "topic": topic,
-                "schema": str(CONTRACT),
-                "entity_key": "user_id",
-                "event_time": "event_time",
-            }
-        ],
+        "sources": [source],
         "feature_groups": [
             {
                 "name": GROUP,
@@ -721,12 +733,18 @@ class Env:
     workdir: Path
     client: aioredis.Redis
     broker_pid: int | None = None  # the embedded broker, to show its CPU use
+    quality: bool = False  # --quality
     workers: list[Worker] = field(default_factory=list)
 
     def new_worker(self, topic: str) -> Worker:
         suffix = uuid.uuid4().hex[:8]
         config = worker_config(
-            self.bootstrap, self.redis_url, topic, suffix, self.workdir / f"faust-{suffix}"
+            self.bootstrap,
+            self.redis_url,
+            topic,
+            suffix,
+            self.workdir / f"faust-{suffix}",
+            quality=self.quality,
         )
         worker = Worker(self.workdir, config)
         self.workers.append(worker)
@@ -1144,6 +1162,7 @@ async def run(args: argparse.Namespace, res: Results, workdir: Path) -> None:
             workdir,
             aioredis.Redis.from_url(redis_url),
             broker_pid=broker.pid if broker else None,
+            quality=args.quality,
         )
         res.params["kafka"] = "embedded Tansu" if broker else bootstrap
         res.params["redis"] = (
@@ -1193,6 +1212,9 @@ def main() -> None:
         default=None,
         help="run py-spy on the throughput worker, write its raw samples to this file",
     )
+    ap.add_argument(
+        "--quality", action="store_true", help="run the worker with data-quality checks"
+    )
     args = ap.parse_args()
     quick = args.quick
     if args.events is None:
@@ -1214,6 +1236,7 @@ def main() -> None:
         "partitions": PARTITIONS,
         "latency": f"{args.latency_rate:,.0f}/s for {args.latency_seconds:.0f}s",
         "memory entities": f"{args.memory_entities:,}",
+        "quality checks": "on (QUALITY)" if args.quality else "off",
         "cores": os.cpu_count(),
     }
     workdir = Path(tempfile.mkdtemp(prefix="driftline-features-bench-"))

@@ -197,6 +197,7 @@ class RecentIds:
         self.horizon_ms = horizon_ms
         self.max_ids = max_ids
         self.newest_ms: int | None = None
+        self._front_ms = 0
         self._ids: OrderedDict[Hashable, int] = OrderedDict()
 
     def __len__(self) -> int:
@@ -204,23 +205,34 @@ class RecentIds:
 
     def see(self, key: Hashable, offset: int, time_ms: int) -> tuple[str, int]:
         """Record a sighting; returns its verdict and how many ids were evicted."""
-        horizon = self.horizon_ms
-        newest = time_ms if self.newest_ms is None or time_ms > self.newest_ms else self.newest_ms
-        self.newest_ms = newest
+        newest = self.newest_ms
+        if newest is None or time_ms > newest:
+            newest = self.newest_ms = time_ms
+        cutoff = newest - self.horizon_ms
         ids = self._ids
         packed = ids.get(key)
         if packed is not None:
             seen_time = packed >> _OFFSET_BITS
-            if seen_time >= newest - horizon:  # not expired
+            if seen_time >= cutoff:  # not expired
                 if packed & _OFFSET_MASK == offset:
                     return REPLAY, 0
-                if abs(time_ms - seen_time) <= horizon:
+                if abs(time_ms - seen_time) <= self.horizon_ms:
                     return DUPLICATE, 0
             del ids[key]  # expired or too far apart: a new sighting
+        if not ids:
+            self._front_ms = time_ms
         ids[key] = (time_ms << _OFFSET_BITS) | offset
-        return NEW, self._trim(newest - horizon)
+        if self._front_ms < cutoff or len(ids) > self.max_ids:
+            return NEW, self._trim(cutoff)
+        return NEW, 0
 
     def _trim(self, cutoff_ms: int) -> int:
+        """Drop expired sightings from the front, then the oldest beyond ``max_ids``.
+
+        ``_front_ms`` caches the front's event time so most sightings skip
+        this; it may be stale after the front was deleted as a re-sighting,
+        which only delays dropping (expiry is also checked on lookup).
+        """
         ids = self._ids
         while ids:
             oldest = next(iter(ids.values()))
@@ -231,6 +243,8 @@ class RecentIds:
         while len(ids) > self.max_ids:
             ids.popitem(last=False)
             evicted += 1
+        if ids:
+            self._front_ms = next(iter(ids.values())) >> _OFFSET_BITS
         return evicted
 
 
