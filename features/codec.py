@@ -36,7 +36,8 @@ sorted keys.
 
 from __future__ import annotations
 
-import itertools
+import math
+import operator
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -77,8 +78,15 @@ def encode_ring(group: FeatureGroup, ring: Mapping[int, BucketStats]) -> bytes:
     return struct.pack(f"<{len(out)}d", *out)
 
 
-def decode_ring(group: FeatureGroup, data: bytes) -> Ring:
-    """The ring a blob encodes; :class:`~features.exceptions.CodecError` if it is malformed."""
+def decode_ring(
+    group: FeatureGroup, data: bytes, *, keep_after: int | None = None, keep_upto: int | None = None
+) -> Ring:
+    """The ring a blob encodes; :class:`~features.exceptions.CodecError` if it is malformed.
+
+    ``keep_after`` / ``keep_upto`` keep only buckets with ``keep_after < id <=
+    keep_upto`` (a read needs no others): the rest are walked over, still
+    checked for structure, but not unpacked into objects.
+    """
     if len(data) % 8:
         raise CodecError(f"a ring blob is a whole number of doubles, got {len(data)} bytes")
     nv = len(group.layout.value_fields)
@@ -86,23 +94,31 @@ def decode_ring(group: FeatureGroup, data: bytes) -> Ring:
     vals = struct.unpack(f"<{len(data) // 8}d", data)
     total = len(vals)
     fixed = 1 + 5 * nv + nd
+    lo = -math.inf if keep_after is None else keep_after
+    hi = math.inf if keep_upto is None else keep_upto
     ring: Ring = {}
+    seen: set[int] = set()
     i = 0
     while i < total:
         if i + fixed > total:
             raise CodecError(f"truncated bucket at double {i} of {total}")
         bid = _integral(vals[i], "bucket id", i)
-        if bid in ring:
+        if bid in seen:
             raise CodecError(f"bucket {bid} appears twice")
+        seen.add(bid)
+        wanted = lo < bid <= hi
         i += 1
         summaries: list[Summary] = []
         for _ in range(nv):
             n = _integral(vals[i], "count", i)
             if n < 0:
                 raise CodecError(f"negative count at double {i}")
-            summaries.append(
-                EMPTY if n == 0 else Summary(n, vals[i + 1], vals[i + 2], vals[i + 3], vals[i + 4])
-            )
+            if wanted:
+                summaries.append(
+                    EMPTY
+                    if n == 0
+                    else Summary(n, vals[i + 1], vals[i + 2], vals[i + 3], vals[i + 4])
+                )
             i += 5
         sketches: list[Kmv] = []
         for _ in range(nd):
@@ -111,17 +127,27 @@ def decode_ring(group: FeatureGroup, data: bytes) -> Ring:
             k = _integral(vals[i], "sketch size", i)
             if not 0 <= k <= CAPACITY or i + 1 + k > total:
                 raise CodecError(f"bad sketch size {k} at double {i}")
-            hashes = tuple(
-                _integral(h, "hash", i + 1 + j) for j, h in enumerate(vals[i + 1 : i + 1 + k])
-            )
-            if any(not 0 <= h <= HASH_MASK for h in hashes) or any(
-                a >= b for a, b in itertools.pairwise(hashes)
-            ):
-                raise CodecError(f"sketch at double {i} is not ascending 52-bit hashes")
-            sketches.append(hashes)
+            if wanted:
+                sketches.append(_hashes(vals[i + 1 : i + 1 + k], i))
             i += 1 + k
-        ring[bid] = BucketStats(tuple(summaries), tuple(sketches))
+        if wanted:
+            ring[bid] = BucketStats(tuple(summaries), tuple(sketches))
     return ring
+
+
+def _hashes(raw: tuple[float, ...], at: int) -> Kmv:
+    """A sketch's hashes: integral, strictly ascending, in [0, 2**52] (checked in C loops)."""
+    try:
+        hashes = tuple(map(int, raw))
+    except (ValueError, OverflowError):  # NaN, infinity
+        hashes = ()
+    ok = hashes == raw  # int == float only for integral values
+    if ok and hashes:
+        ascending = all(map(operator.lt, hashes, hashes[1:]))
+        ok = ascending and hashes[0] >= 0 and hashes[-1] <= HASH_MASK
+    if not ok:
+        raise CodecError(f"sketch at double {at} is not ascending 52-bit hashes")
+    return hashes
 
 
 def _integral(x: float, what: str, at: int) -> int:

@@ -57,8 +57,9 @@ not windowed and does not decay: the store's TTL expires it.
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from features import stats
@@ -403,18 +404,49 @@ def read_features(group: FeatureGroup, state: EntityState | None, as_of_ms: int)
                 sketches = [kmv_merge(a, b) for a, b in zip(sketches, bucket.sketches, strict=True)]
                 k += 1
             per_window[w.name] = (sums, sketches)
-    values: dict[str, FeatureValue] = {}
     last = state.last if state is not None else {}
-    for spec in layout.features:
-        if spec.kind == "last":
-            tv = last.get(spec.field)
-            values[spec.name] = tv[1] if tv is not None else None
-            continue
-        assert spec.window is not None
-        sums, sketches = per_window[spec.window.name]
-        if spec.kind == "distinct":
-            values[spec.name] = round(kmv_estimate(sketches[spec.position]))
-        else:
-            values[spec.name] = _AGGREGATE[spec.aggregation](sums[spec.position])
     newest = state.newest_event_ms if state is not None else None
-    return FeatureVector(values, as_of_ms, newest)
+    return assemble_vector(group, per_window, last, newest, as_of_ms)
+
+
+def assemble_vector(
+    group: FeatureGroup,
+    per_window: Mapping[str, tuple[Sequence[Summary], Sequence[Kmv]]],
+    last: Mapping[str, tuple[int, LastValue]],
+    newest_event_ms: int | None,
+    as_of_ms: int,
+) -> FeatureVector:
+    """The named feature values from each window's merged summaries and sketches."""
+    values: dict[str, FeatureValue] = {}
+    for name, kind, key, position, aggregate in _plan(group):
+        if kind == 0:  # value
+            values[name] = aggregate(per_window[key][0][position])
+        elif kind == 1:  # distinct
+            values[name] = round(kmv_estimate(per_window[key][1][position]))
+        else:  # last
+            tv = last.get(key)
+            values[name] = tv[1] if tv is not None else None
+    return FeatureVector(values, as_of_ms, newest_event_ms)
+
+
+_Aggregate = Callable[[Summary], float | int | None]
+_Plan = tuple[tuple[str, int, str, int, _Aggregate], ...]
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(group: FeatureGroup) -> _Plan:
+    """Per feature: (name, kind 0/1/2, window name or last field, position, aggregate).
+
+    ``aggregate`` is only used for kind 0 (value); the others carry ``count``.
+    """
+    plan: list[tuple[str, int, str, int, _Aggregate]] = []
+    count = _AGGREGATE["count"]
+    for spec in group.layout.features:
+        if spec.kind == "last":
+            plan.append((spec.name, 2, spec.field, -1, count))
+        else:
+            assert spec.window is not None
+            kind = 1 if spec.kind == "distinct" else 0
+            aggregate = _AGGREGATE[spec.aggregation] if kind == 0 else count
+            plan.append((spec.name, kind, spec.window.name, spec.position, aggregate))
+    return tuple(plan)

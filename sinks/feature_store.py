@@ -43,6 +43,7 @@ import redis.asyncio as aioredis
 from features.codec import decode_ring, encode_ring
 from features.definitions import FeatureGroup
 from features.engine import apply_delta, read_features
+from features.reader import Reading, read_rings
 from features.state import EntityState, FeatureVector
 
 _APPLY = r"""
@@ -321,13 +322,22 @@ class RedisFeatureStore:
             raw = await pipe.execute()
         return [decode_state(group, fields) if fields else None for fields in raw]
 
+    async def read(
+        self, group: FeatureGroup, entities: Sequence[str], as_of_ms: int
+    ) -> list[Reading]:
+        """Features (and which windows hold data) of ``entities``, in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for entity in entities:
+                pipe.hgetall(entity_key(self.prefix, group, entity))
+            raw = await pipe.execute()
+        return [read_stored(group, fields, as_of_ms) for fields in raw]
+
     async def get(
         self, group: FeatureGroup, entities: Sequence[str], *, as_of_ms: int | None = None
     ) -> list[FeatureVector]:
         """Features of ``entities`` as of ``as_of_ms`` (default: now), one round trip."""
         as_of = int(time.time() * 1000) if as_of_ms is None else as_of_ms
-        states = await self.read_states(group, entities)
-        return [read_features(group, state, as_of) for state in states]
+        return [reading.vector for reading in await self.read(group, entities, as_of)]
 
     # -- registry -----------------------------------------------------------
 
@@ -352,6 +362,25 @@ class RedisFeatureStore:
                 f"config {group.fingerprint()[:12]}): bump 'version' to write the new definition "
                 "to a new key space"
             )
+
+
+def read_stored(
+    group: FeatureGroup, fields: Mapping[bytes | str, bytes | str], as_of_ms: int
+) -> Reading:
+    """The features of one stored entity hash (empty for ``{}``), without decoding objects."""
+    blobs: dict[int, bytes] = {}
+    last: dict[str, tuple[int, Any]] = {}
+    newest: int | None = None
+    for raw_name, raw_value in fields.items():
+        name = _text(raw_name)
+        if name == "_n":
+            newest = int(_text(raw_value))
+        elif name.startswith("r"):
+            blobs[int(name[1:])] = raw_value if isinstance(raw_value, bytes) else raw_value.encode()
+        elif name.startswith("l:"):
+            t, _, value = _text(raw_value).partition("|")
+            last[name[2:]] = (int(t), orjson.loads(value))
+    return read_rings(group, blobs, last, newest, as_of_ms)
 
 
 def decode_state(group: FeatureGroup, fields: Mapping[bytes | str, bytes | str]) -> EntityState:

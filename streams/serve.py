@@ -14,9 +14,10 @@ together things that must move independently:
   validating and aggregating a batch; a request arriving meanwhile would
   wait for it.  Here the event loop does nothing but answer requests.
 
-The process reads Redis only (``RedisFeatureStore.read_states``: one
-pipelined round trip per request, whatever the number of entities) and
-computes the features at read time with :func:`features.engine.read_features`,
+The process reads Redis only (``RedisFeatureStore.read``: one pipelined
+round trip per request, whatever the number of entities) and computes the
+features at read time straight from the stored ring blobs
+(:func:`features.reader.read_rings`, equal to the engine's ``read_features``),
 so it keeps no state and any number of replicas can run.
 
 **Routes** (and no others; ``GET /openapi.json`` describes them)::
@@ -77,9 +78,8 @@ from aiohttp.typedefs import Middleware
 from redis.exceptions import MaxConnectionsError, RedisError
 
 from features.definitions import FeatureGroup, FeatureSpec
-from features.engine import read_features
 from features.exceptions import CodecError
-from features.state import EntityState
+from features.reader import Reading
 from sinks.feature_store import RedisFeatureStore
 from streams.clients import redis_client
 from streams.errors import DriftlineError
@@ -109,41 +109,19 @@ class ApiError(Exception):
 
 
 def freshness(
-    group: FeatureGroup, state: EntityState | None, as_of_ms: int, names: Iterable[str]
+    group: FeatureGroup, reading: Reading, as_of_ms: int, names: Iterable[str]
 ) -> dict[str, Freshness]:
     """The freshness of each named feature of one entity as of ``as_of_ms`` (see module doc).
 
-    A window at ``t`` covers the buckets ``(t // r - n, t // r]`` of its ring,
-    exactly the buckets :func:`features.engine.read_features` merges, so
-    ``empty`` coincides with the aggregate being the empty one.
+    ``reading.present`` says which fields have data in the buckets a window
+    merges, so ``empty`` coincides with the aggregate being the empty one.
     """
     by_name = _specs(group)
-    wanted = [by_name[n] for n in names]
-    if state is None:
-        return {s.name: "empty" for s in wanted}
-    windows = {s.window.name for s in wanted if s.window is not None}
-    nv = len(group.layout.value_fields)
-    nd = len(group.layout.distinct_fields)
-    present: dict[str, tuple[list[bool], list[bool]]] = {}
-    for r, ring_windows in group.layout.ring_windows:
-        ring = state.rings.get(r) or {}
-        top = as_of_ms // r
-        for w in ring_windows:
-            if w.name not in windows:
-                continue
-            values, distinct = [False] * nv, [False] * nd
-            low = top - w.n_buckets
-            for bucket_id, stats in ring.items():
-                if low < bucket_id <= top:
-                    for i, s in enumerate(stats.summaries):
-                        values[i] = values[i] or s.n > 0
-                    for j, sketch in enumerate(stats.sketches):
-                        distinct[j] = distinct[j] or bool(sketch)
-            present[w.name] = (values, distinct)
+    present = reading.present
     out: dict[str, Freshness] = {}
-    for spec in wanted:
+    for spec in (by_name[n] for n in names):
         if spec.window is None:
-            held = state.last.get(spec.field)
+            held = reading.last.get(spec.field)
             if held is None:
                 out[spec.name] = "empty"
             else:
@@ -237,11 +215,11 @@ def parse_batch(body: bytes, max_entities: int) -> tuple[list[str], list[str] | 
 
 
 class StateReader(Protocol):
-    """What the API needs of a store: :meth:`RedisFeatureStore.read_states`."""
+    """What the API needs of a store: :meth:`RedisFeatureStore.read`."""
 
-    async def read_states(
-        self, group: FeatureGroup, entities: Sequence[str]
-    ) -> list[EntityState | None]: ...
+    async def read(
+        self, group: FeatureGroup, entities: Sequence[str], as_of_ms: int
+    ) -> list[Reading]: ...
 
 
 Clock = Callable[[], int]
@@ -309,7 +287,7 @@ class FeatureApi:
         self, group: FeatureGroup, entities: Sequence[str], names: Sequence[str], as_of: int
     ) -> list[dict[str, Any]]:
         try:
-            states = await self.store.read_states(group, entities)
+            readings = await self.store.read(group, entities, as_of)
         except MaxConnectionsError as exc:
             # every pooled Redis connection is busy: the process is past its capacity,
             # and shedding the request is better than queueing it for seconds
@@ -322,15 +300,15 @@ class FeatureApi:
             log.error("undecodable state in group %s v%s: %s", group.name, group.version, exc)
             raise ApiError(500, f"stored state cannot be decoded: {exc}") from None
         out = []
-        for entity, state in zip(entities, states, strict=True):
-            vector = read_features(group, state, as_of)
+        for entity, reading in zip(entities, readings, strict=True):
+            vector = reading.vector
             values = vector.values
             out.append(
                 {
                     "entity": entity,
                     "newest_event_ms": vector.newest_event_ms,
                     "features": {n: values[n] for n in names},
-                    "freshness": freshness(group, state, as_of, names),
+                    "freshness": freshness(group, reading, as_of, names),
                 }
             )
         return out
