@@ -27,6 +27,7 @@ cost more than the read itself.
 from __future__ import annotations
 
 import heapq
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -144,7 +145,9 @@ def _index(
     summaries = 5 * nv
     fixed = 1 + summaries + nd
     starts: list[tuple[int, int]] = []
-    ids: set[int] = set()
+    ids: list[int] = []
+    ascending = True
+    previous = -math.inf
     i = 0
     while i < total:
         if i + fixed > total:
@@ -153,9 +156,10 @@ def _index(
         if not raw_id.is_integer():
             raise CodecError(f"bucket id at double {i} is not an integer: {raw_id!r}")
         bid = int(raw_id)
-        if bid in ids:
-            raise CodecError(f"bucket {bid} appears twice")
-        ids.add(bid)
+        if bid <= previous:
+            ascending = False  # the worker writes ascending ids; others are checked below
+        previous = bid
+        ids.append(bid)
         start = i
         for c in range(i + 1, i + 1 + summaries, 5):
             n = vals[c]
@@ -163,13 +167,19 @@ def _index(
                 raise CodecError(f"bad count at double {c}: {n!r}")
         i += 1 + summaries
         for _ in range(nd):
-            if i >= total:
-                raise CodecError(f"truncated sketch at double {i} of {total}")
-            size = vals[i]
+            size = vals[i] if i < total else -1.0
             if not (0 <= size <= CAPACITY and size.is_integer()) or i + 1 + size > total:
+                if i >= total:
+                    raise CodecError(f"truncated sketch at double {i} of {total}")
                 raise CodecError(f"bad sketch size {size!r} at double {i}")
             i += 1 + int(size)
         if after < bid <= upto:
             starts.append((bid, start))
-    starts.sort(reverse=True)
+    if ascending:
+        starts.reverse()
+    else:
+        if len(set(ids)) != len(ids):
+            repeated = next(b for b in ids if ids.count(b) > 1)
+            raise CodecError(f"bucket {repeated} appears twice")
+        starts.sort(reverse=True)
     return vals, starts
