@@ -341,27 +341,39 @@ class RedisFeatureStore:
 
     # -- registry -----------------------------------------------------------
 
-    async def register(self, group: FeatureGroup) -> None:
-        """Record the group version's definition; refuse a changed definition under one version."""
+    async def register(self, group: FeatureGroup, lineage: Mapping[str, Any] | None = None) -> None:
+        """Record the group version's definition; refuse a changed definition under one version.
+
+        ``lineage`` (the source's topic and contract: file, encoding,
+        fingerprint) is kept with the first deployment, so a retired version
+        still shows what fed it; every contract fingerprint a worker deploys
+        the version with is recorded too, as ``v{version}@{fingerprint}`` =
+        first time seen (``HSETNX``: concurrent workers cannot race).
+        """
         key = registry_key(self.prefix, group.name)
-        record = orjson.dumps(
-            {
-                "fingerprint": group.fingerprint(),
-                "definition": group.canonical(),
-                "first_deployed_ms": int(time.time() * 1000),
-            }
-        )
+        now_ms = int(time.time() * 1000)
+        doc: dict[str, Any] = {
+            "fingerprint": group.fingerprint(),
+            "definition": group.canonical(),
+            "first_deployed_ms": now_ms,
+        }
+        if lineage is not None:
+            doc["lineage"] = dict(lineage)
         field = f"v{group.version}"
-        if await self.client.hsetnx(key, field, record):
-            return
-        existing = orjson.loads(await self.client.hget(key, field) or b"{}")
-        if existing.get("fingerprint") != group.fingerprint():
-            raise FeatureVersionConflict(
-                f"feature group {group.name!r} version {group.version} is already deployed with a "
-                f"different definition (fingerprint {str(existing.get('fingerprint'))[:12]}, this "
-                f"config {group.fingerprint()[:12]}): bump 'version' to write the new definition "
-                "to a new key space"
-            )
+        if not await self.client.hsetnx(key, field, orjson.dumps(doc)):
+            existing = orjson.loads(await self.client.hget(key, field) or b"{}")
+            if existing.get("fingerprint") != group.fingerprint():
+                raise FeatureVersionConflict(
+                    f"feature group {group.name!r} version {group.version} is already deployed "
+                    f"with a different definition (fingerprint "
+                    f"{str(existing.get('fingerprint'))[:12]}, this config "
+                    f"{group.fingerprint()[:12]}): bump 'version' to write the new definition "
+                    "to a new key space"
+                )
+        schema = (lineage or {}).get("schema")
+        contract = schema.get("fingerprint") if isinstance(schema, Mapping) else None
+        if contract:
+            await self.client.hsetnx(key, f"{field}@{contract}", now_ms)
 
 
 def read_stored(

@@ -18,10 +18,14 @@ Each entry carries its **lineage**, the chain a feature value went through::
                  ──► user_spend v2 ──► driftline:fg:user_spend:v2:*
 
 so "which contract version fed this model input?" and "which keys hold it?"
-have one answer.  A retired version's definition comes from its Redis record;
-the record does not keep the contract fingerprint it was deployed with, so
-its schema is unknown (``null``) and its topic is the one its source has in
-the *current* config, if the source still exists.
+have one answer.  A retired version's definition, topic and contract come
+from its Redis record (what the first worker that deployed it wrote).  Every
+contract fingerprint a version was deployed with is recorded as well
+(``v{version}@{fingerprint}`` = first time seen) and listed as
+``contracts_seen``: a contract may change under one group version when the
+change does not touch the group's fields.  Records written before lineage was
+recorded have no contract: their schema is unknown (``null``) and their topic
+the one their source has in the *current* config, if it still exists.
 
 Everything but :func:`read_deployed` and :class:`RegistryReader` is pure, so
 it is tested without Redis; :func:`load_catalog` reads only local files.
@@ -30,6 +34,7 @@ it is tested without Redis; :func:`load_catalog` reads only local files.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -78,6 +83,10 @@ class DeployedVersion:
     fingerprint: str
     definition: Mapping[str, Any]
     first_deployed_ms: int | None
+    #: topic and contract (``SchemaInfo.as_dict()``) at the first deployment, if recorded
+    lineage: Mapping[str, Any] = field(default_factory=dict)
+    #: (contract fingerprint, first seen ms) of every contract deployed with it, by time
+    contracts: tuple[tuple[str, int], ...] = ()
 
 
 def parse_records(
@@ -90,9 +99,18 @@ def parse_records(
     """
     out: list[DeployedVersion] = []
     problems: list[str] = []
+    seen: dict[int, list[tuple[str, int]]] = {}
     for raw_name, raw_value in fields.items():
         name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
         where = f"{group} {name}"
+        contract = re.fullmatch(r"v([1-9][0-9]*)@(.+)", name)
+        if contract:
+            text = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
+            if not text.isdigit():
+                problems.append(f"{where}: expected the first-seen time in ms")
+                continue
+            seen.setdefault(int(contract[1]), []).append((contract[2], int(text)))
+            continue
         if not re.fullmatch(r"v[1-9][0-9]*", name):
             problems.append(f"{where}: not a version field (expected v<version>)")
             continue
@@ -106,6 +124,7 @@ def parse_records(
             continue
         deployed = record.get("first_deployed_ms")
         definition = record.get("definition")
+        lineage = record.get("lineage")
         out.append(
             DeployedVersion(
                 group=group,
@@ -115,9 +134,35 @@ def parse_records(
                 first_deployed_ms=deployed
                 if isinstance(deployed, int) and not isinstance(deployed, bool)
                 else None,
+                lineage=lineage if isinstance(lineage, dict) else {},
             )
         )
+    out = [
+        dataclasses.replace(d, contracts=tuple(sorted(seen.get(d.version, ()), key=_by_time)))
+        for d in out
+    ]
     return sorted(out, key=lambda d: d.version), problems
+
+
+def _by_time(contract: tuple[str, int]) -> tuple[int, str]:
+    return contract[1], contract[0]
+
+
+def schema_from_record(lineage: Mapping[str, Any]) -> SchemaInfo | None:
+    """The contract a record's lineage names (``None`` when not recorded or unreadable)."""
+    schema = lineage.get("schema")
+    if not isinstance(schema, dict) or not isinstance(schema.get("file"), str):
+        return None
+    fingerprint = schema.get("fingerprint")
+    ids = schema.get("schema_ids")
+    return SchemaInfo(
+        file=schema["file"],
+        encoding=str(schema.get("encoding", "")),
+        fingerprint=fingerprint if isinstance(fingerprint, str) else None,
+        schema_ids={int(k): str(v) for k, v in ids.items() if str(k).isdigit()}
+        if isinstance(ids, dict)
+        else {},
+    )
 
 
 def group_from_definition(definition: Mapping[str, Any]) -> FeatureGroup | None:
@@ -346,11 +391,13 @@ class RegistryEntry:
     first_deployed_ms: int | None
     #: None for a retired version whose source is no longer configured
     topic: str | None
-    #: None for a retired version (its deploy-time contract is not recorded)
+    #: None for a retired version recorded without its contract
     schema: SchemaInfo | None
     event_time: str | None
     key_space: str
     warnings: tuple[str, ...] = ()
+    #: (contract fingerprint, first seen ms) of every contract deployed with this version
+    contracts_seen: tuple[tuple[str, int], ...] = ()
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -371,6 +418,9 @@ class RegistryEntry:
             },
             "redis_key_space": self.key_space,
             "path": lineage_text(self),
+            "contracts_seen": [
+                {"fingerprint": fp, "first_seen_ms": ms} for fp, ms in self.contracts_seen
+            ],
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -443,6 +493,7 @@ def build_registry(catalog: Catalog, deployed: Iterable[DeployedVersion]) -> lis
                 event_time=src.event_time,
                 key_space=key_space(catalog.prefix, group.name, group.version),
                 warnings=tuple(warnings),
+                contracts_seen=() if record is None else record.contracts,
             )
         )
     for record in records.values():
@@ -455,6 +506,7 @@ def _retired(catalog: Catalog, record: DeployedVersion) -> RegistryEntry:
     source_name = str(record.definition.get("source", ""))
     src = catalog.sources.get(source_name)
     warnings = [] if old is not None else ["recorded definition is unreadable: features unknown"]
+    topic = record.lineage.get("topic")
     return RegistryEntry(
         name=record.group,
         version=record.version,
@@ -467,11 +519,12 @@ def _retired(catalog: Catalog, record: DeployedVersion) -> RegistryEntry:
         tags=(),
         features=describe_features(old, src.field_types if src else None) if old else (),
         first_deployed_ms=record.first_deployed_ms,
-        topic=src.topic if src is not None else None,
-        schema=None,
+        topic=str(topic) if topic else (src.topic if src is not None else None),
+        schema=schema_from_record(record.lineage),
         event_time=src.event_time if src is not None else None,
         key_space=key_space(catalog.prefix, record.group, record.version),
         warnings=tuple(warnings),
+        contracts_seen=record.contracts,
     )
 
 
@@ -608,5 +661,6 @@ __all__ = [
     "load_catalog",
     "parse_records",
     "read_deployed",
+    "schema_from_record",
     "source_info",
 ]

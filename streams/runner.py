@@ -6,6 +6,7 @@ import asyncio
 import logging
 import logging.config
 import time
+from collections.abc import Mapping
 
 import faust
 
@@ -18,13 +19,18 @@ from streams.app import create_app
 from streams.clients import redis_client
 from streams.errors import ConfigError, DriftlineError
 from streams.logs import logging_config
+from streams.registry import source_info
 from streams.settings import Settings
 from streams.topics import ensure_topics, topics_for
 
 log = logging.getLogger(__name__)
 
 
-async def register_feature_groups(settings: Settings, groups: list[FeatureGroup]) -> None:
+async def register_feature_groups(
+    settings: Settings,
+    groups: list[FeatureGroup],
+    parsers: Mapping[str, EventParser] | None = None,
+) -> None:
     """Record each group version in Redis; refuse a changed definition under an old version.
 
     Waits for Redis up to ``redis.startup_timeout_s`` (a worker may start
@@ -32,6 +38,7 @@ async def register_feature_groups(settings: Settings, groups: list[FeatureGroup]
     """
     if not groups:
         return
+    sources = source_info(settings, parsers) if parsers is not None else {}
     client = redis_client(settings)
     store = RedisFeatureStore(client, prefix=settings.redis.key_prefix)
     deadline = time.monotonic() + settings.redis.startup_timeout_s
@@ -40,7 +47,13 @@ async def register_feature_groups(settings: Settings, groups: list[FeatureGroup]
         while True:
             try:
                 for group in groups:
-                    await store.register(group)
+                    src = sources.get(group.source)
+                    lineage = (
+                        None
+                        if src is None
+                        else {"topic": src.topic, "schema": src.schema.as_dict()}
+                    )
+                    await store.register(group, lineage)
                 return
             except FeatureVersionConflict as exc:
                 raise ConfigError(str(exc)) from None
@@ -71,7 +84,9 @@ def run_worker(
         settings, parsers=parsers, groups=groups, monitors=monitors, quality=quality
     )
     asyncio.run(
-        register_feature_groups(settings, [g for gs in (groups or {}).values() for g in gs])
+        register_feature_groups(
+            settings, [g for gs in (groups or {}).values() for g in gs], parsers
+        )
     )
     if settings.kafka.create_topics:
         asyncio.run(ensure_topics(settings.kafka.aiokafka_kwargs(), topics_for(settings)))

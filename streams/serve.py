@@ -577,6 +577,12 @@ def openapi_document(
                 ),
                 "redis_key_space": {"type": "string"},
                 "path": {"type": "string"},
+                "contracts_seen": {
+                    "type": "array",
+                    "items": _obj(
+                        {"fingerprint": {"type": "string"}, "first_seen_ms": {"type": "integer"}}
+                    ),
+                },
             }
         ),
         "RegistryEntry": _obj(

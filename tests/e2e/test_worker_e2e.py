@@ -111,6 +111,15 @@ async def read_features(
         await client.aclose()
 
 
+async def registry_hash(redis_url: str, key: str) -> dict[bytes, bytes]:
+    client = connect_redis(redis_url)
+    try:
+        fields: dict[bytes, bytes] = await client.hgetall(key)
+        return fields
+    finally:
+        await client.aclose()
+
+
 async def produce(
     bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
 ) -> list[tuple[int, int]]:
@@ -286,6 +295,14 @@ def test_valid_events_once_invalid_ones_dead_lettered(
             read_features(redis_url, f"e2e-{suffix}", config, "spend-avro", ["avro-user"])
         )
         assert avro_vector.values["amount_sum_24h"] == pytest.approx(20 * 3.5)
+
+        # the registry records each group version with the topic and contract it was deployed with
+        registry = asyncio.run(registry_hash(redis_url, f"e2e-{suffix}:registry:spend"))
+        record = orjson.loads(registry[b"v1"])
+        assert record["lineage"]["topic"] == f"tx-{suffix}"
+        assert record["lineage"]["schema"]["file"] == "transactions.schema.json"
+        fingerprint = record["lineage"]["schema"]["fingerprint"]
+        assert fingerprint.startswith("sha256:") and f"v1@{fingerprint}".encode() in registry
 
         assert worker.proc is not None and worker.proc.poll() is None, (
             "worker must survive bad input"

@@ -137,3 +137,28 @@ async def test_changed_definition_needs_a_new_version(redis_url: str) -> None:
         await store.register(FeatureGroup.from_config({**changed, "version": 2}))
     finally:
         await client.aclose()
+
+
+async def test_registration_records_lineage_and_every_contract(redis_url: str) -> None:
+    from streams.registry import read_deployed
+
+    client = connect_redis(redis_url)
+    prefix = f"it-{uuid.uuid4().hex[:6]}"
+    store = RedisFeatureStore(client, prefix=prefix)
+    group = FeatureGroup.from_config(GROUP)
+
+    def lineage(fingerprint: str, topic: str = "tx") -> dict[str, object]:
+        schema = {"file": "c.json", "encoding": "json", "fingerprint": fingerprint}
+        return {"topic": topic, "schema": {**schema, "schema_ids": {}}}
+
+    try:
+        await store.register(group, lineage("sha256:aa"))
+        await store.register(group, lineage("sha256:aa", topic="later"))  # same contract
+        await store.register(group, lineage("sha256:bb"))  # a compatible contract change
+        [deployed], problems = await read_deployed(client, prefix, ["spend"], scan=False)
+        assert problems == []
+        assert deployed.lineage == lineage("sha256:aa")  # as first deployed
+        assert [fp for fp, _ in deployed.contracts] == ["sha256:aa", "sha256:bb"]
+        assert deployed.contracts[0][1] <= deployed.contracts[1][1]
+    finally:
+        await client.aclose()

@@ -188,6 +188,7 @@ def test_active_version_deployed_has_lineage() -> None:
         "redis_key_space": "dl:fg:spend:v2:*",
         "path": "transactions → transactions.schema.json (sha256:abababababab) → amount, "
         "country, category, flag → spend v2 → dl:fg:spend:v2:*",
+        "contracts_seen": [],
     }
     assert orjson.loads(orjson.dumps(doc)) == doc  # JSON-able as is
 
@@ -292,3 +293,42 @@ def test_table_lists_rows_then_details() -> None:
 )
 def test_scan_pattern_escapes_the_prefix(prefix: str, escaped: str) -> None:
     assert _glob_escape(prefix) == escaped
+
+
+def test_contract_history_and_deploy_time_lineage_are_read_back() -> None:
+    g = group()
+    old = group(version=1, values={"amount": ["max"]}, distinct=[], last=[], windows=["1h"])
+    lineage = {
+        "topic": "payments-v1",
+        "schema": {
+            "file": "transactions.schema.json",
+            "encoding": "json",
+            "fingerprint": "sha256:" + "cd" * 32,
+            "schema_ids": {},
+        },
+    }
+    doc = {"fingerprint": old.fingerprint(), "definition": old.canonical(), "lineage": lineage}
+    fields: dict[bytes | str, bytes | str] = {
+        b"v1": orjson.dumps({**doc, "first_deployed_ms": 3}),
+        b"v1@sha256:" + b"cd" * 32: b"3",
+        b"v1@sha256:" + b"ef" * 32: b"9",
+        b"v2@" + FINGERPRINT.encode(): b"12",
+        b"v2": orjson.dumps(
+            {"fingerprint": g.fingerprint(), "definition": g.canonical(), "first_deployed_ms": 12}
+        ),
+        b"v2@sha256:bad": b"soon",
+    }
+    versions, problems = parse_records("spend", fields)
+    assert problems == ["spend v2@sha256:bad: expected the first-seen time in ms"]
+    v1, v2 = versions
+    assert v1.contracts == (("sha256:" + "cd" * 32, 3), ("sha256:" + "ef" * 32, 9))
+    assert v2.contracts == ((FINGERPRINT, 12),)
+    active, retired = build_registry(catalog(g), versions)
+    assert active.as_dict()["lineage"]["contracts_seen"] == [
+        {"fingerprint": FINGERPRINT, "first_seen_ms": 12}
+    ]
+    # the retired version shows the topic and contract it was deployed with
+    assert retired.status == "retired" and retired.topic == "payments-v1"
+    assert retired.schema is not None and retired.schema.fingerprint == "sha256:" + "cd" * 32
+    assert "payments-v1 → transactions.schema.json (sha256:cdcdcdcdcdcd)" in lineage_text(retired)
+    assert len(retired.contracts_seen) == 2
