@@ -299,6 +299,10 @@ class QualityChecker:
         out.extend((name, "allowed") for name, _ in self._domains)
         return tuple(out)
 
+    def release(self, partition: int) -> None:
+        """Drop a partition's remembered ids (it moved to another worker)."""
+        self._recent.pop(partition, None)
+
     def tracked_ids(self) -> int:
         """Ids remembered over all partitions (the uniqueness check's memory)."""
         return sum(len(r) for r in self._recent.values())

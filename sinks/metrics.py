@@ -9,6 +9,7 @@ code from :data:`schemas.REASONS`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 
 from prometheus_client import (
@@ -254,3 +255,12 @@ class WorkerMetrics:
             self.quality_missing.labels(source=source, field=name)
         for name, check in checks:
             self.quality_violations.labels(source=source, field=name, check=check)
+
+    def forget_partition(self, topic: str, source: str, partition: int) -> None:
+        """Remove the per-partition series of a partition this worker no longer owns."""
+        for gauge, labels in (
+            (self.consumer_lag, (topic, str(partition))),
+            (self.applied_offset, (source, str(partition))),
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)

@@ -172,6 +172,7 @@ def create_app(
         app.agent(channel, name=f"driftline.ingest.{source.name}")(_make_agent(app, pipeline))
 
     all_monitors = {m.name: m for ms in monitors.values() for m in ms}
+    runner: MonitorRunner | None = None
     if all_monitors:
         runner = MonitorRunner(
             monitors=all_monitors,
@@ -190,10 +191,22 @@ def create_app(
         app=app, settings=settings, metrics=metrics, pipelines=pipelines, web=None
     )
     source_topics = {s.topic for s in settings.sources}
+    by_topic = {s.topic: pipelines[s.name] for s in settings.sources}
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(app: faust.App, assigned: set[Any], **kwargs: Any) -> None:
+        previous = holder.assigned
         holder.assigned = {tp for tp in assigned if tp.topic in source_topics}
+        # What moved to other workers stops being exported here: a gauge left
+        # behind (a lag, an open drift incident) would be read as current.
+        for tp in previous - holder.assigned:
+            pipeline = by_topic[tp.topic]
+            pipeline.release(tp.partition)
+            metrics.forget_partition(tp.topic, pipeline.source, tp.partition)
+        if runner is not None:
+            runner.keep_partitions(
+                {tp.partition for tp in assigned if tp.topic == settings.values_topic}
+            )
         metrics.assigned_partitions.set(len(holder.assigned))
         metrics.rebalances.inc()
         log.info(

@@ -31,6 +31,7 @@ checkpoint is saved: a crash between the two re-publishes the same alert
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -77,6 +78,8 @@ class MonitorRunner:
         self.backoff = backoff or Backoff(0.2, 10.0)
         self._sleep = sleep
         self._held: dict[str, _Held] = {}
+        #: values-topic partition each held monitor's records come from
+        self._partition_of: dict[str, int] = {}
 
     async def _hold(self, name: str) -> _Held:
         held = self._held.get(name)
@@ -120,6 +123,7 @@ class MonitorRunner:
             if name not in self.configs:
                 continue  # a monitor removed from the config
             held = await self._hold(name)
+            self._partition_of[name] = record.partition
             key = f"{source}/{partition}"
             high = held.checkpoint.high_water.get(key, -1)
             for offset, event_time_ms, value, segment in samples:
@@ -169,6 +173,31 @@ class MonitorRunner:
         if not saved:
             log.warning("monitor %s: another worker saved a newer checkpoint; reloading it", name)
             self._held.pop(name, None)
+
+    def keep_partitions(self, owned: set[int]) -> None:
+        """Let go of the monitors whose values-topic partition this worker no longer owns.
+
+        Their gauges are removed (the new owner exports them; an open incident
+        left here would keep DriftIncidentOpen firing after it closed) and their
+        state is dropped, so if they come back they resume from the checkpoint.
+        """
+        for name, partition in list(self._partition_of.items()):
+            if partition in owned:
+                continue
+            del self._partition_of[name]
+            held = self._held.pop(name, None)
+            if held is None:
+                continue
+            for segment in held.monitor.monitors:
+                for gauge in (
+                    self.metrics.drift_incident_open,
+                    self.metrics.drift_warming_up,
+                    self.metrics.drift_reference_mean,
+                    self.metrics.drift_recent_mean,
+                ):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(name, segment)
+            log.info("monitor %s moved to another worker (partition %d)", name, partition)
 
     def _export(self, name: str, monitor: SegmentedMonitor) -> None:
         m = self.metrics

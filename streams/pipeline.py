@@ -228,6 +228,12 @@ class SourcePipeline:
         decoder = parser.decoder
         self._registry_decoder = decoder if isinstance(decoder, ConfluentAvroDecoder) else None
 
+    def release(self, partition: int) -> None:
+        """Forget what this worker held for a partition that moved to another worker."""
+        self._partitions.pop(partition, None)
+        if self.quality is not None:
+            self.quality.release(partition)
+
     async def process(self, records: Sequence[RawRecord]) -> Classified:
         """Process one batch; returns once its effects are durable."""
         started = time.perf_counter()

@@ -262,6 +262,16 @@ def test_rebalance_two_workers_one_restarted(
         assert producer.error is None, producer.error
         wait_until_applied(redis_url, prefix, producer, [first, second], timeout=120)
         assert first.metric_sum("driftline_rebalances_total") >= 2
+        # each partition's applied offset is exported by its owner only: the first
+        # worker dropped the series of the partitions the restarted one took back
+        owners: dict[str, int] = {}
+        for worker in (first, second):
+            for (name, labels), _ in worker.metrics().items():
+                if name == "driftline_applied_offset":
+                    partition = dict(labels)["partition"]
+                    owners[partition] = owners.get(partition, 0) + 1
+        partitions = config["kafka"]["topic_partitions"]
+        assert owners == {str(p): 1 for p in range(partitions)}, owners
     finally:
         first.stop()
         second.stop()
