@@ -376,10 +376,10 @@ class RedisFeatureStore:
             await self.client.hsetnx(key, f"{field}@{contract}", now_ms)
 
 
-def read_stored(
-    group: FeatureGroup, fields: Mapping[bytes | str, bytes | str], as_of_ms: int
-) -> Reading:
-    """The features of one stored entity hash (empty for ``{}``), without decoding objects."""
+def split_hash(
+    fields: Mapping[bytes | str, bytes | str],
+) -> tuple[dict[int, bytes], dict[str, tuple[int, Any]], int | None]:
+    """An entity hash's ring blobs by resolution, ``last`` values and newest event time."""
     blobs: dict[int, bytes] = {}
     last: dict[str, tuple[int, Any]] = {}
     newest: int | None = None
@@ -392,23 +392,21 @@ def read_stored(
         elif name.startswith("l:"):
             t, _, value = _text(raw_value).partition("|")
             last[name[2:]] = (int(t), orjson.loads(value))
+    return blobs, last, newest
+
+
+def read_stored(
+    group: FeatureGroup, fields: Mapping[bytes | str, bytes | str], as_of_ms: int
+) -> Reading:
+    """The features of one stored entity hash (empty for ``{}``), without decoding objects."""
+    blobs, last, newest = split_hash(fields)
     return read_rings(group, blobs, last, newest, as_of_ms)
 
 
 def decode_state(group: FeatureGroup, fields: Mapping[bytes | str, bytes | str]) -> EntityState:
-    rings = {}
-    last: dict[str, tuple[int, Any]] = {}
-    newest: int | None = None
-    for raw_name, raw_value in fields.items():
-        name = _text(raw_name)
-        if name == "_n":
-            newest = int(_text(raw_value))
-        elif name.startswith("r"):
-            blob = raw_value if isinstance(raw_value, bytes) else raw_value.encode()
-            rings[int(name[1:])] = decode_ring(group, blob)
-        elif name.startswith("l:"):
-            t, _, value = _text(raw_value).partition("|")
-            last[name[2:]] = (int(t), orjson.loads(value))
+    """The engine's state object of one stored entity hash."""
+    blobs, last, newest = split_hash(fields)
+    rings = {r: decode_ring(group, blob) for r, blob in blobs.items()}
     return EntityState(rings, last, newest)
 
 
