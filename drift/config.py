@@ -5,7 +5,7 @@ A monitor watches one numeric field of one source, optionally per segment::
     monitors:
       - name: amount
         source: transactions
-        field: amount
+        field: amount              # or feature: user_spend.amount_mean_1h (a computed feature)
         segment_by: country        # optional; one monitor per value, at most max_segments
         # everything below is optional; the defaults are the benchmarked ones
         detectors: [page_hinkley, adwin]
@@ -26,7 +26,14 @@ import difflib
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from drift.exceptions import DriftConfigError
 
@@ -87,7 +94,18 @@ class MonitorConfig(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=128)
     source: str = Field(min_length=1)
-    field: str = Field(min_length=1, description="a top-level field of the event")
+    field: str | None = Field(None, min_length=1, description="a top-level field of the event")
+    feature: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+\.[A-Za-z0-9_]+$",
+        description="a computed feature, as group.feature (e.g. user_spend.amount_mean_1h)",
+    )
+    max_entities_per_batch: int = Field(
+        64,
+        ge=1,
+        description="feature monitors: entities sampled per partition batch (their feature "
+        "value after the batch is one monitored value each)",
+    )
     segment_by: str | None = Field(
         None, min_length=1, description="a field whose value selects a separate monitor"
     )
@@ -120,6 +138,25 @@ class MonitorConfig(BaseModel):
     page_hinkley: PageHinkleyParams = PageHinkleyParams()
     adwin: AdwinParams = AdwinParams()
 
+    @model_validator(mode="after")
+    def _one_target(self) -> MonitorConfig:
+        if (self.field is None) == (self.feature is None):
+            raise ValueError("give either field (an event field) or feature (group.feature)")
+        return self
+
+    @property
+    def watched(self) -> str:
+        """What the monitor watches: the event field, or ``group.feature``."""
+        return self.field if self.field is not None else str(self.feature)
+
+    @property
+    def feature_group(self) -> str | None:
+        return None if self.feature is None else self.feature.rsplit(".", 1)[0]
+
+    @property
+    def feature_name(self) -> str | None:
+        return None if self.feature is None else self.feature.rsplit(".", 1)[1]
+
     @field_validator("detectors", "statistics", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
@@ -150,7 +187,7 @@ class MonitorConfig(BaseModel):
         except ValidationError as exc:
             error = exc.errors()[0]
             key = ".".join(str(part) for part in error["loc"]) or "(monitor)"
-            message = error["msg"]
+            message = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
                 message = "unknown key" + _did_you_mean(key)
             elif error["type"] == "literal_error" and key.startswith("detectors"):

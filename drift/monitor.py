@@ -369,7 +369,7 @@ class Monitor:
         return Alert(
             monitor=config.name,
             source=config.source,
-            field=config.field,
+            field=config.watched,
             segment=self.segment,
             incident_id=incident.incident_id,
             kind=kind,

@@ -112,6 +112,11 @@ class SegmentedMonitor:
         An absent, null or non-numeric field (booleans included) is skipped
         and counted in :attr:`n_skipped_missing`.
         """
+        if self.config.field is None:
+            raise ValueError(
+                f"monitor {self.config.name!r} watches feature {self.config.feature}: "
+                "feed its values with update()"
+            )
         raw = event.get(self.config.field)
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             self._skipped_missing += 1

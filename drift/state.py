@@ -11,6 +11,7 @@ because thresholds, warm-up sizes and detector lists only make sense together.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -53,6 +54,10 @@ def check_config(stored: Mapping[str, Any], config: MonitorConfig | None) -> Mon
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             raise DriftStateError(f"checkpoint configuration is no longer valid: {exc}") from exc
     current = config.model_dump(mode="json")
+    # settings added since the checkpoint was written take their defaults; a stored
+    # configuration that no longer validates is compared as it is
+    with contextlib.suppress(ValueError):
+        stored = MonitorConfig.model_validate(stored).model_dump(mode="json")
     if current != stored:
         changes = ", ".join(
             f"{key}: {old!r} -> {new!r}" for key, old, new in _differences(stored, current)

@@ -226,6 +226,10 @@ class FeatureStore(Protocol):
         deltas: Sequence[tuple[FeatureGroup, Mapping[str, EntityState]]],
     ) -> tuple[bool, int]: ...
 
+    async def read_states(
+        self, group: FeatureGroup, entities: Sequence[str]
+    ) -> list[EntityState | None]: ...
+
 
 class FeatureVersionConflict(Exception):
     """A feature group version is deployed with a different definition."""
@@ -449,6 +453,11 @@ class MemoryFeatureStore:
         self.partitions[(source, partition)] = PartitionState(new_offset, watermark_ms)
         self.applied_batches += 1
         return True, new_offset
+
+    async def read_states(
+        self, group: FeatureGroup, entities: Sequence[str]
+    ) -> list[EntityState | None]:
+        return [self.states.get((group.name, group.version, e)) for e in entities]
 
     async def get(
         self, group: FeatureGroup, entities: Sequence[str], *, as_of_ms: int | None = None

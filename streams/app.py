@@ -112,7 +112,7 @@ def create_app(
     if groups is None:
         groups = build_feature_groups(settings, parsers, "config")
     if monitors is None:
-        monitors = build_monitors(settings, parsers, "config")
+        monitors = build_monitors(settings, parsers, "config", groups)
     if quality is None:
         quality = build_quality(settings, parsers, "config")
     metrics = metrics or WorkerMetrics([s.name for s in settings.sources])

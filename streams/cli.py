@@ -76,7 +76,7 @@ def check_config(config: Path) -> None:
     settings = _load(config)
     parsers = build_parsers(settings)
     groups = build_feature_groups(settings, parsers, str(config))
-    monitors = build_monitors(settings, parsers, str(config))
+    monitors = build_monitors(settings, parsers, str(config), groups)
     quality = build_quality(settings, parsers, str(config))
     click.echo(f"{config}: OK")
     click.echo(
@@ -114,7 +114,7 @@ def check_config(config: Path) -> None:
         for monitor in monitors.get(source.name, ()):
             segments = f" by {monitor.segment_by}" if monitor.segment_by else ""
             click.echo(
-                f"  monitor {monitor.name}: {source.name}.{monitor.field}{segments}; "
+                f"  monitor {monitor.name}: {source.name}.{monitor.watched}{segments}; "
                 f"detectors {', '.join(monitor.detectors)}; warm-up {monitor.warmup} values"
             )
     if settings.monitors:
@@ -146,7 +146,7 @@ def worker(config: Path) -> None:
     settings = _load(config)
     parsers = build_parsers(settings)  # contract errors surface before Faust starts
     groups = build_feature_groups(settings, parsers, str(config))
-    monitors = build_monitors(settings, parsers, str(config))
+    monitors = build_monitors(settings, parsers, str(config), groups)
     quality = build_quality(settings, parsers, str(config))
     from streams.runner import run_worker
 

@@ -41,7 +41,7 @@ import orjson
 from drift.config import MonitorConfig
 from drift.quality import QualityChecker, QualityReport
 from features.definitions import FeatureGroup
-from features.engine import build_deltas
+from features.engine import apply_delta, build_deltas, read_features
 from features.state import EntityState
 from features.watermark import split_by_time
 from schemas import REASONS, EventParser, InvalidEvent, ParsedEvent, Rejection
@@ -130,6 +130,8 @@ def sample_records(
     out: list[tuple[bytes, bytes]] = []
     for monitor in monitors:
         field = monitor.field
+        if field is None:
+            continue  # a feature monitor: see feature_samples
         segment_by = monitor.segment_by
         samples: list[tuple[int, int, float, Any]] = []
         for event, record in zip(events, records, strict=True):
@@ -143,6 +145,57 @@ def sample_records(
         if samples:
             doc = {"m": monitor.name, "s": source, "p": partition, "v": samples}
             out.append((monitor.name.encode(), orjson.dumps(doc)))
+    return out
+
+
+def sampled_entities(
+    events: Sequence[ParsedEvent], records: Sequence[RawRecord], limit: int
+) -> list[tuple[str, int, ParsedEvent]]:
+    """Entities of a batch as (entity, offset of its last event, that event), by offset.
+
+    At most ``limit``, spread evenly over the batch when there are more: the
+    choice depends only on the batch, so a replay samples the same entities.
+    """
+    last: dict[str, tuple[int, ParsedEvent]] = {}
+    for event, record in zip(events, records, strict=True):
+        last[event.entity] = (record.offset, event)
+    ordered = sorted(((o, e, ev) for e, (o, ev) in last.items()), key=lambda t: t[0])
+    if len(ordered) > limit:
+        step = len(ordered) / limit
+        ordered = [ordered[int(i * step)] for i in range(limit)]
+    return [(entity, offset, event) for offset, entity, event in ordered]
+
+
+def feature_samples(
+    monitor: MonitorConfig,
+    group: FeatureGroup,
+    chosen: Sequence[tuple[str, int, ParsedEvent]],
+    stored: Sequence[EntityState | None],
+    deltas: Mapping[str, EntityState],
+) -> list[tuple[int, int, float, Any]]:
+    """One sample per chosen entity: its feature value once this batch is applied.
+
+    The value is read as of the entity's newest event time, from the stored
+    state merged with the batch's delta exactly as the store will merge it,
+    so it is known before the write and rides in the same flush as the
+    dead letters.  Entities whose feature has no value (a mean over an empty
+    window) give no sample.
+    """
+    name = str(monitor.feature_name)
+    segment_by = monitor.segment_by
+    out: list[tuple[int, int, float, Any]] = []
+    for (entity, offset, event), state in zip(chosen, stored, strict=True):
+        delta = deltas.get(entity)
+        merged = apply_delta(group, state, delta) if delta is not None else state
+        if merged is None or merged.newest_event_ms is None:
+            continue
+        value = read_features(group, merged, merged.newest_event_ms).values.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        segment = event.data.get(segment_by) if segment_by else None
+        if segment is not None and not isinstance(segment, str | int | float | bool):
+            segment = None
+        out.append((offset, merged.newest_event_ms, float(value), segment))
     return out
 
 
@@ -209,7 +262,14 @@ class SourcePipeline:
         self.dead_letters = dead_letters
         self.store = store if groups else None
         self.groups = tuple(groups)
-        self.monitors = tuple(monitors)
+        self.monitors = tuple(m for m in monitors if m.field is not None)
+        by_group = {g.name: g for g in self.groups}
+        #: feature monitors with the group they read (validated by build_monitors)
+        self.feature_monitors = tuple(
+            (m, by_group[str(m.feature_group)])
+            for m in monitors
+            if m.feature is not None and str(m.feature_group) in by_group
+        )
         self.values_topic = values_topic
         self.metrics = metrics
         self.allowed_lateness_ms = allowed_lateness_ms
@@ -288,6 +348,8 @@ class SourcePipeline:
                     )
                 watermark = judged.watermark_ms
                 deltas = [(group, build_deltas(group, judged.accepted)) for group in self.groups]
+                if self.feature_monitors and result.valid:
+                    await self._sample_features(partition, result, dict(deltas))
             self._dead_letter(result.rejected)
             if self.monitors and result.valid:
                 # Values for the drift monitors ride in the same flush: durable
@@ -309,6 +371,34 @@ class SourcePipeline:
                 self.source,
                 partition,
             )
+
+    async def _sample_features(
+        self,
+        partition: int,
+        result: Classified,
+        deltas: Mapping[FeatureGroup, Mapping[str, EntityState]],
+    ) -> None:
+        """Queue the feature monitors' samples of this batch on the values topic."""
+        assert self.store is not None
+        store = self.store
+        for monitor, group in self.feature_monitors:
+            chosen = sampled_entities(
+                result.valid, result.valid_records, monitor.max_entities_per_batch
+            )
+            entities = [entity for entity, _, _ in chosen]
+
+            async def read(
+                g: FeatureGroup = group, es: list[str] = entities
+            ) -> list[EntityState | None]:
+                return await store.read_states(g, es)
+
+            stored = await self._until_done("redis", read)
+            samples = feature_samples(monitor, group, chosen, stored, deltas[group])
+            if samples:
+                doc = {"m": monitor.name, "s": self.source, "p": partition, "v": samples}
+                self.dead_letters.add(
+                    self.values_topic, monitor.name.encode(), orjson.dumps(doc), []
+                )
 
     def _check_quality(self, partition: int, result: Classified) -> None:
         """Count the batch's data-quality findings; move routed violations to ``rejected``."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping, Sequence
+
 from drift.config import MonitorConfig
 from drift.exceptions import DriftConfigError
 from drift.quality import QualityChecker
@@ -111,9 +114,12 @@ def _declared_fields(parser: EventParser) -> frozenset[str]:
 
 
 def build_monitors(
-    settings: Settings, parsers: dict[str, EventParser], origin: str
+    settings: Settings,
+    parsers: dict[str, EventParser],
+    origin: str,
+    groups: Mapping[str, Sequence[FeatureGroup]] | None = None,
 ) -> dict[str, tuple[MonitorConfig, ...]]:
-    """Validate ``monitors`` against the sources; by source name."""
+    """Validate ``monitors`` against the sources and feature groups; by source name."""
     sources = {s.name: s for s in settings.sources}
     by_source: dict[str, list[MonitorConfig]] = {name: [] for name in sources}
     names: set[str] = set()
@@ -131,6 +137,8 @@ def build_monitors(
         if source is None:
             known = ", ".join(sorted(sources))
             raise ConfigError(f"{label}.source: unknown source {monitor.source!r} (known: {known})")
+        if monitor.feature is not None:
+            _check_feature(label, monitor, source.name, groups or {})
         declared = _declared_fields(parsers[source.name])
         for key, field in (("field", monitor.field), ("segment_by", monitor.segment_by)):
             if field is not None and declared and field not in declared:
@@ -165,3 +173,37 @@ def build_quality(
                     )
         checkers[source.name] = QualityChecker(config, contract_fields=declared)
     return checkers
+
+
+def _check_feature(
+    label: str,
+    monitor: MonitorConfig,
+    source: str,
+    groups: Mapping[str, Sequence[FeatureGroup]],
+) -> None:
+    """A feature monitor names a feature of a group computed from the monitor's source."""
+    by_name = {g.name: g for gs in groups.values() for g in gs}
+    group = by_name.get(str(monitor.feature_group))
+    if group is None:
+        known = ", ".join(sorted(by_name)) or "none"
+        raise ConfigError(
+            f"{label}.feature: unknown feature group {monitor.feature_group!r} (known: {known})"
+        )
+    if group.source != source:
+        raise ConfigError(
+            f"{label}.feature: group {group.name!r} is computed from source {group.source!r}, "
+            f"not from the monitor's source {source!r}"
+        )
+    names = group.feature_names()
+    if monitor.feature_name not in names:
+        close = difflib.get_close_matches(str(monitor.feature_name), names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"{label}.feature: group {group.name!r} has no feature {monitor.feature_name!r}{hint}"
+        )
+    kinds = {spec.name: spec for spec in group.layout.features}
+    if kinds[str(monitor.feature_name)].kind == "last":
+        raise ConfigError(
+            f"{label}.feature: {monitor.feature_name!r} is a last value; monitor the event "
+            "field itself instead (field: ...)"
+        )

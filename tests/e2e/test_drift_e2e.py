@@ -118,3 +118,58 @@ def test_shift_raises_one_alert_and_survives_restart(
         again.stop()
     after = asyncio.run(read_alerts(kafka_bootstrap, f"alerts-{suffix}", 3))
     assert [a for a in after if a["kind"] == "opened"] == opened
+
+
+def test_a_feature_monitor_watches_each_entity_feature_after_its_batch(
+    tmp_path: Path, kafka_bootstrap: str, redis_url: str
+) -> None:
+    """One event per user: each user's 24 h sum is its amount, so the monitor's recent
+    mean over the 500 values it kept is exactly the mean of the 500 amounts."""
+    suffix = uuid.uuid4().hex[:8]
+    config = e2e_config(kafka_bootstrap, redis_url, suffix)
+    config["sources"] = config["sources"][:1]
+    config["feature_groups"] = config["feature_groups"][:1]
+    config["drift"] = {"alerts_topic": f"alerts-{suffix}"}
+    config["monitors"] = [
+        {
+            "name": "user-sum",
+            "source": "tx",
+            "feature": "spend.amount_sum_24h",
+            "warmup": 100,
+            "max_entities_per_batch": 1000,
+        }
+    ]
+    rng = random.Random(9)
+    now = int(time.time() * 1000) - 10_000
+    amounts = [round(rng.uniform(1, 100), 2) for _ in range(500)]
+    records = [
+        (
+            f"user-{i}".encode(),
+            orjson.dumps(
+                {
+                    "event_id": f"f-{i}",
+                    "user_id": f"user-{i}",
+                    "amount": amount,
+                    "category": "fuel",
+                    "event_time": now + i,
+                }
+            ),
+        )
+        for i, amount in enumerate(amounts)
+    ]
+    worker = WorkerProcess(tmp_path, config).start()
+    try:
+        asyncio.run(produce(kafka_bootstrap, f"tx-{suffix}", records))
+        worker.wait_for("driftline_events_valid_total", 500, source="tx")
+        expected = sum(amounts) / len(amounts)
+        deadline = time.monotonic() + 30
+        while True:
+            got = worker.metric_sum("driftline_drift_recent_mean", monitor="user-sum")
+            if got == pytest.approx(expected, rel=1e-9):
+                break
+            assert time.monotonic() < deadline, (got, expected, worker.log()[-3000:])
+            time.sleep(0.3)
+        assert worker.metric_sum("driftline_drift_warming_up", monitor="user-sum") == 0
+        assert worker.proc is not None and worker.proc.poll() is None
+    finally:
+        worker.kill()

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from drift import MonitorConfig
 from drift.quality import QualityChecker, QualityConfig
 from features.definitions import FeatureGroup
 from schemas import REASONS, InvalidEvent, ParsedEvent, build_parser
@@ -352,3 +353,62 @@ async def test_quality_counts_only_by_default_and_replays_keep_their_verdicts() 
     assert metric(pipeline, "driftline_quality_duplicates_total") == 1
     assert metric(pipeline, "driftline_quality_violations_total", field="amount", check="max") == 1
     assert metric(pipeline, "driftline_quality_events_total") == 3
+
+
+def feature_monitor(feature: str = "spend.amount_sum_1h", **extra: object) -> MonitorConfig:
+    return MonitorConfig.from_config(
+        {"name": "spend-sum", "source": "transactions", "feature": feature, **extra}
+    )
+
+
+def value_records(dlq: MemoryKafkaSink) -> list[dict[str, object]]:
+    return [orjson.loads(v) for t, _, v, _ in dlq.written if t == "values"]
+
+
+async def test_feature_monitors_get_each_entity_feature_after_the_batch() -> None:
+    store = MemoryFeatureStore()
+    dlq = MemoryKafkaSink()
+    pipeline = SourcePipeline(
+        source="transactions",
+        dead_letter_topic="tx.dlq",
+        parser=make_parser(),
+        dead_letters=dlq,
+        store=store,
+        groups=(GROUP,),
+        metrics=WorkerMetrics(["transactions"], CollectorRegistry()),
+        monitors=(feature_monitor(segment_by="category"),),
+        values_topic="values",
+    )
+    await pipeline.process([rec(tx("u1", 1_000, 5.0), 0), rec(tx("u2", 1_500, 1.0), 1)])
+    await pipeline.process(
+        [
+            rec(tx("u1", 2_000, 2.0), 2),
+            rec(tx("u3", 2_100, 4.0, category="grocery"), 3),
+            rec(tx("u1", 2_500, 3.0), 4),
+        ]
+    )
+    first, second = value_records(dlq)
+    assert first["m"] == "spend-sum" and first["p"] == 0
+    # one sample per entity: (offset of its last event, its newest event time, value, segment)
+    assert first["v"] == [[0, 1_000, 5.0, "fuel"], [1, 1_500, 1.0, "fuel"]]
+    # u1's sum covers the stored 5.0 and this batch's 2.0 + 3.0: the value once applied
+    assert second["v"] == [[3, 2_100, 4.0, "grocery"], [4, 2_500, 10.0, "fuel"]]
+    [u1] = await store.get(GROUP, ["u1"], as_of_ms=2_500)
+    assert u1.values["amount_sum_1h"] == 10.0
+
+
+def test_sampled_entities_are_spread_over_the_batch_and_deterministic() -> None:
+    from streams.pipeline import sampled_entities
+
+    parser = make_parser()
+    records = [rec(tx(f"u{i}", 1_000 + i, 1.0), i) for i in range(10)]
+    events = [parser.parse(r.value, r.timestamp_ms) for r in records]
+    chosen = sampled_entities(events, records, 4)
+    assert [(entity, offset) for entity, offset, _ in chosen] == [
+        ("u0", 0),
+        ("u2", 2),
+        ("u5", 5),
+        ("u7", 7),
+    ]
+    assert sampled_entities(events, records, 4) == chosen
+    assert len(sampled_entities(events, records, 100)) == 10

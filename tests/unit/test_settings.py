@@ -139,3 +139,57 @@ def test_quality_fields_must_be_in_the_contract(tmp_path: Path) -> None:
     s = load(tmp_path, "    quality:\n      completeness: [amount, currency]\n")
     [checker] = build_quality(s, build_parsers(s), "c.yaml").values()
     assert checker.completeness == ("amount", "currency")
+
+
+FEATURES = """
+feature_groups:
+  - name: spend
+    version: 1
+    source: tx
+    values: {amount: [sum, mean]}
+    last: [category]
+    windows: [1h]
+"""
+
+
+@pytest.mark.parametrize(
+    ("feature", "message"),
+    [
+        ("spend.amount_mean_1h", None),
+        ("nope.amount_mean_1h", "monitors[0](m).feature: unknown feature group 'nope'"),
+        ("spend.amount_men_1h", "no feature 'amount_men_1h' (did you mean 'amount_mean_1h'?)"),
+        ("spend.category_last", "'category_last' is a last value"),
+    ],
+)
+def test_feature_monitors_name_a_feature_of_their_source(
+    tmp_path: Path, feature: str, message: str | None
+) -> None:
+    from streams.sources import build_feature_groups, build_monitors, build_parsers
+
+    monitors = f"monitors:\n  - {{name: m, source: tx, feature: {feature}}}\n"
+    s = load(tmp_path, FEATURES + monitors)
+    parsers = build_parsers(s)
+    groups = build_feature_groups(s, parsers, "c.yaml")
+    if message is None:
+        [monitor] = build_monitors(s, parsers, "c.yaml", groups)["tx"]
+        assert monitor.watched == feature
+        return
+    with pytest.raises(ConfigError) as info:
+        build_monitors(s, parsers, "c.yaml", groups)
+    assert message in str(info.value)
+
+
+def test_a_feature_monitor_must_watch_a_group_of_its_own_source(tmp_path: Path) -> None:
+    from streams.sources import build_feature_groups, build_monitors, build_parsers
+
+    other = f"""  - name: tx2
+    topic: tx2
+    schema: {CONTRACT}
+    entity_key: user_id
+"""
+    monitors = "monitors:\n  - {name: m, source: tx2, feature: spend.amount_sum_1h}\n"
+    s = load(tmp_path, other + FEATURES + monitors)
+    parsers = build_parsers(s)
+    groups = build_feature_groups(s, parsers, "c.yaml")
+    with pytest.raises(ConfigError, match="computed from source 'tx', not from the monitor's"):
+        build_monitors(s, parsers, "c.yaml", groups)

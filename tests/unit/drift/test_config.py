@@ -55,6 +55,14 @@ def test_single_detector_may_be_a_string_and_nested_params_validate() -> None:
         ({"adwin": {"delat": 0.1}}, "adwin.delat", "unknown key (did you mean 'delta'?)"),
         ({"page_hinkley": {"zzz": 1}}, "page_hinkley.zzz", "unknown key (known keys: alpha, delta"),
         ({"field": ""}, "field", "at least 1 character"),
+        ({"feature": "spend.amount_mean_1h"}, "(monitor)", "either field"),
+        ({"field": None}, "(monitor)", "give either field (an event field) or feature"),
+        ({"field": None, "feature": "no_group"}, "feature", "should match pattern"),
+        (
+            {"field": None, "feature": "g.f", "max_entities_per_batch": 0},
+            "max_entities_per_batch",
+            "greater than or equal to 1",
+        ),
     ],
 )
 def test_errors_name_monitor_and_key(extra: dict[str, object], key: str, fragment: str) -> None:
@@ -79,3 +87,17 @@ def test_missing_name_and_bad_name() -> None:
 def test_not_a_mapping() -> None:
     with pytest.raises(DriftConfigError, match="expected a mapping"):
         MonitorConfig.from_config(["amount"])  # type: ignore[arg-type]
+
+
+def test_a_feature_monitor_names_group_and_feature() -> None:
+    config = MonitorConfig.from_config(
+        {"name": "m", "source": "tx", "feature": "user.spend.amount_mean_1h"}
+    )
+    assert (config.field, config.feature_group, config.feature_name) == (
+        None,
+        "user.spend",
+        "amount_mean_1h",
+    )
+    assert config.watched == "user.spend.amount_mean_1h" and config.max_entities_per_batch == 64
+    plain = MonitorConfig.from_config(BASE)
+    assert (plain.watched, plain.feature_group, plain.feature_name) == ("amount", None, None)

@@ -146,3 +146,17 @@ def test_segmented_restart_continues_exactly() -> None:
         SegmentedMonitor.from_state(
             first.to_state(), config=make_config(segment_by="country", max_segments=3)
         )
+
+
+def test_a_checkpoint_from_before_new_settings_is_still_restored() -> None:
+    """Settings added in a later version take their defaults; the warm-up is not lost."""
+    from drift.state import check_config
+
+    config = make_config()
+    stored = config.model_dump(mode="json")
+    for added in ("feature", "max_entities_per_batch"):
+        del stored[added]
+    assert check_config(stored, config) == config
+    stored["warmup"] = 5000  # a real difference is still refused
+    with pytest.raises(DriftStateError, match="warmup: 5000 -> 1000"):
+        check_config(stored, config)
