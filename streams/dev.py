@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -334,9 +335,19 @@ def run_dev(options: DevOptions) -> int:
         code = 0
     except DriftlineError:
         stack.stop()
+        _keep_logs(stack.run_dir)
         raise
     finally:
         _say("stopping: worker, redis, broker ...")
         stack.stop()
-    _say(f"stopped everything (ran {time.monotonic() - t0:.0f}s).")
+    if code == 0:
+        shutil.rmtree(stack.run_dir, ignore_errors=True)  # logs and the worker's data dir
+        _say(f"stopped everything (ran {time.monotonic() - t0:.0f}s).")
+    else:
+        _say(f"stopped everything (ran {time.monotonic() - t0:.0f}s).")
+        _keep_logs(stack.run_dir)
     return code
+
+
+def _keep_logs(run_dir: Path) -> None:
+    _say(f"logs kept for a look in {run_dir} (delete the folder when done)")

@@ -50,3 +50,6 @@ def test_dev_runs_the_demo_pipeline_and_stops_everything(tmp_path: Path) -> None
     assert "malformed_json=" in last and "duplicate=" in last, last
     assert re.search(r"quality: [1-9]\d* dup, missing country", last), last
     assert "stopped everything" in out
+    # a clean stop leaves no files behind (logs are kept only when something failed)
+    run_dir = re.search(r"files in (\S+)", out).group(1)  # type: ignore[union-attr]
+    assert not Path(run_dir).exists(), run_dir
