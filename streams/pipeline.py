@@ -220,6 +220,35 @@ def judge_event_time(
     stored with the partition's offset: both are fixed properties of the
     partition's history, so reprocessing after a crash gives the same verdicts.
     """
+    if events:
+        # Fast path, the common case: nothing can be late or future.  No event
+        # is ahead of its record by more than the tolerance, and the oldest one
+        # is within the lateness of the highest watermark the batch can reach.
+        times = [e.event_time_ms for e in events]
+        newest = max(times)
+        top = newest if watermark_ms is None or newest > watermark_ms else watermark_ms
+        if min(times) >= top - allowed_lateness_ms and all(
+            t <= r.timestamp_ms + future_tolerance_ms for t, r in zip(times, records, strict=True)
+        ):
+            return TimeJudged(list(events), [], top)
+    return _judge_each(
+        events,
+        records,
+        watermark_ms,
+        allowed_lateness_ms=allowed_lateness_ms,
+        future_tolerance_ms=future_tolerance_ms,
+    )
+
+
+def _judge_each(
+    events: Sequence[ParsedEvent],
+    records: Sequence[RawRecord],
+    watermark_ms: int | None,
+    *,
+    allowed_lateness_ms: int,
+    future_tolerance_ms: int,
+) -> TimeJudged:
+    """:func:`judge_event_time` event by event (:func:`features.watermark.split_by_time`)."""
     rejected: list[tuple[RawRecord, Rejection]] = []
     pairs: list[tuple[int, ParsedEvent]] = []
     by_offset: dict[int, RawRecord] = {}

@@ -412,3 +412,27 @@ def test_sampled_entities_are_spread_over_the_batch_and_deterministic() -> None:
     ]
     assert sampled_entities(events, records, 4) == chosen
     assert len(sampled_entities(events, records, 100)) == 10
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 100_000), st.integers(0, 100_000)), max_size=30),
+    st.none() | st.integers(0, 100_000),
+    st.integers(0, 40_000),
+    st.integers(0, 40_000),
+)
+def test_judging_fast_path_decides_as_event_by_event(
+    times: list[tuple[int, int]], watermark: int | None, lateness: int, tolerance: int
+) -> None:
+    from streams.pipeline import _judge_each, judge_event_time
+
+    events = [ParsedEvent("u", t, {}) for t, _ in times]
+    records = [RawRecord("tx", 0, i, ts, b"k", b"", ()) for i, (_, ts) in enumerate(times)]
+    kwargs = {"allowed_lateness_ms": lateness, "future_tolerance_ms": tolerance}
+    fast = judge_event_time(events, records, watermark, **kwargs)
+    slow = _judge_each(events, records, watermark, **kwargs)
+    assert fast.accepted == slow.accepted
+    assert fast.watermark_ms == slow.watermark_ms
+    assert [(r.offset, j.reason) for r, j in fast.rejected] == [
+        (r.offset, j.reason) for r, j in slow.rejected
+    ]
