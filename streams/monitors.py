@@ -91,6 +91,7 @@ class MonitorRunner:
             what=f"checkpoint of monitor {name}",
             backoff=self.backoff,
             sleep=self._sleep,
+            on_error=self._errors(config.source, "redis"),
         )
         monitor = SegmentedMonitor(config)
         if checkpoint.state is not None:
@@ -137,8 +138,13 @@ class MonitorRunner:
             touched[name] = held
         for alert in alerts:
             self.alerts.add(self.alerts_topic, alert.monitor.encode(), alert.to_json(), [])
+        sources = {self.configs[n].source for n in touched} or {"-"}
         await until_done(
-            self.alerts.flush, what="drift alerts", backoff=self.backoff, sleep=self._sleep
+            self.alerts.flush,
+            what="drift alerts",
+            backoff=self.backoff,
+            sleep=self._sleep,
+            on_error=self._errors(min(sources), "alerts"),
         )
         for name, held in touched.items():
             await self._save(name, held)
@@ -169,10 +175,15 @@ class MonitorRunner:
             what=f"checkpoint of monitor {name}",
             backoff=self.backoff,
             sleep=self._sleep,
+            on_error=self._errors(self.configs[name].source, "redis"),
         )
         if not saved:
             log.warning("monitor %s: another worker saved a newer checkpoint; reloading it", name)
             self._held.pop(name, None)
+
+    def _errors(self, source: str, target: str) -> Callable[[], None]:
+        """Counts a failed attempt in ``driftline_effect_errors_total`` (retried)."""
+        return self.metrics.effect_errors.labels(source=source, target=target).inc
 
     def keep_partitions(self, owned: set[int]) -> None:
         """Let go of the monitors whose values-topic partition this worker no longer owns.

@@ -126,3 +126,36 @@ async def test_revoked_source_partitions_leave_no_series_and_no_state() -> None:
     assert quality.tracked_ids() == 2
     pipeline.release(3)
     assert quality.tracked_ids() == 1
+
+
+async def test_failed_monitor_effects_are_retried_and_counted(redis_url: str) -> None:
+    client = connect_redis(redis_url)
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(["tx"], registry)
+    alerts = MemoryKafkaSink()
+    alerts.fail_next = 2
+    delays: list[float] = []
+
+    async def no_wait(delay: float) -> None:
+        delays.append(delay)
+
+    runner = MonitorRunner(
+        monitors={
+            "a": MonitorConfig.from_config(
+                {"name": "a", "source": "tx", "field": "amount", "warmup": 100}
+            )
+        },
+        store=RedisMonitorStore(client, prefix=f"own-{uuid.uuid4().hex[:6]}"),
+        alerts=alerts,
+        alerts_topic="alerts",
+        metrics=metrics,
+        sleep=no_wait,
+    )
+    try:
+        await runner.process([sample_batch("a", 0, 0, [1.0, 2.0, 3.0])])
+        assert len(delays) == 2  # retried twice, then done
+        failed = gauge(registry, "driftline_effect_errors_total", source="tx", target="alerts")
+        assert failed == 2
+        assert runner._held["a"].checkpoint.high_water["tx/0"] == 2  # then checkpointed
+    finally:
+        await client.aclose()
