@@ -22,8 +22,9 @@ so it keeps no state and any number of replicas can run.
 
 **Routes** (and no others; ``GET /openapi.json`` describes them)::
 
-    GET  /v1/features/{group}/{entity}[?features=a,b][&as_of=ms]   one entity
-    POST /v1/features/{group}:batch  {"entities": [...], "features": [...], "as_of_ms": ms}
+    GET  /v1/features/{group}/{entity}[?features=a,b][&windows=5m,1h][&as_of=ms]   one entity
+    POST /v1/features/{group}:batch  {"entities": [...], "features": [...], "windows": [...],
+                                      "as_of_ms": ms}
     GET  /v1/registry                feature groups, versions, lineage
     GET  /healthz                    the process is up
     GET  /readyz                     Redis answers PING (else 503)
@@ -71,11 +72,12 @@ import logging
 import logging.config
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from multidict import MultiMapping
 from redis.exceptions import MaxConnectionsError, RedisError
 
 from features.definitions import FeatureGroup, FeatureSpec
@@ -155,9 +157,38 @@ def parse_as_of(text: str | None, now_ms: int) -> int:
     return int(text)
 
 
-def select_features(group: FeatureGroup, requested: Sequence[str] | None) -> tuple[str, ...]:
-    """The requested feature names (all when ``None``), deduplicated, in request order."""
+def select_features(
+    group: FeatureGroup,
+    requested: Sequence[str] | None,
+    windows: Sequence[str] | None = None,
+) -> tuple[str, ...]:
+    """The requested feature names (all when ``None``), deduplicated, in request order.
+
+    ``windows`` keeps only features over those windows (``last`` features have
+    no window and are dropped); with ``requested`` too, both must hold.
+    """
     names = group.feature_names()
+    if windows is not None:
+        known_windows = [w.name for w in group.windows]
+        unknown_windows = [w for w in windows if w not in known_windows]
+        if unknown_windows or not windows:
+            raise ApiError(
+                400,
+                f"unknown window(s) of group {group.name!r}: {', '.join(unknown_windows) or '-'}"
+                f"; known: {', '.join(known_windows)}",
+            )
+        keep = set(windows)
+        specs = _specs(group)
+        in_windows = tuple(
+            n for n in names if (w := specs[n].window) is not None and w.name in keep
+        )
+        if requested is None:
+            return in_windows
+        chosen = select_features(group, requested)
+        selected = tuple(n for n in chosen if n in set(in_windows))
+        if not selected:
+            raise ApiError(400, "no requested feature is over the requested windows")
+        return selected
     if requested is None:
         return names
     known = set(names)
@@ -175,18 +206,26 @@ def select_features(group: FeatureGroup, requested: Sequence[str] | None) -> tup
     return tuple(dict.fromkeys(requested))
 
 
-def parse_batch(body: bytes, max_entities: int) -> tuple[list[str], list[str] | None, int | None]:
-    """``(entities, features or None, as_of_ms or None)`` from a batch body, or ``ApiError``."""
+class BatchRequest(NamedTuple):
+    entities: list[str]
+    features: list[str] | None
+    windows: list[str] | None
+    as_of_ms: int | None
+
+
+def parse_batch(body: bytes, max_entities: int) -> BatchRequest:
+    """Entities, features, windows and as-of time of a batch body, or ``ApiError``."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ApiError(400, 'the body must be a JSON object {"entities": [...]}')
-    extra = sorted(set(doc) - {"entities", "features", "as_of_ms"})
+    extra = sorted(set(doc) - {"entities", "features", "windows", "as_of_ms"})
     if extra:
         raise ApiError(
-            400, f"unknown key(s) {', '.join(extra)} (expected entities, features, as_of_ms)"
+            400,
+            f"unknown key(s) {', '.join(extra)} (expected entities, features, windows, as_of_ms)",
         )
     entities = doc.get("entities")
     if not isinstance(entities, list) or not entities:
@@ -207,6 +246,11 @@ def parse_batch(body: bytes, max_entities: int) -> tuple[list[str], list[str] | 
         not isinstance(features, list) or not all(isinstance(f, str) for f in features)
     ):
         raise ApiError(400, "features must be a list of feature names")
+    windows = doc.get("windows")
+    if windows is not None and (
+        not isinstance(windows, list) or not all(isinstance(w, str) for w in windows)
+    ):
+        raise ApiError(400, 'windows must be a list of window names, e.g. ["5m", "1h"]')
     as_of = doc.get("as_of_ms")
     if as_of is not None and (
         isinstance(as_of, bool) or not isinstance(as_of, int) or not 0 <= as_of <= MAX_AS_OF_MS
@@ -214,7 +258,7 @@ def parse_batch(body: bytes, max_entities: int) -> tuple[list[str], list[str] | 
         raise ApiError(
             400, f"as_of_ms must be epoch milliseconds (0..{MAX_AS_OF_MS}), got {as_of!r}"
         )
-    return keys, features, as_of
+    return BatchRequest(keys, features, windows, as_of)
 
 
 # --------------------------------------------------------------- the API
@@ -322,9 +366,7 @@ class FeatureApi:
     async def get_features(self, request: web.Request) -> web.Response:
         group = self._group(request)
         query = request.rel_url.query
-        raw = query.getall("features", None)  # "a,b", or repeated: features=a&features=b
-        wanted = None if raw is None else [n for part in raw for n in part.split(",") if n]
-        names = select_features(group, wanted)
+        names = select_features(group, _listed(query, "features"), _listed(query, "windows"))
         as_of = parse_as_of(query.get("as_of"), self.clock())
         entity = request.match_info["entity"]
         (result,) = await self._read(group, [entity], names, as_of)
@@ -332,10 +374,10 @@ class FeatureApi:
 
     async def get_batch(self, request: web.Request) -> web.Response:
         group = self._group(request)
-        entities, requested, as_of = parse_batch(await request.read(), self.max_batch_entities)
-        names = select_features(group, requested)
-        at = self.clock() if as_of is None else as_of
-        results = await self._read(group, entities, names, at)
+        batch = parse_batch(await request.read(), self.max_batch_entities)
+        names = select_features(group, batch.features, batch.windows)
+        at = self.clock() if batch.as_of_ms is None else batch.as_of_ms
+        results = await self._read(group, batch.entities, names, at)
         return _json(
             {"group": group.name, "version": group.version, "as_of_ms": at, "results": results}
         )
@@ -359,6 +401,12 @@ class FeatureApi:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(self.document)
+
+
+def _listed(query: MultiMapping[str], name: str) -> list[str] | None:
+    """``a,b`` or the parameter repeated (``x=a&x=b``); ``None`` when absent."""
+    raw = query.getall(name, None)
+    return None if raw is None else [n for part in raw for n in part.split(",") if n]
 
 
 def _json(doc: Any, status: int = 200) -> web.Response:
@@ -529,6 +577,12 @@ def openapi_document(
                     "items": {"type": "string"},
                     "description": "Feature names; omitted or null: all features.",
                 },
+                "windows": {
+                    "type": ["array", "null"],
+                    "items": {"type": "string"},
+                    "description": "Window names (e.g. 5m): only features over these "
+                    "windows; with features, both must hold.",
+                },
                 "as_of_ms": {
                     "type": ["integer", "null"],
                     "minimum": 0,
@@ -627,6 +681,14 @@ def openapi_document(
                 "required": False,
                 "description": "Comma-separated feature names (or the parameter "
                 "repeated); default: all.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "windows",
+                "in": "query",
+                "required": False,
+                "description": "Comma-separated window names (e.g. 5m,1h): only features "
+                "over these windows (no last values); with features, both must hold.",
                 "schema": {"type": "string"},
             },
             {

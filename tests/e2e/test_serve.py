@@ -288,6 +288,17 @@ def test_feature_selection_and_entity_keys_with_slashes(open_server: Server) -> 
         assert got[2]["features"] == {"amount_sum_1m": 1.0}
 
 
+def test_window_selection(open_server: Server) -> None:
+    doc = open_server.call("GET", f"/v1/features/spend/u1?as_of={T}&windows=5m")[2]
+    assert list(doc["features"]) == [n for n in NAMES if n.endswith("_5m")]  # no last value
+    both = f"/v1/features/spend/u1?as_of={T}&windows=1m&features=amount_count_1m,amount_sum_5m"
+    assert list(open_server.call("GET", both)[2]["features"]) == ["amount_count_1m"]
+    body = {"entities": ["u1", "u2"], "windows": ["1m", "5m"], "as_of_ms": T}
+    status, _, batch = open_server.call("POST", "/v1/features/spend:batch", body)
+    assert status == 200 and list(batch["results"][0]["features"]) == NAMES[:-1]
+    conforms(open_server.call("GET", "/openapi.json")[2], "BatchResponse", batch)
+
+
 def test_batch_in_request_order(open_server: Server) -> None:
     body = {
         "entities": ["u2", "ghost", "u1"],
@@ -379,6 +390,21 @@ def test_batch_in_request_order(open_server: Server) -> None:
             {"entities": ["x" * 3000]},
             413,
             "Maximum request body size 2048 exceeded",
+        ),
+        ("GET", "/v1/features/spend/u1?windows=2m", None, 400, "unknown window(s) of group"),
+        (
+            "GET",
+            "/v1/features/spend/u1?windows=1m&features=amount_sum_5m",
+            None,
+            400,
+            "no requested feature is over the requested windows",
+        ),
+        (
+            "POST",
+            "/v1/features/spend:batch",
+            {"entities": ["u1"], "windows": "5m"},
+            400,
+            "windows must be a list of window names",
         ),
         ("GET", "/v1/nothing", None, 404, "no route GET /v1/nothing"),
         ("GET", "/metrics", None, 404, "no route GET /metrics"),
