@@ -230,9 +230,19 @@ class FeatureStore(Protocol):
         self, group: FeatureGroup, entities: Sequence[str]
     ) -> list[EntityState | None]: ...
 
+    async def touch(self, group: FeatureGroup, now_ms: int) -> None: ...
+
 
 class FeatureVersionConflict(Exception):
     """A feature group version is deployed with a different definition."""
+
+
+#: HSET field to ARGV[2] unless it holds a larger number already (workers' clocks differ).
+_TOUCH = """
+local held = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > held then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"""
 
 
 def entity_key(prefix: str, group: FeatureGroup, entity: str) -> str:
@@ -379,6 +389,16 @@ class RedisFeatureStore:
         if contract:
             await self.client.hsetnx(key, f"{field}@{contract}", now_ms)
 
+    async def touch(self, group: FeatureGroup, now_ms: int) -> None:
+        """Record that the group version was written at ``now_ms`` (``v{N}:last_write_ms``).
+
+        Its keys expire ``ttl_ms`` after their last write, so the registry can
+        tell when a retired version's key space is gone.  Workers call it at
+        most once a minute per group; a newer value is never overwritten.
+        """
+        key = registry_key(self.prefix, group.name)
+        await self.client.eval(_TOUCH, 1, key, f"v{group.version}:last_write_ms", now_ms)
+
 
 def split_hash(
     fields: Mapping[bytes | str, bytes | str],
@@ -424,6 +444,7 @@ class MemoryFeatureStore:
     def __init__(self) -> None:
         self.partitions: dict[tuple[str, int], PartitionState] = {}
         self.states: dict[tuple[str, int, str], EntityState] = {}
+        self.last_writes: dict[tuple[str, int], int] = {}
         self.fail_next = 0
         self.applied_batches = 0
 
@@ -458,6 +479,10 @@ class MemoryFeatureStore:
         self, group: FeatureGroup, entities: Sequence[str]
     ) -> list[EntityState | None]:
         return [self.states.get((group.name, group.version, e)) for e in entities]
+
+    async def touch(self, group: FeatureGroup, now_ms: int) -> None:
+        key = (group.name, group.version)
+        self.last_writes[key] = max(self.last_writes.get(key, 0), now_ms)
 
     async def get(
         self, group: FeatureGroup, entities: Sequence[str], *, as_of_ms: int | None = None

@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 LOG_REJECTIONS_PER_BATCH = 5
 #: Events per batch whose lag and latency are observed (histograms are sampled).
 LAG_SAMPLES = 64
+#: How often a worker records in the registry that it wrote a feature group.
+TOUCH_EVERY_S = 60.0
 #: "Now" for split_by_time once future events are removed per record.
 _NO_HORIZON = 1 << 62
 
@@ -314,6 +316,7 @@ class SourcePipeline:
         self._sleep = sleep
         self._partitions: dict[int, PartitionState] = {}
         self._newest_written = 0.0
+        self._touched_at = 0.0
         decoder = parser.decoder
         self._registry_decoder = decoder if isinstance(decoder, ConfluentAvroDecoder) else None
 
@@ -488,6 +491,7 @@ class SourcePipeline:
 
         ok, _stored = await self._until_done("redis", write)
         if ok:
+            await self._touch_groups()
             self._partitions[partition] = PartitionState(new_offset, watermark)
             self.metrics.applied_offset.labels(source=self.source, partition=str(partition)).set(
                 new_offset
@@ -495,6 +499,21 @@ class SourcePipeline:
         else:
             self._partitions.pop(partition, None)
         return ok
+
+    async def _touch_groups(self) -> None:
+        """Tell the registry the groups were written (at most every TOUCH_EVERY_S)."""
+        now = time.time()
+        if now - self._touched_at < TOUCH_EVERY_S:
+            return
+        self._touched_at = now
+        store = self.store
+        assert store is not None
+
+        async def touch_all() -> None:
+            for group in self.groups:
+                await store.touch(group, int(now * 1000))
+
+        await self._until_done("redis", touch_all)
 
     def _dead_letter(self, rejected: list[tuple[RawRecord, Rejection]]) -> None:
         now_ms = int(time.time() * 1000)

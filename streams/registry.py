@@ -87,6 +87,8 @@ class DeployedVersion:
     lineage: Mapping[str, Any] = field(default_factory=dict)
     #: (contract fingerprint, first seen ms) of every contract deployed with it, by time
     contracts: tuple[tuple[str, int], ...] = ()
+    #: when a worker last wrote features of this version (about once a minute while it does)
+    last_write_ms: int | None = None
 
 
 def parse_records(
@@ -100,9 +102,18 @@ def parse_records(
     out: list[DeployedVersion] = []
     problems: list[str] = []
     seen: dict[int, list[tuple[str, int]]] = {}
+    written: dict[int, int] = {}
     for raw_name, raw_value in fields.items():
         name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
         where = f"{group} {name}"
+        touched = re.fullmatch(r"v([1-9][0-9]*):last_write_ms", name)
+        if touched:
+            text = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
+            if not text.isdigit():
+                problems.append(f"{where}: expected a time in ms")
+                continue
+            written[int(touched[1])] = int(text)
+            continue
         contract = re.fullmatch(r"v([1-9][0-9]*)@(.+)", name)
         if contract:
             text = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
@@ -138,7 +149,11 @@ def parse_records(
             )
         )
     out = [
-        dataclasses.replace(d, contracts=tuple(sorted(seen.get(d.version, ()), key=_by_time)))
+        dataclasses.replace(
+            d,
+            contracts=tuple(sorted(seen.get(d.version, ()), key=_by_time)),
+            last_write_ms=written.get(d.version),
+        )
         for d in out
     ]
     return sorted(out, key=lambda d: d.version), problems
@@ -398,6 +413,10 @@ class RegistryEntry:
     warnings: tuple[str, ...] = ()
     #: (contract fingerprint, first seen ms) of every contract deployed with this version
     contracts_seen: tuple[tuple[str, int], ...] = ()
+    #: last recorded write of features (None: never recorded)
+    last_write_ms: int | None = None
+    #: when the version's keys are all expired: last write + the group's TTL
+    keys_expire_ms: int | None = None
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -436,6 +455,8 @@ class RegistryEntry:
             "topic": self.topic,
             "entity_key": self.entity_key,
             "first_deployed_ms": self.first_deployed_ms,
+            "last_write_ms": self.last_write_ms,
+            "keys_expire_ms": self.keys_expire_ms,
             "features": [f.as_dict() for f in self.features],
             "lineage": self.lineage(),
             "warnings": list(self.warnings),
@@ -459,8 +480,14 @@ def lineage_text(entry: RegistryEntry) -> str:
     )
 
 
-def build_registry(catalog: Catalog, deployed: Iterable[DeployedVersion]) -> list[RegistryEntry]:
-    """Entries for every configured group and every recorded version; by name, newest first."""
+def build_registry(
+    catalog: Catalog, deployed: Iterable[DeployedVersion], now_ms: int | None = None
+) -> list[RegistryEntry]:
+    """Entries for every configured group and every recorded version; by name, newest first.
+
+    A retired version is listed until its keys have expired (``keys_expire_ms``
+    before ``now_ms``); one never recorded as written stays listed.
+    """
     records: dict[tuple[str, int], DeployedVersion] = {(d.group, d.version): d for d in deployed}
     entries: list[RegistryEntry] = []
     for group in catalog.groups.values():
@@ -494,11 +521,23 @@ def build_registry(catalog: Catalog, deployed: Iterable[DeployedVersion]) -> lis
                 key_space=key_space(catalog.prefix, group.name, group.version),
                 warnings=tuple(warnings),
                 contracts_seen=() if record is None else record.contracts,
+                last_write_ms=None if record is None else record.last_write_ms,
+                keys_expire_ms=_expiry(record, group),
             )
         )
     for record in records.values():
-        entries.append(_retired(catalog, record))
+        entry = _retired(catalog, record)
+        expires = entry.keys_expire_ms
+        if now_ms is not None and expires is not None and expires < now_ms:
+            continue  # its key space is gone: nothing left to describe
+        entries.append(entry)
     return sorted(entries, key=lambda e: (e.name, -e.version))
+
+
+def _expiry(record: DeployedVersion | None, group: FeatureGroup | None) -> int | None:
+    if record is None or record.last_write_ms is None or group is None:
+        return None
+    return record.last_write_ms + group.ttl_ms
 
 
 def _retired(catalog: Catalog, record: DeployedVersion) -> RegistryEntry:
@@ -525,6 +564,8 @@ def _retired(catalog: Catalog, record: DeployedVersion) -> RegistryEntry:
         key_space=key_space(catalog.prefix, record.group, record.version),
         warnings=tuple(warnings),
         contracts_seen=record.contracts,
+        last_write_ms=record.last_write_ms,
+        keys_expire_ms=_expiry(record, old),
     )
 
 
@@ -558,6 +599,11 @@ def format_table(entries: Sequence[RegistryEntry]) -> str:
             lines.append(f"  owner {e.owner or '-'}; tags {', '.join(e.tags) or '-'}")
         lines.append(f"  lineage  {lineage_text(e)}")
         lines.append(f"  entity   {e.entity_key or '-'}")
+        if e.last_write_ms is not None:
+            lines.append(
+                f"  written  {_fmt_time(e.last_write_ms)} (keys expire by "
+                f"{_fmt_time(e.keys_expire_ms)} without writes)"
+            )
         for w in e.warnings:
             lines.append(f"  warning  {w}")
         width = max((len(f.name) for f in e.features), default=0)
@@ -638,7 +684,8 @@ class RegistryReader:
             )
             for problem in problems:
                 log.warning("registry record skipped: %s", problem)
-            entries = [e.as_dict() for e in build_registry(self.catalog, deployed)]
+            now_ms = int(time.time() * 1000)
+            entries = [e.as_dict() for e in build_registry(self.catalog, deployed, now_ms)]
             self._cached = (now, entries)
             return entries
 

@@ -652,6 +652,8 @@ def openapi_document(
                 "topic": {"type": ["string", "null"]},
                 "entity_key": {"type": "string"},
                 "first_deployed_ms": nullable_int,
+                "last_write_ms": nullable_int,
+                "keys_expire_ms": nullable_int,
                 "features": {"type": "array", "items": _ref("FeatureInfo")},
                 "lineage": _ref("Lineage"),
                 "warnings": {"type": "array", "items": {"type": "string"}},

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,7 +76,7 @@ def registry(config: Path, as_json: bool) -> None:
     settings = load_settings(config)
     catalog = load_catalog(settings, str(config))
     deployed, problems = asyncio.run(_read_deployed(settings, list(catalog.groups)))
-    entries = build_registry(catalog, deployed)
+    entries = build_registry(catalog, deployed, int(time.time() * 1000))
     for problem in problems:
         click.echo(f"driftline: warning: registry record skipped: {problem}", err=True)
     if as_json:

@@ -162,3 +162,18 @@ async def test_registration_records_lineage_and_every_contract(redis_url: str) -
         assert deployed.contracts[0][1] <= deployed.contracts[1][1]
     finally:
         await client.aclose()
+
+
+async def test_touch_keeps_the_latest_write_time(redis_url: str) -> None:
+    client = connect_redis(redis_url)
+    store = RedisFeatureStore(client, prefix=f"it-{uuid.uuid4().hex[:6]}")
+    group = FeatureGroup.from_config(GROUP)
+    try:
+        await store.touch(group, 2_000)
+        await store.touch(group, 1_000)  # a worker with a slower clock
+        key = f"{store.prefix}:registry:spend"
+        assert await client.hget(key, "v1:last_write_ms") == b"2000"
+        await store.touch(group, 3_000)
+        assert await client.hget(key, "v1:last_write_ms") == b"3000"
+    finally:
+        await client.aclose()

@@ -436,3 +436,13 @@ def test_judging_fast_path_decides_as_event_by_event(
     assert [(r.offset, j.reason) for r, j in fast.rejected] == [
         (r.offset, j.reason) for r, j in slow.rejected
     ]
+
+
+async def test_the_registry_hears_of_writes_at_most_once_a_minute() -> None:
+    store = MemoryFeatureStore()
+    pipeline, _ = make_pipeline(store=store)
+    await pipeline.process([rec(tx("u1", 1_000, 1.0), 0)])
+    first = store.last_writes[("spend", 1)]
+    assert abs(first - time.time() * 1000) < 5_000
+    await pipeline.process([rec(tx("u1", 1_001, 1.0), 1)])
+    assert store.last_writes[("spend", 1)] == first  # not again within TOUCH_EVERY_S

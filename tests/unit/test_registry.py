@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
@@ -332,3 +333,36 @@ def test_contract_history_and_deploy_time_lineage_are_read_back() -> None:
     assert retired.schema is not None and retired.schema.fingerprint == "sha256:" + "cd" * 32
     assert "payments-v1 → transactions.schema.json (sha256:cdcdcdcdcdcd)" in lineage_text(retired)
     assert len(retired.contracts_seen) == 2
+
+
+def test_retired_versions_are_listed_until_their_keys_expire() -> None:
+    current = group()
+    old = group(version=1, values={"amount": ["max"]}, distinct=[], last=[], windows=["1h"])
+    fields: dict[bytes | str, bytes | str] = {
+        b"v1": orjson.dumps(
+            {
+                "fingerprint": old.fingerprint(),
+                "definition": old.canonical(),
+                "first_deployed_ms": 1,
+            }
+        ),
+        b"v1:last_write_ms": b"1000000",
+        b"v2": orjson.dumps(
+            {"fingerprint": current.fingerprint(), "definition": current.canonical()}
+        ),
+        b"v2:last_write_ms": b"soon",
+    }
+    versions, problems = parse_records("spend", fields)
+    assert problems == ["spend v2:last_write_ms: expected a time in ms"]
+    expires = 1_000_000 + old.ttl_ms
+    listed = build_registry(catalog(current), versions, now_ms=expires - 1)
+    retired = [e for e in listed if e.status == "retired"]
+    assert [(e.version, e.last_write_ms, e.keys_expire_ms) for e in retired] == [
+        (1, 1_000_000, expires)
+    ]
+    assert "keys expire by" in format_table(listed)
+    later = build_registry(catalog(current), versions, now_ms=expires + 1)
+    assert [(e.version, e.status) for e in later] == [(2, "active")]  # v1's keys are gone
+    # a version never recorded as written stays listed (its expiry is unknown)
+    unknown = dataclasses.replace(versions[0], last_write_ms=None)
+    assert len(build_registry(catalog(current), [unknown], now_ms=10**15)) == 2
