@@ -303,6 +303,8 @@ def test_valid_events_once_invalid_ones_dead_lettered(
         assert record["lineage"]["schema"]["file"] == "transactions.schema.json"
         fingerprint = record["lineage"]["schema"]["fingerprint"]
         assert fingerprint.startswith("sha256:") and f"v1@{fingerprint}".encode() in registry
+        written = int(registry[b"v1:last_write_ms"])  # so the registry knows when keys expire
+        assert abs(written - time.time() * 1000) < 120_000
 
         assert worker.proc is not None and worker.proc.poll() is None, (
             "worker must survive bad input"
