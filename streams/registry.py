@@ -107,20 +107,15 @@ def parse_records(
         name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
         where = f"{group} {name}"
         touched = re.fullmatch(r"v([1-9][0-9]*):last_write_ms", name)
-        if touched:
-            text = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
-            if not text.isdigit():
-                problems.append(f"{where}: expected a time in ms")
-                continue
-            written[int(touched[1])] = int(text)
-            continue
         contract = re.fullmatch(r"v([1-9][0-9]*)@(.+)", name)
-        if contract:
-            text = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
-            if not text.isdigit():
-                problems.append(f"{where}: expected the first-seen time in ms")
-                continue
-            seen.setdefault(int(contract[1]), []).append((contract[2], int(text)))
+        if touched or contract:
+            ms = _ms(raw_value)
+            if ms is None:
+                problems.append(f"{where}: expected a time in ms")
+            elif touched:
+                written[int(touched[1])] = ms
+            elif contract:
+                seen.setdefault(int(contract[1]), []).append((contract[2], ms))
             continue
         if not re.fullmatch(r"v[1-9][0-9]*", name):
             problems.append(f"{where}: not a version field (expected v<version>)")
@@ -157,6 +152,11 @@ def parse_records(
         for d in out
     ]
     return sorted(out, key=lambda d: d.version), problems
+
+
+def _ms(raw: bytes | str) -> int | None:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    return int(text) if text.isdigit() else None
 
 
 def _by_time(contract: tuple[str, int]) -> tuple[int, str]:

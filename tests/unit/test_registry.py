@@ -320,7 +320,7 @@ def test_contract_history_and_deploy_time_lineage_are_read_back() -> None:
         b"v2@sha256:bad": b"soon",
     }
     versions, problems = parse_records("spend", fields)
-    assert problems == ["spend v2@sha256:bad: expected the first-seen time in ms"]
+    assert problems == ["spend v2@sha256:bad: expected a time in ms"]
     v1, v2 = versions
     assert v1.contracts == (("sha256:" + "cd" * 32, 3), ("sha256:" + "ef" * 32, 9))
     assert v2.contracts == ((FINGERPRINT, 12),)
