@@ -138,8 +138,16 @@ def _describe_quality(checker: QualityChecker) -> str:
 
 @main.command()
 @config_option
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="worker processes to run (a worker uses about one core); metrics ports count up "
+    "from metrics.port",
+)
 @user_errors
-def worker(config: Path) -> None:
+def worker(config: Path, processes: int) -> None:
     """Run the stream worker (many instances share one consumer group)."""
     from streams.sources import build_feature_groups, build_monitors, build_parsers, build_quality
 
@@ -148,6 +156,18 @@ def worker(config: Path) -> None:
     groups = build_feature_groups(settings, parsers, str(config))
     monitors = build_monitors(settings, parsers, str(config), groups)
     quality = build_quality(settings, parsers, str(config))
+    if processes > 1:
+        from streams.logs import logging_config
+        from streams.supervisor import run_processes
+
+        logging.config.dictConfig(
+            logging_config(settings.worker.log_level, settings.worker.log_format)
+        )
+        try:
+            code = run_processes(config, settings, processes)
+        except ValueError as exc:
+            raise ConfigError(f"{config}: {exc}") from None
+        sys.exit(code)
     from streams.runner import run_worker
 
     run_worker(settings, parsers, groups, monitors, quality)

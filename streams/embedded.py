@@ -306,22 +306,30 @@ def _load_prctl() -> Callable[..., int] | None:
 _PRCTL = _load_prctl()
 
 
-def child_preexec(parent_pid: int) -> Callable[[], None] | None:
+def pdeathsig_preexec(
+    parent_pid: int, sig: signal.Signals = signal.SIGKILL
+) -> Callable[[], None] | None:
     """Build the function run in the child between fork and exec.
 
-    It asks the kernel to SIGKILL the child when the parent dies.  If the parent
-    is already gone (it died between fork and prctl), the child kills itself.
+    It asks the kernel to send ``sig`` to the child when the parent dies.  If
+    the parent is already gone (it died between fork and prctl), the child
+    signals itself.
     """
     prctl = _PRCTL
     if prctl is None:
         return None
 
     def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        prctl(_PR_SET_PDEATHSIG, int(sig))
         if os.getppid() != parent_pid:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), sig)
 
     return preexec
+
+
+def child_preexec(parent_pid: int) -> Callable[[], None] | None:
+    """:func:`pdeathsig_preexec` with SIGKILL: servers die with the process that started them."""
+    return pdeathsig_preexec(parent_pid, signal.SIGKILL)
 
 
 class _Spawner:

@@ -95,3 +95,13 @@ def test_missing_config_file(tmp_path: Path) -> None:
     result = run_cli("worker", "-c", str(tmp_path / "absent.yaml"))
     assert result.returncode == 2
     assert "config file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_worker_processes_need_room_for_their_metrics_ports(tmp_path: Path) -> None:
+    config = write(tmp_path, GOOD + "metrics:\n  port: 65535\n")
+    result = run_cli("worker", "-c", str(config), "--processes", "2")
+    assert result.returncode == 2, result.stderr
+    assert "metrics ports 65535..+1 exceed 65535" in result.stderr
+    assert "Traceback" not in result.stderr
+    bad = run_cli("worker", "-c", str(config), "--processes", "0")
+    assert bad.returncode == 2 and "--processes" in bad.stderr
