@@ -82,6 +82,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -436,11 +437,28 @@ class Sampler(threading.Thread):
         return (samples[-1].cpu_s - samples[0].cpu_s) / (samples[-1].t - samples[0].t)
 
 
+def _free_port_run(n: int) -> int:
+    """A port P with P .. P+n-1 free on loopback (``--processes``: one metrics port each)."""
+    for _ in range(100):
+        base = find_free_port()
+        if base + n > 65536:
+            continue
+        try:
+            for port in range(base + 1, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 class Worker:
     """``python -m streams.cli worker -c CONFIG`` in its own session, dying with us."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
-        self.port = find_free_port()
+    def __init__(self, workdir: Path, config: dict[str, Any], processes: int = 1) -> None:
+        self.processes = processes
+        self.port = find_free_port() if processes == 1 else _free_port_run(processes)
         self.config = {**config, "metrics": {"host": "127.0.0.1", "port": self.port}}
         self.prefix: str = config["redis"]["key_prefix"]
         self.path = workdir / f"worker-{self.port}.yaml"
@@ -453,7 +471,16 @@ class Worker:
     def start(self) -> Worker:
         with self.log_path.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", "-c", str(self.path)],
+                [
+                    sys.executable,
+                    "-m",
+                    "streams.cli",
+                    "worker",
+                    "-c",
+                    str(self.path),
+                    "--processes",
+                    str(self.processes),
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -479,9 +506,10 @@ class Worker:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
-    def http(self, path: str) -> tuple[int, str]:
+    def http(self, path: str, index: int = 0) -> tuple[int, str]:
+        port = self.port + index
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, ""
@@ -492,7 +520,10 @@ class Worker:
         started = time.monotonic()
         while time.monotonic() - started < limit_s:
             self.check_alive()
-            if (await asyncio.to_thread(self.http, "/readyz"))[0] == 200:
+            codes = [
+                (await asyncio.to_thread(self.http, "/readyz", i))[0] for i in range(self.processes)
+            ]
+            if all(code == 200 for code in codes):
                 return time.monotonic() - started
             await asyncio.sleep(0.1)
         raise RuntimeError(f"worker not ready after {limit_s:.0f}s:\n{self.log()}")
@@ -734,6 +765,7 @@ class Env:
     client: aioredis.Redis
     broker_pid: int | None = None  # the embedded broker, to show its CPU use
     quality: bool = False  # --quality
+    processes: int = 1  # --processes
     workers: list[Worker] = field(default_factory=list)
 
     def new_worker(self, topic: str) -> Worker:
@@ -746,7 +778,7 @@ class Env:
             self.workdir / f"faust-{suffix}",
             quality=self.quality,
         )
-        worker = Worker(self.workdir, config)
+        worker = Worker(self.workdir, config, self.processes)
         self.workers.append(worker)
         return worker.start()
 
@@ -1163,6 +1195,7 @@ async def run(args: argparse.Namespace, res: Results, workdir: Path) -> None:
             aioredis.Redis.from_url(redis_url),
             broker_pid=broker.pid if broker else None,
             quality=args.quality,
+            processes=args.processes,
         )
         res.params["kafka"] = "embedded Tansu" if broker else bootstrap
         res.params["redis"] = (
@@ -1215,6 +1248,13 @@ def main() -> None:
     ap.add_argument(
         "--quality", action="store_true", help="run the worker with data-quality checks"
     )
+    ap.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="driftline worker --processes N (throughput from Redis covers all; CPU, RSS "
+        "and metrics figures are of the supervisor / worker 0)",
+    )
     args = ap.parse_args()
     quick = args.quick
     if args.events is None:
@@ -1237,6 +1277,7 @@ def main() -> None:
         "latency": f"{args.latency_rate:,.0f}/s for {args.latency_seconds:.0f}s",
         "memory entities": f"{args.memory_entities:,}",
         "quality checks": "QUALITY" if args.quality else "default (completeness only)",
+        "worker processes": args.processes,
         "cores": os.cpu_count(),
     }
     workdir = Path(tempfile.mkdtemp(prefix="driftline-features-bench-"))

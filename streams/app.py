@@ -120,6 +120,12 @@ def create_app(
     kafka = settings.kafka
     worker = settings.worker
     data_dir = worker.data_dir or Path(tempfile.gettempdir()) / f"driftline-{settings.app_id}"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    except OSError as exc:
+        raise ConfigError(
+            f"worker.data_dir {data_dir}: cannot create it ({exc.strerror or exc})"
+        ) from None
     app = BatchApp(
         settings.app_id,
         broker=[f"kafka://{host.strip()}" for host in kafka.bootstrap_servers.split(",")],

@@ -105,3 +105,13 @@ def test_worker_processes_need_room_for_their_metrics_ports(tmp_path: Path) -> N
     assert "Traceback" not in result.stderr
     bad = run_cli("worker", "-c", str(config), "--processes", "0")
     assert bad.returncode == 2 and "--processes" in bad.stderr
+
+
+def test_an_unusable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    config = write(tmp_path, GOOD + f"worker:\n  data_dir: {blocker / 'faust'}\n")
+    result = run_cli("worker", "-c", str(config))
+    assert result.returncode == 2, result.stderr
+    assert "worker.data_dir" in result.stderr and "cannot create it" in result.stderr
+    assert "Traceback" not in result.stderr
