@@ -94,6 +94,7 @@ __all__ = [
     "apply_delta",
     "build_deltas",
     "read_features",
+    "rekey",
 ]
 
 _UNSET: Any = object()
@@ -207,6 +208,25 @@ def build_deltas(group: FeatureGroup, events: Sequence[ParsedEvent]) -> dict[str
             state.skipped = counts
         out[entity] = state
     return out
+
+
+def rekey(events: Sequence[ParsedEvent], field: str) -> tuple[list[ParsedEvent], list[int]]:
+    """The events keyed by ``field`` instead of the source's entity key, and their positions.
+
+    For a group whose ``entity_key`` is another field of the source (say,
+    ``merchant_id`` of transactions keyed by user).  The key follows the
+    source's rules: a non-empty string or an integer, as a string.  Events
+    without one are left out (the caller counts them).
+    """
+    out: list[ParsedEvent] = []
+    kept: list[int] = []
+    for i, event in enumerate(events):
+        key = event.data.get(field)
+        if key is None or key == "" or isinstance(key, bool) or not isinstance(key, str | int):
+            continue
+        out.append(event._replace(entity=str(key)))
+        kept.append(i)
+    return out, kept
 
 
 def _skip(skipped: dict[str, dict[str, int]], entity: str, field: str) -> None:

@@ -118,6 +118,12 @@ class WorkerMetrics:
             ["group"],
             registry=r,
         )
+        self.feature_key_missing = Counter(
+            "driftline_feature_key_missing",
+            "Valid events left out of a feature group keyed by another field that they lack.",
+            ["group"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "driftline_consumer_lag_records",
             "Records between the last one fetched and the partition's fetch high-watermark.",

@@ -41,7 +41,7 @@ import orjson
 from drift.config import MonitorConfig
 from drift.quality import QualityChecker, QualityReport
 from features.definitions import FeatureGroup
-from features.engine import apply_delta, build_deltas, read_features
+from features.engine import apply_delta, build_deltas, read_features, rekey
 from features.state import EntityState
 from features.watermark import split_by_time
 from schemas import REASONS, EventParser, InvalidEvent, ParsedEvent, Rejection
@@ -306,6 +306,9 @@ class SourcePipeline:
         self.allowed_lateness_ms = allowed_lateness_ms
         self.future_tolerance_ms = future_tolerance_ms
         self.quality = quality
+        for group in self.groups:
+            if group.entity_key != parser.entity_key:
+                metrics.feature_key_missing.labels(group=group.name)
         if quality is not None:
             metrics.declare_quality(
                 source, quality.completeness, quality.checks(), quality.missing_limits
@@ -379,7 +382,10 @@ class SourcePipeline:
                         result.rejected + judged.rejected, key=lambda p: p[0].offset
                     )
                 watermark = judged.watermark_ms
-                deltas = [(group, build_deltas(group, judged.accepted)) for group in self.groups]
+                deltas = [
+                    (group, build_deltas(group, self._keyed(group, judged.accepted)))
+                    for group in self.groups
+                ]
                 if self.feature_monitors and result.valid:
                     await self._sample_features(partition, result, dict(deltas))
             self._dead_letter(result.rejected)
@@ -404,6 +410,15 @@ class SourcePipeline:
                 partition,
             )
 
+    def _keyed(self, group: FeatureGroup, events: list[ParsedEvent]) -> list[ParsedEvent]:
+        """The events keyed as ``group`` is (its entity key may be another field)."""
+        if group.entity_key == self.parser.entity_key:
+            return events
+        keyed, kept = rekey(events, group.entity_key)
+        if len(kept) < len(events):
+            self.metrics.feature_key_missing.labels(group=group.name).inc(len(events) - len(kept))
+        return keyed
+
     async def _sample_features(
         self,
         partition: int,
@@ -414,9 +429,11 @@ class SourcePipeline:
         assert self.store is not None
         store = self.store
         for monitor, group in self.feature_monitors:
-            chosen = sampled_entities(
-                result.valid, result.valid_records, monitor.max_entities_per_batch
-            )
+            events, records = result.valid, result.valid_records
+            if group.entity_key != self.parser.entity_key:
+                events, kept = rekey(events, group.entity_key)
+                records = [records[i] for i in kept]
+            chosen = sampled_entities(events, records, monitor.max_entities_per_batch)
             entities = [entity for entity, _, _ in chosen]
 
             async def read(

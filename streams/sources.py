@@ -77,11 +77,6 @@ def build_feature_groups(
             "allowed_lateness": source.allowed_lateness,
             "future_tolerance": source.future_tolerance,
         }
-        if config["entity_key"] != source.entity_key:
-            raise ConfigError(
-                f"{label}.entity_key: must be the source's entity key {source.entity_key!r} "
-                "(groups keyed by another field are not supported yet)"
-            )
         try:
             group = FeatureGroup.from_config(config)
         except FeatureDefinitionError as exc:
@@ -91,7 +86,7 @@ def build_feature_groups(
         names.add(group.name)
         declared = _declared_fields(parsers[source.name])
         if declared:
-            used = [*group.values, *group.distinct, *group.last]
+            used = [group.entity_key, *group.values, *group.distinct, *group.last]
             unknown = sorted({f for f in used if f not in declared})
             if unknown:
                 raise ConfigError(

@@ -313,3 +313,47 @@ def test_valid_events_once_invalid_ones_dead_lettered(
     finally:
         code = worker.stop()
     assert code == 0, f"worker exit code {code} after SIGTERM:\n{worker.log()}"
+
+
+def test_a_group_keyed_by_another_field_counts_each_event_once(
+    tmp_path: Path, kafka_bootstrap: str, redis_url: str
+) -> None:
+    """Users spread over 4 partitions; per-category features merge every partition's batches."""
+    suffix = uuid.uuid4().hex[:8]
+    config = e2e_config(kafka_bootstrap, redis_url, suffix)
+    config["sources"] = config["sources"][:1]
+    config["feature_groups"] = [
+        {
+            "name": "per_category",
+            "version": 1,
+            "source": "tx",
+            "entity_key": "category",
+            "values": {"amount": ["count", "sum"]},
+            "distinct": ["user_id"],
+            "windows": ["1h"],
+        }
+    ]
+    demo = DemoEvents(users=20, seed=21, max_event_bytes=4096)  # distinct exact up to 32
+    records = [demo.valid() for _ in range(600)]
+    worker = WorkerProcess(tmp_path, config).start()
+    try:
+        asyncio.run(produce(kafka_bootstrap, f"tx-{suffix}", records))
+        worker.wait_for("driftline_events_valid_total", 600, source="tx")
+        events = [orjson.loads(v) for _, v in records]
+        by_category: dict[str, list[dict[str, Any]]] = {}
+        for e in events:
+            by_category.setdefault(e["category"], []).append(e)
+        categories = sorted(by_category)
+        as_of = max(e["event_time"] for e in events)
+        vectors = asyncio.run(
+            read_features(redis_url, f"e2e-{suffix}", config, "per_category", categories, as_of)
+        )
+        for category, vector in zip(categories, vectors, strict=True):
+            mine = by_category[category]
+            assert vector.values["amount_count_1h"] == len(mine), category
+            assert vector.values["amount_sum_1h"] == pytest.approx(
+                sum(e["amount"] for e in mine), rel=1e-9
+            )
+            assert vector.values["user_id_distinct_count_1h"] == len({e["user_id"] for e in mine})
+    finally:
+        worker.kill()

@@ -446,3 +446,65 @@ async def test_the_registry_hears_of_writes_at_most_once_a_minute() -> None:
     assert abs(first - time.time() * 1000) < 5_000
     await pipeline.process([rec(tx("u1", 1_001, 1.0), 1)])
     assert store.last_writes[("spend", 1)] == first  # not again within TOUCH_EVERY_S
+
+
+async def test_a_group_keyed_by_another_field_aggregates_per_that_field() -> None:
+    by_category = FeatureGroup.from_config(
+        {
+            "name": "per_category",
+            "version": 1,
+            "source": "transactions",
+            "entity_key": "category",
+            "values": {"amount": ["count", "sum"]},
+            "distinct": ["user_id"],
+            "windows": ["1h"],
+        }
+    )
+    by_country = FeatureGroup.from_config(
+        {
+            "name": "per_country",
+            "version": 1,
+            "source": "transactions",
+            "entity_key": "country",  # optional in the contract, absent in these events
+            "values": {"amount": ["count"]},
+            "windows": ["1h"],
+        }
+    )
+    store = MemoryFeatureStore()
+    pipeline, _ = make_pipeline(store=store, groups=(GROUP, by_category, by_country))
+    batch = [
+        rec(tx("u1", 1_000, 5.0, category="fuel"), 0),
+        rec(tx("u2", 1_100, 2.0, category="fuel"), 1),
+        rec(tx("u1", 1_200, 4.0, category="grocery"), 2),
+    ]
+    await pipeline.process(batch)
+    fuel, grocery = await store.get(by_category, ["fuel", "grocery"], as_of_ms=1_200)
+    assert (fuel.values["amount_count_1h"], fuel.values["amount_sum_1h"]) == (2, 7.0)
+    assert fuel.values["user_id_distinct_count_1h"] == 2
+    assert grocery.values["amount_sum_1h"] == 4.0
+    [u1] = await store.get(GROUP, ["u1"], as_of_ms=1_200)  # the user-keyed group is unchanged
+    assert u1.values["amount_count_1m"] == 2
+
+    def missing(group: str) -> float | None:
+        return pipeline.metrics.registry.get_sample_value(
+            "driftline_feature_key_missing_total", {"group": group}
+        )
+
+    assert (missing("per_category"), missing("per_country")) == (0, 3)
+    assert not [k for k in store.states if k[0] == "per_country"]
+
+
+def test_rekey_keeps_events_with_a_usable_key() -> None:
+    from features.engine import rekey
+
+    events = [
+        ParsedEvent("u1", 1, {"m": "a"}),
+        ParsedEvent("u2", 2, {"m": 7}),
+        ParsedEvent("u3", 3, {"m": ""}),
+        ParsedEvent("u4", 4, {"m": True}),
+        ParsedEvent("u5", 5, {}),
+        ParsedEvent("u6", 6, {"m": 1.5}),
+    ]
+    keyed, kept = rekey(events, "m")
+    assert [(e.entity, e.event_time_ms) for e in keyed] == [("a", 1), ("7", 2)]
+    assert kept == [0, 1]

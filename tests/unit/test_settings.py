@@ -193,3 +193,18 @@ def test_a_feature_monitor_must_watch_a_group_of_its_own_source(tmp_path: Path) 
     groups = build_feature_groups(s, parsers, "c.yaml")
     with pytest.raises(ConfigError, match="computed from source 'tx', not from the monitor's"):
         build_monitors(s, parsers, "c.yaml", groups)
+
+
+def test_a_group_may_be_keyed_by_another_declared_field(tmp_path: Path) -> None:
+    from streams.sources import build_feature_groups, build_parsers
+
+    group = (
+        "feature_groups:\n  - {name: cat, version: 1, source: tx, entity_key: %s, "
+        "values: {amount: [sum]}, windows: [1h]}\n"
+    )
+    s = load(tmp_path, group % "category")
+    [g] = build_feature_groups(s, build_parsers(s), "c.yaml")["tx"]
+    assert g.entity_key == "category"
+    s = load(tmp_path, group % "merchant")
+    with pytest.raises(ConfigError, match="merchant are not declared in the contract"):
+        build_feature_groups(s, build_parsers(s), "c.yaml")
