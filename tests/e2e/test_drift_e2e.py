@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from jsonschema import Draft202012Validator
 
-from tests.e2e.test_worker_e2e import e2e_config, produce
+from tests.e2e.test_worker_e2e import e2e_config, json_source_only, produce
 from tests.worker_process import CONTRACTS, WorkerProcess
 
 pytestmark = pytest.mark.slow
@@ -67,8 +67,7 @@ def test_shift_raises_one_alert_and_survives_restart(
     tmp_path: Path, kafka_bootstrap: str, redis_url: str
 ) -> None:
     suffix = uuid.uuid4().hex[:8]
-    config = e2e_config(kafka_bootstrap, redis_url, suffix)
-    config["sources"] = config["sources"][:1]
+    config = json_source_only(e2e_config(kafka_bootstrap, redis_url, suffix))
     config["feature_groups"] = []
     config["drift"] = {"alerts_topic": f"alerts-{suffix}"}
     config["monitors"] = [{"name": "amount", "source": "tx", "field": "amount", "warmup": 500}]
@@ -126,9 +125,7 @@ def test_a_feature_monitor_watches_each_entity_feature_after_its_batch(
     """One event per user: each user's 24 h sum is its amount, so the monitor's recent
     mean over the 500 values it kept is exactly the mean of the 500 amounts."""
     suffix = uuid.uuid4().hex[:8]
-    config = e2e_config(kafka_bootstrap, redis_url, suffix)
-    config["sources"] = config["sources"][:1]
-    config["feature_groups"] = config["feature_groups"][:1]
+    config = json_source_only(e2e_config(kafka_bootstrap, redis_url, suffix))
     config["drift"] = {"alerts_topic": f"alerts-{suffix}"}
     config["monitors"] = [
         {

@@ -21,7 +21,13 @@ import orjson
 import pytest
 
 from schemas.deadletter import parse_dead_letter_headers
-from tests.e2e.test_worker_e2e import consume_all, e2e_config, produce, read_features
+from tests.e2e.test_worker_e2e import (
+    consume_all,
+    e2e_config,
+    json_source_only,
+    produce,
+    read_features,
+)
 from tests.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.slow
@@ -44,9 +50,7 @@ def test_quality_checks_count_route_and_keep_features_clean(
     tmp_path: Path, kafka_bootstrap: str, redis_url: str
 ) -> None:
     suffix = uuid.uuid4().hex[:8]
-    config = e2e_config(kafka_bootstrap, redis_url, suffix)
-    config["sources"] = config["sources"][:1]
-    config["feature_groups"] = config["feature_groups"][:1]
+    config = json_source_only(e2e_config(kafka_bootstrap, redis_url, suffix))
     config["sources"][0]["quality"] = {
         "completeness": {"country": 0.05, "currency": 1.0},
         "unique": {"field": "event_id", "horizon": "1h", "action": "dead_letter"},

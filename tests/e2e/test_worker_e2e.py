@@ -84,6 +84,13 @@ def e2e_config(bootstrap: str, redis_url: str, suffix: str) -> dict[str, Any]:
     }
 
 
+def json_source_only(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with only the JSON source ``tx`` and its group ``spend``."""
+    config["sources"] = config["sources"][:1]
+    config["feature_groups"] = config["feature_groups"][:1]
+    return config
+
+
 def avro_body(record: dict[str, Any]) -> bytes:
     contract = AvroContract.from_file(CONTRACTS / "transactions.avsc")
     buf = io.BytesIO()
@@ -320,8 +327,7 @@ def test_a_group_keyed_by_another_field_counts_each_event_once(
 ) -> None:
     """Users spread over 4 partitions; per-category features merge every partition's batches."""
     suffix = uuid.uuid4().hex[:8]
-    config = e2e_config(kafka_bootstrap, redis_url, suffix)
-    config["sources"] = config["sources"][:1]
+    config = json_source_only(e2e_config(kafka_bootstrap, redis_url, suffix))
     config["feature_groups"] = [
         {
             "name": "per_category",

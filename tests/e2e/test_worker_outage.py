@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from streams.embedded import EmbeddedRedis, find_free_port
-from tests.e2e.test_worker_e2e import e2e_config, produce, read_features
+from tests.e2e.test_worker_e2e import e2e_config, json_source_only, produce, read_features
 from tests.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.slow
@@ -37,9 +37,7 @@ def test_redis_outage_is_retried_and_nothing_is_lost(tmp_path: Path, kafka_boots
     port = find_free_port()
     server = EmbeddedRedis(port, log_dir=tmp_path).start()
     suffix = uuid.uuid4().hex[:8]
-    config = e2e_config(kafka_bootstrap, server.url, suffix)
-    config["sources"] = config["sources"][:1]
-    config["feature_groups"] = config["feature_groups"][:1]
+    config = json_source_only(e2e_config(kafka_bootstrap, server.url, suffix))
     config["worker"]["retry_backoff_max_s"] = 0.5
     config["redis"]["socket_timeout_s"] = 1
     worker = WorkerProcess(tmp_path, config).start()

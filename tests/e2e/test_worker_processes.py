@@ -13,13 +13,14 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.test_worker_e2e import e2e_config, produce, read_features
+from tests.e2e.test_worker_e2e import e2e_config, json_source_only, produce, read_features
 from tests.worker_process import ROOT
 
 pytestmark = pytest.mark.slow
@@ -53,6 +54,19 @@ def scrape(port: int, name: str) -> float | None:
     )
 
 
+def setup(
+    tmp_path: Path, kafka_bootstrap: str, redis_url: str
+) -> tuple[str, dict[str, Any], int, Path]:
+    """(suffix, config, first metrics port, config file) of a two-process worker."""
+    suffix = uuid.uuid4().hex[:8]
+    config = json_source_only(e2e_config(kafka_bootstrap, redis_url, suffix))
+    port = two_free_ports()
+    config["metrics"] = {"host": "127.0.0.1", "port": port}
+    path = tmp_path / "driftline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return suffix, config, port, path
+
+
 def children_of(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
@@ -61,14 +75,7 @@ def children_of(pid: int) -> list[int]:
 def test_processes_share_the_partitions_and_stop_together(
     tmp_path: Path, kafka_bootstrap: str, redis_url: str
 ) -> None:
-    suffix = uuid.uuid4().hex[:8]
-    config = e2e_config(kafka_bootstrap, redis_url, suffix)
-    config["sources"] = config["sources"][:1]
-    config["feature_groups"] = config["feature_groups"][:1]
-    port = two_free_ports()
-    config["metrics"] = {"host": "127.0.0.1", "port": port}
-    path = tmp_path / "driftline.yaml"
-    path.write_text(yaml.safe_dump(config))
+    suffix, config, port, path = setup(tmp_path, kafka_bootstrap, redis_url)
     log_path = tmp_path / "supervisor.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -136,14 +143,7 @@ def test_processes_share_the_partitions_and_stop_together(
 def test_a_worker_that_dies_stops_the_set(
     tmp_path: Path, kafka_bootstrap: str, redis_url: str
 ) -> None:
-    suffix = uuid.uuid4().hex[:8]
-    config = e2e_config(kafka_bootstrap, redis_url, suffix)
-    config["sources"] = config["sources"][:1]
-    config["feature_groups"] = config["feature_groups"][:1]
-    port = two_free_ports()
-    config["metrics"] = {"host": "127.0.0.1", "port": port}
-    path = tmp_path / "driftline.yaml"
-    path.write_text(yaml.safe_dump(config))
+    _, _, port, path = setup(tmp_path, kafka_bootstrap, redis_url)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "worker", "-c", str(path), "--processes", "2"],
         stdout=subprocess.PIPE,
