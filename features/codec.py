@@ -36,7 +36,6 @@ sorted keys.
 
 from __future__ import annotations
 
-import math
 import operator
 import struct
 from collections.abc import Mapping
@@ -78,15 +77,8 @@ def encode_ring(group: FeatureGroup, ring: Mapping[int, BucketStats]) -> bytes:
     return struct.pack(f"<{len(out)}d", *out)
 
 
-def decode_ring(
-    group: FeatureGroup, data: bytes, *, keep_after: int | None = None, keep_upto: int | None = None
-) -> Ring:
-    """The ring a blob encodes; :class:`~features.exceptions.CodecError` if it is malformed.
-
-    ``keep_after`` / ``keep_upto`` keep only buckets with ``keep_after < id <=
-    keep_upto`` (a read needs no others): the rest are walked over, still
-    checked for structure, but not unpacked into objects.
-    """
+def decode_ring(group: FeatureGroup, data: bytes) -> Ring:
+    """The ring a blob encodes; :class:`~features.exceptions.CodecError` if it is malformed."""
     if len(data) % 8:
         raise CodecError(f"a ring blob is a whole number of doubles, got {len(data)} bytes")
     nv = len(group.layout.value_fields)
@@ -94,31 +86,23 @@ def decode_ring(
     vals = struct.unpack(f"<{len(data) // 8}d", data)
     total = len(vals)
     fixed = 1 + 5 * nv + nd
-    lo = -math.inf if keep_after is None else keep_after
-    hi = math.inf if keep_upto is None else keep_upto
     ring: Ring = {}
-    seen: set[int] = set()
     i = 0
     while i < total:
         if i + fixed > total:
             raise CodecError(f"truncated bucket at double {i} of {total}")
         bid = _integral(vals[i], "bucket id", i)
-        if bid in seen:
+        if bid in ring:
             raise CodecError(f"bucket {bid} appears twice")
-        seen.add(bid)
-        wanted = lo < bid <= hi
         i += 1
         summaries: list[Summary] = []
         for _ in range(nv):
             n = _integral(vals[i], "count", i)
             if n < 0:
                 raise CodecError(f"negative count at double {i}")
-            if wanted:
-                summaries.append(
-                    EMPTY
-                    if n == 0
-                    else Summary(n, vals[i + 1], vals[i + 2], vals[i + 3], vals[i + 4])
-                )
+            summaries.append(
+                EMPTY if n == 0 else Summary(n, vals[i + 1], vals[i + 2], vals[i + 3], vals[i + 4])
+            )
             i += 5
         sketches: list[Kmv] = []
         for _ in range(nd):
@@ -127,11 +111,9 @@ def decode_ring(
             k = _integral(vals[i], "sketch size", i)
             if not 0 <= k <= CAPACITY or i + 1 + k > total:
                 raise CodecError(f"bad sketch size {k} at double {i}")
-            if wanted:
-                sketches.append(_hashes(vals[i + 1 : i + 1 + k], i))
+            sketches.append(_hashes(vals[i + 1 : i + 1 + k], i))
             i += 1 + k
-        if wanted:
-            ring[bid] = BucketStats(tuple(summaries), tuple(sketches))
+        ring[bid] = BucketStats(tuple(summaries), tuple(sketches))
     return ring
 
 

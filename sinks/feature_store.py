@@ -326,25 +326,27 @@ class RedisFeatureStore:
 
     # -- reads --------------------------------------------------------------
 
+    async def _hashes(
+        self, group: FeatureGroup, entities: Sequence[str]
+    ) -> list[Mapping[bytes | str, bytes | str]]:
+        """The stored hash of each entity (empty when unknown), in one pipelined round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for entity in entities:
+                pipe.hgetall(entity_key(self.prefix, group, entity))
+            raw: list[Mapping[bytes | str, bytes | str]] = await pipe.execute()
+        return raw
+
     async def read_states(
         self, group: FeatureGroup, entities: Sequence[str]
     ) -> list[EntityState | None]:
         """The stored state of each entity (``None`` when unknown), in one round trip."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for entity in entities:
-                pipe.hgetall(entity_key(self.prefix, group, entity))
-            raw = await pipe.execute()
-        return [decode_state(group, fields) if fields else None for fields in raw]
+        return [decode_state(group, f) if f else None for f in await self._hashes(group, entities)]
 
     async def read(
         self, group: FeatureGroup, entities: Sequence[str], as_of_ms: int
     ) -> list[Reading]:
         """Features (and which windows hold data) of ``entities``, in one round trip."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for entity in entities:
-                pipe.hgetall(entity_key(self.prefix, group, entity))
-            raw = await pipe.execute()
-        return [read_stored(group, fields, as_of_ms) for fields in raw]
+        return [read_stored(group, f, as_of_ms) for f in await self._hashes(group, entities)]
 
     async def get(
         self, group: FeatureGroup, entities: Sequence[str], *, as_of_ms: int | None = None

@@ -29,6 +29,7 @@ acknowledged half-done and never dropped.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -84,6 +85,8 @@ class Classified:
     rejected: list[tuple[RawRecord, Rejection]] = field(default_factory=list)
     replayed: int = 0
     quality: QualityReport | None = None
+    #: per feature group keyed by another field: accepted events without that field
+    key_missing: Counter[str] = field(default_factory=Counter)
 
     def reasons(self) -> Counter[str]:
         return Counter(rejection.reason for _, rejection in self.rejected)
@@ -343,6 +346,7 @@ class SourcePipeline:
             total.valid_records += result.valid_records
             total.rejected += result.rejected
             total.replayed += result.replayed
+            total.key_missing.update(result.key_missing)
             if result.quality is not None:
                 if total.quality is None:
                     total.quality = QualityReport()
@@ -382,12 +386,12 @@ class SourcePipeline:
                         result.rejected + judged.rejected, key=lambda p: p[0].offset
                     )
                 watermark = judged.watermark_ms
-                deltas = [
-                    (group, build_deltas(group, self._keyed(group, judged.accepted)))
-                    for group in self.groups
-                ]
+                # judged.accepted is result.valid: the events each group aggregates,
+                # keyed as the group is (once per group, shared with its monitors)
+                keyed = {group: self._keyed(group, result) for group in self.groups}
+                deltas = [(group, build_deltas(group, keyed[group][0])) for group in self.groups]
                 if self.feature_monitors and result.valid:
-                    await self._sample_features(partition, result, dict(deltas))
+                    await self._sample_features(partition, keyed, dict(deltas))
             self._dead_letter(result.rejected)
             if self.monitors and result.valid:
                 # Values for the drift monitors ride in the same flush: durable
@@ -410,37 +414,34 @@ class SourcePipeline:
                 partition,
             )
 
-    def _keyed(self, group: FeatureGroup, events: list[ParsedEvent]) -> list[ParsedEvent]:
-        """The events keyed as ``group`` is (its entity key may be another field)."""
+    def _keyed(
+        self, group: FeatureGroup, result: Classified
+    ) -> tuple[list[ParsedEvent], list[RawRecord]]:
+        """The accepted events (and their records) keyed as ``group`` is.
+
+        A group keyed by another field than the source's leaves out the events
+        without it; they are noted in ``result.key_missing``.
+        """
+        events, records = result.valid, result.valid_records
         if group.entity_key == self.parser.entity_key:
-            return events
+            return events, records
         keyed, kept = rekey(events, group.entity_key)
-        if len(kept) < len(events):
-            self.metrics.feature_key_missing.labels(group=group.name).inc(len(events) - len(kept))
-        return keyed
+        result.key_missing[group.name] = len(events) - len(kept)
+        return keyed, [records[i] for i in kept]
 
     async def _sample_features(
         self,
         partition: int,
-        result: Classified,
+        keyed: Mapping[FeatureGroup, tuple[list[ParsedEvent], list[RawRecord]]],
         deltas: Mapping[FeatureGroup, Mapping[str, EntityState]],
     ) -> None:
         """Queue the feature monitors' samples of this batch on the values topic."""
         assert self.store is not None
-        store = self.store
         for monitor, group in self.feature_monitors:
-            events, records = result.valid, result.valid_records
-            if group.entity_key != self.parser.entity_key:
-                events, kept = rekey(events, group.entity_key)
-                records = [records[i] for i in kept]
+            events, records = keyed[group]
             chosen = sampled_entities(events, records, monitor.max_entities_per_batch)
             entities = [entity for entity, _, _ in chosen]
-
-            async def read(
-                g: FeatureGroup = group, es: list[str] = entities
-            ) -> list[EntityState | None]:
-                return await store.read_states(g, es)
-
+            read = functools.partial(self.store.read_states, group, entities)
             stored = await self._until_done("redis", read)
             samples = feature_samples(monitor, group, chosen, stored, deltas[group])
             if samples:
@@ -618,6 +619,9 @@ class SourcePipeline:
             m.dead_letters.labels(source=src).inc(len(result.rejected))
         if result.quality is not None:
             self._count_quality(result.quality)
+        for group, n in result.key_missing.items():
+            if n:
+                m.feature_key_missing.labels(group=group).inc(n)
         m.batch_size.labels(source=src).observe(n_records)
         m.batch_seconds.labels(source=src).observe(elapsed)
 
