@@ -340,11 +340,10 @@ def run_dev(options: DevOptions) -> int:
     finally:
         _say("stopping: worker, redis, broker ...")
         stack.stop()
+    _say(f"stopped everything (ran {time.monotonic() - t0:.0f}s).")
     if code == 0:
         shutil.rmtree(stack.run_dir, ignore_errors=True)  # logs and the worker's data dir
-        _say(f"stopped everything (ran {time.monotonic() - t0:.0f}s).")
     else:
-        _say(f"stopped everything (ran {time.monotonic() - t0:.0f}s).")
         _keep_logs(stack.run_dir)
     return code
 

@@ -167,30 +167,27 @@ def select_features(
     ``windows`` keeps only features over those windows (``last`` features have
     no window and are dropped); with ``requested`` too, both must hold.
     """
-    names = group.feature_names()
-    if windows is not None:
-        known_windows = [w.name for w in group.windows]
-        unknown_windows = [w for w in windows if w not in known_windows]
-        if unknown_windows or not windows:
-            raise ApiError(
-                400,
-                f"unknown window(s) of group {group.name!r}: {', '.join(unknown_windows) or '-'}"
-                f"; known: {', '.join(known_windows)}",
-            )
-        keep = set(windows)
-        specs = _specs(group)
-        in_windows = tuple(
-            n for n in names if (w := specs[n].window) is not None and w.name in keep
+    chosen = group.feature_names() if requested is None else _requested(group, requested)
+    if windows is None:
+        return chosen
+    known_windows = [w.name for w in group.windows]
+    unknown_windows = [w for w in windows if w not in known_windows]
+    if unknown_windows or not windows:
+        raise ApiError(
+            400,
+            f"unknown window(s) of group {group.name!r}: {', '.join(unknown_windows) or '-'}"
+            f"; known: {', '.join(known_windows)}",
         )
-        if requested is None:
-            return in_windows
-        chosen = select_features(group, requested)
-        selected = tuple(n for n in chosen if n in set(in_windows))
-        if not selected:
-            raise ApiError(400, "no requested feature is over the requested windows")
-        return selected
-    if requested is None:
-        return names
+    keep = set(windows)
+    specs = _specs(group)
+    selected = tuple(n for n in chosen if (w := specs[n].window) is not None and w.name in keep)
+    if not selected:
+        raise ApiError(400, "no requested feature is over the requested windows")
+    return selected
+
+
+def _requested(group: FeatureGroup, requested: Sequence[str]) -> tuple[str, ...]:
+    names = group.feature_names()
     known = set(names)
     unknown = [n for n in requested if n not in known]
     if unknown:
