@@ -250,8 +250,11 @@ class WorkerMetrics:
         completeness: Iterable[str],
         checks: Iterable[tuple[str, str]],
         missing_limits: Mapping[str, float],
+        dedup: bool,
     ) -> None:
         """Pre-create a source's quality series so dashboards show zeros, not gaps."""
+        if dedup:
+            self.quality_dedup_ids.labels(source=source).set(0)
         for name, ratio in missing_limits.items():
             self.quality_missing_limit.labels(source=source, field=name).set(ratio)
         self.quality_events.labels(source=source)

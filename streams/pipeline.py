@@ -314,10 +314,12 @@ class SourcePipeline:
                 metrics.feature_key_missing.labels(group=group.name)
         if quality is not None:
             metrics.declare_quality(
-                source, quality.completeness, quality.checks(), quality.missing_limits
+                source,
+                quality.completeness,
+                quality.checks(),
+                quality.missing_limits,
+                dedup=quality.config.unique is not None,
             )
-            if quality.config.unique is not None:
-                metrics.quality_dedup_ids.labels(source=source).set(0)
         self.backoff = backoff or Backoff(0.2, 10.0)
         self._sleep = sleep
         self._partitions: dict[int, PartitionState] = {}

@@ -240,6 +240,11 @@ class SourceInfo:
     #: declared type of each top-level contract field ("number", "string|null", ...)
     field_types: Mapping[str, str]
 
+    def lineage_record(self) -> dict[str, Any]:
+        """What a worker records with a group version it deploys (read by
+        :func:`schema_from_record` and :func:`build_registry`)."""
+        return {"topic": self.topic, "schema": self.schema.as_dict()}
+
 
 def field_types(schema: Mapping[str, Any], kind: str) -> dict[str, str]:
     """The declared type of each top-level field of a JSON Schema or Avro record.

@@ -48,12 +48,7 @@ async def register_feature_groups(
             try:
                 for group in groups:
                     src = sources.get(group.source)
-                    lineage = (
-                        None
-                        if src is None
-                        else {"topic": src.topic, "schema": src.schema.as_dict()}
-                    )
-                    await store.register(group, lineage)
+                    await store.register(group, src.lineage_record() if src else None)
                 return
             except FeatureVersionConflict as exc:
                 raise ConfigError(str(exc)) from None
