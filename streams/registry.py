@@ -48,6 +48,7 @@ import redis.asyncio as aioredis
 from features.definitions import FeatureGroup, Window
 from features.exceptions import FeatureDefinitionError
 from schemas import EventParser
+from schemas.fields import field_types
 from sinks.feature_store import registry_key
 from streams.settings import Settings
 from streams.sources import build_feature_groups, build_parsers
@@ -244,39 +245,6 @@ class SourceInfo:
         """What a worker records with a group version it deploys (read by
         :func:`schema_from_record` and :func:`build_registry`)."""
         return {"topic": self.topic, "schema": self.schema.as_dict()}
-
-
-def field_types(schema: Mapping[str, Any], kind: str) -> dict[str, str]:
-    """The declared type of each top-level field of a JSON Schema or Avro record.
-
-    Only what is written in the contract: a JSON Schema property without
-    ``type`` (say, a bare ``enum``) is ``"any"``.  Avro unions are joined
-    with ``|``; named and complex Avro types show their ``type``.
-    """
-    out: dict[str, str] = {}
-    if kind == "avro":
-        for f in schema.get("fields", []):
-            if isinstance(f, dict) and isinstance(f.get("name"), str):
-                out[f["name"]] = _avro_type(f.get("type"))
-        return out
-    props = schema.get("properties", {})
-    if isinstance(props, dict):
-        for name, prop in props.items():
-            t = prop.get("type") if isinstance(prop, dict) else None
-            if isinstance(t, list):
-                out[name] = "|".join(str(x) for x in t)
-            else:
-                out[name] = str(t) if t is not None else "any"
-    return out
-
-
-def _avro_type(t: Any) -> str:
-    if isinstance(t, list):
-        return "|".join(_avro_type(x) for x in t)
-    if isinstance(t, dict):
-        logical = t.get("logicalType")
-        return f"{t.get('type')}({logical})" if logical else str(t.get("type"))
-    return str(t)
 
 
 def source_info(settings: Settings, parsers: Mapping[str, EventParser]) -> dict[str, SourceInfo]:

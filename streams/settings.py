@@ -418,6 +418,34 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             source["schema_ids"] = {k: fix(v) for k, v in ids.items()}
 
 
+class _DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping repeats a key (PyYAML's own loaders keep the last value silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping.
+
+    Two ``port:`` lines in one section are a mistake whichever was meant; the
+    silent last-one-wins rule would run with a value nobody sees in review.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, list | dict):
+                continue  # unhashable: the base class reports it
+            if key in seen:
+                first = seen[key].start_mark
+                raise _DuplicateKeyError(
+                    problem=f"key {key!r} is given twice (first on line {first.line + 1}); "
+                    "keep one",
+                    problem_mark=key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -426,12 +454,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
+        what = "" if isinstance(exc, _DuplicateKeyError) else "not valid YAML: "
+        raise ConfigError(f"{path}{where}: {what}{problem}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

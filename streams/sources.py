@@ -11,6 +11,7 @@ from drift.quality import QualityChecker
 from features.definitions import FeatureGroup
 from features.exceptions import FeatureDefinitionError
 from schemas import EventParser, build_parser
+from schemas.fields import field_types, never_numeric
 from schemas.registry import SchemaRegistryClient
 from streams.errors import ConfigError
 from streams.settings import Settings
@@ -93,6 +94,17 @@ def build_feature_groups(
                     f"{label}: field(s) {', '.join(unknown)} are not declared in the contract "
                     f"{source.schema_file.name} of source {source.name}"
                 )
+        types = _declared_types(parsers[source.name])
+        for fname in group.values:
+            _check_numeric(
+                f"{label}.values.{fname}",
+                fname,
+                types,
+                f"{source.schema_file.name} of source {source.name}",
+                "values aggregates numbers, so it would never compute a feature; "
+                "declare the field as number or integer, or count it with distinct "
+                "or keep it with last",
+            )
         by_source[source.name].append(group)
     return {name: tuple(groups) for name, groups in by_source.items()}
 
@@ -106,6 +118,33 @@ def _declared_fields(parser: EventParser) -> frozenset[str]:
             fields |= c.top_level_properties
         return frozenset(fields)
     return frozenset(contract.top_level_properties)
+
+
+def _declared_types(parser: EventParser) -> dict[str, list[str]]:
+    """Each field's declared type, one entry per contract of the source."""
+    contract = getattr(parser.decoder, "contract", None)
+    contracts = (
+        [contract]
+        if contract is not None
+        else list(getattr(parser.decoder, "contracts", {}).values())
+    )
+    out: dict[str, list[str]] = {}
+    for c in contracts:
+        for name, declared in field_types(c.schema, c.kind).items():
+            out.setdefault(name, []).append(declared)
+    return out
+
+
+def _check_numeric(
+    where: str, field: str, types: Mapping[str, Sequence[str]], contract: str, why: str
+) -> None:
+    """Refuse a field the contract declares with no numeric type at all."""
+    declared = types.get(field, ())
+    if never_numeric(declared):
+        raise ConfigError(
+            f"{where}: field {field!r} is {' / '.join(sorted(set(declared)))} in the contract "
+            f"{contract}; {why}"
+        )
 
 
 def build_monitors(
@@ -141,6 +180,15 @@ def build_monitors(
                     f"{label}.{key}: field {field!r} is not declared in the contract "
                     f"{source.schema_file.name} of source {source.name}"
                 )
+        if monitor.field is not None:
+            _check_numeric(
+                f"{label}.field",
+                monitor.field,
+                _declared_types(parsers[source.name]),
+                f"{source.schema_file.name} of source {source.name}",
+                "a monitor watches numbers (number or integer), so it would never see a value; "
+                "monitor a numeric field",
+            )
         by_source[source.name].append(monitor)
     return {name: tuple(monitors) for name, monitors in by_source.items()}
 

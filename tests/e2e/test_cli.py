@@ -55,6 +55,14 @@ def test_check_config_ok_without_connecting(tmp_path: Path) -> None:
             GOOD + "    quality:\n      unique: {field: txn_id}\n",
             "quality.unique.field: field 'txn_id' is not declared in the contract",
         ),
+        (
+            GOOD + "monitors:\n  - {name: m, source: tx, field: category}\n",
+            "monitors[0](m).field: field 'category' is string in the contract",
+        ),
+        (
+            GOOD + "app_id: a\napp_id: b\n",
+            "yaml:9:1: key 'app_id' is given twice (first on line 8)",
+        ),
     ],
 )
 def test_bad_config_is_a_clear_message_and_exit_2(tmp_path: Path, text: str, expected: str) -> None:

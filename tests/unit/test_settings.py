@@ -208,3 +208,78 @@ def test_a_group_may_be_keyed_by_another_declared_field(tmp_path: Path) -> None:
     s = load(tmp_path, group % "merchant")
     with pytest.raises(ConfigError, match="merchant are not declared in the contract"):
         build_feature_groups(s, build_parsers(s), "c.yaml")
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, "metrics:\n  port: 9000\n  host: 127.0.0.1\n  port: 9001\n")
+    # BASE is 6 lines (a leading blank one): the second port is on line 10
+    assert str(info.value) == (
+        f"{tmp_path / 'c.yaml'}:10:3: key 'port' is given twice (first on line 8); keep one"
+    )
+    with pytest.raises(ConfigError, match=r"c.yaml:8:1: key 'sources' is given twice"):
+        load(tmp_path, "kafka: {}\nsources: []\n")
+    # the same key in two different mappings is fine
+    s = load(tmp_path, "kafka:\n  session_timeout_s: 9\nredis:\n  socket_timeout_s: 9\n")
+    assert s.kafka.session_timeout_s == s.redis.socket_timeout_s == 9
+
+
+def test_declared_types_and_what_can_hold_a_number() -> None:
+    from schemas.fields import never_numeric
+
+    for declared in (["number"], ["integer|null"], ["null", "long(timestamp-millis)"], ["any"]):
+        assert not never_numeric(declared), declared
+    assert not never_numeric(["string", "double"])  # numeric in one contract of a source
+    assert not never_numeric(["Currency"])  # a named Avro type defined elsewhere: unknown
+    assert not never_numeric([])  # not declared at all: the caller says so
+    for declared in (["string"], ["null|string"], ["boolean"], ["bytes(decimal)"], ["enum"]):
+        assert never_numeric(declared), declared
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "monitors:\n  - {name: m, source: tx, field: category}\n",
+            "c.yaml: monitors[0](m).field: field 'category' is string in the contract "
+            "transactions.schema.json of source tx; a monitor watches numbers (number or "
+            "integer), so it would never see a value; monitor a numeric field",
+        ),
+        (
+            "feature_groups:\n  - {name: spend, version: 1, source: tx, "
+            "values: {amount: [sum], category: [mean]}, windows: [1h]}\n",
+            "c.yaml: feature_groups[0](spend).values.category: field 'category' is string in "
+            "the contract transactions.schema.json of source tx; values aggregates numbers",
+        ),
+    ],
+)
+def test_numbers_are_expected_of_numeric_fields(tmp_path: Path, extra: str, message: str) -> None:
+    from streams.sources import build_feature_groups, build_monitors, build_parsers
+
+    s = load(tmp_path, extra)
+    parsers = build_parsers(s)
+    with pytest.raises(ConfigError) as info:
+        build_monitors(s, parsers, "c.yaml", build_feature_groups(s, parsers, "c.yaml"))
+    assert message in str(info.value)
+
+
+def test_numeric_fields_of_an_avro_contract(tmp_path: Path) -> None:
+    from streams.sources import build_feature_groups, build_monitors, build_parsers
+
+    def avro_settings(extra: str):
+        path = tmp_path / "avro.yaml"
+        path.write_text((BASE + extra).replace(CONTRACT.name, "transactions.avsc"))
+        return load_settings(path, env={})
+
+    s = avro_settings(
+        "feature_groups:\n  - {name: g, version: 1, source: tx, values: {amount: [sum]}, "
+        "distinct: [category], last: [currency], windows: [1h]}\n"
+        "monitors:\n  - {name: m, source: tx, field: event_time}\n"
+    )
+    parsers = build_parsers(s)
+    groups = build_feature_groups(s, parsers, "c.yaml")
+    [m] = build_monitors(s, parsers, "c.yaml", groups)["tx"]
+    assert m.field == "event_time" and groups["tx"][0].values == {"amount": ("sum",)}
+    s = avro_settings("monitors:\n  - {name: m, source: tx, field: currency}\n")
+    with pytest.raises(ConfigError, match=r"field 'currency' is null\|string in the contract"):
+        build_monitors(s, build_parsers(s), "c.yaml")
