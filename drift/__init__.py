@@ -9,7 +9,8 @@ The pieces, in the order a value meets them:
 * :mod:`drift.monitor`    warm-up, incidents (opened / updated / closed), checkpoints;
 * :mod:`drift.alerts`     the :class:`Alert` record and its JSON
                           (``schemas/contracts/drift_alert.schema.json``);
-* :mod:`drift.state`      checkpoint framing (format version, configuration check);
+* :mod:`drift.state`      checkpoint documents (JSON, format version, configuration check);
+* :mod:`drift.detector_state`  River detectors as plain numbers and back;
 * :mod:`drift.quality`    data-quality checks of a source: completeness, uniqueness,
                           ranges and domains (counted, optionally dead-lettered).
 

@@ -35,4 +35,14 @@ class DriftStateError(DriftError, ValueError):
     The worker's answer is to start the monitor afresh (a new warm-up) and log
     this message; silently mixing a checkpoint with another configuration
     would make the detectors' thresholds meaningless.
+
+    ``reason`` says which, as a short label for metrics: ``pickle`` (a
+    checkpoint of the old pickle format, refused unread), ``unreadable`` (not
+    a checkpoint document at all), ``format`` (another format version),
+    ``corrupt`` (a field missing, of the wrong type or inconsistent) or
+    ``config`` (written under another configuration).
     """
+
+    def __init__(self, message: str, reason: str = "corrupt") -> None:
+        super().__init__(message)
+        self.reason = reason

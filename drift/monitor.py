@@ -45,37 +45,45 @@ detectors always run.
 
 Checkpoints
 -----------
-:meth:`Monitor.to_state` returns bytes (a header, then a pickle of builtins
-and River's detector objects) that :meth:`Monitor.from_state` restores
-exactly, so a restart neither loses an open incident nor raises it again.
-Pickle executes code on load: restore only checkpoints this worker wrote.
+:meth:`Monitor.to_state` returns a JSON document (format
+``driftline.monitor/2``, see :mod:`drift.state`) that :meth:`Monitor.from_state`
+restores exactly, so a restart neither loses an open incident nor raises it
+again.  It holds data only (numbers, strings, base64 floats), never objects:
+restoring a document written by someone else can make a monitor wrong, never
+run code, and a malformed one is refused with :class:`DriftStateError`.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from array import array
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from drift.alerts import Alert, AlertKind, AlertReason, Severity
-from drift.config import MonitorConfig
+from drift.config import DETECTORS, STATISTICS, MonitorConfig
+from drift.detector_state import model_state, restore_model
 from drift.detectors import Channel, build_channels
-from drift.exceptions import DriftStateError
 from drift.reference import Reference
-from drift.state import check_config, dump_payload, load_payload
+from drift.state import (
+    MONITOR_FORMAT,
+    Fields,
+    check_config,
+    dump_document,
+    encode_number,
+    load_document,
+    pack_floats,
+)
 from drift.stats import Stats
 
 #: The segment of a monitor that is not segmented.
 ALL_SEGMENT = "__all__"
 
 Phase = Literal["warmup", "monitoring", "relearning", "settling"]
-
-_MAGIC = b"DLMON"
+_PHASES: tuple[Phase, ...] = ("warmup", "monitoring", "relearning", "settling")
 # The change-point estimate looks at no fewer trailing values than this.
 _MIN_CHANGE_LENGTH = 10
 # A settling window fits the fresh reference when its mean scores are within
@@ -109,7 +117,11 @@ class _Incident:
             "first_offset": self.first_offset,
             "last_offset": self.last_offset,
             "severity": self.severity,
-            "reference": (self.reference.mean, self.reference.std, self.reference.n),
+            "reference": [
+                encode_number(self.reference.mean),
+                encode_number(self.reference.std),
+                self.reference.n,
+            ],
             "last_detector": self.last_detector,
             "last_statistic": self.last_statistic,
             "detections": self.detections,
@@ -117,11 +129,31 @@ class _Incident:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> _Incident:
-        values = dict(data)
-        values["reference"] = Stats(*values["reference"])
-        values["labels"] = set(values["labels"])
-        return cls(**values)
+    def from_dict(cls, data: object) -> _Incident:
+        f = Fields(data, "drift monitor checkpoint: incident")
+        reference = f.items("reference")
+        if len(reference) != 3:
+            raise f.fail("reference", "[mean, std, n]")
+        ref = Fields(dict(zip(("mean", "std", "n"), reference, strict=True)), f.what)
+        labels = f.items("labels")
+        if not all(isinstance(label, str) for label in labels):
+            raise f.fail("labels", "a list of strings")
+        severity = cast(Severity, f.text("severity", ("warning", "critical")))
+        return cls(
+            seq=f.integer("seq"),
+            incident_id=f.text("incident_id"),
+            opened_event_time_ms=f.integer("opened_event_time_ms", low=None),
+            opened_value_index=f.integer("opened_value_index"),
+            change_start_index=f.integer("change_start_index", low=None),
+            first_offset=f.integer("first_offset", low=None, nullable=True),
+            last_offset=f.integer("last_offset", low=None, nullable=True),
+            severity=severity,
+            reference=Stats(ref.number("mean"), ref.number("std"), ref.integer("n")),
+            last_detector=f.text("last_detector", DETECTORS),
+            last_statistic=f.text("last_statistic", STATISTICS),
+            detections=f.integer("detections"),
+            labels=set(labels),
+        )
 
 
 class Monitor:
@@ -433,25 +465,33 @@ class Monitor:
     # -- checkpoints ---------------------------------------------------------
 
     def to_state(self) -> bytes:
-        """Everything needed to continue exactly where this monitor is."""
-        return dump_payload(_MAGIC, self._payload())
+        """Everything needed to continue exactly where this monitor is (JSON bytes)."""
+        return dump_document(self.to_document())
 
-    def _payload(self) -> dict[str, Any]:
+    def to_document(self) -> dict[str, Any]:
         return {
-            "river": version("river"),
+            "format": MONITOR_FORMAT,
+            "river": version("river"),  # informational: detector states are plain numbers
             "config": self.config.model_dump(mode="json"),
             "segment": self.segment,
             "n": self._n,
             "skipped": self._skipped,
             "phase": self._phase,
-            "sample": array("d", self._sample).tobytes(),
-            "reference": self._reference.sample.tobytes() if self._reference else None,
-            "channels": [(c.detector, c.statistic, c.model) for c in self._channels],
-            "recent": array("d", self._recent).tobytes(),
+            "sample": pack_floats(self._sample),
+            "reference": pack_floats(self._reference.sample) if self._reference else None,
+            "channels": [
+                {
+                    "detector": c.detector,
+                    "statistic": c.statistic,
+                    "state": model_state(c.detector, c.model),
+                }
+                for c in self._channels
+            ],
+            "recent": pack_floats(self._recent),
             "incident": self._incident.to_dict() if self._incident else None,
             "incidents": self._incidents,
             "stable": self._stable,
-            "settle_sums": list(self._settle_sums),
+            "settle_sums": [encode_number(s) for s in self._settle_sums],
         }
 
     @classmethod
@@ -460,37 +500,64 @@ class Monitor:
 
         With ``config`` (the configuration the worker runs now), a checkpoint
         written under any other configuration is refused with
-        :class:`DriftStateError` naming the keys that differ.
+        :class:`DriftStateError` naming the keys that differ; so is anything
+        that is not a well-formed document of this format.
         """
-        payload = load_payload(data, _MAGIC, "monitor")
-        stored = check_config(payload["config"], config)
-        monitor = cls(stored, segment=payload["segment"])
-        monitor._restore(payload)
+        return cls.from_document(load_document(data, MONITOR_FORMAT, "monitor"), config=config)
+
+    @classmethod
+    def from_document(
+        cls, document: Mapping[str, Any], *, config: MonitorConfig | None = None
+    ) -> Monitor:
+        f = Fields(document, "drift monitor checkpoint")
+        if f.get("format") != MONITOR_FORMAT:
+            raise f.fail("format", MONITOR_FORMAT)
+        stored = check_config(Fields(f.get("config"), f.what).document, config)
+        monitor = cls(stored, segment=f.text("segment"))
+        monitor._restore(f)
         return monitor
 
-    def _restore(self, payload: Mapping[str, Any]) -> None:
-        try:
-            self._n = payload["n"]
-            self._skipped = payload["skipped"]
-            self._phase = payload["phase"]
-            self._sample = _floats(payload["sample"])
-            reference = payload["reference"]
-            self._reference = Reference(_floats(reference)) if reference is not None else None
-            self._channels = [
-                Channel(detector, statistic, model)
-                for detector, statistic, model in payload["channels"]
-            ]
-            self._recent.extend(_floats(payload["recent"]))
-            incident = payload["incident"]
-            self._incident = _Incident.from_dict(incident) if incident is not None else None
-            self._incidents = payload["incidents"]
-            self._stable = payload["stable"]
-            self._settle_sums = [float(s) for s in payload["settle_sums"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DriftStateError(f"corrupt drift monitor checkpoint: {exc!r}") from exc
+    def _restore(self, f: Fields) -> None:
+        config = self.config
+        phase = f.text("phase", _PHASES)
+        reference = f.get("reference")
+        incident = f.get("incident")
+        if (reference is None) != (phase == "warmup"):
+            raise f.fail("reference", "a reference exactly when not warming up")
+        if (incident is None) != (phase in ("warmup", "monitoring")):
+            raise f.fail("incident", "an incident exactly while relearning or settling")
+        channels = f.items("channels")
+        expected = [
+            (c.detector, c.statistic) for c in build_channels(config) if reference is not None
+        ]
+        found = [
+            (c.get("detector"), c.get("statistic")) if isinstance(c, dict) else None
+            for c in channels
+        ]
+        if found != expected:
+            raise f.fail("channels", f"the detectors of the configuration {expected}")
+        settle_sums = f.items("settle_sums")
+        if len(settle_sums) != 2:
+            raise f.fail("settle_sums", "two numbers")
+        sums = Fields(dict(zip(("location", "scale"), settle_sums, strict=True)), f.what)
 
-
-def _floats(data: bytes) -> list[float]:
-    values = array("d")
-    values.frombytes(data)
-    return values.tolist()
+        self._n = f.integer("n")
+        self._skipped = f.integer("skipped")
+        self._phase = cast(Phase, phase)
+        self._sample = f.floats("sample", limit=config.warmup - 1)
+        if reference is not None:
+            values = f.floats("reference", limit=config.warmup)
+            if len(values) != config.warmup:
+                raise f.fail("reference", f"{config.warmup} values")
+            self._reference = Reference(values)
+        self._channels = []
+        for (detector, statistic), c in zip(expected, channels, strict=True):
+            what = f"{f.what}: {detector}/{statistic}"
+            state = Fields(c, what).get("state")
+            model = restore_model(detector, config, state, what)
+            self._channels.append(Channel(detector, statistic, model))
+        self._recent.extend(f.floats("recent", limit=config.recent_window))
+        self._incident = _Incident.from_dict(incident) if incident is not None else None
+        self._incidents = f.integer("incidents")
+        self._stable = f.integer("stable")
+        self._settle_sums = [sums.number("location"), sums.number("scale")]

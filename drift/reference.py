@@ -108,17 +108,6 @@ class Reference:
         s0 = self._sc[i - 1]
         return z0 + f * (self._zs[i] - z0), s0 + f * (self._sc[i] - s0)
 
-    def __reduce__(self) -> tuple[object, tuple[bytes]]:
-        # Checkpoints hold the sample only (8 bytes a value); the knots are
-        # rebuilt exactly from it.
-        return (_from_bytes, (self.sample.tobytes(),))
-
-
-def _from_bytes(data: bytes) -> Reference:
-    values = array("d")
-    values.frombytes(data)
-    return Reference(values)
-
 
 def _weighted_moments(values: list[float], weights: list[int]) -> tuple[float, float]:
     total = sum(weights)

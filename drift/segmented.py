@@ -29,14 +29,11 @@ from typing import Any
 
 from drift.alerts import Alert
 from drift.config import MonitorConfig
-from drift.exceptions import DriftStateError
 from drift.monitor import ALL_SEGMENT, Monitor
-from drift.state import check_config, dump_payload, load_payload
+from drift.state import SEGMENTED_FORMAT, Fields, check_config, dump_document, load_document
 
 OTHER_SEGMENT = "__other__"
 MISSING_SEGMENT = "__missing__"
-
-_MAGIC = b"DLSEG"
 
 
 def segment_name(value: object) -> str:
@@ -131,25 +128,31 @@ class SegmentedMonitor:
     # -- checkpoints ---------------------------------------------------------
 
     def to_state(self) -> bytes:
-        payload = {
-            "config": self.config.model_dump(mode="json"),
-            "named": self._named,
-            "skipped_missing": self._skipped_missing,
-            "monitors": [(name, m.to_state()) for name, m in self._monitors.items()],
-        }
-        return dump_payload(_MAGIC, payload)
+        """A JSON checkpoint (format ``driftline.segmented-monitor/2``, see :mod:`drift.state`)."""
+        return dump_document(
+            {
+                "format": SEGMENTED_FORMAT,
+                "config": self.config.model_dump(mode="json"),
+                "named": self._named,
+                "skipped_missing": self._skipped_missing,
+                "monitors": [m.to_document() for m in self._monitors.values()],
+            }
+        )
 
     @classmethod
     def from_state(cls, data: bytes, *, config: MonitorConfig | None = None) -> SegmentedMonitor:
-        """Restore :meth:`to_state`; refused under another configuration."""
-        payload = load_payload(data, _MAGIC, "segmented monitor")
-        stored = check_config(payload["config"], config)
+        """Restore :meth:`to_state`; refused under another configuration or when malformed."""
+        f = Fields(load_document(data, SEGMENTED_FORMAT, "segmented monitor"), "drift checkpoint")
+        stored = check_config(f.document["config"], config)
         segmented = cls(stored)
-        try:
-            segmented._named = payload["named"]
-            segmented._skipped_missing = payload["skipped_missing"]
-            for name, state in payload["monitors"]:
-                segmented._monitors[name] = Monitor.from_state(state, config=stored)
-        except (KeyError, TypeError) as exc:
-            raise DriftStateError(f"corrupt drift segmented monitor checkpoint: {exc!r}") from exc
+        segmented._named = f.integer("named")
+        segmented._skipped_missing = f.integer("skipped_missing")
+        documents = f.items("monitors")
+        if len(documents) > stored.max_segments + 1:  # the named ones and __other__
+            raise f.fail("monitors", f"at most {stored.max_segments + 1} segments")
+        for document in documents:
+            monitor = Monitor.from_document(Fields(document, f.what).document, config=stored)
+            if monitor.segment in segmented._monitors:
+                raise f.fail("monitors", "one monitor per segment")
+            segmented._monitors[monitor.segment] = monitor
         return segmented

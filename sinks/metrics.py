@@ -193,6 +193,13 @@ class WorkerMetrics:
             ["monitor"],
             registry=r,
         )
+        self.monitor_checkpoint_rejected = Counter(
+            "driftline_monitor_checkpoint_rejected",
+            "Drift monitor checkpoints refused on load, by reason (pickle: the old format, "
+            "never unpickled; unreadable, format, corrupt, config); the monitor learns afresh.",
+            ["monitor", "reason"],
+            registry=r,
+        )
         self.quality_events = Counter(
             "driftline_quality_events",
             "Valid events seen by the source's data-quality checks (the rates' denominator).",

@@ -2,7 +2,9 @@
 
 Key ``{prefix}:monitor:{name}`` (hash):
 
-* ``state``  the monitor's checkpoint (``SegmentedMonitor.to_state()``)
+* ``state``  the monitor's checkpoint (``SegmentedMonitor.to_state()``: a JSON
+             document of data, never a pickle; what fails to parse as one is
+             refused and the monitor learns afresh)
 * ``seq``    incremented by every save; a save names the ``seq`` it loaded
 * ``hw``     JSON ``{"source/partition": offset}``: the highest source offset
              whose value the state contains, so values delivered again (a

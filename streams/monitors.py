@@ -43,7 +43,7 @@ from drift import Alert, MonitorConfig, SegmentedMonitor
 from drift.exceptions import DriftStateError
 from sinks.kafka_sink import KafkaSink
 from sinks.metrics import WorkerMetrics
-from sinks.monitor_store import MonitorCheckpoint, RedisMonitorStore
+from sinks.monitor_store import MonitorCheckpoint, RedisMonitorStore, monitor_key
 from streams.pipeline import RawRecord
 from streams.retry import Backoff, until_done
 
@@ -98,11 +98,21 @@ class MonitorRunner:
             try:
                 monitor = SegmentedMonitor.from_state(checkpoint.state, config=config)
             except DriftStateError as exc:
-                # A changed monitor definition: start over (a new warm-up) rather than
-                # judge new data against a reference learned under other settings.
+                # A changed monitor definition, or a checkpoint that is not one of ours (an
+                # old pickle, foreign or tampered bytes: never decoded further): start over
+                # (a new warm-up) rather than judge new data against a doubtful reference.
+                # The next save replaces the refused checkpoint.
                 log.warning(
-                    "monitor %s: checkpoint not reusable (%s); learning a new reference", name, exc
+                    "monitor %s: checkpoint in Redis key %s refused (%s: %s); "
+                    "learning a new reference",
+                    name,
+                    monitor_key(self.store.prefix, name),
+                    exc.reason,
+                    exc,
                 )
+                self.metrics.monitor_checkpoint_rejected.labels(
+                    monitor=name, reason=exc.reason
+                ).inc()
         held = self._held[name] = _Held(monitor, checkpoint)
         return held
 

@@ -1,12 +1,22 @@
-"""Checkpoints: a restart in any phase continues exactly, and mismatches are refused."""
+"""Checkpoints: a restart in any phase continues exactly, and mismatches are refused.
+
+A checkpoint is read from Redis, which others can write: it is a JSON
+document of data only, and anything else (pickles above all) is refused
+without being decoded.
+"""
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any
 
+import orjson
 import pytest
 
 from drift import DriftStateError, Monitor, SegmentedMonitor
+from drift.detector_state import model_state, restore_model
+from drift.detectors import build_model
 from tests.unit.drift.streams import feed, make_config, normal, shifted
 
 VALUES = shifted(normal(1, 7000), 3000, shift=1.0)  # opened 3047, updated 3115, closed 5046
@@ -50,6 +60,9 @@ def test_restart_continues_exactly(
     assert restored.recent_stats == first.recent_stats
     after = feed(restored, VALUES, start=cut)
     assert _dicts(before) + _dicts(after) == uninterrupted
+    # and not only the alerts: the saved monitor, continued, is in the very same state
+    assert _dicts(feed(first, VALUES, start=cut)) == _dicts(after)
+    assert first.to_state() == restored.to_state()
 
 
 def test_restart_neither_loses_nor_reraises_an_open_incident() -> None:
@@ -96,18 +109,140 @@ def test_a_checkpoint_of_another_configuration_is_refused(
     assert change in str(caught.value)
 
 
+def test_a_checkpoint_is_a_versioned_json_document_of_data_only() -> None:
+    monitor = Monitor(make_config())
+    feed(monitor, VALUES[:3100])
+    document = orjson.loads(monitor.to_state())
+    assert document["format"] == "driftline.monitor/2"
+    assert document["phase"] == "relearning"
+    assert [(c["detector"], c["statistic"]) for c in document["channels"]] == [
+        ("page_hinkley", "location"),
+        ("page_hinkley", "scale"),
+        ("adwin", "location"),
+        ("adwin", "scale"),
+    ]
+    assert set(document["channels"][2]["state"]) == {
+        "total", "variance", "width", "total_width", "n_buckets", "max_n_buckets", "tick",
+        "n_detections", "drift_detected", "rows",
+    }  # fmt: skip
+    segmented = orjson.loads(SegmentedMonitor(make_config()).to_state())
+    assert segmented["format"] == "driftline.segmented-monitor/2"
+
+
+@pytest.mark.parametrize("detector", ["page_hinkley", "adwin"])
+@pytest.mark.parametrize("cut", [0, 1, 40, 1500, 3040, 3100])
+def test_a_detector_restored_from_its_numbers_continues_bit_for_bit(
+    detector: Any, cut: int
+) -> None:
+    config = make_config()
+    scores = shifted(normal(9, 4000), 3000, shift=1.0)
+    saved = build_model(detector, config)
+    for x in scores[:cut]:
+        saved.update(x)
+    state = orjson.loads(orjson.dumps(model_state(detector, saved)))  # through JSON
+    restored = restore_model(detector, config, state, "test")
+    for x in scores[cut:]:
+        saved.update(x)
+        restored.update(x)
+        assert restored.drift_detected == saved.drift_detected
+    assert model_state(detector, restored) == model_state(detector, saved)
+
+
+_UNPICKLED: list[str] = []
+
+
+def _mark(what: str) -> str:
+    _UNPICKLED.append(what)
+    return what
+
+
+class _Payload:
+    """What an attacker writes into the checkpoint key: unpickling it runs ``_mark``."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (_mark, ("code ran",))
+
+
+@pytest.mark.parametrize("magic", [b"DLMON\x01", b"DLSEG\x01", b""])
+def test_a_pickled_checkpoint_is_refused_without_being_unpickled(magic: bytes) -> None:
+    data = magic + pickle.dumps({"config": {}, "payload": _Payload()}, protocol=5)
+    for restore in (Monitor.from_state, SegmentedMonitor.from_state):
+        with pytest.raises(DriftStateError, match="pickle format") as caught:
+            restore(data, config=make_config())
+        assert caught.value.reason == "pickle"
+    assert _UNPICKLED == []
+
+
 def test_garbage_wrong_version_and_truncated_checkpoints_are_refused() -> None:
     monitor = Monitor(make_config())
     feed(monitor, VALUES[:1500])
     state = monitor.to_state()
-    with pytest.raises(DriftStateError, match="not a drift monitor checkpoint"):
-        Monitor.from_state(b"hello")
-    with pytest.raises(DriftStateError, match="format 99 is not supported"):
-        Monitor.from_state(state[:5] + bytes([99]) + state[6:])
-    with pytest.raises(DriftStateError, match="corrupt drift monitor checkpoint"):
-        Monitor.from_state(state[:200])
-    with pytest.raises(DriftStateError, match="not a drift monitor checkpoint"):
-        Monitor.from_state(SegmentedMonitor(make_config()).to_state())
+    cases = [
+        (b"hello", "not a drift monitor checkpoint", "unreadable"),
+        (b"[1, 2]", "not a drift monitor checkpoint", "unreadable"),
+        (b'{"format": "something/1"}', "not a drift monitor checkpoint", "unreadable"),
+        (state.replace(b"monitor/2", b"monitor/99"), "format '99' is not supported", "format"),
+        (state[:200], "not a drift monitor checkpoint", "unreadable"),
+        (
+            SegmentedMonitor(make_config()).to_state(),
+            "not a drift monitor checkpoint",
+            "unreadable",
+        ),
+    ]
+    for data, message, reason in cases:
+        with pytest.raises(DriftStateError, match=message) as caught:
+            Monitor.from_state(data)
+        assert caught.value.reason == reason
+
+
+_WRONG: list[object] = [None, True, "x", -1, 1e300, [], {}, [1.0, "y"], {"a": 1}]
+
+
+def _mutations(document: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Copies of ``document`` with one field (top level, incident, detector) set wrong."""
+    out = []
+    for key in document:
+        for wrong in _WRONG:
+            changed = copy.deepcopy(document)
+            changed[key] = wrong
+            out.append((f"{key}={wrong!r}", changed))
+    for key in document["incident"] or {}:
+        for wrong in _WRONG:
+            changed = copy.deepcopy(document)
+            changed["incident"][key] = wrong
+            out.append((f"incident.{key}={wrong!r}", changed))
+    for i, channel in enumerate(document["channels"]):
+        for key in [*channel, *channel["state"]]:
+            for wrong in _WRONG:
+                changed = copy.deepcopy(document)
+                target = changed["channels"][i]
+                (target if key in target else target["state"])[key] = wrong
+                out.append((f"channels[{i}].{key}={wrong!r}", changed))
+    if document["channels"]:  # rows of ADWIN buckets: too many entries or rows, bad entries
+        for wrong in ([[[1.0, 0.0]] * 6], [[]] * 65, [[[1.0]]], [[["1", 0.0]]]):
+            changed = copy.deepcopy(document)
+            changed["channels"][-1]["state"]["rows"] = wrong
+            out.append((f"adwin rows={wrong!r:.30}", changed))
+    return out
+
+
+@pytest.mark.parametrize("cut", [500, 3100, 4500])
+def test_a_tampered_checkpoint_is_refused_or_restored_safely(cut: int) -> None:
+    """Every single-field change either raises DriftStateError or gives a working monitor."""
+    config = make_config()
+    monitor = Monitor(config)
+    feed(monitor, VALUES[:cut])
+    document = orjson.loads(monitor.to_state())
+    refused = 0
+    for label, changed in _mutations(document):
+        try:
+            restored = Monitor.from_state(orjson.dumps(changed), config=config)
+        except DriftStateError as exc:
+            assert exc.reason in ("corrupt", "config", "format", "unreadable"), label
+            refused += 1
+            continue
+        feed(restored, VALUES[cut : cut + 200], start=0)  # must not raise
+    assert refused > 0
 
 
 def test_checkpoint_size_is_bounded() -> None:
@@ -142,6 +277,8 @@ def test_segmented_restart_continues_exactly() -> None:
     restored = SegmentedMonitor.from_state(first.to_state(), config=config)
     assert list(restored.monitors) == ["fr", "de", "__other__"]
     assert before + run(restored, 7000, len(events)) == expected
+    assert before + run(first, 7000, len(events)) == expected
+    assert first.to_state() == restored.to_state()
     with pytest.raises(DriftStateError, match="max_segments: 2 -> 3"):
         SegmentedMonitor.from_state(
             first.to_state(), config=make_config(segment_by="country", max_segments=3)
