@@ -27,6 +27,12 @@ from fastavro.validation import validate as avro_validate
 from schemas.exceptions import SchemaError, reject
 
 
+def _short(schema: Any, limit: int = 120) -> str:
+    """A schema fragment for a message (never the event's value: it may be personal data)."""
+    text = orjson.dumps(schema, default=str).decode()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _is_nullable(avro_type: Any) -> bool:
     return avro_type == "null" or (isinstance(avro_type, list) and "null" in avro_type)
 
@@ -87,12 +93,15 @@ class AvroContract:
                     "missing_field", f"$.{missing[0]}: required field is missing", "ValidationError"
                 ) from None
             details = "; ".join(
-                f"$.{err.field.rsplit('.', 1)[-1]}: {err.datum!r} is not of type {err.schema!r}"
+                f"$.{err.field.rsplit('.', 1)[-1]}: expected Avro type {_short(err.schema)}, "
+                f"got {type(err.datum).__name__}"
                 if hasattr(err, "field")
-                else str(err)
+                else "does not match the Avro schema"
                 for err in exc.errors
             )
-            raise reject("wrong_type", details or str(exc), "ValidationError") from None
+            raise reject(
+                "wrong_type", details or "does not match the Avro schema", "ValidationError"
+            ) from None
 
     def decode_binary(self, body: bytes | memoryview) -> dict[str, Any]:
         """Decode one Avro binary record written with this schema."""

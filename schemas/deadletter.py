@@ -18,7 +18,17 @@ driftline.errors.class.name             error class, e.g. ``ValidationError``
 driftline.errors.exception.message      human explanation (at most 1 KiB)
 driftline.errors.source                 driftline source name
 driftline.errors.timestamp              wall time of rejection, epoch ms
+driftline.errors.truncated              only when cut to fit: what was cut
+                                        (``value``, ``key``, ``headers``, comma-separated)
+driftline.errors.original.value.size    only when cut: the original value's size in bytes
+driftline.errors.original.key.size      only when cut: the original key's size in bytes
 ======================================  ==========================================
+
+A dead letter must fit in one produce request (``kafka.max_request_size``):
+a value over it (a 100 MB record refused as ``oversize``) is written with its
+first bytes only, never dropped and never retried for ever.  The headers say
+so, and the coordinates (topic, partition, offset) point at the whole record
+while the source topic retains it.
 """
 
 from __future__ import annotations
@@ -58,6 +68,62 @@ def dead_letter_headers(
     if original:
         headers.extend((k, v) for k, v in original if not k.startswith(PREFIX))
     return headers
+
+
+#: Bytes a record costs beyond its key, value and header bytes (record and
+#: batch framing, varints), over-estimated so the estimate never falls short.
+RECORD_OVERHEAD = 512
+HEADER_OVERHEAD = 16
+#: A key is cut to this many bytes when it alone does not fit.
+MAX_KEY_BYTES = 1024
+TRUNCATED_HEADER = PREFIX + "truncated"
+
+
+def record_size(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]
+) -> int:
+    """An upper bound of the bytes one record takes in a produce request."""
+    size = RECORD_OVERHEAD + len(key or b"") + len(value or b"")
+    for name, data in headers:
+        size += HEADER_OVERHEAD + len(name.encode()) + len(data)
+    return size
+
+
+def fit_dead_letter(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes]],
+    limit: int,
+) -> tuple[bytes | None, bytes | None, Headers]:
+    """The dead letter cut to at most ``limit`` bytes (see :func:`record_size`).
+
+    Kept whole when it fits.  Otherwise the original headers go first (ours
+    stay), then the key is cut to :data:`MAX_KEY_BYTES`, then the value to
+    what is left (possibly nothing); ``driftline.errors.truncated`` and the
+    original sizes are added.
+    """
+    headers = list(headers)
+    if record_size(key, value, headers) <= limit:
+        return key, value, headers
+    cut: list[str] = []
+    ours = [(k, v) for k, v in headers if k.startswith(PREFIX)]
+    if len(ours) != len(headers):
+        headers = ours
+        cut.append("headers")
+    marks: Headers = [
+        (TRUNCATED_HEADER, b"value,key,headers"),  # placeholder of the longest size
+        (PREFIX + "original.value.size", str(len(value or b"")).encode()),
+        (PREFIX + "original.key.size", str(len(key or b"")).encode()),
+    ]
+    if key is not None and record_size(key, None, headers + marks) > limit:
+        key = key[:MAX_KEY_BYTES]
+        cut.append("key")
+    room = limit - record_size(key, None, headers + marks)
+    if value is not None and len(value) > max(0, room):
+        value = value[: max(0, room)]
+        cut.insert(0, "value")
+    marks[0] = (TRUNCATED_HEADER, ",".join(cut).encode())
+    return key, value, headers + marks
 
 
 def parse_dead_letter_headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:

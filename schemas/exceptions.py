@@ -54,6 +54,7 @@ STAGE_VALIDATE = "validate"
 STAGE_EXTRACT = "extract"
 STAGE_TIME = "time"
 STAGE_QUALITY = "quality"
+STAGE_INTERNAL = "internal"
 
 #: Every reason code the contract layer can produce, with its stage.  The
 #: worker pre-creates a metric series per reason so dashboards show zeros
@@ -63,6 +64,7 @@ REASONS: dict[str, str] = {
     "invalid_utf8": STAGE_DESERIALIZE,
     "malformed_json": STAGE_DESERIALIZE,
     "non_finite_number": STAGE_DESERIALIZE,
+    "too_deep": STAGE_DESERIALIZE,
     "not_an_object": STAGE_DESERIALIZE,
     "bad_wire_format": STAGE_DESERIALIZE,
     "unknown_schema_id": STAGE_DESERIALIZE,
@@ -79,6 +81,9 @@ REASONS: dict[str, str] = {
     "out_of_range": STAGE_QUALITY,
     "not_allowed": STAGE_QUALITY,
     "duplicate": STAGE_QUALITY,
+    # an unexpected error while judging the record (a bug in driftline or a
+    # library): the record is dead-lettered so its partition goes on
+    "internal_error": STAGE_INTERNAL,
 }
 
 

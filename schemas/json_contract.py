@@ -193,55 +193,109 @@ class JsonSchemaContract:
             self._explain(obj)
 
     def _explain(self, obj: Any) -> None:
-        error = best_match(self._explainer.iter_errors(obj))
+        try:
+            error = best_match(self._explainer.iter_errors(obj))
+        except RecursionError:  # deeper than the validator's recursion (orjson allows 1024)
+            raise reject(
+                "schema_violation", "$: too deeply nested to validate", "RecursionError"
+            ) from None
         if error is None:  # the fast engine disagreed with 2020-12: the contract wins
             return
         reason = _REASON_BY_KEYWORD.get(str(error.validator), "schema_violation")
-        raise reject(reason, f"{_json_path(error)}: {error.message}", "ValidationError")
+        raise reject(reason, f"{_json_path(error)}: {describe(error)}", "ValidationError")
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = orjson.dumps(value, default=str).decode()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe(error: ValidationError) -> str:
+    """What the contract asks for at the failing place, without the event's value.
+
+    jsonschema's own messages quote the offending value (``'a@b.c' is not of
+    type 'number'``); those end up in logs and headers, so personal data in a
+    bad field would too.  The dead-letter topic keeps the bytes for whoever
+    may read them; the message names the rule, taken from the schema.
+    """
+    keyword = str(error.validator)
+    rule = error.validator_value
+    if keyword == "required":
+        # the missing names come from the schema, not the event
+        instance = error.instance if isinstance(error.instance, dict) else {}
+        missing = [name for name in rule if name not in instance] if isinstance(rule, list) else []
+        return f"required property {_short(missing[0] if missing else rule)} is missing"
+    if keyword == "type":
+        return f"expected type {_short(rule)}, got {_json_type(error.instance)}"
+    if keyword == "additionalProperties" and rule is False:
+        return "has properties the contract does not allow (additionalProperties is false)"
+    if keyword in ("enum", "const"):
+        return f"value is not one of the allowed values ({keyword} {_short(rule)})"
+    return f"value fails {keyword!r} {_short(rule)}"
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
 
 
 def decode_json(value: bytes) -> Any:
     """Parse JSON bytes strictly; classify failures into reason codes.
 
-    orjson rejects invalid UTF-8 and the non-standard ``NaN``/``Infinity``
-    literals.  Classification only runs on the failure path, so valid events
-    pay for one ``orjson.loads`` and nothing else.
+    orjson rejects invalid UTF-8, the non-standard ``NaN``/``Infinity``
+    literals and nesting deeper than 1024 levels.  Classification only runs on
+    the failure path, so valid events pay for one ``orjson.loads`` and nothing
+    else; it reads orjson's message and the text at its position, never
+    re-parses (a recursive parser would overflow the stack on deep nesting).
     """
     try:
         return orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise _classify_json_error(value, exc) from None
+        raise classify_json_error(value, exc) from None
 
 
-def _classify_json_error(value: bytes, exc: orjson.JSONDecodeError) -> InvalidEvent:
-    import json
-
+def classify_json_error(value: bytes, exc: orjson.JSONDecodeError) -> InvalidEvent:
+    """The reason code for bytes orjson refused, in time linear in their size."""
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as uexc:
         return reject(
             "invalid_utf8", f"payload is not valid UTF-8 at byte {uexc.start}", "UnicodeDecodeError"
         )
-    constants: list[str] = []
-
-    def _seen_constant(name: str) -> float:
-        constants.append(name)
-        return 0.0
-
-    try:
-        json.loads(text, parse_constant=_seen_constant)
-    except ValueError:
-        return reject("malformed_json", str(exc), "JSONDecodeError")
-    if constants:
-        message = (
-            f"{constants[0]} is not a valid JSON number (RFC 8259); send null or omit the field"
-        )
-        return reject("non_finite_number", message, "JSONDecodeError")
     detail = str(exc)
+    pos = exc.pos if isinstance(exc.pos, int) else -1
+    if "depth limit" in detail or "recursion" in detail:
+        return reject(
+            "too_deep",
+            f"nesting is deeper than the parser's limit of 1024 levels ({detail})",
+            "JSONDecodeError",
+        )
+    if 0 <= pos < len(text) and ("expected a JSON value" in detail or "after sign" in detail):
+        # orjson stops at "NaN", at "Infinity", or after the "-" of "-Infinity"
+        here = text[pos : pos + 8]
+        if here.startswith(("NaN", "Infinity")):
+            name = "NaN" if here.startswith("NaN") else "Infinity"
+            if text[pos - 1 : pos] == "-":
+                name = "-" + name
+            message = f"{name} is not a valid JSON number (RFC 8259); send null or omit the field"
+            return reject("non_finite_number", message, "JSONDecodeError")
     if "infinity" in detail:  # e.g. 1e400: a finite literal that overflows a double
         return reject(
             "non_finite_number", f"a number overflows a 64-bit float ({detail})", "JSONDecodeError"
         )
     if "UTF-8" in detail or "surrogate" in detail:  # e.g. an escaped lone surrogate "\\ud800"
         return reject("invalid_utf8", detail, "JSONDecodeError")
+    if not text.strip():
+        return reject("malformed_json", "empty value: a JSON object is expected", "JSONDecodeError")
     return reject("malformed_json", detail, "JSONDecodeError")

@@ -51,8 +51,11 @@ def _event_time_ms(raw: Any, unit: EventTimeUnit, field: str) -> int:
         raise reject("bad_event_time", f"$.{field}: a boolean is not a time")
     if isinstance(raw, int | float):
         if raw != raw or raw in (float("inf"), float("-inf")):
-            raise reject("bad_event_time", f"$.{field}: {raw!r} is not a time")
-        return int(raw * 1000) if unit == "s" else int(raw)
+            raise reject("bad_event_time", f"$.{field}: a non-finite number is not a time")
+        try:
+            return int(raw * 1000) if unit == "s" else int(raw)
+        except (OverflowError, ValueError):
+            raise reject("bad_event_time", f"$.{field}: number out of range for a time") from None
     if isinstance(raw, datetime):  # Avro timestamp-millis/micros logical types
         if raw.tzinfo is None:
             raise reject("bad_event_time", f"$.{field}: timestamp has no time zone")
@@ -61,12 +64,13 @@ def _event_time_ms(raw: Any, unit: EventTimeUnit, field: str) -> int:
         try:
             parsed = datetime.fromisoformat(raw)
         except ValueError:
-            raise reject("bad_event_time", f"$.{field}: {raw!r} is not an ISO 8601 time") from None
+            raise reject("bad_event_time", f"$.{field}: not an ISO 8601 time") from None
         if parsed.tzinfo is None:
-            raise reject(
-                "bad_event_time", f"$.{field}: {raw!r} has no time zone offset (add Z or +00:00)"
-            )
-        return int(parsed.timestamp() * 1000)
+            raise reject("bad_event_time", f"$.{field}: ISO time without offset (add Z or +00:00)")
+        try:
+            return int(parsed.timestamp() * 1000)
+        except (OverflowError, ValueError, OSError):
+            raise reject("bad_event_time", f"$.{field}: time out of range") from None
     raise reject("bad_event_time", f"$.{field}: {type(raw).__name__} is not a time")
 
 

@@ -10,7 +10,7 @@ code from :data:`schemas.REASONS`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -90,6 +90,30 @@ class WorkerMetrics:
             "driftline_effect_errors",
             "Failed attempts to make a batch's effects durable (retried with backoff).",
             ["source", "target"],
+            registry=r,
+        )
+        self.effect_pending_age = Gauge(
+            "driftline_effect_pending_age_seconds",
+            "Age of the oldest effect (Redis write, Kafka flush) started and not yet durable; "
+            "0 when none. Grows while a service hangs or fails (set at scrape time).",
+            ["target"],
+            registry=r,
+        )
+        self.fetch_age = Gauge(
+            "driftline_fetch_age_seconds",
+            "Seconds since the consumer's last successful fetch from the broker "
+            "(set at scrape time; an idle topic still fetches, empty).",
+            registry=r,
+        )
+        self.failed = Gauge(
+            "driftline_worker_failed",
+            "1 when the worker stopped on a permanent error (see its log); it exits.",
+            registry=r,
+        )
+        self.dead_letters_truncated = Counter(
+            "driftline_dead_letters_truncated",
+            "Dead letters cut to fit the request size (header driftline.errors.truncated).",
+            ["source"],
             registry=r,
         )
         self.event_time_lag = Histogram(
@@ -250,6 +274,8 @@ class WorkerMetrics:
                 self.invalid.labels(source=source, reason=reason)
             for target in ("redis", "dead_letter"):
                 self.effect_errors.labels(source=source, target=target)
+            self.dead_letters_truncated.labels(source=source)
+        self.failed.set(0)
 
     def declare_quality(
         self,
@@ -271,6 +297,16 @@ class WorkerMetrics:
             self.quality_missing.labels(source=source, field=name)
         for name, check in checks:
             self.quality_violations.labels(source=source, field=name, check=check)
+
+    def watch_health(
+        self, pending_ages: Callable[[], Mapping[str, float]], fetch_age: Callable[[], float]
+    ) -> None:
+        """Compute the effect and fetch ages when scraped, from the worker's live state."""
+        for target in ("redis", "kafka"):
+            self.effect_pending_age.labels(target=target).set_function(
+                lambda t=target: pending_ages().get(t, 0.0)  # type: ignore[misc]
+            )
+        self.fetch_age.set_function(fetch_age)
 
     def forget_partition(self, topic: str, source: str, partition: int) -> None:
         """Remove the per-partition series of a partition this worker no longer owns."""

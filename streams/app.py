@@ -11,6 +11,7 @@ offsets every ``kafka.commit_interval_s`` and on rebalance.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 from collections.abc import Callable, Coroutine, Sequence
@@ -31,8 +32,9 @@ from sinks.metrics import WorkerMetrics
 from sinks.monitor_store import RedisMonitorStore
 from streams.clients import redis_client
 from streams.errors import ConfigError
+from streams.health import WorkerHealth
 from streams.monitors import MonitorRunner
-from streams.pipeline import SourcePipeline
+from streams.pipeline import SourcePipeline, shrink_dead_letter
 from streams.retry import Backoff
 from streams.settings import KafkaSettings, Settings
 from streams.sources import build_feature_groups, build_monitors, build_parsers, build_quality
@@ -67,15 +69,47 @@ class DriftlineApp:
     metrics: WorkerMetrics
     pipelines: dict[str, SourcePipeline]
     web: WebService | None
+    health: WorkerHealth = field(default_factory=WorkerHealth)
     assigned: set[Any] = field(default_factory=set)
 
 
+#: How often the worker PINGs Redis for its probes, and how long a PING may take.
+REDIS_PROBE_EVERY_S = 2.0
+REDIS_PROBE_TIMEOUT_S = 1.0
+
+
+async def _fail_loudly(
+    app: BatchApp, health: WorkerHealth, metrics: WorkerMetrics, what: str, exc: BaseException
+) -> None:
+    """Record a permanent failure (readiness 503, driftline_worker_failed 1) and stop the worker.
+
+    Nothing of the failed batch was acknowledged, so the partition's next
+    owner (or this worker, restarted by its supervisor) starts again from it.
+    """
+    health.fail(f"{what}: {type(exc).__name__}: {exc}"[:300])
+    metrics.failed.set(1)
+    metrics.ready.set(0)
+    log.critical(
+        "%s failed with a permanent error; the worker stops so its supervisor restarts it "
+        "(nothing of the failed batch was acknowledged): %s: %s",
+        what,
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+    )
+    await app.crash(exc)
+
+
 def _make_agent(
-    app: BatchApp, pipeline: SourcePipeline
+    app: BatchApp, pipeline: SourcePipeline, health: WorkerHealth, metrics: WorkerMetrics
 ) -> Callable[[StreamT[RecordBatch]], Coroutine[Any, Any, None]]:
     async def ingest(stream: StreamT[RecordBatch]) -> None:
         async for batch in stream:
-            await pipeline.process(batch.records)
+            try:
+                await pipeline.process(batch.records)
+            except Exception as exc:  # EffectFailed, or a bug: never spin, never go quiet
+                await _fail_loudly(app, health, metrics, f"source {pipeline.source}", exc)
+                return
             if not app.ack_batch(batch):
                 log.info(
                     "partition %s/%d moved during a batch; its new owner replays it",
@@ -88,11 +122,15 @@ def _make_agent(
 
 
 def _make_monitor_agent(
-    app: BatchApp, runner: MonitorRunner
+    app: BatchApp, runner: MonitorRunner, health: WorkerHealth, metrics: WorkerMetrics
 ) -> Callable[[StreamT[RecordBatch]], Coroutine[Any, Any, None]]:
     async def monitor(stream: StreamT[RecordBatch]) -> None:
         async for batch in stream:
-            await runner.process(batch.records)
+            try:
+                await runner.process(batch.records)
+            except Exception as exc:
+                await _fail_loudly(app, health, metrics, "drift monitors", exc)
+                return
             app.ack_batch(batch)
 
     return monitor
@@ -144,9 +182,13 @@ def create_app(
         broker_commit_interval=kafka.commit_interval_s,
         broker_max_poll_records=worker.batch_max_events,
         producer_acks=-1,
+        producer_max_request_size=kafka.max_request_size,
         worker_redirect_stdouts=False,
     )
 
+    health = WorkerHealth(stall_after_s=worker.stall_after_s)
+    metrics.watch_health(health.tracker.pending, health.fetch_age)
+    app.on_fetch = health.fetched
     redis_cfg = settings.redis
     client = redis_client(settings)
     store = RedisFeatureStore(client, prefix=redis_cfg.key_prefix)
@@ -162,7 +204,7 @@ def create_app(
             source=source.name,
             dead_letter_topic=source.dlq_topic,
             parser=parsers[source.name],
-            dead_letters=BufferedKafkaSink(send),
+            dead_letters=BufferedKafkaSink(send, shrink=shrink_dead_letter),
             store=store,
             groups=groups.get(source.name, ()),
             monitors=monitors.get(source.name, ()),
@@ -172,10 +214,14 @@ def create_app(
             quality=quality[source.name],
             metrics=metrics,
             backoff=Backoff(worker.retry_backoff_initial_s, worker.retry_backoff_max_s),
+            dead_letter_max_bytes=kafka.max_request_size,
+            tracker=health.tracker,
         )
         pipelines[source.name] = pipeline
         channel = app.batch_channel(source.topic)
-        app.agent(channel, name=f"driftline.ingest.{source.name}")(_make_agent(app, pipeline))
+        app.agent(channel, name=f"driftline.ingest.{source.name}")(
+            _make_agent(app, pipeline, health, metrics)
+        )
 
     all_monitors = {m.name: m for ms in monitors.values() for m in ms}
     runner: MonitorRunner | None = None
@@ -189,15 +235,25 @@ def create_app(
             backoff=Backoff(worker.retry_backoff_initial_s, worker.retry_backoff_max_s),
         )
         values = app.batch_channel(settings.values_topic)
-        app.agent(values, name="driftline.monitors")(_make_monitor_agent(app, runner))
+        app.agent(values, name="driftline.monitors")(
+            _make_monitor_agent(app, runner, health, metrics)
+        )
 
     app.lag_gauge = metrics.consumer_lag
     app.fetch_max_wait_ms = int(kafka.fetch_max_wait_s * 1000)
     holder = DriftlineApp(
-        app=app, settings=settings, metrics=metrics, pipelines=pipelines, web=None
+        app=app, settings=settings, metrics=metrics, pipelines=pipelines, web=None, health=health
     )
     source_topics = {s.topic for s in settings.sources}
     by_topic = {s.topic: pipelines[s.name] for s in settings.sources}
+
+    adopting: set[asyncio.Future[None]] = set()
+
+    async def _adopt(tp: Any) -> None:
+        try:
+            await by_topic[tp.topic].adopt(tp.partition, lambda: tp in holder.assigned)
+        except Exception as exc:
+            await _fail_loudly(app, health, metrics, f"partition {tp.topic}/{tp.partition}", exc)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(app: faust.App, assigned: set[Any], **kwargs: Any) -> None:
@@ -209,11 +265,16 @@ def create_app(
             pipeline = by_topic[tp.topic]
             pipeline.release(tp.partition)
             metrics.forget_partition(tp.topic, pipeline.source, tp.partition)
+        for tp in holder.assigned - previous:
+            task = asyncio.ensure_future(_adopt(tp))
+            adopting.add(task)
+            task.add_done_callback(adopting.discard)
         if runner is not None:
             runner.keep_partitions(
                 {tp.partition for tp in assigned if tp.topic == settings.values_topic}
             )
         metrics.assigned_partitions.set(len(holder.assigned))
+        health.assigned_partitions = len(holder.assigned)
         metrics.rebalances.inc()
         log.info(
             "assigned partitions: %s",
@@ -221,17 +282,17 @@ def create_app(
         )
 
     async def readiness() -> tuple[bool, dict[str, Any]]:
-        try:
-            redis_ok = bool(await client.ping())
-        except Exception as exc:  # any failure means not ready
-            log.debug("readiness: redis ping failed: %s", exc)
-            redis_ok = False
-        has_partitions = bool(holder.assigned)
-        metrics.ready.set(1 if redis_ok and has_partitions else 0)
-        return redis_ok and has_partitions, {
-            "redis": redis_ok,
-            "assigned_partitions": len(holder.assigned),
-        }
+        """Instant: reads what the worker knows (see :mod:`streams.health`), calls nothing."""
+        ready, details = health.verdict()
+        metrics.ready.set(1 if ready else 0)
+        return ready, details
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def _probe_redis() -> None:
+        while not app.should_stop:
+            await health.probe_redis(client.ping, REDIS_PROBE_TIMEOUT_S)
+            await readiness()
+            await asyncio.sleep(REDIS_PROBE_EVERY_S)
 
     if settings.metrics.port != 0:
         token = settings.metrics.token.get_secret_value() if settings.metrics.token else None

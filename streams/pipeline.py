@@ -46,12 +46,13 @@ from features.engine import apply_delta, build_deltas, read_features, rekey
 from features.state import EntityState
 from features.watermark import split_by_time
 from schemas import REASONS, EventParser, InvalidEvent, ParsedEvent, Rejection
-from schemas.deadletter import dead_letter_headers
+from schemas.deadletter import PREFIX as DEAD_LETTER_PREFIX
+from schemas.deadletter import TRUNCATED_HEADER, dead_letter_headers, fit_dead_letter
 from schemas.wire import ConfluentAvroDecoder
 from sinks.feature_store import FeatureStore, PartitionState
-from sinks.kafka_sink import KafkaSink
+from sinks.kafka_sink import KafkaSink, Record
 from sinks.metrics import WorkerMetrics
-from streams.retry import Backoff, T, until_done
+from streams.retry import Backoff, EffectTracker, T, until_done
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,17 @@ LAG_SAMPLES = 64
 TOUCH_EVERY_S = 60.0
 #: "Now" for split_by_time once future events are removed per record.
 _NO_HORIZON = 1 << 62
+#: A values-topic record carries at most this many bytes of samples; a batch
+#: with more (long segment names) is split, so no record nears the broker's limit.
+MAX_SAMPLE_RECORD_BYTES = 256 * 1024
+
+
+def shrink_dead_letter(record: Record) -> Record | None:
+    """A dead letter the broker refused for its size, cut to its headers (None: not one)."""
+    topic, key, value, headers = record
+    if not any(name.startswith(DEAD_LETTER_PREFIX) for name, _ in headers):
+        return None
+    return (topic, *fit_dead_letter(key, value, headers, 0))
 
 
 class RawRecord(NamedTuple):
@@ -104,10 +116,36 @@ def classify(parser: EventParser, records: Sequence[RawRecord]) -> Classified:
             event = parse(record.value, record.timestamp_ms)
         except InvalidEvent as exc:
             add_rejected((record, exc.rejection))
+        except Exception as exc:
+            # Not a verdict on the data but a failure to reach one (a bug here or
+            # in a library, RecursionError, MemoryError on a huge value ...).  The
+            # record still gets a verdict, so its partition goes on; the log line
+            # and the internal_error series make the bug visible.
+            add_rejected((record, _internal_rejection(record, exc)))
         else:
             add_valid(event)
             add_record(record)
     return out
+
+
+def _internal_rejection(record: RawRecord, exc: Exception) -> Rejection:
+    log.error(
+        "cannot judge record topic=%s partition=%d offset=%d (%d bytes): %s; "
+        "dead-lettered as internal_error",
+        record.topic,
+        record.partition,
+        record.offset,
+        len(record.value or b""),
+        type(exc).__name__,
+        exc_info=not isinstance(exc, RecursionError | MemoryError),
+    )
+    name = type(exc).__name__
+    return Rejection(
+        REASONS["internal_error"],
+        "internal_error",
+        f"driftline could not judge this record ({name}); please report it",
+        name,
+    )
 
 
 def _time_rejection(reason: str, event: ParsedEvent, record: RawRecord, limit_ms: int) -> Rejection:
@@ -147,10 +185,23 @@ def sample_records(
             if segment is not None and not isinstance(segment, str | int | float | bool):
                 segment = None
             samples.append((record.offset, event.event_time_ms, float(raw), segment))
-        if samples:
-            doc = {"m": monitor.name, "s": source, "p": partition, "v": samples}
-            out.append((monitor.name.encode(), orjson.dumps(doc)))
+        out += sample_docs(monitor.name, source, partition, samples)
     return out
+
+
+def sample_docs(
+    monitor: str, source: str, partition: int, samples: list[tuple[int, int, float, Any]]
+) -> list[tuple[bytes, bytes]]:
+    """Values-topic records for ``samples``, split so none exceeds MAX_SAMPLE_RECORD_BYTES."""
+    if not samples:
+        return []
+    value = orjson.dumps({"m": monitor, "s": source, "p": partition, "v": samples})
+    if len(value) <= MAX_SAMPLE_RECORD_BYTES or len(samples) == 1:
+        return [(monitor.encode(), value)]
+    half = len(samples) // 2
+    return sample_docs(monitor, source, partition, samples[:half]) + sample_docs(
+        monitor, source, partition, samples[half:]
+    )
 
 
 def sampled_entities(
@@ -289,8 +340,12 @@ class SourcePipeline:
         quality: QualityChecker | None = None,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        dead_letter_max_bytes: int = 1_000_000,
+        tracker: EffectTracker | None = None,
     ) -> None:
         self.source = source
+        self.dead_letter_max_bytes = dead_letter_max_bytes
+        self.tracker = tracker if tracker is not None else EffectTracker()
         self.dead_letter_topic = dead_letter_topic
         self.parser = parser
         self.dead_letters = dead_letters
@@ -333,6 +388,25 @@ class SourcePipeline:
         self._partitions.pop(partition, None)
         if self.quality is not None:
             self.quality.release(partition)
+
+    async def adopt(self, partition: int, owned: Callable[[], bool]) -> PartitionState | None:
+        """Export the stored offset of a partition just assigned, before any batch of it.
+
+        Its previous owner dropped the series; without this, a partition with
+        no new records would be exported by nobody.  ``owned`` tells whether
+        this worker still holds it once Redis has answered.
+        """
+        store = self.store
+        if store is None:
+            return None
+        state = await self._until_done(
+            "redis", lambda: store.partition_state(self.source, partition)
+        )
+        if owned() and partition not in self._partitions and state.offset >= 0:
+            self.metrics.applied_offset.labels(source=self.source, partition=str(partition)).set(
+                state.offset
+            )
+        return state
 
     async def process(self, records: Sequence[RawRecord]) -> Classified:
         """Process one batch; returns once its effects are durable."""
@@ -446,11 +520,8 @@ class SourcePipeline:
             read = functools.partial(self.store.read_states, group, entities)
             stored = await self._until_done("redis", read)
             samples = feature_samples(monitor, group, chosen, stored, deltas[group])
-            if samples:
-                doc = {"m": monitor.name, "s": self.source, "p": partition, "v": samples}
-                self.dead_letters.add(
-                    self.values_topic, monitor.name.encode(), orjson.dumps(doc), []
-                )
+            for key, value in sample_docs(monitor.name, self.source, partition, samples):
+                self.dead_letters.add(self.values_topic, key, value, [])
 
     def _check_quality(self, partition: int, result: Classified) -> None:
         """Count the batch's data-quality findings; move routed violations to ``rejected``."""
@@ -509,7 +580,11 @@ class SourcePipeline:
             self.metrics.redis_write_seconds.observe(time.perf_counter() - t0)
             return outcome
 
-        ok, _stored = await self._until_done("redis", write)
+        ok, stored = await self._until_done("redis", write)
+        if not ok and stored == new_offset:
+            # An earlier attempt timed out on the way back but was applied: the
+            # stored offset is this batch's.  Counted as applied, not replayed.
+            ok = True
         if ok:
             await self._touch_groups()
             self._partitions[partition] = PartitionState(new_offset, watermark)
@@ -547,20 +622,21 @@ class SourcePipeline:
                     rejection.reason,
                     rejection.message,
                 )
-            self.dead_letters.add(
-                self.dead_letter_topic,
-                record.key,
-                record.value,
-                dead_letter_headers(
-                    rejection,
-                    source=self.source,
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    now_ms=now_ms,
-                    original=record.headers,
-                ),
+            headers = dead_letter_headers(
+                rejection,
+                source=self.source,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                now_ms=now_ms,
+                original=record.headers,
             )
+            key, value, headers = fit_dead_letter(
+                record.key, record.value, headers, self.dead_letter_max_bytes
+            )
+            if headers[-3][0] == TRUNCATED_HEADER:
+                self.metrics.dead_letters_truncated.labels(source=self.source).inc()
+            self.dead_letters.add(self.dead_letter_topic, key, value, headers)
         if len(rejected) > LOG_REJECTIONS_PER_BATCH:
             log.warning(
                 "... and %d more rejected records in this batch of %s (dead-letter topic %s)",
@@ -585,6 +661,8 @@ class SourcePipeline:
             backoff=self.backoff,
             sleep=self._sleep,
             on_error=counter.inc,
+            tracker=self.tracker,
+            target="kafka" if target == "dead_letter" else target,
         )
 
     def _observe_time(self, result: Classified) -> None:

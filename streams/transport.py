@@ -73,6 +73,34 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             consumer._fetch_max_wait_ms = int(wait_ms)
         return consumer
 
+    async def on_start(self) -> None:
+        await super().on_start()
+        on_fetch = getattr(self.app, "on_fetch", None)
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        if on_fetch is not None and fetcher is not None:
+            fetcher._client = _FetchWatch(fetcher._client, on_fetch)
+
+
+class _FetchWatch:
+    """The fetcher's view of the Kafka client: stamps every answered fetch request.
+
+    aiokafka answers ``getmany`` with nothing both when a topic is idle and
+    when the broker is gone; only the fetch requests tell the two apart.  The
+    consumer's coordinator and heartbeats keep the real client.
+    """
+
+    def __init__(self, client: Any, on_fetch: Any) -> None:
+        self._client = client
+        self._on_fetch = on_fetch
+
+    async def send(self, node_id: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        response = await self._client.send(node_id, request, *args, **kwargs)
+        self._on_fetch()
+        return response
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
 
 class BatchingConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, delivering whole partition batches to channels."""
@@ -198,6 +226,8 @@ class App(faust.App):
         self.lag_gauge: Any = None
         #: how long a fetch may wait for data (None: Faust's 1500 ms)
         self.fetch_max_wait_ms: int | None = None
+        #: called (from the consumer's thread) whenever the broker answers a fetch
+        self.on_fetch: Any = None
 
     def _new_transport(self) -> TransportT:
         return BatchingTransport(self.conf.broker_consumer, self)

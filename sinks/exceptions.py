@@ -1,0 +1,121 @@
+"""Errors of the adapters, classified once, here, where the client libraries are known.
+
+A retry loop must never spin on a bug, and must never give up on a broker
+that is merely restarting.  So every exception that escapes a Redis or Kafka
+call is put in one of two classes before anyone decides what to do with it:
+
+* **transient**: the service is unreachable, slow, loading, failing over, or
+  momentarily out of memory.  Retried with backoff, for as long as it takes;
+  visible meanwhile (``driftline_effect_errors_total``, the age of the oldest
+  unfinished effect, readiness 503).
+* **permanent**: retrying cannot help (a programming error, a refused
+  credential, a record the broker will never take, a Lua script error).  Not
+  retried: the worker fails loudly (an ERROR line, a metric, readiness 503)
+  and stops, so its supervisor restarts it and nothing is acknowledged that
+  was not done.
+
+:func:`classify` is the only place that knows class names of redis-py and
+aiokafka; it looks at the exception and at its explicit causes (Faust wraps
+aiokafka's errors in its own ``ProducerSendError ... from exc``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from redis import exceptions as redis_errors
+
+Kind = Literal["transient", "permanent"]
+
+
+class SinkError(Exception):
+    """Root of the adapters' errors."""
+
+
+class TransientError(SinkError):
+    """A service is unavailable for now; retrying later may succeed."""
+
+
+class PermanentError(SinkError):
+    """Retrying cannot succeed; the caller must fail loudly."""
+
+
+class RecordTooLarge(PermanentError):
+    """The broker will never accept this record as it is (over the size limits)."""
+
+
+_REDIS_TRANSIENT: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError,  # includes BusyLoadingError
+    redis_errors.TimeoutError,
+    redis_errors.TryAgainError,
+    redis_errors.ReadOnlyError,  # a replica after a failover, until clients re-resolve
+    redis_errors.ClusterDownError,
+    redis_errors.MasterDownError,
+)
+_REDIS_PERMANENT: tuple[type[BaseException], ...] = (
+    redis_errors.AuthenticationError,  # a subclass of ConnectionError: checked first
+    redis_errors.AuthorizationError,
+    redis_errors.NoPermissionError,
+)
+#: aiokafka errors whose ``retriable`` flag is False but which a broker
+#: restart or stall does raise (a send that timed out in the accumulator).
+_KAFKA_TRANSIENT_NAMES = frozenset({"KafkaTimeoutError", "ProducerClosed", "NoBrokersAvailable"})
+_KAFKA_TOO_LARGE_NAMES = frozenset({"MessageSizeTooLargeError", "RecordTooLargeError"})
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(out) < 8:
+        out.append(current)
+        seen.add(id(current))
+        # only explicit wrapping (raise ... from exc): an error raised while
+        # handling another (a bug in an except block) is judged on its own
+        current = current.__cause__
+    return out
+
+
+def is_too_large(exc: BaseException) -> bool:
+    """The broker refused a record for its size (client-side or broker-side check)."""
+    return any(
+        isinstance(e, RecordTooLarge) or type(e).__name__ in _KAFKA_TOO_LARGE_NAMES
+        for e in _chain(exc)
+    )
+
+
+def classify(exc: BaseException) -> Kind:
+    """Whether retrying ``exc``'s operation later can succeed."""
+    for e in _chain(exc):
+        if isinstance(e, TransientError):
+            return "transient"
+        if isinstance(e, PermanentError):
+            return "permanent"
+        if isinstance(e, _REDIS_PERMANENT):
+            return "permanent"
+        if isinstance(e, _REDIS_TRANSIENT):
+            return "transient"
+        if isinstance(e, redis_errors.ResponseError):
+            # OOM clears when keys expire or maxmemory is raised; anything
+            # else a server answers (a script error, WRONGTYPE) will repeat.
+            return "transient" if str(e).startswith("OOM") else "permanent"
+        name = type(e).__name__
+        if name in _KAFKA_TOO_LARGE_NAMES:
+            return "permanent"
+        if name in _KAFKA_TRANSIENT_NAMES:
+            return "transient"
+        retriable = getattr(type(e), "retriable", None)
+        if isinstance(retriable, bool) and _is_kafka_error(e):
+            return "transient" if retriable else "permanent"
+        if isinstance(e, TimeoutError | ConnectionError):
+            return "transient"
+        if isinstance(e, OSError) and e.errno is not None:
+            return "transient"  # ECONNREFUSED, EHOSTUNREACH, EPIPE ... from a socket
+    return "permanent"
+
+
+def _is_kafka_error(exc: BaseException) -> bool:
+    return any(
+        cls.__name__ == "KafkaError" and cls.__module__.startswith("aiokafka")
+        for cls in type(exc).__mro__
+    )

@@ -1,0 +1,392 @@
+"""Faults at the adapters: classification, retries that never re-send, cut dead letters, health.
+
+No I/O: real exception classes of redis-py, aiokafka and Faust, in-memory sinks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import errors as kafka_errors
+from faust.exceptions import ProducerSendError
+from prometheus_client import CollectorRegistry
+from redis import exceptions as redis_errors
+
+from schemas.deadletter import (
+    TRUNCATED_HEADER,
+    dead_letter_headers,
+    fit_dead_letter,
+    parse_dead_letter_headers,
+    record_size,
+)
+from schemas.exceptions import Rejection
+from sinks.exceptions import RecordTooLarge, classify, is_too_large
+from sinks.feature_store import MemoryFeatureStore, PartitionState
+from sinks.kafka_sink import BufferedKafkaSink, MemoryKafkaSink
+from sinks.metrics import WorkerMetrics
+from streams.health import WorkerHealth
+from streams.pipeline import RawRecord, SourcePipeline, shrink_dead_letter
+from streams.retry import Backoff, EffectFailed, EffectTracker, until_done
+from tests.unit.test_pipeline import GROUP, make_parser, tx
+
+
+def wrapped(exc: BaseException) -> BaseException:
+    """What Faust's producer raises: its own error, caused by aiokafka's."""
+    try:
+        raise ProducerSendError(f"Error while sending: {exc!r}") from exc
+    except ProducerSendError as outer:
+        return outer
+
+
+@pytest.mark.parametrize(
+    "exc, kind",
+    [
+        (redis_errors.ConnectionError("refused"), "transient"),
+        (redis_errors.TimeoutError("timed out"), "transient"),
+        (redis_errors.BusyLoadingError("loading"), "transient"),
+        (redis_errors.ReadOnlyError("replica"), "transient"),
+        (redis_errors.ResponseError("OOM command not allowed"), "transient"),
+        (redis_errors.AuthenticationError("invalid password"), "permanent"),
+        (redis_errors.NoPermissionError("NOPERM"), "permanent"),
+        (redis_errors.ResponseError("ERR user_script:1: bad argument"), "permanent"),
+        (kafka_errors.KafkaConnectionError("down"), "transient"),
+        (kafka_errors.KafkaTimeoutError(), "transient"),
+        (kafka_errors.RequestTimedOutError(), "transient"),
+        (kafka_errors.NotLeaderForPartitionError(), "transient"),
+        (kafka_errors.MessageSizeTooLargeError(), "permanent"),
+        (kafka_errors.TopicAuthorizationFailedError(), "permanent"),
+        (wrapped(kafka_errors.KafkaConnectionError("down")), "transient"),
+        (wrapped(kafka_errors.TopicAuthorizationFailedError()), "permanent"),
+        (ConnectionRefusedError(111, "refused"), "transient"),
+        (TimeoutError(), "transient"),
+        (TypeError("a bug"), "permanent"),
+        (KeyError("a bug"), "permanent"),
+        (RecursionError(), "permanent"),
+    ],
+)
+def test_errors_are_classified_at_the_adapters(exc: BaseException, kind: str) -> None:
+    assert classify(exc) == kind
+
+
+def test_a_bug_while_handling_a_connection_error_is_permanent() -> None:
+    try:
+        try:
+            raise redis_errors.ConnectionError("down")
+        except redis_errors.ConnectionError:
+            raise AttributeError("bug in the handler")  # noqa: B904
+    except AttributeError as exc:
+        assert classify(exc) == "permanent"
+
+
+def test_too_large_is_recognised_through_faust() -> None:
+    assert is_too_large(wrapped(kafka_errors.MessageSizeTooLargeError()))
+    assert is_too_large(kafka_errors.RecordTooLargeError())
+    assert not is_too_large(wrapped(kafka_errors.KafkaConnectionError()))
+
+
+# -- retries ------------------------------------------------------------------
+
+
+async def no_sleep(_: float) -> None:
+    await asyncio.sleep(0)
+
+
+async def test_transient_errors_are_retried_and_counted() -> None:
+    attempts: list[int] = []
+    errors: list[int] = []
+
+    async def effect() -> str:
+        attempts.append(1)
+        if len(attempts) < 4:
+            raise redis_errors.ConnectionError("down")
+        return "done"
+
+    tracker = EffectTracker()
+    result = await until_done(
+        effect,
+        what="x",
+        backoff=Backoff(0.1, 1),
+        sleep=no_sleep,
+        on_error=lambda: errors.append(1),
+        tracker=tracker,
+        target="redis",
+    )
+    assert (result, len(attempts), len(errors)) == ("done", 4, 3)
+    assert tracker.pending() == {} and tracker.last_error == {}
+
+
+async def test_a_permanent_error_is_not_retried() -> None:
+    attempts: list[int] = []
+    errors: list[int] = []
+
+    async def effect() -> None:
+        attempts.append(1)
+        raise TypeError("a bug")
+
+    tracker = EffectTracker()
+    with pytest.raises(EffectFailed) as info:
+        await until_done(
+            effect,
+            what="redis for source tx",
+            backoff=Backoff(0.1, 1),
+            sleep=no_sleep,
+            on_error=lambda: errors.append(1),
+            tracker=tracker,
+            target="redis",
+        )
+    assert isinstance(info.value.cause, TypeError)
+    assert (len(attempts), len(errors)) == (1, 1)
+    assert tracker.pending() == {}
+
+
+def test_tracker_reports_the_oldest_unfinished_effect() -> None:
+    now = [100.0]
+    tracker = EffectTracker(clock=lambda: now[0])
+    a = tracker.start("redis")
+    now[0] = 105.0
+    b = tracker.start("redis")
+    tracker.start("kafka")
+    now[0] = 110.0
+    assert tracker.pending() == {"redis": 10.0, "kafka": 5.0}
+    tracker.finish(a)
+    assert tracker.oldest_age("redis") == 5.0
+    tracker.finish(b)
+    assert tracker.oldest_age("redis") == 0.0 and tracker.oldest_age() == 5.0
+
+
+# -- the Kafka sink never re-sends what the broker acknowledged ----------------
+
+
+class FlakyBroker:
+    """A producer double: fails the records named in ``fail``, once each, after scheduling."""
+
+    def __init__(self, fail: dict[bytes, BaseException], refuse_at_send: bool = False) -> None:
+        self.fail = fail
+        self.refuse_at_send = refuse_at_send
+        self.written: list[tuple[str, bytes | None, bytes | None]] = []
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[Any]
+    ) -> asyncio.Future[None]:
+        error = self.fail.pop(key or b"", None)
+        if error is not None and self.refuse_at_send:
+            raise error
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            self.written.append((topic, key, value))
+            fut.set_result(None)
+        return fut
+
+
+@pytest.mark.parametrize("refuse_at_send", [False, True])
+async def test_a_retried_flush_sends_only_what_failed(refuse_at_send: bool) -> None:
+    broker = FlakyBroker({b"k3": kafka_errors.KafkaConnectionError("gone")}, refuse_at_send)
+    sink = BufferedKafkaSink(broker.send)
+    for i in range(6):
+        sink.add("dlq", f"k{i}".encode(), b"v", [])
+    with pytest.raises(kafka_errors.KafkaConnectionError):
+        await sink.flush()
+    assert len(sink) == 1
+    await sink.flush()
+    keys = [key for _, key, _ in broker.written]
+    assert sorted(keys) == [f"k{i}".encode() for i in range(6)]  # each exactly once
+    assert len(sink) == 0
+
+
+async def test_a_record_refused_for_its_size_is_cut_to_its_headers_and_sent() -> None:
+    broker = FlakyBroker({b"big": wrapped(kafka_errors.MessageSizeTooLargeError())})
+    sink = BufferedKafkaSink(broker.send, shrink=shrink_dead_letter)
+    headers = headers_for(offset=7)
+    sink.add("dlq", b"big", b"x" * 500_000, headers)
+    sink.add("dlq", b"small", b"y", headers)
+    await sink.flush()  # no error: the cut record went in the same flush
+    written = {key: value for _, key, value in broker.written}
+    assert written[b"small"] == b"y" and written[b"big"] == b""
+    assert sink.shrunk == 1
+
+
+async def test_a_refused_record_that_cannot_shrink_is_a_permanent_error() -> None:
+    broker = FlakyBroker({b"v": kafka_errors.MessageSizeTooLargeError()})
+    sink = BufferedKafkaSink(broker.send, shrink=shrink_dead_letter)
+    sink.add("values", b"v", b"{}", [])  # not a dead letter: nothing to cut
+    with pytest.raises(RecordTooLarge):
+        await sink.flush()
+    assert classify(RecordTooLarge("x")) == "permanent"
+
+
+# -- dead letters that fit -----------------------------------------------------
+
+
+def headers_for(offset: int, original: Sequence[tuple[str, bytes]] = ()) -> list[Any]:
+    rejection = Rejection("size", "oversize", "too big")
+    return dead_letter_headers(
+        rejection,
+        source="tx",
+        topic="transactions",
+        partition=3,
+        offset=offset,
+        now_ms=1,
+        original=original,
+    )
+
+
+def test_a_dead_letter_that_fits_is_kept_whole() -> None:
+    headers = headers_for(5, [("trace", b"t")])
+    assert fit_dead_letter(b"k", b"v" * 1000, headers, 1_000_000) == (b"k", b"v" * 1000, headers)
+
+
+@pytest.mark.parametrize("size", [1_000_001, 5_000_000, 100 << 20])
+def test_an_oversize_dead_letter_is_cut_and_says_so(size: int) -> None:
+    value = b"z" * size
+    key, cut, headers = fit_dead_letter(b"k", value, headers_for(9, [("t", b"x" * 10)]), 1_000_000)
+    assert record_size(key, cut, headers) <= 1_000_000
+    assert value.startswith(cut) and len(cut) > 900_000
+    meta = parse_dead_letter_headers(headers)
+    assert meta["truncated"] == "value,headers"
+    assert meta["original.value.size"] == str(size)
+    assert (meta["topic"], meta["partition"], meta["offset"]) == ("transactions", "3", "9")
+
+
+def test_a_huge_key_is_cut_too() -> None:
+    key, value, headers = fit_dead_letter(b"K" * 2_000_000, b"v", headers_for(1), 1_000_000)
+    assert key == b"K" * 1024 and value == b"v"
+    assert parse_dead_letter_headers(headers)["truncated"] == "key"
+    assert record_size(key, value, headers) <= 1_000_000
+
+
+# -- counters stay exact when a write timed out but was applied ------------------
+
+
+class LandsThenTimesOut(MemoryFeatureStore):
+    """Applies the first write, then answers it with a timeout (the reply was lost)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost_replies = 1
+
+    async def apply(self, *args: Any, **kwargs: Any) -> tuple[bool, int]:
+        result = await super().apply(*args, **kwargs)
+        if self.lost_replies:
+            self.lost_replies -= 1
+            raise redis_errors.TimeoutError("Timeout reading from socket")
+        return result
+
+
+def pipeline_with(store: MemoryFeatureStore, dlq: Any = None) -> SourcePipeline:
+    return SourcePipeline(
+        source="transactions",
+        dead_letter_topic="tx.dlq",
+        parser=make_parser(4096),
+        dead_letters=dlq if dlq is not None else MemoryKafkaSink(),
+        store=store,
+        groups=(GROUP,),
+        metrics=WorkerMetrics(["transactions"], CollectorRegistry()),
+        backoff=Backoff(0.01, 0.02),
+        sleep=no_sleep,
+    )
+
+
+def rec(value: bytes, offset: int) -> RawRecord:
+    return RawRecord("transactions", 0, offset, 1_000_000, b"k", value, [])
+
+
+def sample(pipeline: SourcePipeline, name: str, **labels: str) -> float:
+    value = pipeline.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_a_write_that_timed_out_but_landed_counts_its_events_once() -> None:
+    store = LandsThenTimesOut()
+    pipeline = pipeline_with(store)
+    batch = [rec(tx(f"u{i}", 1_000 + i, 1.0), i) for i in range(50)]
+    result = await pipeline.process(batch)
+    assert len(result.valid) == 50 and result.replayed == 0
+    assert sample(pipeline, "driftline_events_valid_total", source="transactions") == 50
+    assert sample(pipeline, "driftline_events_replayed_total", source="transactions") == 0
+    assert (
+        sample(pipeline, "driftline_effect_errors_total", source="transactions", target="redis")
+        == 1
+    )
+    assert store.applied_batches == 1
+    assert store.partitions[("transactions", 0)] == PartitionState(49, 1_049)
+
+
+async def test_an_oversize_record_is_dead_lettered_cut_once() -> None:
+    dlq = MemoryKafkaSink()
+    pipeline = pipeline_with(MemoryFeatureStore(), dlq)
+    pipeline.dead_letter_max_bytes = 100_000
+    big = orjson.dumps({"user_id": "u", "pad": "p" * 300_000})
+    await pipeline.process(
+        [rec(tx("u1", 1_000, 1.0), 0), rec(big, 1), rec(tx("u2", 1_001, 1.0), 2)]
+    )
+    [(_, _, value, headers)] = dlq.written
+    meta = parse_dead_letter_headers(headers)
+    assert (meta["reason"], meta["offset"], meta["original.value.size"]) == (
+        "oversize",
+        "1",
+        str(len(big)),
+    )
+    assert big.startswith(value) and record_size(b"k", value, headers) <= 100_000
+    assert any(name == TRUNCATED_HEADER for name, _ in headers)
+    assert sample(pipeline, "driftline_dead_letters_truncated_total", source="transactions") == 1
+
+
+async def test_a_permanent_redis_error_stops_the_batch() -> None:
+    class Broken(MemoryFeatureStore):
+        async def apply(self, *args: Any, **kwargs: Any) -> tuple[bool, int]:
+            raise redis_errors.ResponseError("ERR Error running script: bad")
+
+    pipeline = pipeline_with(Broken())
+    with pytest.raises(EffectFailed):
+        await pipeline.process([rec(tx("u1", 1_000, 1.0), 0)])
+    assert sample(pipeline, "driftline_events_valid_total", source="transactions") == 0
+
+
+# -- what the probes say -------------------------------------------------------
+
+
+def test_health_names_every_reason_for_not_being_ready() -> None:
+    now = [0.0]
+    health = WorkerHealth(stall_after_s=30, clock=lambda: now[0])
+    ready, details = health.verdict()
+    assert not ready and details["reasons"] == ["no partitions assigned (yet)"]
+    health.assigned_partitions = 4
+    health.fetched()
+    assert health.verdict()[0]
+    token = health.tracker.start("redis")
+    health.tracker.last_error["redis"] = "TimeoutError: Timeout reading from socket"
+    now[0] = 45.0
+    ready, details = health.verdict()
+    assert not ready
+    assert details["reasons"] == [
+        "redis: a write has been pending for 45s (last error: TimeoutError: Timeout reading "
+        "from socket)",
+        "kafka: no successful fetch for 45s",
+    ]
+    health.tracker.finish(token)
+    health.fetched()
+    assert health.verdict()[0]
+    health.fail("source tx: EffectFailed: bad script")
+    assert health.verdict()[1]["reasons"] == ["failed: source tx: EffectFailed: bad script"]
+
+
+async def test_a_redis_probe_that_hangs_is_cut_short() -> None:
+    health = WorkerHealth()
+
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    await health.probe_redis(hangs, 0.05)
+    assert health.redis_error == "no answer to PING within 0.05s"
+
+    async def answers() -> bool:
+        return True
+
+    await health.probe_redis(answers, 0.05)
+    assert health.redis_error is None
