@@ -81,6 +81,16 @@ class KafkaSettings(_Section):
         False, description="create missing source and dead-letter topics at start-up (dev)"
     )
     topic_partitions: int = Field(4, ge=1, description="partitions of topics created by driftline")
+    startup_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="how long worker and produce wait for the broker at start-up before giving up",
+    )
+    max_request_size: int = Field(
+        1_000_000,
+        ge=65_536,
+        description="largest produce request (bytes); dead letters over it are cut to fit",
+    )
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -193,6 +203,11 @@ class WorkerSettings(_Section):
     log_format: Literal["text", "json"] = "text"
     retry_backoff_initial_s: float = Field(0.2, gt=0)
     retry_backoff_max_s: float = Field(10.0, gt=0)
+    stall_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="a write pending or no fetch answered for this long turns readiness to 503",
+    )
 
 
 class DriftSettings(_Section):
