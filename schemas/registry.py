@@ -5,6 +5,11 @@ worker thread (``asyncio.to_thread``), so the standard library is enough and
 no HTTP client dependency is needed in this pure layer.  Failures are cached
 for ``negative_ttl_s`` so an unknown id in a hot topic does not become one
 HTTP request per record.
+
+Redirects are refused, not followed: urllib would send the ``Authorization``
+header (the registry password) to wherever a redirect points, another host
+included.  A registry behind a redirect is configured with its final URL.
+Credentials in the URL itself (``https://user:pass@host``) are never logged.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ import base64
 import logging
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from email.message import Message
+from typing import IO, NoReturn
 
 import orjson
 
@@ -21,6 +29,38 @@ from schemas.avro_contract import AvroContract
 from schemas.exceptions import SchemaError
 
 log = logging.getLogger(__name__)
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Every 3xx becomes an error: the request, auth header included, goes nowhere else."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: Message,
+        newurl: str,
+    ) -> NoReturn:
+        raise urllib.error.HTTPError(
+            req.full_url,
+            code,
+            f"redirected to {shown_url(newurl)}; redirects are not followed (the request "
+            "carries the registry credentials): set schema_registry.url to the final URL",
+            headers,
+            fp,
+        )
+
+
+def shown_url(url: str) -> str:
+    """``url`` without the password of its user info (``user:***@host``), for messages."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    user = user.split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class SchemaRegistryClient:
@@ -34,6 +74,8 @@ class SchemaRegistryClient:
         negative_ttl_s: float = 60.0,
     ) -> None:
         self.url = url.rstrip("/")
+        self._shown_url = shown_url(self.url)
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
         self._timeout = timeout_s
         self._negative_ttl = negative_ttl_s
         self._failed: dict[int, float] = {}
@@ -54,7 +96,7 @@ class SchemaRegistryClient:
         if self._auth:
             request.add_header("Authorization", self._auth)
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+            with self._opener.open(request, timeout=self._timeout) as response:
                 body = orjson.loads(response.read())
             schema_type = body.get("schemaType", "AVRO")
             if schema_type != "AVRO":
@@ -62,12 +104,12 @@ class SchemaRegistryClient:
                     f"registry id {schema_id}", f"schema type {schema_type} is not supported"
                 )
             contract = AvroContract.from_bytes(
-                f"{self.url}/schemas/ids/{schema_id}", body["schema"].encode()
+                f"{self._shown_url}/schemas/ids/{schema_id}", body["schema"].encode()
             )
         except (urllib.error.URLError, OSError, ValueError, KeyError, SchemaError) as exc:
-            # The URL is logged without credentials (they travel in a header).
+            # The URL is logged without its password; the configured one travels in a header.
             log.warning(
-                "schema registry lookup of id %d at %s failed: %s", schema_id, self.url, exc
+                "schema registry lookup of id %d at %s failed: %s", schema_id, self._shown_url, exc
             )
             self._failed[schema_id] = time.monotonic()
             return None
