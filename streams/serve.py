@@ -67,7 +67,6 @@ import asyncio
 import difflib
 import functools
 import gc
-import hmac
 import logging
 import logging.config
 import time
@@ -88,6 +87,7 @@ from streams.clients import redis_client
 from streams.errors import DriftlineError
 from streams.logs import logging_config
 from streams.registry import Catalog, RegistryReader
+from streams.security import bearer_matches, redact
 from streams.settings import Settings
 from streams.web import bind_socket
 
@@ -418,16 +418,18 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
 
 def _middleware(token: str | None) -> Middleware:
     """Bearer check on /v1 (before anything else runs), then every failure as JSON."""
-    expected = f"Bearer {token}".encode() if token is not None else None
+    expected = token.encode() if token is not None else None
 
     @web.middleware
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if expected is not None and request.path.startswith("/v1/"):
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        if (
+            expected is not None
+            and request.path.startswith("/v1/")
+            and not bearer_matches(request.headers.get("Authorization"), expected)
+        ):
+            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
         try:
             return await handler(request)
         except ApiError as exc:
@@ -855,7 +857,7 @@ def run_serve(settings: Settings, catalog: Catalog) -> None:
         host,
         port,
         groups or "none",
-        settings.redis.url,
+        redact(settings.redis.url),
         "required on /v1" if serve.token is not None else "not required",
     )
     access = logging.getLogger("aiohttp.access") if settings.worker.log_level == "debug" else None

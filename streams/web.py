@@ -8,7 +8,6 @@ not serve on purpose.  ``/metrics`` can require a bearer token
 
 from __future__ import annotations
 
-import hmac
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sinks.metrics import WorkerMetrics
+from streams.security import bearer_matches
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +84,14 @@ class WebService(Service):
         return f"http://{self.host}:{self.bound_port}/"
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        if self._token is not None:
-            header = request.headers.get("Authorization", "")
-            expected = f"Bearer {self._token}"
-            if not hmac.compare_digest(header.encode(), expected.encode()):
-                return web.Response(
-                    status=401,
-                    text="bearer token required\n",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
+        if self._token is not None and not bearer_matches(
+            request.headers.get("Authorization"), self._token.encode()
+        ):
+            return web.Response(
+                status=401,
+                text="bearer token required\n",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         await self.readiness()  # refreshes driftline_worker_ready
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
