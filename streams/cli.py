@@ -158,19 +158,28 @@ def worker(config: Path, processes: int) -> None:
     quality = build_quality(settings, parsers, str(config))
     if processes > 1:
         from streams.logs import logging_config
-        from streams.supervisor import run_processes
+        from streams.supervisor import check_processes, run_processes
+        from streams.topics import wait_for_broker
 
         logging.config.dictConfig(
             logging_config(settings.worker.log_level, settings.worker.log_format)
         )
         try:
-            code = run_processes(config, settings, processes)
+            check_processes(settings, processes)
         except ValueError as exc:
             raise ConfigError(f"{config}: {exc}") from None
-        sys.exit(code)
+        # Said once here rather than by every worker.
+        asyncio.run(
+            wait_for_broker(
+                settings.kafka.aiokafka_kwargs(),
+                timeout_s=settings.kafka.startup_timeout_s,
+                origin=str(config),
+            )
+        )
+        sys.exit(run_processes(config, settings, processes))
     from streams.runner import run_worker
 
-    run_worker(settings, parsers, groups, monitors, quality)
+    run_worker(settings, parsers, groups, monitors, quality, origin=str(config))
 
 
 @main.group()
@@ -231,7 +240,14 @@ def produce(config: Path, topic: str, key_field: str | None, file: Path) -> None
     if key_field is None:
         key_field = next((s.entity_key for s in settings.sources if s.topic == topic), None)
     sent = asyncio.run(
-        produce_file(settings.kafka.aiokafka_kwargs(), topic, file, key_field=key_field)
+        produce_file(
+            settings.kafka.aiokafka_kwargs(),
+            topic,
+            file,
+            key_field=key_field,
+            startup_timeout_s=settings.kafka.startup_timeout_s,
+            origin=str(config),
+        )
     )
     click.echo(f"sent {sent} record(s) to {topic}", err=True)
 

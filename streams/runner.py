@@ -21,7 +21,7 @@ from streams.errors import ConfigError, DriftlineError
 from streams.logs import logging_config
 from streams.registry import source_info
 from streams.settings import Settings
-from streams.topics import ensure_topics, topics_for
+from streams.topics import ensure_topics, topics_for, wait_for_broker
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,27 @@ def run_worker(
     groups: dict[str, tuple[FeatureGroup, ...]] | None = None,
     monitors: dict[str, tuple[MonitorConfig, ...]] | None = None,
     quality: dict[str, QualityChecker] | None = None,
+    *,
+    origin: str = "",
 ) -> None:
-    """Build the app and run it until SIGTERM/SIGINT; returns after a graceful stop."""
+    """Build the app and run it until SIGTERM/SIGINT; returns after a graceful stop.
+
+    The broker is checked after the app is built (a bad data dir or a busy
+    metrics port is said first) and before Faust starts, which would answer an
+    absent broker with a long traceback.  *origin* (the config file) prefixes
+    that message.
+    """
     config = logging_config(settings.worker.log_level, settings.worker.log_format)
     logging.config.dictConfig(config)
     driftline = create_app(
         settings, parsers=parsers, groups=groups, monitors=monitors, quality=quality
+    )
+    asyncio.run(
+        wait_for_broker(
+            settings.kafka.aiokafka_kwargs(),
+            timeout_s=settings.kafka.startup_timeout_s,
+            origin=origin,
+        )
     )
     asyncio.run(
         register_feature_groups(

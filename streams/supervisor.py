@@ -54,10 +54,15 @@ def worker_env(settings: Settings, index: int, run_dir: Path) -> dict[str, str]:
     return env
 
 
-def run_processes(config: Path, settings: Settings, n: int) -> int:
-    """Run ``n`` workers of ``config`` until a signal or until one exits; their exit code."""
+def check_processes(settings: Settings, n: int) -> None:
+    """Refuse ``n`` workers that cannot all have a metrics port (``ValueError``)."""
     if settings.metrics.port != 0 and settings.metrics.port + n - 1 > 65535:
         raise ValueError(f"metrics ports {settings.metrics.port}..+{n - 1} exceed 65535")
+
+
+def run_processes(config: Path, settings: Settings, n: int) -> int:
+    """Run ``n`` workers of ``config`` until a signal or until one exits; their exit code."""
+    check_processes(settings, n)
     own_dir = settings.worker.data_dir is None
     run_dir = Path(tempfile.mkdtemp(prefix=f"driftline-{settings.app_id}-"))
     stopping = False

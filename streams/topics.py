@@ -1,4 +1,10 @@
-"""Creating topics: the worker's ``kafka.create_topics``, ``driftline dev`` and tests.
+"""Topics and the broker at start-up: reaching it, listing and creating topics.
+
+:func:`wait_for_broker` is the first thing ``driftline worker`` and
+``driftline produce`` do: a broker that does not answer within
+``kafka.startup_timeout_s`` is a clear one-paragraph error, not Faust's
+traceback, and the topics it lists let ``produce`` refuse a misspelt topic
+(which Tansu would otherwise create on the first send).
 
 Production clusters usually manage topics elsewhere, so the worker creates
 none by default; ``driftline dev`` does.  Topics are created with explicit
@@ -16,7 +22,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, for_code
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaConnectionError, KafkaError, for_code
 
 from streams.errors import DriftlineError
 
@@ -31,6 +38,66 @@ _TOPIC_ALREADY_EXISTS = 36
 
 class TopicError(DriftlineError):
     """Topics could not be created (the broker refused, or they never appeared)."""
+
+
+class BrokerUnreachable(DriftlineError):
+    """No broker of ``kafka.bootstrap_servers`` answered within the start-up timeout."""
+
+
+async def wait_for_broker(
+    kafka_kwargs: Mapping[str, Any], *, timeout_s: float, origin: str = ""
+) -> frozenset[str]:
+    """Connect and read the cluster metadata; the names of its topics.
+
+    Tries again with backoff (0.5 s, 1 s, 2 s, then every 4 s), the last try
+    at *timeout_s*, then raises :class:`BrokerUnreachable` naming the
+    address and the key that sets it.  *kafka_kwargs* are
+    :meth:`KafkaSettings.aiokafka_kwargs`, so TLS and SASL apply; the message
+    holds no credential.  aiokafka's own connection errors are kept out of the
+    terminal while waiting: the outcome is said once, here.
+    """
+    kwargs = dict(kafka_kwargs)
+    bootstrap = str(kwargs.get("bootstrap_servers"))
+    started = time.monotonic()
+    deadline = started + timeout_s
+    delay = 0.5
+    attempts = 0
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        while True:
+            attempts += 1
+            remaining = max(deadline - time.monotonic(), 0.5)
+            client = AIOKafkaClient(**kwargs, request_timeout_ms=int(min(remaining, 10.0) * 1000))
+            try:
+                await asyncio.wait_for(client.bootstrap(), timeout=remaining)
+                return frozenset(client.cluster.topics())
+            except (KafkaError, OSError, TimeoutError) as exc:
+                reason = (
+                    "no broker answered"
+                    if isinstance(exc, KafkaConnectionError | TimeoutError)
+                    else f"{type(exc).__name__}: {exc}"
+                )
+            finally:
+                await client.close()
+            wait = min(delay, deadline - time.monotonic())
+            if wait <= 0:
+                break
+            log.warning(
+                "Kafka at %s not reachable yet (%s); retrying in %.1fs", bootstrap, reason, wait
+            )
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, 4.0)
+    finally:
+        quiet.setLevel(level)
+    raise BrokerUnreachable(
+        f"{origin + ': ' if origin else ''}kafka.bootstrap_servers: cannot reach Kafka at "
+        f"{bootstrap} ({reason}; {attempts} attempt{'s' if attempts > 1 else ''} over "
+        f"{time.monotonic() - started:.0f}s). Start the broker or correct the address, in the "
+        "config file or with DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS; kafka.startup_timeout_s "
+        f"(now {timeout_s:g}s) sets how long to wait for it."
+    )
 
 
 def topics_for(settings: Settings) -> dict[str, int]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from pathlib import Path
 
 import pytest
 
+from streams.embedded import find_free_port
+from streams.topics import create_topics, wait_for_broker
 from tests.worker_process import CONTRACTS, run_cli
 
 GOOD = f"""
@@ -123,3 +127,44 @@ def test_an_unusable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "worker.data_dir" in result.stderr and "cannot create it" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_worker_without_a_broker_is_a_clear_message_and_exit_2(tmp_path: Path) -> None:
+    port = find_free_port()  # free a moment ago: nothing listens on it
+    config = write(
+        tmp_path, GOOD + f"kafka:\n  bootstrap_servers: 127.0.0.1:{port}\nmetrics:\n  port: 0\n"
+    )
+    for extra in ((), ("--processes", "2")):
+        result = run_cli(
+            "worker", "-c", str(config), *extra, env={"DRIFTLINE_KAFKA__STARTUP_TIMEOUT_S": "2"}
+        )
+        out = result.stdout + result.stderr
+        assert result.returncode == 2, out
+        assert "Traceback" not in out
+        assert (
+            f"{config}: kafka.bootstrap_servers: cannot reach Kafka at 127.0.0.1:{port} "
+            "(no broker answered;" in result.stderr
+        ), out
+        assert "kafka.startup_timeout_s (now 2s)" in result.stderr, out
+
+
+def test_produce_refuses_a_topic_that_does_not_exist(tmp_path: Path, kafka_bootstrap: str) -> None:
+    topic = f"produce-{uuid.uuid4().hex[:8]}"
+    asyncio.run(create_topics(kafka_bootstrap, {topic: 1}))
+    config = write(tmp_path, GOOD)
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"user_id": "u1"}\n{"user_id": "u2"}\n')
+    env = {"DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap}
+    typo = run_cli("produce", "-c", str(config), "--topic", topic + "z", str(events), env=env)
+    assert typo.returncode == 2, typo.stderr
+    assert "Traceback" not in typo.stderr
+    assert (
+        f"topic '{topic}z' does not exist on Kafka at {kafka_bootstrap} "
+        f"(did you mean '{topic}'?); its topics: "
+    ) in typo.stderr, typo.stderr
+    assert "sent" not in typo.stderr
+    topics = asyncio.run(wait_for_broker({"bootstrap_servers": kafka_bootstrap}, timeout_s=30))
+    assert topic in topics and topic + "z" not in topics  # nothing was sent, nothing created
+    ok = run_cli("produce", "-c", str(config), "--topic", topic, str(events), env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert f"sent 2 record(s) to {topic}" in ok.stderr
