@@ -110,7 +110,8 @@ async def until_done(
     """Run ``effect`` until it succeeds (returning its result), with ``backoff`` between attempts.
 
     Transient failures are logged as warnings and retried; a permanent one is
-    logged with its traceback and raised as :class:`EffectFailed`.
+    logged in one line and raised as :class:`EffectFailed` (whoever stops on
+    it logs the traceback).
     """
     token = tracker.start(target) if tracker is not None else None
     attempt = 0
@@ -126,7 +127,6 @@ async def until_done(
                         what,
                         type(exc).__name__,
                         exc,
-                        exc_info=exc,
                     )
                     raise EffectFailed(what, exc) from exc
                 if tracker is not None:
