@@ -20,6 +20,7 @@ import click
 from drift.quality import QualityChecker
 from schemas import SchemaError
 from streams.errors import ConfigError, DriftlineError
+from streams.security import redact
 from streams.settings import Settings, load_settings
 
 log = logging.getLogger("driftline")
@@ -35,11 +36,9 @@ def user_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (ConfigError, SchemaError) as exc:
-            click.echo(f"driftline: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
-        except DriftlineError as exc:
-            click.echo(f"driftline: {exc}", err=True)
+        except (ConfigError, SchemaError, DriftlineError) as exc:
+            # messages quote settings (URLs) and client errors: never their credentials
+            click.echo(f"driftline: {redact(str(exc))}", err=True)
             sys.exit(EXIT_USAGE)
 
     return wrapper  # type: ignore[return-value]
@@ -80,10 +79,10 @@ def check_config(config: Path) -> None:
     quality = build_quality(settings, parsers, str(config))
     click.echo(f"{config}: OK")
     click.echo(
-        f"  kafka   {settings.kafka.bootstrap_servers} ({settings.kafka.security_protocol}), "
-        f"group {settings.app_id}"
+        f"  kafka   {redact(settings.kafka.bootstrap_servers)} "
+        f"({settings.kafka.security_protocol}), group {settings.app_id}"
     )
-    click.echo(f"  redis   {settings.redis.url}")
+    click.echo(f"  redis   {redact(settings.redis.url)}")
     metrics = (
         "disabled"
         if settings.metrics.port == 0

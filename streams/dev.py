@@ -31,6 +31,7 @@ from sinks.redis_client import connect_redis
 from streams import embedded
 from streams.demo import DemoEvents
 from streams.errors import DriftlineError
+from streams.security import redact
 from streams.settings import Settings, load_settings
 from streams.sources import build_feature_groups, build_parsers
 from streams.topics import ensure_topics, topics_for
@@ -129,7 +130,7 @@ class DevStack:
             redis_url = self.redis.url
             _say(f"  redis    {Path(self.redis.binary).name} (embedded) at {redis_url}")
         else:
-            _say(f"  redis    {redis_url} (external)")
+            _say(f"  redis    {redact(redis_url)} (external)")
         return bootstrap, redis_url
 
     def start_worker(self, bootstrap: str, redis_url: str) -> Path:
@@ -225,7 +226,7 @@ class DevStack:
         _say(f"  metrics      {base}/metrics   (health {base}/healthz, readiness {base}/readyz)")
         if groups:
             _say(
-                f"  features     DRIFTLINE_REDIS__URL={redis_url} driftline features get "
+                f"  features     DRIFTLINE_REDIS__URL={redact(redis_url)} driftline features get "
                 f"-c {self.config_path} --group {groups[0].name} user-00000"
             )
         _say(f"  dead letters topic {source.dlq_topic} (reason in header driftline.errors.reason)")

@@ -13,6 +13,7 @@ from features.definitions import FeatureGroup
 from sinks.feature_store import RedisFeatureStore
 from streams.clients import redis_client
 from streams.errors import ConfigError, DriftlineError
+from streams.security import redact
 from streams.settings import Settings
 from streams.sources import build_feature_groups, build_parsers
 
@@ -62,7 +63,9 @@ async def _read(
             group, entities, as_of_ms=as_of_ms
         )
     except (RedisError, OSError) as exc:
-        raise DriftlineError(f"cannot read from Redis at {settings.redis.url}: {exc}") from None
+        raise DriftlineError(
+            f"cannot read from Redis at {redact(settings.redis.url)}: {exc}"
+        ) from None
     finally:
         await client.aclose()
 

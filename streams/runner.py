@@ -20,6 +20,7 @@ from streams.clients import redis_client
 from streams.errors import ConfigError, DriftlineError
 from streams.logs import logging_config
 from streams.registry import source_info
+from streams.security import redact
 from streams.settings import Settings
 from streams.topics import ensure_topics, topics_for, wait_for_broker
 
@@ -55,7 +56,7 @@ async def register_feature_groups(
             except Exception as exc:  # connection refused, timeout, auth
                 if time.monotonic() > deadline:
                     raise DriftlineError(
-                        f"cannot reach Redis at {settings.redis.url} after "
+                        f"cannot reach Redis at {redact(settings.redis.url)} after "
                         f"{settings.redis.startup_timeout_s:.0f}s: {type(exc).__name__}: {exc}"
                     ) from None
                 log.warning("Redis not reachable yet (%s); retrying in %.1fs", exc, delay)

@@ -21,6 +21,8 @@ import hmac
 import re
 
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#'\"]*@")
+# user:password@host without a scheme (a Kafka bootstrap list, a bare authority)
+_BARE_USERINFO = re.compile(r"(?:^|(?<=[\s'\",=(\[]))[^\s/@'\",=]+:[^\s/@'\",]*@")
 _SECRET_QUERY = re.compile(
     r"(?P<key>[?&;](?:password|passwd|pass|pwd|token|secret|api_key|apikey|access_token)=)"
     r"[^&;#\s'\"]*",
@@ -31,6 +33,7 @@ _SECRET_QUERY = re.compile(
 def redact(text: str) -> str:
     """``text`` with URL credentials replaced by ``***``: safe to print or log."""
     text = _USERINFO.sub(r"\g<scheme>***@", text)
+    text = _BARE_USERINFO.sub("***@", text)
     return _SECRET_QUERY.sub(r"\g<key>***", text)
 
 

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from schemas import SchemaError
 from streams.clients import redis_client
 from streams.errors import DriftlineError
+from streams.security import redact
 from streams.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ async def _read_deployed(
     try:
         return await read_deployed(client, redis_cfg.key_prefix, names)
     except (RedisError, OSError) as exc:
-        raise DriftlineError(f"cannot read from Redis at {redis_cfg.url}: {exc}") from None
+        raise DriftlineError(f"cannot read from Redis at {redact(redis_cfg.url)}: {exc}") from None
     finally:
         await client.aclose()
 

@@ -34,10 +34,16 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from drift.quality import QualityConfig
 from streams.errors import ConfigError
+from streams.security import redact
 
 ENV_PREFIX = "DRIFTLINE_"
 
@@ -98,7 +104,12 @@ class KafkaSettings(_Section):
         for host in value.split(","):
             name, sep, port = host.strip().rpartition(":")
             if not sep or not name or not port.isdigit():
-                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+                raise ValueError("expected host:port[,host:port...]")  # the value is shown
+            if "@" in name:
+                raise ValueError(
+                    "expected host:port[,host:port...] without credentials; set "
+                    f"kafka.sasl_username and {ENV_PREFIX}KAFKA__SASL_PASSWORD instead"
+                )
         return value
 
     @model_validator(mode="after")
@@ -166,8 +177,8 @@ class RedisSettings(_Section):
     @classmethod
     def _scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {value!r}")
-        if "@" in value.split("//", 1)[1].split("/", 1)[0]:
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")  # the value is shown
+        if redact(value) != value:  # user:password@ or ?password=: printed, logged, leaked
             raise ValueError(
                 f"put no credentials in the URL; set {ENV_PREFIX}REDIS__PASSWORD instead"
             )
@@ -228,6 +239,16 @@ class SchemaRegistrySettings(_Section):
     username: str | None = None
     password: SecretStr | None = None
     timeout_s: float = Field(5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        if value is not None and redact(value) != value:
+            raise ValueError(
+                "put no credentials in the URL; set schema_registry.username and "
+                f"{ENV_PREFIX}SCHEMA_REGISTRY__PASSWORD instead"
+            )
+        return value
 
 
 class SourceSettings(_Section):
@@ -407,12 +428,22 @@ def format_validation_error(exc: ValidationError, origin: str, data: Mapping[str
             continue
         message = err["msg"].removeprefix("Value error, ")
         shown = err.get("input")
-        got = "" if err["type"] == "missing" or isinstance(shown, dict) else f" (got {shown!r})"
-        lines.append(f"  {where}: {message}{got}")
+        got = (
+            ""
+            if err["type"] == "missing" or isinstance(shown, dict) or _is_secret(loc)
+            else f" (got {shown!r})"
+        )
+        # a value is shown to say what was wrong, but never a credential inside it
+        lines.append(redact(f"  {where}: {message}{got}"))
     lines.append(
         f"  (values may also come from {ENV_PREFIX}<SECTION>__<KEY> environment variables)"
     )
     return "\n".join(lines)
+
+
+def _is_secret(loc: tuple[int | str, ...]) -> bool:
+    """A secret setting (``SecretStr``): its value is never shown, not even a wrong one."""
+    return len(loc) >= 2 and (str(loc[0]), str(loc[1])) in SECRET_KEYS
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -514,3 +545,8 @@ def load_settings(path: Path | str, env: Mapping[str, str] | None = None) -> Set
             os.environ.update(saved)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, str(path), data)) from None
+    except SettingsError as exc:  # a DRIFTLINE_<SECTION> variable that is not JSON
+        raise ConfigError(
+            f"{path}: invalid configuration: {redact(str(exc))} (a {ENV_PREFIX}<SECTION> "
+            f"variable must be a JSON object; or set {ENV_PREFIX}<SECTION>__<KEY>)"
+        ) from None
