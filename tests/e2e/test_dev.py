@@ -7,12 +7,21 @@ and stops everything after ``--duration``.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
+import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from streams.dev import DEFAULT_METRICS_PORT
+from streams.embedded import find_free_port
 from tests.worker_process import ROOT
 
 
@@ -53,3 +62,90 @@ def test_dev_runs_the_demo_pipeline_and_stops_everything(tmp_path: Path) -> None
     # a clean stop leaves no files behind (logs are kept only when something failed)
     run_dir = re.search(r"files in (\S+)", out).group(1)  # type: ignore[union-attr]
     assert not Path(run_dir).exists(), run_dir
+
+
+def _dev(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "dev", "--rate=0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+class _Answering(http.server.BaseHTTPRequestHandler):
+    """What another instance's worker says on its port: ready."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"ready")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _other_instance(port: int) -> Iterator[bool]:
+    """A server answering 200 on 127.0.0.1:*port*; False when the port was taken already."""
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Answering)
+    except OSError:
+        yield False  # taken by something else: as good for the test
+        return
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield True
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_taken_metrics_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    port = find_free_port()
+    with _other_instance(port):
+        proc = _dev(tmp_path, f"--metrics-port={port}")
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out
+    assert f"--metrics-port {port}: 127.0.0.1:{port} is in use" in out, out
+    assert "broker" not in out  # nothing was started
+
+
+def test_a_second_dev_takes_another_port_and_waits_for_its_own_worker(tmp_path: Path) -> None:
+    with _other_instance(DEFAULT_METRICS_PORT):
+        proc = _dev(tmp_path)
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(
+            target=lambda: [lines.put(line) for line in proc.stdout or ()], daemon=True
+        )
+        reader.start()
+        seen: list[str] = []
+        deadline = time.monotonic() + 150
+        try:
+            while not any("worker ready after" in line for line in seen):
+                assert proc.poll() is None or not lines.empty(), "".join(seen)
+                assert time.monotonic() < deadline, "".join(seen)
+                with contextlib.suppress(queue.Empty):
+                    seen.append(lines.get(timeout=1))
+            seen.append(lines.get(timeout=30))  # the metrics line follows
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+            reader.join(timeout=30)
+    while not lines.empty():
+        seen.append(lines.get())
+    out = "".join(seen)
+    note = re.search(
+        r"port 9464 is in use \(another driftline dev or worker\?\); "
+        r"the worker's metrics are on (\d+)",
+        out,
+    )
+    assert note, out
+    port = int(note.group(1))
+    assert port != DEFAULT_METRICS_PORT
+    assert f"metrics      http://127.0.0.1:{port}/metrics" in out, out
+    assert "Traceback" not in out and proc.returncode == 0, out
