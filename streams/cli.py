@@ -291,9 +291,9 @@ def produce(config: Path, topic: str, key_field: str | None, file: Path) -> None
 )
 @click.option(
     "--metrics-port",
-    default=9464,
-    show_default=True,
-    help="worker metrics port (0: pick a free one)",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="worker metrics port (default: 9464, or a free one when 9464 is taken; 0: a free one)",
 )
 @click.option(
     "--duration",
@@ -311,7 +311,7 @@ def dev(
     rate: float,
     drift_after: float,
     invalid_ratio: float,
-    metrics_port: int,
+    metrics_port: int | None,
     duration: float | None,
 ) -> None:
     """Start a broker, Redis, the worker and a demo producer; Ctrl-C stops them all."""

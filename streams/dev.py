@@ -5,6 +5,12 @@ the topics, ``driftline worker`` as a child process, and a demo producer;
 prints where to look and a status line every few seconds.  Ctrl-C (or
 SIGTERM) stops them in reverse order.  Children are in their own process
 group and die with this process even if it is killed (PR_SET_PDEATHSIG).
+
+A second ``driftline dev`` must not mistake the first one's worker for its
+own: the metrics port is 9464 only while that is free (else a free one, and
+it says so), an explicit ``--metrics-port`` that is taken is refused before
+anything starts, and readiness counts only from a listener its own worker
+holds.  A worker that dies has the end of its log printed, not only kept.
 """
 
 from __future__ import annotations
@@ -30,13 +36,18 @@ from sinks.feature_store import RedisFeatureStore
 from sinks.redis_client import connect_redis
 from streams import embedded
 from streams.demo import DemoEvents
-from streams.errors import DriftlineError
+from streams.errors import ConfigError, DriftlineError
 from streams.security import redact
 from streams.settings import Settings, load_settings
 from streams.sources import build_feature_groups, build_parsers
 from streams.topics import ensure_topics, topics_for
+from streams.web import bind_socket
 
 DEFAULT_CONFIG = Path(__file__).parent / "defaults" / "dev.yaml"
+#: The worker's metrics port unless it is taken or ``--metrics-port`` says otherwise.
+DEFAULT_METRICS_PORT = 9464
+#: Lines of the worker's log shown when it exits on its own.
+LOG_TAIL_LINES = 20
 STATUS_EVERY_S = 5.0
 #: What the demo producer gets wrong besides invalid records, for the quality
 #: checks of the default config: events without ``country``, and retries.
@@ -53,7 +64,8 @@ class DevOptions:
     redis_bin: str | None
     rate: float
     invalid_ratio: float
-    metrics_port: int
+    #: ``None``: 9464, or a free port when that is taken; ``0``: a free port.
+    metrics_port: int | None
     duration: float | None
     drift_after: float = 0.0
 
@@ -94,9 +106,44 @@ def _ready(url: str) -> bool:
         return False
 
 
+def _port_free(port: int) -> bool:
+    """Whether the worker could listen on 127.0.0.1:*port* now (it binds the same way)."""
+    try:
+        bind_socket("127.0.0.1", port).close()
+    except OSError:
+        return False
+    return True
+
+
+def metrics_port_for(requested: int | None) -> tuple[int, str | None]:
+    """The worker's metrics port, and a note when the default had to give way.
+
+    Raises :class:`ConfigError` for an explicit port that is taken: the user
+    asked for that one, and another server answering on it would be taken for
+    the worker.
+    """
+    if requested == 0:
+        return embedded.find_free_port(), None
+    if requested is None:
+        if _port_free(DEFAULT_METRICS_PORT):
+            return DEFAULT_METRICS_PORT, None
+        port = embedded.find_free_port()
+        return port, (
+            f"port {DEFAULT_METRICS_PORT} is in use (another driftline dev or worker?); "
+            f"the worker's metrics are on {port}"
+        )
+    if not _port_free(requested):
+        raise ConfigError(
+            f"--metrics-port {requested}: 127.0.0.1:{requested} is in use (another driftline "
+            "dev or worker?); pick another port, or 0 (or leave the option out) for a free one"
+        )
+    return requested, None
+
+
 class DevStack:
     def __init__(self, options: DevOptions) -> None:
         self.options = options
+        self.metrics_port, self.port_note = metrics_port_for(options.metrics_port)
         self.run_dir = Path(tempfile.mkdtemp(prefix="driftline-dev-"))
         self.broker: embedded.EmbeddedBroker | None = None
         self.redis: embedded.EmbeddedRedis | None = None
@@ -109,7 +156,6 @@ class DevStack:
             for gs in build_feature_groups(self.settings, parsers, str(self.config_path)).values()
             for g in gs
         ]
-        self.metrics_port = options.metrics_port or embedded.find_free_port()
 
     # -- start / stop ------------------------------------------------------
 
@@ -208,17 +254,44 @@ class DevStack:
         finally:
             await producer.stop()
 
+    def _worker_exited(self) -> bool:
+        return self.worker is not None and self.worker.poll() is not None
+
+    async def _worker_ready(self, url: str) -> bool:
+        """Readiness of *our* worker: a 200 from a listener its process holds.
+
+        Another server on the port (a worker of another ``driftline dev``
+        that took it first) answers too; ownership is read from ``/proc``
+        and trusted when it cannot be (then only while our worker lives).
+        """
+        if not await asyncio.to_thread(_ready, url):
+            return False
+        if self.worker is None:
+            return True
+        owns = embedded._owns_listener(self.worker.pid, self.metrics_port)
+        return owns is not False and self.worker.poll() is None
+
+    async def _worker_failed(self, log_path: Path, when: str) -> int:
+        """Say that the worker exited, with the end of its log; dev's exit code."""
+        assert self.worker is not None
+        code = self.worker.returncode
+        text = await asyncio.to_thread(log_path.read_text, errors="replace")
+        tail = text.rstrip().splitlines()[-LOG_TAIL_LINES:]
+        _say(f"worker exited with code {code} {when}; the end of its log ({log_path}):")
+        for line in tail or ["(empty)"]:
+            _say(f"  | {line}")
+        return code if 0 < code < 256 else 1
+
     async def watch(self, redis_url: str, stop: asyncio.Event, log_path: Path) -> int:
         base = f"http://127.0.0.1:{self.metrics_port}"
         started = time.monotonic()
-        while not _ready(base + "/readyz"):
-            if self.worker is not None and self.worker.poll() is not None:
-                _say(f"worker exited with code {self.worker.returncode}; its log ({log_path}):")
-                text = await asyncio.to_thread(log_path.read_text, errors="replace")
-                _say(text[-4000:])
-                return 1
+        while True:
+            if self._worker_exited():
+                return await self._worker_failed(log_path, "before it was ready")
             if stop.is_set():
                 return 0
+            if await self._worker_ready(base + "/readyz"):
+                break
             await asyncio.sleep(0.25)
         source = self.settings.sources[0]
         groups = [g for g in self.groups if g.source == source.name]
@@ -250,9 +323,8 @@ class DevStack:
                     await asyncio.wait_for(stop.wait(), timeout=STATUS_EVERY_S)
                 if stop.is_set():
                     break
-                if self.worker is not None and self.worker.poll() is not None:
-                    _say(f"worker exited with code {self.worker.returncode}; see {log_path}")
-                    return 1
+                if self._worker_exited():
+                    return await self._worker_failed(log_path, "while running")
                 try:
                     m = await asyncio.to_thread(_scrape, base + "/metrics")
                 except OSError as exc:
@@ -322,6 +394,8 @@ def run_dev(options: DevOptions) -> int:
     t0 = time.monotonic()
     stack = DevStack(options)
     _say(f"driftline dev: config {stack.config_path}, files in {stack.run_dir}")
+    if stack.port_note:
+        _say(f"  metrics  {stack.port_note}")
     try:
         bootstrap, redis_url = stack.start_services()
         kafka_kwargs = dict(stack.settings.kafka.aiokafka_kwargs(), bootstrap_servers=bootstrap)
