@@ -233,6 +233,7 @@ def create_app(
             alerts_topic=settings.drift.alerts_topic,
             metrics=metrics,
             backoff=Backoff(worker.retry_backoff_initial_s, worker.retry_backoff_max_s),
+            tracker=health.tracker,
         )
         values = app.batch_channel(settings.values_topic)
         app.agent(values, name="driftline.monitors")(

@@ -45,7 +45,7 @@ from sinks.kafka_sink import KafkaSink
 from sinks.metrics import WorkerMetrics
 from sinks.monitor_store import MonitorCheckpoint, RedisMonitorStore, monitor_key
 from streams.pipeline import RawRecord
-from streams.retry import Backoff, until_done
+from streams.retry import Backoff, EffectTracker, until_done
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,9 @@ class MonitorRunner:
         metrics: WorkerMetrics,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        tracker: EffectTracker | None = None,
     ) -> None:
+        self.tracker = tracker
         self.configs = dict(monitors)
         self.store = store
         self.alerts = alerts
@@ -92,6 +94,8 @@ class MonitorRunner:
             backoff=self.backoff,
             sleep=self._sleep,
             on_error=self._errors(config.source, "redis"),
+            tracker=self.tracker,
+            target="redis",
         )
         monitor = SegmentedMonitor(config)
         if checkpoint.state is not None:
@@ -155,6 +159,8 @@ class MonitorRunner:
             backoff=self.backoff,
             sleep=self._sleep,
             on_error=self._errors(min(sources), "alerts"),
+            tracker=self.tracker,
+            target="kafka",
         )
         for name, held in touched.items():
             await self._save(name, held)
@@ -186,6 +192,8 @@ class MonitorRunner:
             backoff=self.backoff,
             sleep=self._sleep,
             on_error=self._errors(self.configs[name].source, "redis"),
+            tracker=self.tracker,
+            target="redis",
         )
         if not saved:
             log.warning("monitor %s: another worker saved a newer checkpoint; reloading it", name)
