@@ -278,6 +278,28 @@ class RedisFeatureStore:
             int(watermark) if watermark is not None else None,
         )
 
+    async def stored_offsets(self, source: str) -> dict[int, int]:
+        """Every partition's last applied offset for ``source``."""
+        fields = await self.client.hgetall(offsets_key(self.prefix, source))
+        out: dict[int, int] = {}
+        for name, value in fields.items():
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            if name.startswith("p") and name[1:].isdigit():
+                out[int(name[1:])] = int(value)
+        return out
+
+    async def reset_offsets(self, source: str, partitions: Sequence[int] | None = None) -> int:
+        """Forget the stored offsets and watermarks of ``source`` (some partitions, or all).
+
+        Returns how many partitions had an offset stored.
+        """
+        key = offsets_key(self.prefix, source)
+        stored = await self.stored_offsets(source)
+        targets = sorted(stored if partitions is None else set(partitions) & set(stored))
+        if targets:
+            await self.client.hdel(key, *[f for p in targets for f in (f"p{p}", f"w{p}")])
+        return len(targets)
+
     # -- writes -------------------------------------------------------------
 
     async def apply(

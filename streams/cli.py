@@ -209,6 +209,72 @@ def features_get(
     click.echo(get_features(settings, str(config), group_name, list(entities), as_of_ms, as_json))
 
 
+@main.group()
+def offsets() -> None:
+    """The offsets stored in Redis with the features (what the worker has applied)."""
+
+
+@offsets.command("show")
+@config_option
+@user_errors
+def offsets_show(config: Path) -> None:
+    """Print each source's stored offsets, and those beyond their partition's end."""
+    import asyncio
+
+    from streams.offsets import check_offsets, stored_offsets
+
+    settings = _load(config)
+    stored = asyncio.run(stored_offsets(settings))
+    ahead = {(a.source, a.partition): a for a in asyncio.run(check_offsets(settings))}
+    for source in settings.sources:
+        parts = stored.get(source.name, {})
+        if not parts:
+            click.echo(f"{source.name} ({source.topic}): nothing stored")
+            continue
+        for partition, offset in sorted(parts.items()):
+            note = ahead.get((source.name, partition))
+            flag = f"  AHEAD: {note.describe()}" if note else ""
+            click.echo(f"{source.name} ({source.topic}) partition {partition}: {offset}{flag}")
+
+
+@offsets.command("reset")
+@config_option
+@click.option("--source", "source_names", multiple=True, required=True, help="source to reset")
+@click.option("--partition", "partitions", type=int, multiple=True, help="only these partitions")
+@user_errors
+def offsets_reset(config: Path, source_names: tuple[str, ...], partitions: tuple[int, ...]) -> None:
+    """Forget stored offsets, so the worker applies records from its committed position.
+
+    Features already stored stay.  Run it with the workers stopped.
+    """
+    import asyncio
+
+    from sinks.feature_store import RedisFeatureStore
+    from streams.clients import redis_client
+
+    settings = _load(config)
+    known = {s.name for s in settings.sources}
+    for name in source_names:
+        if name not in known:
+            raise ConfigError(
+                f"{config}: no source named {name!r} (sources: {', '.join(sorted(known))})"
+            )
+
+    async def reset() -> list[tuple[str, int]]:
+        client = redis_client(settings)
+        store = RedisFeatureStore(client, prefix=settings.redis.key_prefix)
+        try:
+            return [
+                (name, await store.reset_offsets(name, list(partitions) or None))
+                for name in source_names
+            ]
+        finally:
+            await client.aclose()
+
+    for name, removed in asyncio.run(reset()):
+        click.echo(f"{name}: forgot the stored offsets of {removed} partition(s)")
+
+
 def _register_serving_commands() -> None:
     from streams import serve_cli
 

@@ -19,6 +19,7 @@ from streams.app import create_app
 from streams.clients import redis_client
 from streams.errors import ConfigError, DriftlineError
 from streams.logs import logging_config
+from streams.offsets import ahead_message, run_check
 from streams.registry import source_info
 from streams.security import redact
 from streams.settings import Settings
@@ -101,6 +102,9 @@ def run_worker(
     )
     if settings.kafka.create_topics:
         asyncio.run(ensure_topics(settings.kafka.aiokafka_kwargs(), topics_for(settings)))
+    ahead = run_check(settings)
+    if ahead:
+        raise ConfigError(ahead_message(ahead, origin))
     log.info(
         "driftline worker starting: group %s, sources %s, broker %s",
         settings.app_id,

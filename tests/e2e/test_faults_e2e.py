@@ -374,3 +374,50 @@ def test_a_permanent_redis_error_fails_the_worker_loudly(
     assert "failed with a permanent error" in log and "NoPermissionError" in log, log
     assert log.count("retrying in") == 0, log  # never retried
     assert "s3cret-pw" not in log
+
+
+def test_offsets_from_another_broker_stop_the_start_with_how_to_reset(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """A Redis used with another broker: its offsets lie past the new partitions' ends."""
+    from tests.worker_process import run_cli
+
+    server = EmbeddedRedis(find_free_port(), log_dir=tmp_path).start()
+    other = EmbeddedBroker(find_free_port(), log_dir=tmp_path).start()
+    wait_for_kafka(other.bootstrap, 30)
+    suffix = uuid.uuid4().hex[:8]
+    config = fault_config(kafka_bootstrap, server.url, suffix)
+    topic = f"tx-{suffix}"
+    try:
+        worker = WorkerProcess(tmp_path, config).start()
+        asyncio.run(produce(kafka_bootstrap, topic, good_events(suffix, 300, 0)))
+        worker.wait_for("driftline_events_valid_total", 300, source="tx")
+        assert worker.stop() == 0
+        # caught up, restarted on the same broker: no false alarm (Tansu's end
+        # offsets lag behind the last record, the check fetches it)
+        again = WorkerProcess(tmp_path, config).start()
+        assert again.stop() == 0
+
+        moved = {**config, "kafka": {**config["kafka"], "bootstrap_servers": other.bootstrap}}
+        refused = WorkerProcess(tmp_path, moved)
+        result = run_cli("worker", "-c", str(refused.config_path), timeout=120)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        assert "beyond the end of their partitions" in result.stderr
+        assert f"e2e-{suffix}:offsets:tx" in result.stderr
+        assert "driftline offsets reset" in result.stderr
+
+        shown = run_cli("offsets", "show", "-c", str(refused.config_path), timeout=120)
+        assert shown.returncode == 0 and "AHEAD" in shown.stdout, shown.stdout + shown.stderr
+        reset = run_cli("offsets", "reset", "-c", str(refused.config_path), "--source", "tx")
+        assert reset.returncode == 0, reset.stderr
+        assert "forgot the stored offsets of" in reset.stdout
+
+        fresh = WorkerProcess(tmp_path, moved).start()
+        asyncio.run(produce(other.bootstrap, topic, good_events(f"{suffix}-b", 50, 0)))
+        fresh.wait_for("driftline_events_valid_total", 50, source="tx")
+        assert fresh.metric_sum("driftline_events_replayed_total", source="tx") == 0
+        assert fresh.stop() == 0
+    finally:
+        other.stop()
+        server.stop()
