@@ -77,6 +77,9 @@ HEADER_OVERHEAD = 16
 #: A key is cut to this many bytes when it alone does not fit.
 MAX_KEY_BYTES = 1024
 TRUNCATED_HEADER = PREFIX + "truncated"
+ORIGINAL_VALUE_SIZE = PREFIX + "original.value.size"
+ORIGINAL_KEY_SIZE = PREFIX + "original.key.size"
+_MARKS = frozenset({TRUNCATED_HEADER, ORIGINAL_VALUE_SIZE, ORIGINAL_KEY_SIZE})
 
 
 def record_size(
@@ -85,7 +88,7 @@ def record_size(
     """An upper bound of the bytes one record takes in a produce request."""
     size = RECORD_OVERHEAD + len(key or b"") + len(value or b"")
     for name, data in headers:
-        size += HEADER_OVERHEAD + len(name.encode()) + len(data)
+        size += HEADER_OVERHEAD + len(name.encode()) + len(data or b"")  # a null header value
     return size
 
 
@@ -105,24 +108,32 @@ def fit_dead_letter(
     headers = list(headers)
     if record_size(key, value, headers) <= limit:
         return key, value, headers
-    cut: list[str] = []
+    # Cut again (a broker that refused the cut record): the first sizes stay.
+    earlier = {k: v for k, v in headers if k in _MARKS}
+    headers = [(k, v) for k, v in headers if k not in _MARKS]
+    cut = [c for c in (earlier.get(TRUNCATED_HEADER) or b"").decode().split(",") if c]
     ours = [(k, v) for k, v in headers if k.startswith(PREFIX)]
     if len(ours) != len(headers):
         headers = ours
         cut.append("headers")
     marks: Headers = [
         (TRUNCATED_HEADER, b"value,key,headers"),  # placeholder of the longest size
-        (PREFIX + "original.value.size", str(len(value or b"")).encode()),
-        (PREFIX + "original.key.size", str(len(key or b"")).encode()),
+        (ORIGINAL_VALUE_SIZE, earlier.get(ORIGINAL_VALUE_SIZE, str(len(value or b"")).encode())),
+        (ORIGINAL_KEY_SIZE, earlier.get(ORIGINAL_KEY_SIZE, str(len(key or b"")).encode())),
     ]
-    if key is not None and record_size(key, None, headers + marks) > limit:
+    if (
+        key is not None
+        and len(key) > MAX_KEY_BYTES
+        and record_size(key, None, headers + marks) > limit
+    ):
         key = key[:MAX_KEY_BYTES]
         cut.append("key")
     room = limit - record_size(key, None, headers + marks)
     if value is not None and len(value) > max(0, room):
         value = value[: max(0, room)]
         cut.insert(0, "value")
-    marks[0] = (TRUNCATED_HEADER, ",".join(cut).encode())
+    order = ("value", "key", "headers")
+    marks[0] = (TRUNCATED_HEADER, ",".join(c for c in order if c in cut).encode())
     return key, value, headers + marks
 
 

@@ -16,6 +16,10 @@ from schemas.json_contract import JsonSchemaContract, decode_json
 
 EventTimeUnit = Literal["ms", "s", "iso8601"]
 
+#: Event times beyond ±2**53 ms (±285,000 years) are refused: every later
+#: stage (JSON samples, float arithmetic, Redis scores) holds them exactly.
+MAX_EVENT_TIME_MS = 1 << 53
+
 
 class ParsedEvent(NamedTuple):
     """A valid event: its entity, its event time (epoch ms) and its fields."""
@@ -53,13 +57,16 @@ def _event_time_ms(raw: Any, unit: EventTimeUnit, field: str) -> int:
         if raw != raw or raw in (float("inf"), float("-inf")):
             raise reject("bad_event_time", f"$.{field}: a non-finite number is not a time")
         try:
-            return int(raw * 1000) if unit == "s" else int(raw)
+            ms = int(raw * 1000) if unit == "s" else int(raw)
         except (OverflowError, ValueError):
-            raise reject("bad_event_time", f"$.{field}: number out of range for a time") from None
+            ms = MAX_EVENT_TIME_MS + 1
+        if not -MAX_EVENT_TIME_MS <= ms <= MAX_EVENT_TIME_MS:
+            raise reject("bad_event_time", f"$.{field}: number out of range for a time")
+        return ms
     if isinstance(raw, datetime):  # Avro timestamp-millis/micros logical types
         if raw.tzinfo is None:
             raise reject("bad_event_time", f"$.{field}: timestamp has no time zone")
-        return int(raw.timestamp() * 1000)
+        return int(raw.timestamp() * 1000)  # datetime spans years 1-9999: in range
     if isinstance(raw, str):
         try:
             parsed = datetime.fromisoformat(raw)

@@ -51,7 +51,13 @@ _REDIS_TRANSIENT: tuple[type[BaseException], ...] = (
     redis_errors.ReadOnlyError,  # a replica after a failover, until clients re-resolve
     redis_errors.ClusterDownError,
     redis_errors.MasterDownError,
+    redis_errors.OutOfMemoryError,
+    redis_errors.NoScriptError,  # a restarted Redis forgot its scripts: loaded again
 )
+#: Error codes of replies that a later attempt may not get (redis-py maps
+#: OOM to OutOfMemoryError with the code stripped from the message; the others
+#: stay plain ResponseErrors with the code as the message's first word).
+_REDIS_TRANSIENT_CODES = frozenset({"OOM", "BUSY", "MISCONF", "NOREPLICAS", "NOSCRIPT"})
 _REDIS_PERMANENT: tuple[type[BaseException], ...] = (
     redis_errors.AuthenticationError,  # a subclass of ConnectionError: checked first
     redis_errors.AuthorizationError,
@@ -96,9 +102,11 @@ def classify(exc: BaseException) -> Kind:
         if isinstance(e, _REDIS_TRANSIENT):
             return "transient"
         if isinstance(e, redis_errors.ResponseError):
-            # OOM clears when keys expire or maxmemory is raised; anything
-            # else a server answers (a script error, WRONGTYPE) will repeat.
-            return "transient" if str(e).startswith("OOM") else "permanent"
+            # OOM clears when keys expire or maxmemory is raised, BUSY when a
+            # slow script ends, MISCONF when the disk recovers; anything else a
+            # server answers (a script error, WRONGTYPE) will repeat.
+            code = getattr(e, "status_code", None) or str(e).split(" ", 1)[0]
+            return "transient" if code in _REDIS_TRANSIENT_CODES else "permanent"
         name = type(e).__name__
         if name in _KAFKA_TOO_LARGE_NAMES:
             return "permanent"

@@ -47,9 +47,16 @@ class BufferedKafkaSink:
     flush raises :class:`~sinks.exceptions.RecordTooLarge`, a permanent error.
     """
 
-    def __init__(self, send: SendFn, *, shrink: Shrink | None = None) -> None:
+    def __init__(
+        self,
+        send: SendFn,
+        *,
+        shrink: Shrink | None = None,
+        on_shrink: Callable[[], None] = lambda: None,
+    ) -> None:
         self._send = send
         self._shrink = shrink
+        self._on_shrink = on_shrink
         self._pending: list[Record] = []
         #: records replaced by a smaller version after a size refusal
         self.shrunk = 0
@@ -99,6 +106,7 @@ class BufferedKafkaSink:
                     )
                     continue
                 self.shrunk += 1
+                self._on_shrink()
                 keep.append(smaller)
             else:
                 keep.append(record)

@@ -204,7 +204,11 @@ def create_app(
             source=source.name,
             dead_letter_topic=source.dlq_topic,
             parser=parsers[source.name],
-            dead_letters=BufferedKafkaSink(send, shrink=shrink_dead_letter),
+            dead_letters=BufferedKafkaSink(
+                send,
+                shrink=shrink_dead_letter,
+                on_shrink=metrics.dead_letters_truncated.labels(source=source.name).inc,
+            ),
             store=store,
             groups=groups.get(source.name, ()),
             monitors=monitors.get(source.name, ()),

@@ -54,7 +54,18 @@ class WorkerHealth:
         self.last_fetch = self._clock()
 
     def fetch_age(self) -> float:
-        last = self.last_fetch if self.last_fetch is not None else self._since
+        """Seconds since the broker last answered a fetch; 0 while a write is pending.
+
+        While a batch waits for its effects the consumer stops fetching (its
+        queue is full): a paused Redis must not read as a silent broker.
+        The pending write has its own age (EffectStuck).
+        """
+        if self.tracker.pending():
+            return 0.0
+        last = max(
+            self.last_fetch if self.last_fetch is not None else self._since,
+            self.tracker.last_finished,
+        )
         return max(0.0, self._clock() - last)
 
     def fail(self, reason: str) -> None:

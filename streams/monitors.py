@@ -36,6 +36,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -54,6 +55,41 @@ log = logging.getLogger(__name__)
 class _Held:
     monitor: SegmentedMonitor
     checkpoint: MonitorCheckpoint
+
+
+Sample = tuple[int, int, float, Any]
+
+
+def decode_samples(value: bytes | None) -> tuple[str, str, int, list[Sample]] | None:
+    """A values-topic record as (monitor, source, partition, samples); None if it is not one.
+
+    The topic is driftline's own, but anyone with write access can put a
+    record there: a foreign one is skipped (logged), never a crash.
+    """
+    try:
+        doc = orjson.loads(value or b"")
+        name, source, partition, raw = doc["m"], doc["s"], doc["p"], doc["v"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if not (isinstance(name, str) and isinstance(source, str) and isinstance(partition, int)):
+        return None
+    if not isinstance(raw, list):
+        return None
+    samples: list[Sample] = []
+    for item in raw:
+        if not isinstance(item, list) or len(item) != 4:
+            return None
+        offset, event_time_ms, number, segment = item
+        if not (
+            isinstance(offset, int)
+            and isinstance(event_time_ms, int)
+            and isinstance(number, int | float)
+            and not isinstance(number, bool)
+            and (segment is None or isinstance(segment, str | int | float | bool))
+        ):
+            return None
+        samples.append((offset, event_time_ms, float(number), segment))
+    return name, source, partition, samples
 
 
 class MonitorRunner:
@@ -124,10 +160,8 @@ class MonitorRunner:
         alerts: list[Alert] = []
         touched: dict[str, _Held] = {}
         for record in records:
-            try:
-                doc = orjson.loads(record.value or b"")
-                name, source, partition, samples = doc["m"], doc["s"], doc["p"], doc["v"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
+            decoded = decode_samples(record.value)
+            if decoded is None:
                 log.error(
                     "values topic record %s/%d@%d is not a sample batch; skipped",
                     record.topic,
@@ -135,6 +169,7 @@ class MonitorRunner:
                     record.offset,
                 )
                 continue
+            name, source, partition, samples = decoded
             if name not in self.configs:
                 continue  # a monitor removed from the config
             held = await self._hold(name)

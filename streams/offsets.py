@@ -17,15 +17,19 @@ fetching that very record.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
 
 from sinks.feature_store import RedisFeatureStore, offsets_key
 from streams.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: How long the confirming fetch waits for the record at a stored offset.
 FETCH_CONFIRM_S = 5.0
@@ -76,7 +80,16 @@ async def find_offsets_ahead(
                 await consumer._client.force_metadata_update()
                 partitions = consumer.partitions_for_topic(source.topic) or set()
             tps = [TopicPartition(source.topic, p) for p in sorted(partitions)]
-            ends = await consumer.end_offsets(tps) if tps else {}
+            try:
+                ends = await consumer.end_offsets(tps) if tps else {}
+            except Exception as exc:  # a leaderless partition mid-restart: do not block start
+                log.warning(
+                    "cannot read the end offsets of %s (%s: %s); stored offsets not checked",
+                    source.topic,
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
             for partition, offset in sorted(offsets.items()):
                 if offset < 0:
                     continue
@@ -100,7 +113,12 @@ async def find_offsets_ahead(
 
 
 async def _records_at(consumer: Any, wanted: Mapping[TopicPartition, int]) -> set[TopicPartition]:
-    """The partitions that hold a record at (or, compacted, after) the wanted offset."""
+    """The partitions where the wanted offset is no offset past the end.
+
+    That is: a record is there (or after it, compacted), or the offset lies
+    below the log start (retention removed it: the stored offset is old, not
+    ahead).  Each partition is decided on its own.
+    """
     consumer.assign(list(wanted))
     for tp, offset in wanted.items():
         consumer.seek(tp, offset)
@@ -109,8 +127,19 @@ async def _records_at(consumer: Any, wanted: Mapping[TopicPartition, int]) -> se
     while len(found) < len(wanted) and time.monotonic() < deadline:
         try:
             batch = await consumer.getmany(timeout_ms=500)
-        except Exception:  # out of range (below the log start: retention), or similar
-            break
+        except OffsetOutOfRangeError as exc:
+            out_of_range = [tp for tp in (exc.args[0] if exc.args else {}) if tp in wanted]
+            if not out_of_range:
+                break
+            starts = await consumer.beginning_offsets(out_of_range)
+            for tp in out_of_range:
+                if wanted[tp] < starts[tp]:
+                    found.add(tp)  # below the log start: retention
+                consumer.pause(tp)  # decided either way
+            continue
+        except Exception as exc:
+            log.warning("cannot confirm stored offsets (%s: %s)", type(exc).__name__, exc)
+            return set(wanted)  # unknown: never refuse a start on a guess
         for tp, records in batch.items():
             if any(r.offset >= wanted[tp] for r in records):
                 found.add(tp)
@@ -139,7 +168,9 @@ async def check_offsets(settings: Settings) -> list[OffsetAhead]:
 
 def ahead_message(ahead: list[OffsetAhead], config: str) -> str:
     lines = "\n".join(f"  - {a.describe()}" for a in ahead)
-    sources = sorted({a.source for a in ahead})
+    by_source: dict[str, list[int]] = {}
+    for a in ahead:
+        by_source.setdefault(a.source, []).append(a.partition)
     return (
         "Redis holds offsets beyond the end of their partitions:\n"
         f"{lines}\n"
@@ -148,7 +179,9 @@ def ahead_message(ahead: list[OffsetAhead], config: str) -> str:
         "redis.url or redis.key_prefix at the right Redis, or forget the stored offsets "
         "(the features already stored stay) with:\n"
         + "\n".join(
-            f"  driftline offsets reset -c {config or 'CONFIG'} --source {s}" for s in sources
+            f"  driftline offsets reset -c {config or 'CONFIG'} --source {source}"
+            + "".join(f" --partition {p}" for p in sorted(parts))
+            for source, parts in sorted(by_source.items())
         )
     )
 

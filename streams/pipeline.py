@@ -46,8 +46,13 @@ from features.engine import apply_delta, build_deltas, read_features, rekey
 from features.state import EntityState
 from features.watermark import split_by_time
 from schemas import REASONS, EventParser, InvalidEvent, ParsedEvent, Rejection
+from schemas.deadletter import (
+    MAX_KEY_BYTES,
+    TRUNCATED_HEADER,
+    dead_letter_headers,
+    fit_dead_letter,
+)
 from schemas.deadletter import PREFIX as DEAD_LETTER_PREFIX
-from schemas.deadletter import TRUNCATED_HEADER, dead_letter_headers, fit_dead_letter
 from schemas.wire import ConfluentAvroDecoder
 from sinks.feature_store import FeatureStore, PartitionState
 from sinks.kafka_sink import KafkaSink, Record
@@ -75,6 +80,8 @@ def shrink_dead_letter(record: Record) -> Record | None:
     topic, key, value, headers = record
     if not any(name.startswith(DEAD_LETTER_PREFIX) for name, _ in headers):
         return None
+    if not value and (key is None or len(key) <= MAX_KEY_BYTES):
+        return None  # already cut to its headers: nothing left to cut
     return (topic, *fit_dead_letter(key, value, headers, 0))
 
 
@@ -181,12 +188,27 @@ def sample_records(
             raw = event.data.get(field)
             if isinstance(raw, bool) or not isinstance(raw, int | float):
                 continue
-            segment = event.data.get(segment_by) if segment_by else None
-            if segment is not None and not isinstance(segment, str | int | float | bool):
-                segment = None
+            segment = segment_of(event, segment_by)
             samples.append((record.offset, event.event_time_ms, float(raw), segment))
         out += sample_docs(monitor.name, source, partition, samples)
     return out
+
+
+#: A segment value is a label, not data: longer strings are cut (a 1 MB string
+#: in a segment field must not make a values record the broker refuses).
+MAX_SEGMENT_CHARS = 200
+
+
+def segment_of(event: ParsedEvent, segment_by: str | None) -> Any:
+    """The event's segment for a monitor: a scalar, strings cut to MAX_SEGMENT_CHARS."""
+    if not segment_by:
+        return None
+    segment = event.data.get(segment_by)
+    if isinstance(segment, str):
+        return segment[:MAX_SEGMENT_CHARS]
+    if segment is not None and not isinstance(segment, int | float | bool):
+        return None
+    return segment
 
 
 def sample_docs(
@@ -248,9 +270,7 @@ def feature_samples(
         value = read_features(group, merged, merged.newest_event_ms).values.get(name)
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        segment = event.data.get(segment_by) if segment_by else None
-        if segment is not None and not isinstance(segment, str | int | float | bool):
-            segment = None
+        segment = segment_of(event, segment_by)
         out.append((offset, merged.newest_event_ms, float(value), segment))
     return out
 
@@ -622,19 +642,8 @@ class SourcePipeline:
                     rejection.reason,
                     rejection.message,
                 )
-            headers = dead_letter_headers(
-                rejection,
-                source=self.source,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                now_ms=now_ms,
-                original=record.headers,
-            )
-            key, value, headers = fit_dead_letter(
-                record.key, record.value, headers, self.dead_letter_max_bytes
-            )
-            if headers[-3][0] == TRUNCATED_HEADER:
+            key, value, headers = self._dead_letter_record(record, rejection, now_ms)
+            if any(name == TRUNCATED_HEADER for name, _ in headers[-3:]):
                 self.metrics.dead_letters_truncated.labels(source=self.source).inc()
             self.dead_letters.add(self.dead_letter_topic, key, value, headers)
         if len(rejected) > LOG_REJECTIONS_PER_BATCH:
@@ -644,6 +653,39 @@ class SourcePipeline:
                 self.source,
                 self.dead_letter_topic,
             )
+
+    def _dead_letter_record(
+        self, record: RawRecord, rejection: Rejection, now_ms: int
+    ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+        """The dead letter of ``record``: its bytes, our headers, its own headers; cut to fit."""
+        try:
+            headers = dead_letter_headers(
+                rejection,
+                source=self.source,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                now_ms=now_ms,
+                original=record.headers,
+            )
+            return fit_dead_letter(record.key, record.value, headers, self.dead_letter_max_bytes)
+        except Exception:  # original headers of an unexpected shape: keep the record, not them
+            log.exception(
+                "dead letter of topic=%s partition=%d offset=%d: its headers cannot be copied",
+                record.topic,
+                record.partition,
+                record.offset,
+            )
+            headers = dead_letter_headers(
+                rejection,
+                source=self.source,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                now_ms=now_ms,
+            )
+            headers.append((TRUNCATED_HEADER, b"headers"))
+            return fit_dead_letter(record.key, record.value, headers, self.dead_letter_max_bytes)
 
     async def _resolve_schema_ids(self, records: Sequence[RawRecord]) -> None:
         decoder = self._registry_decoder

@@ -72,6 +72,8 @@ class EffectTracker:
         self._started: dict[int, tuple[str, float]] = {}
         #: (target, error) of the latest failed attempt of an unfinished effect
         self.last_error: dict[str, str] = {}
+        #: when the last effect finished (monotonic; 0.0 before any)
+        self.last_finished = 0.0
 
     def start(self, target: str) -> int:
         token = next(self._ids)
@@ -79,6 +81,7 @@ class EffectTracker:
         return token
 
     def finish(self, token: int) -> None:
+        self.last_finished = self._clock()
         target, _ = self._started.pop(token, ("", 0.0))
         if not any(t == target for t, _ in self._started.values()):
             self.last_error.pop(target, None)

@@ -15,6 +15,7 @@ from aiokafka import errors as kafka_errors
 from faust.exceptions import ProducerSendError
 from prometheus_client import CollectorRegistry
 from redis import exceptions as redis_errors
+from redis._parsers.base import BaseParser
 
 from schemas.deadletter import (
     TRUNCATED_HEADER,
@@ -34,6 +35,11 @@ from streams.retry import Backoff, EffectFailed, EffectTracker, until_done
 from tests.unit.test_pipeline import GROUP, make_parser, tx
 
 
+def reply_error(message: str) -> BaseException:
+    """The exception redis-py raises for an error reply (as its parsers build it)."""
+    return BaseParser.parse_error(message)  # a classmethod
+
+
 def wrapped(exc: BaseException) -> BaseException:
     """What Faust's producer raises: its own error, caused by aiokafka's."""
     try:
@@ -49,7 +55,15 @@ def wrapped(exc: BaseException) -> BaseException:
         (redis_errors.TimeoutError("timed out"), "transient"),
         (redis_errors.BusyLoadingError("loading"), "transient"),
         (redis_errors.ReadOnlyError("replica"), "transient"),
-        (redis_errors.ResponseError("OOM command not allowed"), "transient"),
+        (reply_error("OOM command not allowed when used memory > 'maxmemory'"), "transient"),
+        (reply_error("BUSY Redis is busy running a script"), "transient"),
+        (reply_error("MISCONF Redis is configured to save RDB snapshots"), "transient"),
+        (reply_error("NOREPLICAS Not enough good replicas to write"), "transient"),
+        (reply_error("LOADING Redis is loading the dataset in memory"), "transient"),
+        (reply_error("READONLY You can't write against a read only replica"), "transient"),
+        (reply_error("NOPERM User x has no permissions to run the 'evalsha' command"), "permanent"),
+        (reply_error("WRONGTYPE Operation against a key holding the wrong kind"), "permanent"),
+        (reply_error("ERR Error running script (call to f_1): bad argument"), "permanent"),
         (redis_errors.AuthenticationError("invalid password"), "permanent"),
         (redis_errors.NoPermissionError("NOPERM"), "permanent"),
         (redis_errors.ResponseError("ERR user_script:1: bad argument"), "permanent"),
@@ -364,12 +378,16 @@ def test_health_names_every_reason_for_not_being_ready() -> None:
     now[0] = 45.0
     ready, details = health.verdict()
     assert not ready
+    # the consumer waits for the write, not for the broker: only Redis is named
     assert details["reasons"] == [
         "redis: a write has been pending for 45s (last error: TimeoutError: Timeout reading "
         "from socket)",
-        "kafka: no successful fetch for 45s",
     ]
+    assert health.fetch_age() == 0.0
     health.tracker.finish(token)
+    assert health.verdict()[0]  # fetch age counts from the end of the write
+    now[0] = 80.0
+    assert health.verdict()[1]["reasons"] == ["kafka: no successful fetch for 35s"]
     health.fetched()
     assert health.verdict()[0]
     health.fail("source tx: EffectFailed: bad script")
@@ -390,3 +408,99 @@ async def test_a_redis_probe_that_hangs_is_cut_short() -> None:
 
     await health.probe_redis(answers, 0.05)
     assert health.redis_error is None
+
+
+async def test_a_null_header_value_on_a_rejected_record_is_kept() -> None:
+    dlq = MemoryKafkaSink()
+    pipeline = pipeline_with(MemoryFeatureStore(), dlq)
+    bad = RawRecord("transactions", 0, 0, 1_000_000, b"k", b"{", [("nullable", None)])  # type: ignore[list-item]
+    await pipeline.process([bad, rec(tx("u1", 1_000, 1.0), 1)])
+    [(_, _, value, headers)] = dlq.written
+    assert value == b"{" and ("nullable", None) in headers
+
+
+def test_cutting_twice_keeps_the_first_sizes_and_then_stops() -> None:
+    headers = headers_for(4)
+    key, value, headers = fit_dead_letter(b"k", b"x" * 300_000, headers, 100_000)
+    record = ("dlq", key, value, headers)
+    smaller = shrink_dead_letter(record)
+    assert smaller is not None and smaller[2] == b""
+    meta = parse_dead_letter_headers(smaller[3])
+    assert meta["original.value.size"] == "300000" and meta["truncated"] == "value"
+    assert sum(1 for name, _ in smaller[3] if name == TRUNCATED_HEADER) == 1
+    assert shrink_dead_letter(smaller) is None  # nothing left to cut: RecordTooLarge
+
+
+async def test_a_dead_letter_refused_even_as_headers_fails_instead_of_looping() -> None:
+    class RefusesAll:
+        calls = 0
+
+        async def send(self, *record: Any) -> asyncio.Future[None]:
+            self.calls += 1
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            fut.set_exception(kafka_errors.MessageSizeTooLargeError())
+            return fut
+
+    broker = RefusesAll()
+    shrunk: list[int] = []
+    sink = BufferedKafkaSink(
+        broker.send, shrink=shrink_dead_letter, on_shrink=lambda: shrunk.append(1)
+    )
+    sink.add("dlq", b"k", b"x" * 1000, headers_for(2))
+    with pytest.raises(RecordTooLarge):
+        await sink.flush()
+    assert (broker.calls, len(shrunk)) == (2, 1)
+
+
+@pytest.mark.parametrize("t, unit", [(-1e19, "ms"), (1e19, "ms"), (2**60, "ms"), (1e17, "s")])
+def test_event_times_out_of_range_are_bad_event_time(t: float, unit: str) -> None:
+    from schemas import EventParser, InvalidEvent
+
+    class Plain:
+        def decode(self, value: bytes) -> dict[str, Any]:
+            return orjson.loads(value)  # type: ignore[no-any-return]
+
+    parser = EventParser(
+        Plain(),
+        entity_key="u",
+        event_time_field="t",
+        event_time_unit=unit,  # type: ignore[arg-type]
+    )
+    with pytest.raises(InvalidEvent) as info:
+        parser.parse(orjson.dumps({"u": "a", "t": t}), 0)
+    assert info.value.rejection.reason == "bad_event_time"
+    assert parser.parse(orjson.dumps({"u": "a", "t": 1_700_000_000_000}), 0).event_time_ms > 0
+
+
+def test_long_segment_strings_are_cut() -> None:
+    from schemas import ParsedEvent
+    from streams.pipeline import MAX_SEGMENT_CHARS, segment_of
+
+    event = ParsedEvent("u", 0, {"country": "x" * 1_000_000, "n": [1]})
+    assert segment_of(event, "country") == "x" * MAX_SEGMENT_CHARS
+    assert segment_of(event, "n") is None and segment_of(event, None) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b"[]",
+        b'{"m": ["a"], "s": "tx", "p": 0, "v": []}',
+        b'{"m": "a", "s": "tx", "p": 0, "v": [[1, 2]]}',
+        b'{"m": "a", "s": "tx", "p": 0, "v": [["1", 2, 3.0, null]]}',
+        b'{"m": "a", "s": "tx", "p": 0, "v": [[1, 2, true, null]]}',
+        b'{"m": "a", "s": "tx", "p": 0, "v": [[1, 2, 3.0, {"x": 1}]]}',
+    ],
+)
+def test_foreign_values_topic_records_are_not_sample_batches(value: bytes) -> None:
+    from streams.monitors import decode_samples
+
+    assert decode_samples(value) is None
+
+
+def test_a_sample_batch_decodes() -> None:
+    from streams.monitors import decode_samples
+
+    doc = b'{"m": "a", "s": "tx", "p": 3, "v": [[1, 2, 3, "DE"], [2, 3, 4.5, null]]}'
+    assert decode_samples(doc) == ("a", "tx", 3, [(1, 2, 3.0, "DE"), (2, 3, 4.5, None)])
