@@ -658,17 +658,20 @@ class SourcePipeline:
         self, record: RawRecord, rejection: Rejection, now_ms: int
     ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
         """The dead letter of ``record``: its bytes, our headers, its own headers; cut to fit."""
-        try:
-            headers = dead_letter_headers(
+
+        def headers(original: Sequence[tuple[str, bytes]] | None) -> list[tuple[str, bytes]]:
+            return dead_letter_headers(
                 rejection,
                 source=self.source,
                 topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
                 now_ms=now_ms,
-                original=record.headers,
+                original=original,
             )
-            return fit_dead_letter(record.key, record.value, headers, self.dead_letter_max_bytes)
+
+        try:
+            ours = headers(record.headers)
         except Exception:  # original headers of an unexpected shape: keep the record, not them
             log.exception(
                 "dead letter of topic=%s partition=%d offset=%d: its headers cannot be copied",
@@ -676,16 +679,8 @@ class SourcePipeline:
                 record.partition,
                 record.offset,
             )
-            headers = dead_letter_headers(
-                rejection,
-                source=self.source,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                now_ms=now_ms,
-            )
-            headers.append((TRUNCATED_HEADER, b"headers"))
-            return fit_dead_letter(record.key, record.value, headers, self.dead_letter_max_bytes)
+            ours = [*headers(None), (TRUNCATED_HEADER, b"headers")]
+        return fit_dead_letter(record.key, record.value, ours, self.dead_letter_max_bytes)
 
     async def _resolve_schema_ids(self, records: Sequence[RawRecord]) -> None:
         decoder = self._registry_decoder

@@ -103,21 +103,6 @@ def interleave(
     return out
 
 
-async def send_raw(
-    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]
-) -> list[tuple[int, int]]:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=1 << 20)
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, value, key=key) for key, value in records]
-        metas = [await f for f in futures]
-    finally:
-        await producer.stop()
-    return [(m.partition, m.offset) for m in metas]
-
-
 def probe(worker: WorkerProcess, path: str, timeout: float = 10) -> tuple[int, str, float]:
     """GET with a generous limit (the probe's own limit is the product's, not the test's)."""
     started = time.monotonic()
@@ -157,7 +142,7 @@ def test_poison_between_good_events_every_good_counted_once_every_poison_dead_le
     bad = poison(suffix)
     good = good_events(suffix, 400, int(time.time() * 1000))
     try:
-        coords = asyncio.run(send_raw(kafka_bootstrap, topic, interleave(good, bad)))
+        coords = asyncio.run(produce(kafka_bootstrap, topic, interleave(good, bad)))
         worker.wait_for("driftline_events_valid_total", len(good), source="tx", timeout=90)
         worker.wait_for("driftline_dead_letter_writes_total", len(bad), source="tx", timeout=90)
         dead = asyncio.run(consume_all(kafka_bootstrap, f"{topic}.dlq", len(bad), timeout=60))
@@ -306,11 +291,11 @@ def test_kill_9_amid_poison_features_exact_every_poison_dead_lettered(
     half = len(records) // 2
     worker = WorkerProcess(tmp_path, config).start()
     try:
-        asyncio.run(send_raw(kafka_bootstrap, topic, records[:half]))
+        asyncio.run(produce(kafka_bootstrap, topic, records[:half]))
         worker.wait_for("driftline_events_consumed_total", 1, source="tx")
         worker.kill()
         worker = WorkerProcess(tmp_path, config).start()
-        asyncio.run(send_raw(kafka_bootstrap, topic, records[half:]))
+        asyncio.run(produce(kafka_bootstrap, topic, records[half:]))
         users = [f"{suffix}-{k}" for k in range(USERS)]
 
         def applied() -> bool:

@@ -10,6 +10,7 @@ import asyncio
 import io
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,7 @@ async def registry_hash(redis_url: str, key: str) -> dict[bytes, bytes]:
 
 
 async def produce(
-    bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
+    bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
 ) -> list[tuple[int, int]]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=1 << 20)
     await producer.start()

@@ -25,42 +25,28 @@ CONTRACTS = Path(__file__).resolve().parents[2] / "schemas" / "contracts"
 MiB = 1 << 20
 
 
-def json_parser(max_event_bytes: int = MiB) -> EventParser:
+def parser_for(
+    contract: str, encoding: str = "json", max_event_bytes: int = MiB, **extra: Any
+) -> EventParser:
     return build_parser(
-        encoding="json",
-        contract_path=CONTRACTS / "transactions.schema.json",
+        encoding=encoding,
+        contract_path=CONTRACTS / contract,
         entity_key="user_id",
         event_time_field="event_time",
         event_time_unit="ms",
         max_event_bytes=max_event_bytes,
+        **extra,
     )
 
 
-def avro_json_parser() -> EventParser:
-    return build_parser(
-        encoding="json",
-        contract_path=CONTRACTS / "transactions.avsc",
-        entity_key="user_id",
-        event_time_field="event_time",
-        event_time_unit="ms",
-        max_event_bytes=MiB,
-    )
+def json_parser(max_event_bytes: int = MiB) -> EventParser:
+    return parser_for("transactions.schema.json", max_event_bytes=max_event_bytes)
 
 
-def avro_binary_parser() -> EventParser:
-    return build_parser(
-        encoding="confluent-avro",
-        contract_path=CONTRACTS / "transactions.avsc",
-        entity_key="user_id",
-        event_time_field="event_time",
-        event_time_unit="ms",
-        max_event_bytes=MiB,
-        schema_ids={1: CONTRACTS / "transactions.avsc"},
-    )
-
-
-PARSERS = {"jsonschema": json_parser(), "avro-json": avro_json_parser()}
-AVRO = avro_binary_parser()
+PARSERS = {"jsonschema": json_parser(), "avro-json": parser_for("transactions.avsc")}
+AVRO = parser_for(
+    "transactions.avsc", "confluent-avro", schema_ids={1: CONTRACTS / "transactions.avsc"}
+)
 
 
 def verdicts(parser: EventParser, values: list[bytes | None]) -> Classified:
