@@ -50,6 +50,8 @@ ON_DASHBOARDS = {
     "driftline_batch_processing_seconds",
     "driftline_redis_write_seconds",
     "driftline_effect_errors",
+    "driftline_effect_pending_age_seconds",
+    "driftline_fetch_age_seconds",
     "driftline_event_time_lag_seconds",
     "driftline_processing_latency_seconds",
     "driftline_feature_freshness_seconds",
