@@ -31,8 +31,10 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
+## what reviewers check: lint, format, strict types (CI runs it before the tests)
 lint: $(STAMP)
-	$(BIN)/ruff check streams features drift sinks schemas tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 ## validation throughput vs. a raw aiokafka decode loop (see bench/README.md)
