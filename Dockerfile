@@ -16,6 +16,8 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # pyproject.toml names README.md as the package's readme: both are needed.
 COPY pyproject.toml README.md ./
+# driftline/ links to the folders below: the wheel ships them as driftline.*
+COPY driftline ./driftline
 COPY streams ./streams
 COPY features ./features
 COPY drift ./drift

@@ -90,7 +90,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 from river import drift as river_drift
 
-from drift import DEFAULT_DETECTORS, DETECTORS, Monitor, MonitorConfig
+from driftline.drift import DEFAULT_DETECTORS, DETECTORS, Monitor, MonitorConfig
 
 WARMUP = 1000
 HORIZON = 3000

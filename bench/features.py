@@ -107,7 +107,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.embedded import child_preexec, create_topics, find_free_port
+from driftline.streams.embedded import child_preexec, create_topics, find_free_port
 
 CONTRACT = ROOT / "schemas" / "contracts" / "transactions.schema.json"
 SOURCE = "transactions"
@@ -474,7 +474,7 @@ class Worker:
                 [
                     sys.executable,
                     "-m",
-                    "streams.cli",
+                    "driftline.streams.cli",
                     "worker",
                     "-c",
                     str(self.path),
@@ -1171,7 +1171,7 @@ def print_table(res: Results, runtime: float) -> None:
 
 
 async def run(args: argparse.Namespace, res: Results, workdir: Path) -> None:
-    from streams.embedded import EmbeddedBroker, EmbeddedRedis
+    from driftline.streams.embedded import EmbeddedBroker, EmbeddedRedis
 
     broker = redis_server = None
     env: Env | None = None

@@ -78,11 +78,11 @@ import aiohttp
 import orjson
 import redis.asyncio as aioredis
 
-from features import FeatureGroup, apply_delta, build_deltas
-from features.codec import encode_ring
-from schemas.parser import ParsedEvent
-from sinks.feature_store import entity_key
-from streams.embedded import find_free_port
+from driftline.features import FeatureGroup, apply_delta, build_deltas
+from driftline.features.codec import encode_ring
+from driftline.schemas.parser import ParsedEvent
+from driftline.sinks.feature_store import entity_key
+from driftline.streams.embedded import find_free_port
 
 GROUP = {
     "name": "user_spend",
@@ -303,9 +303,9 @@ async def breakdown(
     client: aioredis.Redis, n_entities: int, batch_size: int, rng: random.Random, batches: int = 50
 ) -> dict[str, float]:
     """Mean ms per batch of each stage of a batch read, in this process (no HTTP)."""
-    from features.engine import read_features
-    from sinks.feature_store import decode_state, read_stored
-    from streams.serve import freshness
+    from driftline.features.engine import read_features
+    from driftline.sinks.feature_store import decode_state, read_stored
+    from driftline.streams.serve import freshness
 
     group = the_group()
     names = group.feature_names()
@@ -350,7 +350,7 @@ def redis_server(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    from streams.embedded import EmbeddedRedis
+    from driftline.streams.embedded import EmbeddedRedis
 
     with EmbeddedRedis() as server:
         yield server.url
@@ -381,7 +381,7 @@ def serve_process(workdir: Path, redis_url: str) -> Iterator[tuple[str, subproce
     env.pop("DRIFTLINE_SERVE__TOKEN", None)
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.serve_cli", "serve", "-c", str(path)],
+            [sys.executable, "-m", "driftline.streams.serve_cli", "serve", "-c", str(path)],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

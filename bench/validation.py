@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from schemas import build_parser
-from streams.demo import DemoEvents
-from streams.pipeline import RawRecord, classify
+from driftline.schemas import build_parser
+from driftline.streams.demo import DemoEvents
+from driftline.streams.pipeline import RawRecord, classify
 
 CONTRACT = ROOT / "schemas" / "contracts" / "transactions.schema.json"
 
@@ -66,7 +66,7 @@ def make_events(n: int) -> list[tuple[bytes, bytes]]:
 
 
 async def produce(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]]) -> float:
-    from streams.topics import ensure_topics
+    from driftline.streams.topics import ensure_topics
 
     await ensure_topics({"bootstrap_servers": bootstrap}, {topic: 4})
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20)
@@ -141,7 +141,7 @@ def faust_child(bootstrap: str, topic: str, n: int) -> None:
     import faust
 
     logging.basicConfig(level=logging.WARNING)
-    from streams.transport import App as BatchApp
+    from driftline.streams.transport import App as BatchApp
 
     batch_mode = os.environ.get("BENCH_FAUST_MODE", "batch") == "batch"
     app_class = BatchApp if batch_mode else faust.App
@@ -259,7 +259,7 @@ def main() -> None:
         faust_child(args.faust_child[0], args.faust_child[1], int(args.faust_child[2]))
         return
 
-    from streams.embedded import EmbeddedBroker
+    from driftline.streams.embedded import EmbeddedBroker
 
     broker = None
     bootstrap = args.bootstrap

@@ -39,9 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from features import FeatureGroup, apply_delta, build_deltas, read_features
-from features.state import EntityState
-from schemas.parser import ParsedEvent
+from driftline.features import FeatureGroup, apply_delta, build_deltas, read_features
+from driftline.features.state import EntityState
+from driftline.schemas.parser import ParsedEvent
 
 CATEGORIES = ("grocery", "restaurant", "travel", "electronics", "fuel", "entertainment")
 

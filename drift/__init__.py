@@ -18,8 +18,8 @@ The pieces, in the order a value meets them:
 defaults; the numbers are in its docstring.
 """
 
-from drift.alerts import Alert, AlertKind, AlertReason, Severity
-from drift.config import (
+from driftline.drift.alerts import Alert, AlertKind, AlertReason, Severity
+from driftline.drift.config import (
     DEFAULT_DETECTORS,
     DETECTORS,
     STATISTICS,
@@ -27,10 +27,10 @@ from drift.config import (
     MonitorConfig,
     PageHinkleyParams,
 )
-from drift.exceptions import DriftConfigError, DriftError, DriftStateError
-from drift.monitor import ALL_SEGMENT, Monitor
-from drift.segmented import MISSING_SEGMENT, OTHER_SEGMENT, SegmentedMonitor
-from drift.stats import Stats
+from driftline.drift.exceptions import DriftConfigError, DriftError, DriftStateError
+from driftline.drift.monitor import ALL_SEGMENT, Monitor
+from driftline.drift.segmented import MISSING_SEGMENT, OTHER_SEGMENT, SegmentedMonitor
+from driftline.drift.stats import Stats
 
 __all__ = [
     "ALL_SEGMENT",

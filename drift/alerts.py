@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 
 import orjson
 
-from drift.stats import Stats
+from driftline.drift.stats import Stats
 
 AlertKind = Literal["opened", "updated", "closed"]
 #: why: ``detected`` (opened), ``escalated`` (warning -> critical),

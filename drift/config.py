@@ -35,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from drift.exceptions import DriftConfigError
+from driftline.drift.exceptions import DriftConfigError
 
 DetectorName = Literal["page_hinkley", "adwin"]
 Statistic = Literal["location", "scale"]

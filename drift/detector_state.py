@@ -36,10 +36,10 @@ import math
 import struct
 from typing import Any
 
-from drift.config import DetectorName, MonitorConfig
-from drift.detectors import DriftModel, build_model
-from drift.exceptions import DriftStateError
-from drift.state import Fields, decode_number, encode_number
+from driftline.drift.config import DetectorName, MonitorConfig
+from driftline.drift.detectors import DriftModel, build_model
+from driftline.drift.exceptions import DriftStateError
+from driftline.drift.state import Fields, decode_number, encode_number
 
 # AdaptiveWindowing: delta f64, clock i32, max_buckets u64, min_window_length f64,
 # grace_period f64, total f64, variance f64, width f64, total_width f64,

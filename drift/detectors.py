@@ -24,7 +24,7 @@ from typing import Protocol
 
 from river import drift as river_drift
 
-from drift.config import DetectorName, MonitorConfig, Statistic
+from driftline.drift.config import DetectorName, MonitorConfig, Statistic
 
 
 class DriftModel(Protocol):

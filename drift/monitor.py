@@ -63,12 +63,12 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any, Literal, cast
 
-from drift.alerts import Alert, AlertKind, AlertReason, Severity
-from drift.config import DETECTORS, STATISTICS, MonitorConfig
-from drift.detector_state import model_state, restore_model
-from drift.detectors import Channel, build_channels
-from drift.reference import Reference
-from drift.state import (
+from driftline.drift.alerts import Alert, AlertKind, AlertReason, Severity
+from driftline.drift.config import DETECTORS, STATISTICS, MonitorConfig
+from driftline.drift.detector_state import model_state, restore_model
+from driftline.drift.detectors import Channel, build_channels
+from driftline.drift.reference import Reference
+from driftline.drift.state import (
     MONITOR_FORMAT,
     Fields,
     check_config,
@@ -77,7 +77,7 @@ from drift.state import (
     load_document,
     pack_floats,
 )
-from drift.stats import Stats
+from driftline.drift.stats import Stats
 
 #: The segment of a monitor that is not segmented.
 ALL_SEGMENT = "__all__"

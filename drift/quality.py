@@ -59,7 +59,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from features.durations import parse_duration
+from driftline.features.durations import parse_duration
 
 Action = Literal["count", "dead_letter"]
 #: Labels of ``driftline_quality_violations_total``'s ``check``.

@@ -43,7 +43,7 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from statistics import NormalDist
 
-from drift.stats import Stats
+from driftline.drift.stats import Stats
 
 _PPF = NormalDist().inv_cdf
 

@@ -27,10 +27,16 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from drift.alerts import Alert
-from drift.config import MonitorConfig
-from drift.monitor import ALL_SEGMENT, Monitor
-from drift.state import SEGMENTED_FORMAT, Fields, check_config, dump_document, load_document
+from driftline.drift.alerts import Alert
+from driftline.drift.config import MonitorConfig
+from driftline.drift.monitor import ALL_SEGMENT, Monitor
+from driftline.drift.state import (
+    SEGMENTED_FORMAT,
+    Fields,
+    check_config,
+    dump_document,
+    load_document,
+)
 
 OTHER_SEGMENT = "__other__"
 MISSING_SEGMENT = "__missing__"

@@ -32,8 +32,8 @@ from typing import Any
 
 import orjson
 
-from drift.config import MonitorConfig
-from drift.exceptions import DriftStateError
+from driftline.drift.config import MonitorConfig
+from driftline.drift.exceptions import DriftStateError
 
 MONITOR_FORMAT = "driftline.monitor/2"
 SEGMENTED_FORMAT = "driftline.segmented-monitor/2"

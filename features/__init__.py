@@ -17,14 +17,14 @@ described in :mod:`features.engine`; the mergeable intermediates in
 :mod:`features.stats` and :mod:`features.sketch`.
 """
 
-from features.codec import decode_last, decode_ring, encode_last, encode_ring
-from features.definitions import AGGREGATIONS, FeatureGroup, Window
-from features.durations import format_duration, parse_duration
-from features.engine import apply_delta, build_deltas, read_features
-from features.exceptions import CodecError, FeatureDefinitionError, FeatureError
-from features.state import BucketStats, EntityState, FeatureVector
-from features.stats import Summary
-from features.watermark import TimeSplit, Watermark, split_by_time
+from driftline.features.codec import decode_last, decode_ring, encode_last, encode_ring
+from driftline.features.definitions import AGGREGATIONS, FeatureGroup, Window
+from driftline.features.durations import format_duration, parse_duration
+from driftline.features.engine import apply_delta, build_deltas, read_features
+from driftline.features.exceptions import CodecError, FeatureDefinitionError, FeatureError
+from driftline.features.state import BucketStats, EntityState, FeatureVector
+from driftline.features.stats import Summary
+from driftline.features.watermark import TimeSplit, Watermark, split_by_time
 
 __all__ = [
     "AGGREGATIONS",

@@ -43,11 +43,11 @@ from typing import Any
 
 import orjson
 
-from features.definitions import FeatureGroup
-from features.exceptions import CodecError
-from features.sketch import CAPACITY, HASH_MASK, Kmv
-from features.state import BucketStats, LastValue, Ring
-from features.stats import EMPTY, Summary
+from driftline.features.definitions import FeatureGroup
+from driftline.features.exceptions import CodecError
+from driftline.features.sketch import CAPACITY, HASH_MASK, Kmv
+from driftline.features.state import BucketStats, LastValue, Ring
+from driftline.features.stats import EMPTY, Summary
 
 _MAX_EXACT = 2**53
 

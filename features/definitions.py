@@ -47,8 +47,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from features.durations import format_duration, parse_duration
-from features.exceptions import FeatureDefinitionError
+from driftline.features.durations import format_duration, parse_duration
+from driftline.features.exceptions import FeatureDefinitionError
 
 AGGREGATIONS: tuple[str, ...] = ("count", "sum", "mean", "min", "max", "std", "var")
 DEFAULT_BUCKETS_PER_WINDOW = 60

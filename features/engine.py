@@ -62,9 +62,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from features import stats
-from features.definitions import FeatureGroup
-from features.sketch import (
+from driftline.features import stats
+from driftline.features.definitions import FeatureGroup
+from driftline.features.sketch import (
     CAPACITY,
     EMPTY_KMV,
     Kmv,
@@ -73,7 +73,7 @@ from features.sketch import (
     kmv_estimate,
     kmv_merge,
 )
-from features.state import (
+from driftline.features.state import (
     BucketStats,
     EntityState,
     FeatureValue,
@@ -82,10 +82,10 @@ from features.state import (
     Ring,
     merge_buckets,
 )
-from features.stats import EMPTY, MAX_ABS_VALUE, Summary, merge, summary_of_values
+from driftline.features.stats import EMPTY, MAX_ABS_VALUE, Summary, merge, summary_of_values
 
 if TYPE_CHECKING:  # typing only: importing schemas pulls in the contract libraries
-    from schemas.parser import ParsedEvent
+    from driftline.schemas.parser import ParsedEvent
 
 __all__ = [
     "BucketStats",

@@ -32,12 +32,12 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from features.definitions import FeatureGroup
-from features.engine import assemble_vector
-from features.exceptions import CodecError
-from features.sketch import CAPACITY, EMPTY_KMV, Kmv
-from features.state import FeatureVector, LastValue
-from features.stats import EMPTY, Summary
+from driftline.features.definitions import FeatureGroup
+from driftline.features.engine import assemble_vector
+from driftline.features.exceptions import CodecError
+from driftline.features.sketch import CAPACITY, EMPTY_KMV, Kmv
+from driftline.features.state import FeatureVector, LastValue
+from driftline.features.stats import EMPTY, Summary
 
 _PRUNE_AT = 2 * CAPACITY
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from features.sketch import Kmv, kmv_merge
-from features.stats import Summary, merge
+from driftline.features.sketch import Kmv, kmv_merge
+from driftline.features.stats import Summary, merge
 
 #: A value kept by ``last``: a JSON scalar.
 LastValue = str | int | float | bool

@@ -31,10 +31,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from features.definitions import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_FUTURE_TOLERANCE_MS
+from driftline.features.definitions import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_FUTURE_TOLERANCE_MS
 
 if TYPE_CHECKING:  # typing only: importing schemas pulls in the contract libraries
-    from schemas.parser import ParsedEvent
+    from driftline.schemas.parser import ParsedEvent
 
 
 class TimeSplit(NamedTuple):

@@ -24,7 +24,7 @@ import orjson
 from fastavro.validation import ValidationError as AvroValidationError
 from fastavro.validation import validate as avro_validate
 
-from schemas.exceptions import SchemaError, reject
+from driftline.schemas.exceptions import SchemaError, reject
 
 
 def _short(schema: Any, limit: int = 120) -> str:

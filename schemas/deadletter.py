@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from schemas.exceptions import Rejection
+from driftline.schemas.exceptions import Rejection
 
 PREFIX = "driftline.errors."
 MAX_MESSAGE_BYTES = 1024

@@ -33,7 +33,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError as JsonSchemaSchemaError
 from jsonschema.exceptions import ValidationError, best_match
 
-from schemas.exceptions import InvalidEvent, SchemaError, reject
+from driftline.schemas.exceptions import InvalidEvent, SchemaError, reject
 
 #: Keywords whose semantics are identical in drafts 2019-09 and 2020-12 and
 #: which fastjsonschema implements.  ``items`` is safe only in its single-schema

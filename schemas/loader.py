@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from schemas.avro_contract import AvroContract
-from schemas.exceptions import SchemaError
-from schemas.json_contract import JsonSchemaContract
-from schemas.parser import Decoder, EventParser, EventTimeUnit, JsonEventDecoder
-from schemas.wire import ConfluentAvroDecoder, SchemaLookup
+from driftline.schemas.avro_contract import AvroContract
+from driftline.schemas.exceptions import SchemaError
+from driftline.schemas.json_contract import JsonSchemaContract
+from driftline.schemas.parser import Decoder, EventParser, EventTimeUnit, JsonEventDecoder
+from driftline.schemas.wire import ConfluentAvroDecoder, SchemaLookup
 
 Contract = JsonSchemaContract | AvroContract
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal, NamedTuple, Protocol
 
-from schemas.avro_contract import AvroContract
-from schemas.exceptions import reject
-from schemas.json_contract import JsonSchemaContract, decode_json
+from driftline.schemas.avro_contract import AvroContract
+from driftline.schemas.exceptions import reject
+from driftline.schemas.json_contract import JsonSchemaContract, decode_json
 
 EventTimeUnit = Literal["ms", "s", "iso8601"]
 

@@ -25,8 +25,8 @@ from typing import IO, NoReturn
 
 import orjson
 
-from schemas.avro_contract import AvroContract
-from schemas.exceptions import SchemaError
+from driftline.schemas.avro_contract import AvroContract
+from driftline.schemas.exceptions import SchemaError
 
 log = logging.getLogger(__name__)
 

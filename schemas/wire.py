@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from schemas.avro_contract import AvroContract
-from schemas.exceptions import reject
+from driftline.schemas.avro_contract import AvroContract
+from driftline.schemas.exceptions import reject
 
 MAGIC = 0
 HEADER_SIZE = 5

@@ -40,11 +40,11 @@ from typing import Any, Protocol
 import orjson
 import redis.asyncio as aioredis
 
-from features.codec import decode_ring, encode_ring
-from features.definitions import FeatureGroup
-from features.engine import apply_delta, read_features
-from features.reader import Reading, read_rings
-from features.state import EntityState, FeatureVector
+from driftline.features.codec import decode_ring, encode_ring
+from driftline.features.definitions import FeatureGroup
+from driftline.features.engine import apply_delta, read_features
+from driftline.features.reader import Reading, read_rings
+from driftline.features.state import EntityState, FeatureVector
 
 _APPLY = r"""
 local K_CAP = 33

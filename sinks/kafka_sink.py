@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from sinks.exceptions import RecordTooLarge, is_too_large
+from driftline.sinks.exceptions import RecordTooLarge, is_too_large
 
 #: ``send(topic, key, value, headers) -> awaitable delivery`` - the shape of
 #: Faust's and aiokafka's producers once their scheduling step is awaited.

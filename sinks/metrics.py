@@ -22,7 +22,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from schemas import REASONS
+from driftline.schemas import REASONS
 
 _BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000)
 _LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)

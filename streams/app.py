@@ -22,25 +22,30 @@ from typing import Any
 import faust
 from faust.types import StreamT
 
-from drift import MonitorConfig
-from drift.quality import QualityChecker
-from features.definitions import FeatureGroup
-from schemas import EventParser, SchemaError
-from sinks.feature_store import RedisFeatureStore
-from sinks.kafka_sink import BufferedKafkaSink
-from sinks.metrics import WorkerMetrics
-from sinks.monitor_store import RedisMonitorStore
-from streams.clients import redis_client
-from streams.errors import ConfigError
-from streams.health import WorkerHealth
-from streams.monitors import MonitorRunner
-from streams.pipeline import SourcePipeline, shrink_dead_letter
-from streams.retry import Backoff
-from streams.settings import KafkaSettings, Settings
-from streams.sources import build_feature_groups, build_monitors, build_parsers, build_quality
-from streams.transport import App as BatchApp
-from streams.transport import RecordBatch
-from streams.web import WebService, bind_socket
+from driftline.drift import MonitorConfig
+from driftline.drift.quality import QualityChecker
+from driftline.features.definitions import FeatureGroup
+from driftline.schemas import EventParser, SchemaError
+from driftline.sinks.feature_store import RedisFeatureStore
+from driftline.sinks.kafka_sink import BufferedKafkaSink
+from driftline.sinks.metrics import WorkerMetrics
+from driftline.sinks.monitor_store import RedisMonitorStore
+from driftline.streams.clients import redis_client
+from driftline.streams.errors import ConfigError
+from driftline.streams.health import WorkerHealth
+from driftline.streams.monitors import MonitorRunner
+from driftline.streams.pipeline import SourcePipeline, shrink_dead_letter
+from driftline.streams.retry import Backoff
+from driftline.streams.settings import KafkaSettings, Settings
+from driftline.streams.sources import (
+    build_feature_groups,
+    build_monitors,
+    build_parsers,
+    build_quality,
+)
+from driftline.streams.transport import App as BatchApp
+from driftline.streams.transport import RecordBatch
+from driftline.streams.web import WebService, bind_socket
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 
 import click
 
-from drift.quality import QualityChecker
-from schemas import SchemaError
-from streams.errors import ConfigError, DriftlineError
-from streams.security import redact
-from streams.settings import Settings, load_settings
+from driftline.drift.quality import QualityChecker
+from driftline.schemas import SchemaError
+from driftline.streams.errors import ConfigError, DriftlineError
+from driftline.streams.security import redact
+from driftline.streams.settings import Settings, load_settings
 
 log = logging.getLogger("driftline")
 
@@ -70,7 +70,12 @@ def main() -> None:
 @user_errors
 def check_config(config: Path) -> None:
     """Validate CONFIG and its contract files without connecting anywhere."""
-    from streams.sources import build_feature_groups, build_monitors, build_parsers, build_quality
+    from driftline.streams.sources import (
+        build_feature_groups,
+        build_monitors,
+        build_parsers,
+        build_quality,
+    )
 
     settings = _load(config)
     parsers = build_parsers(settings)
@@ -148,7 +153,12 @@ def _describe_quality(checker: QualityChecker) -> str:
 @user_errors
 def worker(config: Path, processes: int) -> None:
     """Run the stream worker (many instances share one consumer group)."""
-    from streams.sources import build_feature_groups, build_monitors, build_parsers, build_quality
+    from driftline.streams.sources import (
+        build_feature_groups,
+        build_monitors,
+        build_parsers,
+        build_quality,
+    )
 
     settings = _load(config)
     parsers = build_parsers(settings)  # contract errors surface before Faust starts
@@ -156,9 +166,9 @@ def worker(config: Path, processes: int) -> None:
     monitors = build_monitors(settings, parsers, str(config), groups)
     quality = build_quality(settings, parsers, str(config))
     if processes > 1:
-        from streams.logs import logging_config
-        from streams.supervisor import check_processes, run_processes
-        from streams.topics import wait_for_broker
+        from driftline.streams.logs import logging_config
+        from driftline.streams.supervisor import check_processes, run_processes
+        from driftline.streams.topics import wait_for_broker
 
         logging.config.dictConfig(
             logging_config(settings.worker.log_level, settings.worker.log_format)
@@ -176,7 +186,7 @@ def worker(config: Path, processes: int) -> None:
             )
         )
         sys.exit(run_processes(config, settings, processes))
-    from streams.runner import run_worker
+    from driftline.streams.runner import run_worker
 
     run_worker(settings, parsers, groups, monitors, quality, origin=str(config))
 
@@ -203,7 +213,7 @@ def features_get(
     entities: tuple[str, ...],
 ) -> None:
     """Print the features of ENTITIES (one Redis round trip for all of them)."""
-    from streams.features_cli import get_features
+    from driftline.streams.features_cli import get_features
 
     settings = _load(config)
     click.echo(get_features(settings, str(config), group_name, list(entities), as_of_ms, as_json))
@@ -221,7 +231,7 @@ def offsets_show(config: Path) -> None:
     """Print each source's stored offsets, and those beyond their partition's end."""
     import asyncio
 
-    from streams.offsets import check_offsets, stored_offsets
+    from driftline.streams.offsets import check_offsets, stored_offsets
 
     settings = _load(config)
     stored = asyncio.run(stored_offsets(settings))
@@ -249,8 +259,8 @@ def offsets_reset(config: Path, source_names: tuple[str, ...], partitions: tuple
     """
     import asyncio
 
-    from sinks.feature_store import RedisFeatureStore
-    from streams.clients import redis_client
+    from driftline.sinks.feature_store import RedisFeatureStore
+    from driftline.streams.clients import redis_client
 
     settings = _load(config)
     known = {s.name for s in settings.sources}
@@ -276,7 +286,7 @@ def offsets_reset(config: Path, source_names: tuple[str, ...], partitions: tuple
 
 
 def _register_serving_commands() -> None:
-    from streams import serve_cli
+    from driftline.streams import serve_cli
 
     for command in (serve_cli.serve, serve_cli.registry):
         assert command.callback is not None
@@ -299,7 +309,7 @@ _register_serving_commands()
 @user_errors
 def produce(config: Path, topic: str, key_field: str | None, file: Path) -> None:
     """Send the lines of FILE (JSON Lines) to TOPIC, unchanged, with a progress bar."""
-    from streams.produce import produce_file
+    from driftline.streams.produce import produce_file
 
     settings = _load(config)
     if key_field is None:
@@ -381,7 +391,7 @@ def dev(
     duration: float | None,
 ) -> None:
     """Start a broker, Redis, the worker and a demo producer; Ctrl-C stops them all."""
-    from streams.dev import DevOptions, run_dev
+    from driftline.streams.dev import DevOptions, run_dev
 
     options = DevOptions(
         config=config,

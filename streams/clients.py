@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from sinks.redis_client import connect_redis
-from streams.settings import Settings
+from driftline.sinks.redis_client import connect_redis
+from driftline.streams.settings import Settings
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:

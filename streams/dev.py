@@ -32,16 +32,16 @@ import click
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from sinks.feature_store import RedisFeatureStore
-from sinks.redis_client import connect_redis
-from streams import embedded
-from streams.demo import DemoEvents
-from streams.errors import ConfigError, DriftlineError
-from streams.security import redact
-from streams.settings import Settings, load_settings
-from streams.sources import build_feature_groups, build_parsers
-from streams.topics import ensure_topics, topics_for
-from streams.web import bind_socket
+from driftline.sinks.feature_store import RedisFeatureStore
+from driftline.sinks.redis_client import connect_redis
+from driftline.streams import embedded
+from driftline.streams.demo import DemoEvents
+from driftline.streams.errors import ConfigError, DriftlineError
+from driftline.streams.security import redact
+from driftline.streams.settings import Settings, load_settings
+from driftline.streams.sources import build_feature_groups, build_parsers
+from driftline.streams.topics import ensure_topics, topics_for
+from driftline.streams.web import bind_socket
 
 DEFAULT_CONFIG = Path(__file__).parent / "defaults" / "dev.yaml"
 #: The worker's metrics port unless it is taken or ``--metrics-port`` says otherwise.
@@ -193,7 +193,7 @@ class DevStack:
         log_path = self.run_dir / "worker.log"
         log_file = log_path.open("wb")
         self.worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "-c", str(self.config_path)],
+            [sys.executable, "-m", "driftline.streams.cli", "worker", "-c", str(self.config_path)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -55,7 +55,7 @@ from types import TracebackType
 from typing import IO, Any, NoReturn, Self, TypeVar
 from urllib.parse import quote
 
-from streams.errors import DriftlineError
+from driftline.streams.errors import DriftlineError
 
 __all__ = [
     "REDIS_BIN_ENV",
@@ -870,6 +870,6 @@ async def create_topics(
     wait_s: float = 30.0,
 ) -> list[str]:
     """:func:`streams.topics.create_topics`, imported lazily (aiokafka is heavy)."""
-    from streams import topics as topic_admin
+    from driftline.streams import topics as topic_admin
 
     return await topic_admin.create_topics(bootstrap, topics, configs, kafka_kwargs, wait_s=wait_s)

@@ -9,13 +9,13 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from features.definitions import FeatureGroup
-from sinks.feature_store import RedisFeatureStore
-from streams.clients import redis_client
-from streams.errors import ConfigError, DriftlineError
-from streams.security import redact
-from streams.settings import Settings
-from streams.sources import build_feature_groups, build_parsers
+from driftline.features.definitions import FeatureGroup
+from driftline.sinks.feature_store import RedisFeatureStore
+from driftline.streams.clients import redis_client
+from driftline.streams.errors import ConfigError, DriftlineError
+from driftline.streams.security import redact
+from driftline.streams.settings import Settings
+from driftline.streams.sources import build_feature_groups, build_parsers
 
 
 def pick_group(settings: Settings, origin: str, name: str | None) -> FeatureGroup:

@@ -40,13 +40,13 @@ from typing import Any
 
 import orjson
 
-from drift import Alert, MonitorConfig, SegmentedMonitor
-from drift.exceptions import DriftStateError
-from sinks.kafka_sink import KafkaSink
-from sinks.metrics import WorkerMetrics
-from sinks.monitor_store import MonitorCheckpoint, RedisMonitorStore, monitor_key
-from streams.pipeline import RawRecord
-from streams.retry import Backoff, EffectTracker, until_done
+from driftline.drift import Alert, MonitorConfig, SegmentedMonitor
+from driftline.drift.exceptions import DriftStateError
+from driftline.sinks.kafka_sink import KafkaSink
+from driftline.sinks.metrics import WorkerMetrics
+from driftline.sinks.monitor_store import MonitorCheckpoint, RedisMonitorStore, monitor_key
+from driftline.streams.pipeline import RawRecord
+from driftline.streams.retry import Backoff, EffectTracker, until_done
 
 log = logging.getLogger(__name__)
 

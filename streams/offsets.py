@@ -26,8 +26,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
-from sinks.feature_store import RedisFeatureStore, offsets_key
-from streams.settings import Settings
+from driftline.sinks.feature_store import RedisFeatureStore, offsets_key
+from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ async def _records_at(consumer: Any, wanted: Mapping[TopicPartition, int]) -> se
 
 async def stored_offsets(settings: Settings) -> dict[str, dict[int, int]]:
     """Every source's stored offsets (partition -> last applied offset)."""
-    from streams.clients import redis_client
+    from driftline.streams.clients import redis_client
 
     client = redis_client(settings)
     store = RedisFeatureStore(client, prefix=settings.redis.key_prefix)

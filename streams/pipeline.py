@@ -39,25 +39,25 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from drift.config import MonitorConfig
-from drift.quality import QualityChecker, QualityReport
-from features.definitions import FeatureGroup
-from features.engine import apply_delta, build_deltas, read_features, rekey
-from features.state import EntityState
-from features.watermark import split_by_time
-from schemas import REASONS, EventParser, InvalidEvent, ParsedEvent, Rejection
-from schemas.deadletter import (
+from driftline.drift.config import MonitorConfig
+from driftline.drift.quality import QualityChecker, QualityReport
+from driftline.features.definitions import FeatureGroup
+from driftline.features.engine import apply_delta, build_deltas, read_features, rekey
+from driftline.features.state import EntityState
+from driftline.features.watermark import split_by_time
+from driftline.schemas import REASONS, EventParser, InvalidEvent, ParsedEvent, Rejection
+from driftline.schemas.deadletter import (
     MAX_KEY_BYTES,
     TRUNCATED_HEADER,
     dead_letter_headers,
     fit_dead_letter,
 )
-from schemas.deadletter import PREFIX as DEAD_LETTER_PREFIX
-from schemas.wire import ConfluentAvroDecoder
-from sinks.feature_store import FeatureStore, PartitionState
-from sinks.kafka_sink import KafkaSink, Record
-from sinks.metrics import WorkerMetrics
-from streams.retry import Backoff, EffectTracker, T, until_done
+from driftline.schemas.deadletter import PREFIX as DEAD_LETTER_PREFIX
+from driftline.schemas.wire import ConfluentAvroDecoder
+from driftline.sinks.feature_store import FeatureStore, PartitionState
+from driftline.sinks.kafka_sink import KafkaSink, Record
+from driftline.sinks.metrics import WorkerMetrics
+from driftline.streams.retry import Backoff, EffectTracker, T, until_done
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from tqdm import tqdm
 
-from streams.errors import DriftlineError
-from streams.topics import wait_for_broker
+from driftline.streams.errors import DriftlineError
+from driftline.streams.topics import wait_for_broker
 
 #: Topics named in the message about a missing one; the rest are counted.
 SHOWN_TOPICS = 10

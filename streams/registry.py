@@ -45,13 +45,13 @@ from typing import Any, Literal
 import orjson
 import redis.asyncio as aioredis
 
-from features.definitions import FeatureGroup, Window
-from features.exceptions import FeatureDefinitionError
-from schemas import EventParser
-from schemas.fields import field_types
-from sinks.feature_store import registry_key
-from streams.settings import Settings
-from streams.sources import build_feature_groups, build_parsers
+from driftline.features.definitions import FeatureGroup, Window
+from driftline.features.exceptions import FeatureDefinitionError
+from driftline.schemas import EventParser
+from driftline.schemas.fields import field_types
+from driftline.sinks.feature_store import registry_key
+from driftline.streams.settings import Settings
+from driftline.streams.sources import build_feature_groups, build_parsers
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from sinks.exceptions import PermanentError, classify
+from driftline.sinks.exceptions import PermanentError, classify
 
 T = TypeVar("T")
 

@@ -10,20 +10,20 @@ from collections.abc import Mapping
 
 import faust
 
-from drift import MonitorConfig
-from drift.quality import QualityChecker
-from features.definitions import FeatureGroup
-from schemas import EventParser
-from sinks.feature_store import FeatureVersionConflict, RedisFeatureStore
-from streams.app import create_app
-from streams.clients import redis_client
-from streams.errors import ConfigError, DriftlineError
-from streams.logs import logging_config
-from streams.offsets import ahead_message, run_check
-from streams.registry import source_info
-from streams.security import redact
-from streams.settings import Settings
-from streams.topics import ensure_topics, topics_for, wait_for_broker
+from driftline.drift import MonitorConfig
+from driftline.drift.quality import QualityChecker
+from driftline.features.definitions import FeatureGroup
+from driftline.schemas import EventParser
+from driftline.sinks.feature_store import FeatureVersionConflict, RedisFeatureStore
+from driftline.streams.app import create_app
+from driftline.streams.clients import redis_client
+from driftline.streams.errors import ConfigError, DriftlineError
+from driftline.streams.logs import logging_config
+from driftline.streams.offsets import ahead_message, run_check
+from driftline.streams.registry import source_info
+from driftline.streams.security import redact
+from driftline.streams.settings import Settings
+from driftline.streams.topics import ensure_topics, topics_for, wait_for_broker
 
 log = logging.getLogger(__name__)
 

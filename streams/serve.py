@@ -79,17 +79,17 @@ from aiohttp.typedefs import Middleware
 from multidict import MultiMapping
 from redis.exceptions import MaxConnectionsError, RedisError
 
-from features.definitions import FeatureGroup, FeatureSpec
-from features.exceptions import CodecError
-from features.reader import Reading
-from sinks.feature_store import RedisFeatureStore
-from streams.clients import redis_client
-from streams.errors import DriftlineError
-from streams.logs import logging_config
-from streams.registry import Catalog, RegistryReader
-from streams.security import bearer_matches, redact
-from streams.settings import Settings
-from streams.web import bind_socket
+from driftline.features.definitions import FeatureGroup, FeatureSpec
+from driftline.features.exceptions import CodecError
+from driftline.features.reader import Reading
+from driftline.sinks.feature_store import RedisFeatureStore
+from driftline.streams.clients import redis_client
+from driftline.streams.errors import DriftlineError
+from driftline.streams.logs import logging_config
+from driftline.streams.registry import Catalog, RegistryReader
+from driftline.streams.security import bearer_matches, redact
+from driftline.streams.settings import Settings
+from driftline.streams.web import bind_socket
 
 log = logging.getLogger(__name__)
 

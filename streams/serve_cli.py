@@ -26,14 +26,14 @@ import click
 import orjson
 from redis.exceptions import RedisError
 
-from schemas import SchemaError
-from streams.clients import redis_client
-from streams.errors import DriftlineError
-from streams.security import redact
-from streams.settings import Settings, load_settings
+from driftline.schemas import SchemaError
+from driftline.streams.clients import redis_client
+from driftline.streams.errors import DriftlineError
+from driftline.streams.security import redact
+from driftline.streams.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from streams.registry import DeployedVersion
+    from driftline.streams.registry import DeployedVersion
 
 _config_option = click.option(
     "-c",
@@ -56,8 +56,8 @@ def serve(config: Path) -> None:
     described at /openapi.json.  Run as many replicas as traffic needs: they
     read Redis only and keep no state.
     """
-    from streams.registry import load_catalog
-    from streams.serve import run_serve
+    from driftline.streams.registry import load_catalog
+    from driftline.streams.serve import run_serve
 
     settings = load_settings(config)
     run_serve(settings, load_catalog(settings, str(config)))
@@ -72,7 +72,7 @@ def registry(config: Path, as_json: bool) -> None:
     Active: in the config.  Retired: recorded in Redis by a worker, no longer
     in the config.
     """
-    from streams.registry import build_registry, format_table, load_catalog
+    from driftline.streams.registry import build_registry, format_table, load_catalog
 
     settings = load_settings(config)
     catalog = load_catalog(settings, str(config))
@@ -90,7 +90,7 @@ def registry(config: Path, as_json: bool) -> None:
 async def _read_deployed(
     settings: Settings, names: list[str]
 ) -> tuple[list[DeployedVersion], list[str]]:
-    from streams.registry import read_deployed
+    from driftline.streams.registry import read_deployed
 
     redis_cfg = settings.redis
     client = redis_client(settings)

@@ -41,9 +41,9 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from drift.quality import QualityConfig
-from streams.errors import ConfigError
-from streams.security import redact
+from driftline.drift.quality import QualityConfig
+from driftline.streams.errors import ConfigError
+from driftline.streams.security import redact
 
 ENV_PREFIX = "DRIFTLINE_"
 
@@ -276,20 +276,20 @@ class SourceSettings(_Section):
     @field_validator("allowed_lateness", "future_tolerance")
     @classmethod
     def _duration(cls, value: str) -> str:
-        from features.durations import parse_duration
+        from driftline.features.durations import parse_duration
 
         parse_duration(value)  # raises ValueError with the reason
         return value
 
     @property
     def allowed_lateness_ms(self) -> int:
-        from features.durations import parse_duration
+        from driftline.features.durations import parse_duration
 
         return parse_duration(self.allowed_lateness)
 
     @property
     def future_tolerance_ms(self) -> int:
-        from features.durations import parse_duration
+        from driftline.features.durations import parse_duration
 
         return parse_duration(self.future_tolerance)
 

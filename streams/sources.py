@@ -5,16 +5,16 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 
-from drift.config import MonitorConfig
-from drift.exceptions import DriftConfigError
-from drift.quality import QualityChecker
-from features.definitions import FeatureGroup
-from features.exceptions import FeatureDefinitionError
-from schemas import EventParser, build_parser
-from schemas.fields import field_types, never_numeric
-from schemas.registry import SchemaRegistryClient
-from streams.errors import ConfigError
-from streams.settings import Settings
+from driftline.drift.config import MonitorConfig
+from driftline.drift.exceptions import DriftConfigError
+from driftline.drift.quality import QualityChecker
+from driftline.features.definitions import FeatureGroup
+from driftline.features.exceptions import FeatureDefinitionError
+from driftline.schemas import EventParser, build_parser
+from driftline.schemas.fields import field_types, never_numeric
+from driftline.schemas.registry import SchemaRegistryClient
+from driftline.streams.errors import ConfigError
+from driftline.streams.settings import Settings
 
 
 def build_parsers(settings: Settings) -> dict[str, EventParser]:

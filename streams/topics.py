@@ -25,10 +25,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError, KafkaError, for_code
 
-from streams.errors import DriftlineError
+from driftline.streams.errors import DriftlineError
 
 if TYPE_CHECKING:
-    from streams.settings import Settings
+    from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from aiohttp import web
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sinks.metrics import WorkerMetrics
-from streams.security import bearer_matches
+from driftline.sinks.metrics import WorkerMetrics
+from driftline.streams.security import bearer_matches
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.embedded import find_free_port
+from driftline.streams.embedded import find_free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS = ROOT / "schemas" / "contracts"
@@ -24,7 +24,7 @@ def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
+        [sys.executable, "-m", "driftline.streams.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -55,7 +55,14 @@ class WorkerProcess:
     def start(self, ready_timeout: float = 60) -> WorkerProcess:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", "-c", str(self.config_path)],
+                [
+                    sys.executable,
+                    "-m",
+                    "driftline.streams.cli",
+                    "worker",
+                    "-c",
+                    str(self.config_path),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.embedded import find_free_port
-from streams.topics import create_topics, wait_for_broker
+from driftline.streams.embedded import find_free_port
+from driftline.streams.topics import create_topics, wait_for_broker
 from tests.worker_process import CONTRACTS, run_cli
 
 GOOD = f"""

@@ -20,8 +20,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from streams.dev import DEFAULT_METRICS_PORT
-from streams.embedded import find_free_port
+from driftline.streams.dev import DEFAULT_METRICS_PORT
+from driftline.streams.embedded import find_free_port
 from tests.worker_process import ROOT
 
 
@@ -30,7 +30,7 @@ def test_dev_runs_the_demo_pipeline_and_stops_everything(tmp_path: Path) -> None
         [
             sys.executable,
             "-m",
-            "streams.cli",
+            "driftline.streams.cli",
             "dev",
             "--duration=25",
             "--metrics-port=0",
@@ -66,7 +66,7 @@ def test_dev_runs_the_demo_pipeline_and_stops_everything(tmp_path: Path) -> None
 
 def _dev(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "dev", "--rate=0", *args],
+        [sys.executable, "-m", "driftline.streams.cli", "dev", "--rate=0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas.deadletter import parse_dead_letter_headers
-from streams.embedded import EmbeddedBroker, EmbeddedRedis, find_free_port, wait_for_kafka
+from driftline.schemas.deadletter import parse_dead_letter_headers
+from driftline.streams.embedded import EmbeddedBroker, EmbeddedRedis, find_free_port, wait_for_kafka
 from tests.e2e.test_worker_e2e import (
     consume_all,
     e2e_config,

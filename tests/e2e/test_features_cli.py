@@ -8,12 +8,12 @@ from pathlib import Path
 
 import orjson
 
-from features.definitions import FeatureGroup
-from features.engine import build_deltas
-from schemas import ParsedEvent
-from sinks.feature_store import RedisFeatureStore
-from sinks.redis_client import connect_redis
-from streams.embedded import find_free_port
+from driftline.features.definitions import FeatureGroup
+from driftline.features.engine import build_deltas
+from driftline.schemas import ParsedEvent
+from driftline.sinks.feature_store import RedisFeatureStore
+from driftline.sinks.redis_client import connect_redis
+from driftline.streams.embedded import find_free_port
 from tests.worker_process import CONTRACTS, run_cli
 
 GROUP = {

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas.deadletter import parse_dead_letter_headers
+from driftline.schemas.deadletter import parse_dead_letter_headers
 from tests.e2e.test_worker_e2e import (
     consume_all,
     e2e_config,

@@ -26,13 +26,13 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from features.definitions import FeatureGroup
-from features.engine import build_deltas
-from schemas import ParsedEvent
-from sinks.feature_store import RedisFeatureStore
-from sinks.redis_client import connect_redis
-from streams.embedded import find_free_port
-from streams.serve import FeatureApi, build_app, openapi_document, served_routes
+from driftline.features.definitions import FeatureGroup
+from driftline.features.engine import build_deltas
+from driftline.schemas import ParsedEvent
+from driftline.sinks.feature_store import RedisFeatureStore
+from driftline.sinks.redis_client import connect_redis
+from driftline.streams.embedded import find_free_port
+from driftline.streams.serve import FeatureApi, build_app, openapi_document, served_routes
 from tests.worker_process import CONTRACTS, ROOT
 
 T = 1_700_000_000_000  # "now" of the seeded data (epoch ms)
@@ -138,7 +138,14 @@ class Server:
             env["DRIFTLINE_SERVE__TOKEN"] = token
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.serve_cli", "serve", "-c", str(self.config)],
+                [
+                    sys.executable,
+                    "-m",
+                    "driftline.streams.serve_cli",
+                    "serve",
+                    "-c",
+                    str(self.config),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -566,7 +573,14 @@ def test_registry_lists_active_and_retired_versions(open_server: Server, prefix:
 
 def test_registry_command_json_and_table(open_server: Server, redis_url: str) -> None:
     env = {**os.environ, "DRIFTLINE_REDIS__URL": redis_url}
-    base = [sys.executable, "-m", "streams.serve_cli", "registry", "-c", str(open_server.config)]
+    base = [
+        sys.executable,
+        "-m",
+        "driftline.streams.serve_cli",
+        "registry",
+        "-c",
+        str(open_server.config),
+    ]
     as_json = subprocess.run(
         [*base, "--json"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
     )
@@ -597,7 +611,7 @@ def test_registry_command_json_and_table(open_server: Server, redis_url: str) ->
 def test_user_errors_exit_2_without_traceback(tmp_path: Path, open_server: Server) -> None:
     clash = write_config(tmp_path / "clash.yaml", "x", open_server.port)
     result = subprocess.run(
-        [sys.executable, "-m", "streams.serve_cli", "serve", "-c", str(clash)],
+        [sys.executable, "-m", "driftline.streams.serve_cli", "serve", "-c", str(clash)],
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip
     assert (
@@ -608,7 +622,7 @@ def test_user_errors_exit_2_without_traceback(tmp_path: Path, open_server: Serve
         clash.read_text().replace('"max_body_bytes"', '"max_body_byte"').replace('"port"', '"prot"')
     )
     result = subprocess.run(
-        [sys.executable, "-m", "streams.serve_cli", "registry", "-c", str(bad)],
+        [sys.executable, "-m", "driftline.streams.serve_cli", "registry", "-c", str(bad)],
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip
     assert (

@@ -19,14 +19,14 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from features.definitions import FeatureGroup
-from schemas import REASONS
-from schemas.avro_contract import AvroContract
-from schemas.deadletter import parse_dead_letter_headers
-from schemas.wire import frame
-from sinks.feature_store import RedisFeatureStore
-from sinks.redis_client import connect_redis
-from streams.demo import DemoEvents
+from driftline.features.definitions import FeatureGroup
+from driftline.schemas import REASONS
+from driftline.schemas.avro_contract import AvroContract
+from driftline.schemas.deadletter import parse_dead_letter_headers
+from driftline.schemas.wire import frame
+from driftline.sinks.feature_store import RedisFeatureStore
+from driftline.sinks.redis_client import connect_redis
+from driftline.streams.demo import DemoEvents
 from tests.worker_process import CONTRACTS, WorkerProcess
 
 pytestmark = pytest.mark.slow

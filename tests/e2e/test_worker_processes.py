@@ -79,7 +79,16 @@ def test_processes_share_the_partitions_and_stop_together(
     log_path = tmp_path / "supervisor.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "-c", str(path), "--processes", "2"],
+            [
+                sys.executable,
+                "-m",
+                "driftline.streams.cli",
+                "worker",
+                "-c",
+                str(path),
+                "--processes",
+                "2",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -145,7 +154,16 @@ def test_a_worker_that_dies_stops_the_set(
 ) -> None:
     _, _, port, path = setup(tmp_path, kafka_bootstrap, redis_url)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker", "-c", str(path), "--processes", "2"],
+        [
+            sys.executable,
+            "-m",
+            "driftline.streams.cli",
+            "worker",
+            "-c",
+            str(path),
+            "--processes",
+            "2",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.dev import DevOptions, DevStack, metrics_port_for
-from streams.errors import ConfigError
+from driftline.streams.dev import DevOptions, DevStack, metrics_port_for
+from driftline.streams.errors import ConfigError
 
 
 class _Ready(http.server.BaseHTTPRequestHandler):

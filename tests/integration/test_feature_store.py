@@ -8,11 +8,11 @@ import uuid
 
 import pytest
 
-from features.definitions import FeatureGroup
-from features.engine import apply_delta, build_deltas, read_features
-from schemas import ParsedEvent
-from sinks.feature_store import FeatureVersionConflict, RedisFeatureStore
-from sinks.redis_client import connect_redis
+from driftline.features.definitions import FeatureGroup
+from driftline.features.engine import apply_delta, build_deltas, read_features
+from driftline.schemas import ParsedEvent
+from driftline.sinks.feature_store import FeatureVersionConflict, RedisFeatureStore
+from driftline.sinks.redis_client import connect_redis
 
 GROUP = {
     "name": "spend",
@@ -140,7 +140,7 @@ async def test_changed_definition_needs_a_new_version(redis_url: str) -> None:
 
 
 async def test_registration_records_lineage_and_every_contract(redis_url: str) -> None:
-    from streams.registry import read_deployed
+    from driftline.streams.registry import read_deployed
 
     client = connect_redis(redis_url)
     prefix = f"it-{uuid.uuid4().hex[:6]}"

@@ -13,15 +13,15 @@ import uuid
 import orjson
 from prometheus_client import CollectorRegistry
 
-from drift import ALL_SEGMENT, MonitorConfig
-from drift.quality import QualityChecker, QualityConfig
-from schemas import build_parser
-from sinks.kafka_sink import MemoryKafkaSink
-from sinks.metrics import WorkerMetrics
-from sinks.monitor_store import RedisMonitorStore
-from sinks.redis_client import connect_redis
-from streams.monitors import MonitorRunner
-from streams.pipeline import RawRecord, SourcePipeline
+from driftline.drift import ALL_SEGMENT, MonitorConfig
+from driftline.drift.quality import QualityChecker, QualityConfig
+from driftline.schemas import build_parser
+from driftline.sinks.kafka_sink import MemoryKafkaSink
+from driftline.sinks.metrics import WorkerMetrics
+from driftline.sinks.monitor_store import RedisMonitorStore
+from driftline.sinks.redis_client import connect_redis
+from driftline.streams.monitors import MonitorRunner
+from driftline.streams.pipeline import RawRecord, SourcePipeline
 from tests.worker_process import CONTRACTS
 
 

@@ -13,13 +13,13 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from features.definitions import FeatureGroup
-from schemas.registry import SchemaRegistryClient
-from sinks.feature_store import RedisFeatureStore
-from sinks.metrics import WorkerMetrics
-from sinks.redis_client import connect_redis
-from streams.embedded import EmbeddedRedis
-from streams.web import WebService, bind_socket
+from driftline.features.definitions import FeatureGroup
+from driftline.schemas.registry import SchemaRegistryClient
+from driftline.sinks.feature_store import RedisFeatureStore
+from driftline.sinks.metrics import WorkerMetrics
+from driftline.sinks.redis_client import connect_redis
+from driftline.streams.embedded import EmbeddedRedis
+from driftline.streams.web import WebService, bind_socket
 
 AVSC = Path(__file__).resolve().parents[2] / "schemas" / "contracts" / "transactions.avsc"
 

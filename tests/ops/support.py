@@ -20,7 +20,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from streams.settings import Settings
+from driftline.streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from streams.settings import Settings, load_settings
+from driftline.streams.settings import Settings, load_settings
 from tests.ops.support import (
     COMPOSE_CONFIG,
     COMPOSE_FILE,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sinks.metrics import WorkerMetrics
+from driftline.sinks.metrics import WorkerMetrics
 from tests.ops.support import (
     COMPOSE_FILE,
     DASHBOARDS_DIR,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.settings import SECRET_KEYS, load_settings
+from driftline.streams.settings import SECRET_KEYS, load_settings
 from tests.ops.support import (
     K8S_DIR,
     image_config_to_local,

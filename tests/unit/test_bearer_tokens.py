@@ -15,10 +15,10 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from sinks.metrics import WorkerMetrics
-from streams.security import bearer_matches
-from streams.serve import FeatureApi, build_app
-from streams.web import WebService, bind_socket
+from driftline.sinks.metrics import WorkerMetrics
+from driftline.streams.security import bearer_matches
+from driftline.streams.serve import FeatureApi, build_app
+from driftline.streams.web import WebService, bind_socket
 
 TOKEN = "t0ken-é"  # not ASCII: compared as UTF-8 bytes
 AUTHORIZATIONS = [

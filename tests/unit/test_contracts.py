@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from schemas import InvalidEvent, SchemaError, build_parser, load_contract
-from schemas.avro_contract import AvroContract
-from schemas.json_contract import JsonSchemaContract, decode_json, fast_engine_is_exact
-from schemas.wire import ConfluentAvroDecoder, frame, schema_id_of
+from driftline.schemas import InvalidEvent, SchemaError, build_parser, load_contract
+from driftline.schemas.avro_contract import AvroContract
+from driftline.schemas.json_contract import JsonSchemaContract, decode_json, fast_engine_is_exact
+from driftline.schemas.wire import ConfluentAvroDecoder, frame, schema_id_of
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "schemas" / "contracts"
 TX_JSON = CONTRACTS / "transactions.schema.json"

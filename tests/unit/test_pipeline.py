@@ -12,17 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from drift import MonitorConfig
-from drift.quality import QualityChecker, QualityConfig
-from features.definitions import FeatureGroup
-from schemas import REASONS, InvalidEvent, ParsedEvent, build_parser
-from schemas.deadletter import parse_dead_letter_headers
-from sinks.feature_store import MemoryFeatureStore
-from sinks.kafka_sink import MemoryKafkaSink
-from sinks.metrics import WorkerMetrics
-from streams.demo import INVALID_KINDS, DemoEvents
-from streams.pipeline import RawRecord, SourcePipeline, classify
-from streams.retry import Backoff
+from driftline.drift import MonitorConfig
+from driftline.drift.quality import QualityChecker, QualityConfig
+from driftline.features.definitions import FeatureGroup
+from driftline.schemas import REASONS, InvalidEvent, ParsedEvent, build_parser
+from driftline.schemas.deadletter import parse_dead_letter_headers
+from driftline.sinks.feature_store import MemoryFeatureStore
+from driftline.sinks.kafka_sink import MemoryKafkaSink
+from driftline.sinks.metrics import WorkerMetrics
+from driftline.streams.demo import INVALID_KINDS, DemoEvents
+from driftline.streams.pipeline import RawRecord, SourcePipeline, classify
+from driftline.streams.retry import Backoff
 
 TX_JSON = Path(__file__).resolve().parents[2] / "schemas" / "contracts" / "transactions.schema.json"
 
@@ -398,7 +398,7 @@ async def test_feature_monitors_get_each_entity_feature_after_the_batch() -> Non
 
 
 def test_sampled_entities_are_spread_over_the_batch_and_deterministic() -> None:
-    from streams.pipeline import sampled_entities
+    from driftline.streams.pipeline import sampled_entities
 
     parser = make_parser()
     records = [rec(tx(f"u{i}", 1_000 + i, 1.0), i) for i in range(10)]
@@ -424,7 +424,7 @@ def test_sampled_entities_are_spread_over_the_batch_and_deterministic() -> None:
 def test_judging_fast_path_decides_as_event_by_event(
     times: list[tuple[int, int]], watermark: int | None, lateness: int, tolerance: int
 ) -> None:
-    from streams.pipeline import _judge_each, judge_event_time
+    from driftline.streams.pipeline import _judge_each, judge_event_time
 
     events = [ParsedEvent("u", t, {}) for t, _ in times]
     records = [RawRecord("tx", 0, i, ts, b"k", b"", ()) for i, (_, ts) in enumerate(times)]
@@ -497,7 +497,7 @@ async def test_a_group_keyed_by_another_field_aggregates_per_that_field() -> Non
 
 
 def test_rekey_keeps_events_with_a_usable_key() -> None:
-    from features.engine import rekey
+    from driftline.features.engine import rekey
 
     events = [
         ParsedEvent("u1", 1, {"m": "a"}),

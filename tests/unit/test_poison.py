@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import REASONS, EventParser, build_parser
-from schemas.wire import frame
-from streams.pipeline import Classified, RawRecord, classify
+from driftline.schemas import REASONS, EventParser, build_parser
+from driftline.schemas.wire import frame
+from driftline.streams.pipeline import Classified, RawRecord, classify
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "schemas" / "contracts"
 MiB = 1 << 20

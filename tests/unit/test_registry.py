@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from features.definitions import FeatureGroup
-from streams.registry import (
+from driftline.features.definitions import FeatureGroup
+from driftline.streams.registry import (
     Catalog,
     DeployedVersion,
     SchemaInfo,

@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from schemas.registry import SchemaRegistryClient, shown_url
+from driftline.schemas.registry import SchemaRegistryClient, shown_url
 
 AVSC = Path(__file__).resolve().parents[2] / "schemas" / "contracts" / "transactions.avsc"
 
@@ -82,7 +82,7 @@ def test_a_redirect_is_refused_and_the_credentials_stay_home(
 ) -> None:
     _Redirecting.code = code
     client = SchemaRegistryClient(servers, username="svc", password="s3cret-registry")
-    with caplog.at_level(logging.WARNING, logger="schemas.registry"):
+    with caplog.at_level(logging.WARNING, logger="driftline.schemas.registry"):
         assert client.fetch(5) is None
     assert _Redirecting.seen and all(a and a.startswith("Basic ") for a in _Redirecting.seen)
     assert _Elsewhere.seen == []  # no request at all, so no Authorization header either

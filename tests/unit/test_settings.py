@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.errors import ConfigError
-from streams.settings import load_settings
+from driftline.streams.errors import ConfigError
+from driftline.streams.settings import load_settings
 
 CONTRACT = (
     Path(__file__).resolve().parents[2] / "schemas" / "contracts" / "transactions.schema.json"
@@ -131,7 +131,7 @@ def test_quality_section_is_typed_and_errors_name_the_key(tmp_path: Path) -> Non
 
 
 def test_quality_fields_must_be_in_the_contract(tmp_path: Path) -> None:
-    from streams.sources import build_parsers, build_quality
+    from driftline.streams.sources import build_parsers, build_quality
 
     s = load(tmp_path, "    quality:\n      fields: {amout: {max: 1}}\n")
     with pytest.raises(ConfigError, match=r"quality.fields: field 'amout' is not declared"):
@@ -164,7 +164,7 @@ feature_groups:
 def test_feature_monitors_name_a_feature_of_their_source(
     tmp_path: Path, feature: str, message: str | None
 ) -> None:
-    from streams.sources import build_feature_groups, build_monitors, build_parsers
+    from driftline.streams.sources import build_feature_groups, build_monitors, build_parsers
 
     monitors = f"monitors:\n  - {{name: m, source: tx, feature: {feature}}}\n"
     s = load(tmp_path, FEATURES + monitors)
@@ -180,7 +180,7 @@ def test_feature_monitors_name_a_feature_of_their_source(
 
 
 def test_a_feature_monitor_must_watch_a_group_of_its_own_source(tmp_path: Path) -> None:
-    from streams.sources import build_feature_groups, build_monitors, build_parsers
+    from driftline.streams.sources import build_feature_groups, build_monitors, build_parsers
 
     other = f"""  - name: tx2
     topic: tx2
@@ -196,7 +196,7 @@ def test_a_feature_monitor_must_watch_a_group_of_its_own_source(tmp_path: Path) 
 
 
 def test_a_group_may_be_keyed_by_another_declared_field(tmp_path: Path) -> None:
-    from streams.sources import build_feature_groups, build_parsers
+    from driftline.streams.sources import build_feature_groups, build_parsers
 
     group = (
         "feature_groups:\n  - {name: cat, version: 1, source: tx, entity_key: %s, "
@@ -225,7 +225,7 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
 
 
 def test_declared_types_and_what_can_hold_a_number() -> None:
-    from schemas.fields import never_numeric
+    from driftline.schemas.fields import never_numeric
 
     for declared in (["number"], ["integer|null"], ["null", "long(timestamp-millis)"], ["any"]):
         assert not never_numeric(declared), declared
@@ -254,7 +254,7 @@ def test_declared_types_and_what_can_hold_a_number() -> None:
     ],
 )
 def test_numbers_are_expected_of_numeric_fields(tmp_path: Path, extra: str, message: str) -> None:
-    from streams.sources import build_feature_groups, build_monitors, build_parsers
+    from driftline.streams.sources import build_feature_groups, build_monitors, build_parsers
 
     s = load(tmp_path, extra)
     parsers = build_parsers(s)
@@ -264,7 +264,7 @@ def test_numbers_are_expected_of_numeric_fields(tmp_path: Path, extra: str, mess
 
 
 def test_numeric_fields_of_an_avro_contract(tmp_path: Path) -> None:
-    from streams.sources import build_feature_groups, build_monitors, build_parsers
+    from driftline.streams.sources import build_feature_groups, build_monitors, build_parsers
 
     def avro_settings(extra: str):
         path = tmp_path / "avro.yaml"

@@ -12,7 +12,7 @@ import math
 import random
 from statistics import NormalDist
 
-from drift import Alert, Monitor, MonitorConfig
+from driftline.drift import Alert, Monitor, MonitorConfig
 
 _PPF = NormalDist().inv_cdf
 

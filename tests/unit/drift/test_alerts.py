@@ -11,7 +11,7 @@ import jsonschema
 import orjson
 import pytest
 
-from drift import Alert, Monitor, Stats
+from driftline.drift import Alert, Monitor, Stats
 from tests.unit.drift.streams import feed, make_config, normal, shifted
 
 SCHEMA_PATH = (

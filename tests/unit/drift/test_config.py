@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from drift import DEFAULT_DETECTORS, DriftConfigError, MonitorConfig
+from driftline.drift import DEFAULT_DETECTORS, DriftConfigError, MonitorConfig
 
 BASE = {"name": "amount", "source": "transactions", "field": "amount"}
 

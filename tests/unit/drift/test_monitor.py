@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from drift import Monitor
+from driftline.drift import Monitor
 from tests.unit.drift.streams import feed, lognormal, make_config, normal, shifted, student_t3
 
 AT = 3000

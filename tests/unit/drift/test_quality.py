@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from drift.quality import (
+from driftline.drift.quality import (
     DUPLICATE,
     NEW,
     REPLAY,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from drift.reference import Reference
+from driftline.drift.reference import Reference
 from tests.unit.drift.streams import lognormal, normal, student_t3
 
 

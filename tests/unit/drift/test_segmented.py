@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from drift import ALL_SEGMENT, MISSING_SEGMENT, OTHER_SEGMENT, SegmentedMonitor
-from drift.segmented import segment_name
+from driftline.drift import ALL_SEGMENT, MISSING_SEGMENT, OTHER_SEGMENT, SegmentedMonitor
+from driftline.drift.segmented import segment_name
 from tests.unit.drift.streams import make_config, normal, shifted
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
-from drift import DriftStateError, Monitor, SegmentedMonitor
-from drift.detector_state import model_state, restore_model
-from drift.detectors import build_model
+from driftline.drift import DriftStateError, Monitor, SegmentedMonitor
+from driftline.drift.detector_state import model_state, restore_model
+from driftline.drift.detectors import build_model
 from tests.unit.drift.streams import feed, make_config, normal, shifted
 
 VALUES = shifted(normal(1, 7000), 3000, shift=1.0)  # opened 3047, updated 3115, closed 5046
@@ -287,7 +287,7 @@ def test_segmented_restart_continues_exactly() -> None:
 
 def test_a_checkpoint_from_before_new_settings_is_still_restored() -> None:
     """Settings added in a later version take their defaults; the warm-up is not lost."""
-    from drift.state import check_config
+    from driftline.drift.state import check_config
 
     config = make_config()
     stored = config.model_dump(mode="json")

@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 
 from hypothesis import strategies as st
 
-from features.definitions import AGGREGATIONS, FeatureGroup
-from features.engine import apply_delta, build_deltas
-from features.sketch import canonical_text, hash_text, kmv_estimate
-from features.state import EntityState
-from schemas.parser import ParsedEvent
+from driftline.features.definitions import AGGREGATIONS, FeatureGroup
+from driftline.features.engine import apply_delta, build_deltas
+from driftline.features.sketch import canonical_text, hash_text, kmv_estimate
+from driftline.features.state import EntityState
+from driftline.schemas.parser import ParsedEvent
 
 GROUP = FeatureGroup.from_config(
     {

@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.codec import decode_last, decode_ring, encode_last, encode_ring
-from features.definitions import FeatureGroup
-from features.exceptions import CodecError
-from features.sketch import HASH_MASK, kmv_of
-from features.state import BucketStats, LastValue
-from features.stats import EMPTY, Summary, summary_of_values
-from schemas.parser import ParsedEvent
+from driftline.features.codec import decode_last, decode_ring, encode_last, encode_ring
+from driftline.features.definitions import FeatureGroup
+from driftline.features.exceptions import CodecError
+from driftline.features.sketch import HASH_MASK, kmv_of
+from driftline.features.state import BucketStats, LastValue
+from driftline.features.stats import EMPTY, Summary, summary_of_values
+from driftline.schemas.parser import ParsedEvent
 from tests.unit.features.reference import GROUP, event_streams, run, split
 
 TWO_BY_ONE = FeatureGroup.from_config(

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from features.definitions import FeatureGroup, Window
-from features.exceptions import FeatureDefinitionError
+from driftline.features.definitions import FeatureGroup, Window
+from driftline.features.exceptions import FeatureDefinitionError
 
 CONFIG: dict[str, Any] = {
     "name": "user_spend",

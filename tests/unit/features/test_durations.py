@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from features.durations import MAX_DURATION_MS, format_duration, parse_duration
+from driftline.features.durations import MAX_DURATION_MS, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

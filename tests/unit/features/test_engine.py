@@ -16,11 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.definitions import FeatureGroup
-from features.engine import apply_delta, build_deltas, read_features
-from features.sketch import kmv_estimate, kmv_of, value_hash
-from features.state import EntityState, merge_buckets
-from schemas.parser import ParsedEvent
+from driftline.features.definitions import FeatureGroup
+from driftline.features.engine import apply_delta, build_deltas, read_features
+from driftline.features.sketch import kmv_estimate, kmv_of, value_hash
+from driftline.features.state import EntityState, merge_buckets
+from driftline.schemas.parser import ParsedEvent
 from tests.unit.features.reference import (
     GROUP,
     MANY_CATEGORIES,

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.codec import encode_ring
-from features.definitions import FeatureGroup
-from features.engine import read_features
-from features.exceptions import CodecError
-from features.reader import read_rings
-from features.state import BucketStats, EntityState
-from schemas.parser import ParsedEvent
+from driftline.features.codec import encode_ring
+from driftline.features.definitions import FeatureGroup
+from driftline.features.engine import read_features
+from driftline.features.exceptions import CodecError
+from driftline.features.reader import read_rings
+from driftline.features.state import BucketStats, EntityState
+from driftline.schemas.parser import ParsedEvent
 from tests.unit.features.reference import GROUP, event_streams, run, split
 from tests.unit.features.test_codec import TWO_BY_ONE, rings
 

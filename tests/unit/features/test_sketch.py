@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from features.sketch import (
+from driftline.features.sketch import (
     CAPACITY,
     HASH_MASK,
     K,

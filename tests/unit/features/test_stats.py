@@ -9,8 +9,8 @@ from functools import reduce
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features import stats
-from features.stats import EMPTY, Summary, merge, summary_of, summary_of_values
+from driftline.features import stats
+from driftline.features.stats import EMPTY, Summary, merge, summary_of, summary_of_values
 
 VALUES = st.lists(
     st.one_of(

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.engine import read_features
-from features.watermark import Watermark, split_by_time
-from schemas.parser import ParsedEvent
+from driftline.features.engine import read_features
+from driftline.features.watermark import Watermark, split_by_time
+from driftline.schemas.parser import ParsedEvent
 from tests.unit.features.reference import GROUP, T0, assert_matches, reference, run, split
 
 NOW = T0 + 3_600_000

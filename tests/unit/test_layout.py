@@ -1,0 +1,72 @@
+"""The package layout and its import rule, read from the source (no imports run).
+
+* one import name: every module imports the project as ``driftline.*``, never
+  by a top-level folder name (``features``, ``streams`` ...), which a user
+  project may have too and which the wheel does not install;
+* the pure packages (``schemas``, ``features``, ``drift``) import no Kafka,
+  Redis, Faust, Prometheus or HTTP library and none of the adapters or programs;
+* the adapters (``sinks``) never import the programs (``streams``);
+* every package ships ``py.typed``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("schemas", "features", "drift", "sinks", "streams")
+PURE = ("schemas", "features", "drift")
+IO_LIBRARIES = {"faust", "mode", "aiokafka", "redis", "prometheus_client", "aiohttp", "kafka"}
+
+
+def modules_of(folder: str) -> list[Path]:
+    return sorted(p for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def imported(path: Path) -> set[str]:
+    """Absolute module names ``path`` imports (relative imports are inside its package)."""
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+ALL_FILES = [p for folder in (*PACKAGES, "tests", "bench") for p in modules_of(folder)]
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_project_is_imported_as_driftline_only(path: Path) -> None:
+    bare = {n for n in imported(path) if n.split(".")[0] in PACKAGES}
+    assert not bare, f"{path.relative_to(ROOT)} imports {sorted(bare)}: use driftline.<package>"
+
+
+@pytest.mark.parametrize(
+    "path", [p for f in PURE for p in modules_of(f)], ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_pure_packages_import_no_io_and_no_adapters(path: Path) -> None:
+    names = imported(path)
+    io = {n for n in names if n.split(".")[0] in IO_LIBRARIES}
+    inner = {n for n in names if n.startswith(("driftline.sinks", "driftline.streams"))}
+    assert not io and not inner, f"{path.relative_to(ROOT)} imports {sorted(io | inner)}"
+
+
+@pytest.mark.parametrize("path", modules_of("sinks"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_adapters_do_not_import_the_programs(path: Path) -> None:
+    inner = {n for n in imported(path) if n.startswith("driftline.streams")}
+    assert not inner, f"{path.relative_to(ROOT)} imports {sorted(inner)}"
+
+
+def test_driftline_links_every_package_and_each_is_typed() -> None:
+    for name in PACKAGES:
+        link = ROOT / "driftline" / name
+        assert link.is_symlink() and link.resolve() == (ROOT / name).resolve(), name
+        assert (ROOT / name / "__init__.py").is_file(), name
+        assert (ROOT / name / "py.typed").is_file(), name
+    assert (ROOT / "driftline" / "py.typed").is_file()
