@@ -9,8 +9,10 @@ a missing field) is never an exception here: it is skipped and counted.
 
 from __future__ import annotations
 
+from driftline.errors import DriftlineError
 
-class DriftError(Exception):
+
+class DriftError(DriftlineError):
     """Root of every error raised by :mod:`drift`."""
 
 

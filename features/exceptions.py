@@ -14,8 +14,10 @@ catches ``ValueError`` (config loaders, the CLI) keeps working.
 
 from __future__ import annotations
 
+from driftline.errors import DriftlineError
 
-class FeatureError(Exception):
+
+class FeatureError(DriftlineError):
     """Root of every error raised by :mod:`features`."""
 
 

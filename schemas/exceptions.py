@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from driftline.errors import DriftlineError
 
-class SchemaError(Exception):
+
+class SchemaError(DriftlineError):
     """A contract file is missing, unreadable or not a valid schema."""
 
     def __init__(self, path: object, message: str) -> None:
@@ -39,7 +41,7 @@ class Rejection:
     error_class: str = "InvalidEvent"
 
 
-class InvalidEvent(Exception):
+class InvalidEvent(DriftlineError):
     """Raised by decoders and validators for one bad record."""
 
     def __init__(self, rejection: Rejection) -> None:

@@ -14,21 +14,24 @@ call is put in one of two classes before anyone decides what to do with it:
   and stops, so its supervisor restarts it and nothing is acknowledged that
   was not done.
 
-:func:`classify` is the only place that knows class names of redis-py and
-aiokafka; it looks at the exception and at its explicit causes (Faust wraps
-aiokafka's errors in its own ``ProducerSendError ... from exc``).
+:func:`classify` is the only place that knows the exception classes of
+redis-py and aiokafka; it looks at the exception and at its explicit causes
+(Faust wraps aiokafka's errors in its own ``ProducerSendError ... from exc``).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+from aiokafka import errors as kafka_errors
 from redis import exceptions as redis_errors
+
+from driftline.errors import DriftlineError
 
 Kind = Literal["transient", "permanent"]
 
 
-class SinkError(Exception):
+class SinkError(DriftlineError):
     """Root of the adapters' errors."""
 
 
@@ -65,8 +68,15 @@ _REDIS_PERMANENT: tuple[type[BaseException], ...] = (
 )
 #: aiokafka errors whose ``retriable`` flag is False but which a broker
 #: restart or stall does raise (a send that timed out in the accumulator).
-_KAFKA_TRANSIENT_NAMES = frozenset({"KafkaTimeoutError", "ProducerClosed", "NoBrokersAvailable"})
-_KAFKA_TOO_LARGE_NAMES = frozenset({"MessageSizeTooLargeError", "RecordTooLargeError"})
+_KAFKA_TRANSIENT: tuple[type[BaseException], ...] = (
+    kafka_errors.KafkaTimeoutError,
+    kafka_errors.ProducerClosed,
+    kafka_errors.NoBrokersAvailable,
+)
+_KAFKA_TOO_LARGE: tuple[type[BaseException], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordTooLargeError,
+)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -84,10 +94,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def is_too_large(exc: BaseException) -> bool:
     """The broker refused a record for its size (client-side or broker-side check)."""
-    return any(
-        isinstance(e, RecordTooLarge) or type(e).__name__ in _KAFKA_TOO_LARGE_NAMES
-        for e in _chain(exc)
-    )
+    return any(isinstance(e, (RecordTooLarge, *_KAFKA_TOO_LARGE)) for e in _chain(exc))
 
 
 def classify(exc: BaseException) -> Kind:
@@ -107,23 +114,14 @@ def classify(exc: BaseException) -> Kind:
             # server answers (a script error, WRONGTYPE) will repeat.
             code = getattr(e, "status_code", None) or str(e).split(" ", 1)[0]
             return "transient" if code in _REDIS_TRANSIENT_CODES else "permanent"
-        name = type(e).__name__
-        if name in _KAFKA_TOO_LARGE_NAMES:
+        if isinstance(e, _KAFKA_TOO_LARGE):
             return "permanent"
-        if name in _KAFKA_TRANSIENT_NAMES:
+        if isinstance(e, _KAFKA_TRANSIENT):
             return "transient"
-        retriable = getattr(type(e), "retriable", None)
-        if isinstance(retriable, bool) and _is_kafka_error(e):
-            return "transient" if retriable else "permanent"
+        if isinstance(e, kafka_errors.KafkaError):
+            return "transient" if type(e).retriable else "permanent"
         if isinstance(e, TimeoutError | ConnectionError):
             return "transient"
         if isinstance(e, OSError) and e.errno is not None:
             return "transient"  # ECONNREFUSED, EHOSTUNREACH, EPIPE ... from a socket
     return "permanent"
-
-
-def _is_kafka_error(exc: BaseException) -> bool:
-    return any(
-        cls.__name__ == "KafkaError" and cls.__module__.startswith("aiokafka")
-        for cls in type(exc).__mro__
-    )

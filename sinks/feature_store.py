@@ -45,6 +45,7 @@ from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import apply_delta, read_features
 from driftline.features.reader import Reading, read_rings
 from driftline.features.state import EntityState, FeatureVector
+from driftline.sinks.exceptions import PermanentError
 
 _APPLY = r"""
 local K_CAP = 33
@@ -233,7 +234,7 @@ class FeatureStore(Protocol):
     async def touch(self, group: FeatureGroup, now_ms: int) -> None: ...
 
 
-class FeatureVersionConflict(Exception):
+class FeatureVersionConflict(PermanentError):
     """A feature group version is deployed with a different definition."""
 
 

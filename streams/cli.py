@@ -18,14 +18,12 @@ from typing import Any, TypeVar
 import click
 
 from driftline.drift.quality import QualityChecker
-from driftline.schemas import SchemaError
-from driftline.streams.errors import ConfigError, DriftlineError
+from driftline.streams.errors import ConfigError, DriftlineError, exit_with
 from driftline.streams.security import redact
 from driftline.streams.settings import Settings, load_settings
 
 log = logging.getLogger("driftline")
 
-EXIT_USAGE = 2
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -36,10 +34,8 @@ def user_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (ConfigError, SchemaError, DriftlineError) as exc:
-            # messages quote settings (URLs) and client errors: never their credentials
-            click.echo(f"driftline: {redact(str(exc))}", err=True)
-            sys.exit(EXIT_USAGE)
+        except DriftlineError as exc:  # the one root: config, contracts, clients
+            exit_with(exc)
 
     return wrapper  # type: ignore[return-value]
 

@@ -104,7 +104,7 @@ MAX_AS_OF_MS = 2**53 - 1
 _READY_TIMEOUT_S = 2.0
 
 
-class ApiError(Exception):
+class ApiError(DriftlineError):
     """A request the API refuses: answered as ``{"error": message, "status": status}``."""
 
     def __init__(self, status: int, message: str) -> None:

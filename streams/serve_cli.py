@@ -17,7 +17,6 @@ aiohttp) happen inside the commands, so registering them keeps
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,9 +25,8 @@ import click
 import orjson
 from redis.exceptions import RedisError
 
-from driftline.schemas import SchemaError
 from driftline.streams.clients import redis_client
-from driftline.streams.errors import DriftlineError
+from driftline.streams.errors import DriftlineError, exit_with
 from driftline.streams.security import redact
 from driftline.streams.settings import Settings, load_settings
 
@@ -114,9 +112,8 @@ cli.add_command(registry)
 def _main() -> None:
     try:
         cli()
-    except (DriftlineError, SchemaError) as exc:
-        click.echo(f"driftline: {exc}", err=True)
-        sys.exit(2)
+    except DriftlineError as exc:
+        exit_with(exc)
 
 
 if __name__ == "__main__":

@@ -70,3 +70,26 @@ def test_driftline_links_every_package_and_each_is_typed() -> None:
         assert (ROOT / name / "__init__.py").is_file(), name
         assert (ROOT / name / "py.typed").is_file(), name
     assert (ROOT / "driftline" / "py.typed").is_file()
+
+
+def test_every_error_derives_from_the_one_root() -> None:
+    import importlib
+    import inspect
+    import pkgutil
+
+    import driftline
+    from driftline.errors import DriftlineError
+
+    loose = []
+    for info in pkgutil.walk_packages(driftline.__path__, "driftline."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if (
+                inspect.isclass(obj)
+                and issubclass(obj, BaseException)
+                and obj.__module__ == module.__name__
+                and not name.startswith("_")
+                and not issubclass(obj, DriftlineError)
+            ):
+                loose.append(f"{module.__name__}.{name}")
+    assert not loose, f"errors outside the DriftlineError tree: {loose}"
