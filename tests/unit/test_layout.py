@@ -93,3 +93,22 @@ def test_every_error_derives_from_the_one_root() -> None:
             ):
                 loose.append(f"{module.__name__}.{name}")
     assert not loose, f"errors outside the DriftlineError tree: {loose}"
+
+
+#: Which driftline packages each pure package may import (ARCHITECTURE.md's table).
+MAY_IMPORT = {
+    "schemas": {"driftline.errors", "driftline.schemas"},
+    "features": {"driftline.errors", "driftline.schemas", "driftline.features"},
+    "drift": {"driftline.errors", "driftline.schemas", "driftline.features", "driftline.drift"},
+}
+
+
+@pytest.mark.parametrize(
+    "path", [p for f in PURE for p in modules_of(f)], ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_pure_packages_import_only_what_the_architecture_allows(path: Path) -> None:
+    package = path.relative_to(ROOT).parts[0]
+    allowed = MAY_IMPORT[package]
+    ours = {n for n in imported(path) if n == "driftline" or n.startswith("driftline.")}
+    extra = {n for n in ours if not any(n == a or n.startswith(a + ".") for a in allowed)}
+    assert not extra, f"{path.relative_to(ROOT)} imports {sorted(extra)} (see ARCHITECTURE.md)"
