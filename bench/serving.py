@@ -38,7 +38,7 @@ warm-up that is not measured.
 **Where a batch's time goes.**  The same reads are also timed in this process,
 stage by stage, for 50 batches (no HTTP): the pipelined HGETALLs (Redis plus
 redis-py's reply parsing), ``read_stored`` (the features straight from the
-ring blobs, :mod:`features.reader`), :func:`streams.serve.freshness`, and the
+ring blobs, :mod:`features.reader`), :func:`features.serving.freshness`, and the
 JSON encoding; and, for comparison, the object path the worker's tests use
 (``decode_state`` + ``read_features``).
 
@@ -305,7 +305,7 @@ async def breakdown(
     """Mean ms per batch of each stage of a batch read, in this process (no HTTP)."""
     from driftline.features.engine import read_features
     from driftline.sinks.feature_store import decode_state, read_stored
-    from driftline.streams.serve import freshness
+    from driftline.features.serving import freshness
 
     group = the_group()
     names = group.feature_names()

@@ -65,13 +65,12 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import functools
 import gc
 import logging
 import logging.config
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 from aiohttp import web
@@ -79,9 +78,10 @@ from aiohttp.typedefs import Middleware
 from multidict import MultiMapping
 from redis.exceptions import MaxConnectionsError, RedisError
 
-from driftline.features.definitions import FeatureGroup, FeatureSpec
+from driftline.features.definitions import FeatureGroup
 from driftline.features.exceptions import CodecError
 from driftline.features.reader import Reading
+from driftline.features.serving import feature_specs, freshness
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.streams.clients import redis_client
 from driftline.streams.errors import DriftlineError
@@ -98,7 +98,6 @@ log = logging.getLogger(__name__)
 #: young generation is collected dozens of times per request.
 GC_THRESHOLDS = (20_000, 20, 20)
 
-Freshness = Literal["fresh", "stale", "empty"]
 #: Largest accepted ``as_of``: bucket ids must stay exact as doubles (features.codec).
 MAX_AS_OF_MS = 2**53 - 1
 _READY_TIMEOUT_S = 2.0
@@ -114,38 +113,6 @@ class ApiError(DriftlineError):
 
 
 # --------------------------------------------------------------- pure parts
-
-
-def freshness(
-    group: FeatureGroup, reading: Reading, as_of_ms: int, names: Iterable[str]
-) -> dict[str, Freshness]:
-    """The freshness of each named feature of one entity as of ``as_of_ms`` (see module doc).
-
-    ``reading.present`` says which fields have data in the buckets a window
-    merges, so ``empty`` coincides with the aggregate being the empty one.
-    """
-    by_name = _specs(group)
-    present = reading.present
-    out: dict[str, Freshness] = {}
-    for spec in (by_name[n] for n in names):
-        if spec.window is None:
-            held = reading.last.get(spec.field)
-            if held is None:
-                out[spec.name] = "empty"
-            else:
-                old = as_of_ms - held[0] >= group.longest_window_ms
-                out[spec.name] = "stale" if old else "fresh"
-            continue
-        values, distinct = present[spec.window.name]
-        has = (values if spec.kind == "value" else distinct)[spec.position]
-        out[spec.name] = "fresh" if has else "empty"
-    return out
-
-
-@functools.lru_cache(maxsize=256)
-def _specs(group: FeatureGroup) -> dict[str, FeatureSpec]:
-    """Feature specs by name; cached per group (hashable by fingerprint), read per entity."""
-    return {s.name: s for s in group.layout.features}
 
 
 def parse_as_of(text: str | None, now_ms: int) -> int:
@@ -179,7 +146,7 @@ def select_features(
             f"; known: {', '.join(known_windows)}",
         )
     keep = set(windows)
-    specs = _specs(group)
+    specs = feature_specs(group)
     selected = tuple(n for n in chosen if (w := specs[n].window) is not None and w.name in keep)
     if not selected:
         raise ApiError(400, "no requested feature is over the requested windows")

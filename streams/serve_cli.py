@@ -31,7 +31,7 @@ from driftline.streams.security import redact
 from driftline.streams.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from driftline.streams.registry import DeployedVersion
+    from driftline.features.registry import DeployedVersion
 
 _config_option = click.option(
     "-c",

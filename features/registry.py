@@ -1,0 +1,145 @@
+"""The feature registry's records: what a worker writes for each group version, read back.
+
+Pure: the Redis hash ``{prefix}:registry:{group}`` is read by the adapters
+and handed here as a mapping of fields.  Fields, one per version ``N``:
+
+* ``vN``: JSON ``{"fingerprint", "definition", "first_deployed_ms", "lineage"}``;
+* ``vN@<contract fingerprint>``: when a contract was first seen with it (ms);
+* ``vN:last_write_ms``: when a worker last wrote features of it (ms).
+
+:func:`group_from_definition` rebuilds the :class:`FeatureGroup` a worker
+recorded, so a reader (``driftline serve``, :class:`driftline.FeatureClient`)
+serves a version without the worker's config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from driftline.features.definitions import FeatureGroup, Window
+from driftline.features.exceptions import FeatureDefinitionError
+
+
+@dataclass(frozen=True, slots=True)
+class DeployedVersion:
+    """One ``v{version}`` field of ``{prefix}:registry:{group}``: what a worker recorded."""
+
+    group: str
+    version: int
+    fingerprint: str
+    definition: Mapping[str, Any]
+    first_deployed_ms: int | None
+    #: topic and contract (``SchemaInfo.as_dict()``) at the first deployment, if recorded
+    lineage: Mapping[str, Any] = field(default_factory=dict)
+    #: (contract fingerprint, first seen ms) of every contract deployed with it, by time
+    contracts: tuple[tuple[str, int], ...] = ()
+    #: when a worker last wrote features of this version (about once a minute while it does)
+    last_write_ms: int | None = None
+
+
+def parse_records(
+    group: str, fields: Mapping[bytes | str, bytes | str]
+) -> tuple[list[DeployedVersion], list[str]]:
+    """The versions recorded in one registry hash, and a problem per unreadable field.
+
+    An unreadable field is reported, not fatal: the registry is an
+    inventory, and one corrupt record must not hide the others.
+    """
+    out: list[DeployedVersion] = []
+    problems: list[str] = []
+    seen: dict[int, list[tuple[str, int]]] = {}
+    written: dict[int, int] = {}
+    for raw_name, raw_value in fields.items():
+        name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
+        where = f"{group} {name}"
+        touched = re.fullmatch(r"v([1-9][0-9]*):last_write_ms", name)
+        contract = re.fullmatch(r"v([1-9][0-9]*)@(.+)", name)
+        if touched or contract:
+            ms = _ms(raw_value)
+            if ms is None:
+                problems.append(f"{where}: expected a time in ms")
+            elif touched:
+                written[int(touched[1])] = ms
+            elif contract:
+                seen.setdefault(int(contract[1]), []).append((contract[2], ms))
+            continue
+        if not re.fullmatch(r"v[1-9][0-9]*", name):
+            problems.append(f"{where}: not a version field (expected v<version>)")
+            continue
+        try:
+            record = orjson.loads(raw_value)
+        except orjson.JSONDecodeError as exc:
+            problems.append(f"{where}: not JSON ({exc})")
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), str):
+            problems.append(f"{where}: expected an object with a fingerprint")
+            continue
+        deployed = record.get("first_deployed_ms")
+        definition = record.get("definition")
+        lineage = record.get("lineage")
+        out.append(
+            DeployedVersion(
+                group=group,
+                version=int(name[1:]),
+                fingerprint=record["fingerprint"],
+                definition=definition if isinstance(definition, dict) else {},
+                first_deployed_ms=deployed
+                if isinstance(deployed, int) and not isinstance(deployed, bool)
+                else None,
+                lineage=lineage if isinstance(lineage, dict) else {},
+            )
+        )
+    out = [
+        dataclasses.replace(
+            d,
+            contracts=tuple(sorted(seen.get(d.version, ()), key=_by_time)),
+            last_write_ms=written.get(d.version),
+        )
+        for d in out
+    ]
+    return sorted(out, key=lambda d: d.version), problems
+
+
+def _ms(raw: bytes | str) -> int | None:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    return int(text) if text.isdigit() else None
+
+
+def _by_time(contract: tuple[str, int]) -> tuple[int, str]:
+    return contract[1], contract[0]
+
+
+def group_from_definition(definition: Mapping[str, Any]) -> FeatureGroup | None:
+    """Rebuild a group from the canonical definition a worker recorded (``None`` if unusable).
+
+    The inverse of :meth:`FeatureGroup.canonical` (description, owner and tags
+    are not recorded, so they are empty).  Used to list the features of a
+    retired version that the config no longer describes.
+    """
+    try:
+        return FeatureGroup(
+            name=definition["name"],
+            version=definition["version"],
+            source=definition["source"],
+            entity_key=definition["entity_key"],
+            values={f: tuple(aggs) for f, aggs in definition["values"]},
+            distinct=tuple(definition["distinct"]),
+            last=tuple(definition["last"]),
+            windows=tuple(Window(n, length, res) for n, length, res in definition["windows"]),
+            allowed_lateness_ms=definition["allowed_lateness_ms"],
+            future_tolerance_ms=definition["future_tolerance_ms"],
+        )
+    except (KeyError, TypeError, ValueError, FeatureDefinitionError):
+        return None
+
+
+def latest(versions: list[DeployedVersion]) -> DeployedVersion | None:
+    """The highest version with a usable definition."""
+    usable = [v for v in versions if group_from_definition(v.definition) is not None]
+    return max(usable, key=lambda v: v.version, default=None)
