@@ -304,8 +304,8 @@ async def breakdown(
 ) -> dict[str, float]:
     """Mean ms per batch of each stage of a batch read, in this process (no HTTP)."""
     from driftline.features.engine import read_features
-    from driftline.sinks.feature_store import decode_state, read_stored
     from driftline.features.serving import freshness
+    from driftline.sinks.feature_store import decode_state, read_stored
 
     group = the_group()
     names = group.feature_names()

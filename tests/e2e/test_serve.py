@@ -629,3 +629,65 @@ def test_user_errors_exit_2_without_traceback(tmp_path: Path, open_server: Serve
         result.returncode == 2 and "serve.prot: unknown key (did you mean 'port'?)" in result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------ FeatureClient
+
+CLIENT_FEATURES = ["spend:amount_mean_5m", "spend:category_last", "spend:amount_count_1m"]
+
+
+def test_feature_client_over_redis_and_over_http_give_the_served_answer(
+    open_server: Server, locked_server: Server, redis_url: str, prefix: str
+) -> None:
+    from driftline import FeatureClient
+
+    served = [
+        open_server.call("GET", f"/v1/features/spend/{entity}?as_of={T}")[2]
+        for entity in ("u1", "u2", "nobody")
+    ]
+    clients = [
+        FeatureClient.redis(redis_url, prefix=prefix),  # the registry's highest version: v2
+        FeatureClient.http(f"http://127.0.0.1:{open_server.port}"),
+        FeatureClient.http(f"http://127.0.0.1:{locked_server.port}", token=TOKEN),
+    ]
+    try:
+        answers = [
+            c.get_online_features(["u1", "u2", "nobody"], CLIENT_FEATURES, as_of_ms=T)
+            for c in clients
+        ]
+    finally:
+        for c in clients:
+            c.close()
+    for rows in answers:
+        assert [r.entity for r in rows] == ["u1", "u2", "nobody"]
+        for row, doc in zip(rows, served, strict=True):
+            assert row.as_of_ms == T
+            assert list(row.values) == CLIENT_FEATURES  # in the order asked
+            for ref in CLIENT_FEATURES:
+                name = ref.split(":", 1)[1]
+                assert row.values[ref] == doc["features"][name], (ref, row)
+                assert row.freshness[ref] == doc["freshness"][name], (ref, row)
+            assert row.newest_event_ms == {"spend": doc["newest_event_ms"]}
+    assert answers[0][0].values["spend:amount_mean_5m"] == 4.0
+    assert answers[0][2].freshness["spend:category_last"] == "empty"
+
+
+async def test_async_feature_client_reads_a_pinned_version_and_explains_mistakes(
+    open_server: Server, redis_url: str, prefix: str
+) -> None:
+    from driftline import AsyncFeatureClient, FeatureClientError
+
+    async with AsyncFeatureClient.redis(redis_url, prefix=prefix, versions={"spend": 1}) as client:
+        # version 1 has no data under this prefix: empty, not an error
+        [row] = await client.get_online_features(["u1"], ["spend:amount_count_5m"], as_of_ms=T)
+        assert row.values == {"spend:amount_count_5m": 0}
+        assert row.freshness == {"spend:amount_count_5m": "empty"}
+        with pytest.raises(FeatureClientError, match=r"unknown feature.*amount_mean_1h"):
+            await client.get_online_features(["u1"], ["spend:amount_mean_1h"])
+        with pytest.raises(FeatureClientError, match="'nosuch' is not in the registry"):
+            await client.get_online_features(["u1"], ["nosuch:x"])
+        with pytest.raises(FeatureClientError, match="group:feature"):
+            await client.get_online_features(["u1"], ["amount_mean_5m"])
+    async with AsyncFeatureClient.http(f"http://127.0.0.1:{open_server.port}") as http:
+        with pytest.raises(FeatureClientError, match="HTTP 404"):
+            await http.get_online_features(["u1"], ["nosuch:x"])

@@ -31,26 +31,18 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 USER_SCRIPT = """
-import json, sys, asyncio
+import json, sys
 import features                      # the user's own package, not driftline's
 assert features.MINE == "user", features
 import driftline
-from driftline.features.definitions import FeatureGroup
-from driftline.sinks.feature_store import RedisFeatureStore
-from driftline.sinks.redis_client import connect_redis
+from driftline import FeatureClient
 
-url, prefix, spec, as_of = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
-
-async def main():
-    client = connect_redis(url)
-    try:
-        store = RedisFeatureStore(client, prefix=prefix)
-        [vector] = await store.get(FeatureGroup.from_config(spec), ["u1"], as_of_ms=as_of)
-    finally:
-        await client.aclose()
-    print(json.dumps({"file": driftline.__file__, "values": vector.values}))
-
-asyncio.run(main())
+url, prefix, as_of = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with FeatureClient.redis(url, prefix=prefix) as client:
+    [row] = client.get_online_features(
+        ["u1"], ["spend:amount_count_1h", "spend:amount_sum_1h"], as_of_ms=as_of
+    )
+print(json.dumps({"file": driftline.__file__, "values": row.values, "fresh": row.freshness}))
 """
 
 
@@ -118,6 +110,7 @@ def test_the_wheel_installs_one_package_and_reads_features_beside_a_features_pac
         client = connect_redis(redis_url)
         try:
             store = RedisFeatureStore(client, prefix=prefix)
+            await store.register(group)  # as a worker does: the client reads the definition
             ok, _ = await store.apply(
                 "tx",
                 0,
@@ -137,13 +130,12 @@ def test_the_wheel_installs_one_package_and_reads_features_beside_a_features_pac
         "read.py",
         redis_url,
         prefix,
-        orjson.dumps(spec).decode(),
         str(1_000_010),
         cwd=project,
         env=env,
     )
     result = orjson.loads(out.strip().splitlines()[-1])
     assert Path(result["file"]).is_relative_to(site), result["file"]  # the wheel, not the checkout
-    assert result["values"]["amount_count_1h"] == 3
-    assert result["values"]["amount_sum_1h"] == 6.0
+    assert result["values"] == {"spend:amount_count_1h": 3, "spend:amount_sum_1h": 6.0}
+    assert set(result["fresh"].values()) == {"fresh"}
     assert "driftline, version" in run(str(venv / "bin" / "driftline"), "--version", env=env)

@@ -1,0 +1,343 @@
+"""Online features for model-serving code: :class:`AsyncFeatureClient` and :class:`FeatureClient`.
+
+::
+
+    from driftline import FeatureClient
+
+    with FeatureClient.redis("redis://redis:6379/0", prefix="driftline") as client:
+        rows = client.get_online_features(
+            ["user-00042", "user-00043"],
+            features=["user_spend:amount_mean_5m", "user_spend:amount_count_1h"],
+        )
+    rows[0].values["user_spend:amount_mean_5m"], rows[0].freshness, rows[0].as_of_ms
+
+Features are named ``group:feature``.  Two backends answer the same:
+
+* **Redis** (``FeatureClient.redis``): reads the online store directly, one
+  round trip per group; the group definitions come from the registry the
+  workers keep in Redis (the highest recorded version, or ``versions=``), so
+  no config file is needed;
+* **HTTP** (``FeatureClient.http``): asks ``driftline serve``
+  (``POST /v1/features/{group}:batch``), with its bearer token if it needs one.
+
+The sync client runs the async one on a private event loop in a thread, so it
+can be called from any synchronous code (a Flask view, a batch job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
+
+import orjson
+import redis.asyncio as aioredis
+
+from driftline.features.definitions import FeatureGroup
+from driftline.features.registry import group_from_definition, latest, parse_records
+from driftline.features.serving import freshness
+from driftline.sinks.exceptions import PermanentError, TransientError
+from driftline.sinks.feature_store import RedisFeatureStore, registry_key
+from driftline.sinks.redis_client import connect_redis
+
+T = TypeVar("T")
+
+
+class FeatureClientError(PermanentError):
+    """A request the client cannot serve as asked (unknown group or feature, bad name)."""
+
+
+@dataclass(frozen=True)
+class OnlineFeatures:
+    """The requested features of one entity, as of one time."""
+
+    entity: str
+    #: ``group:feature`` -> value (None: an empty window of a mean/min/max/...)
+    values: dict[str, Any]
+    as_of_ms: int
+    #: ``group:feature`` -> ``fresh`` | ``stale`` | ``empty`` (see driftline.features.serving)
+    freshness: dict[str, str] = field(default_factory=dict)
+    #: group -> the entity's newest event time in that group (None: never seen)
+    newest_event_ms: dict[str, int | None] = field(default_factory=dict)
+
+
+def parse_refs(features: Sequence[str]) -> dict[str, list[str]]:
+    """``["g:f1", "g:f2", "h:f"]`` -> ``{"g": ["f1", "f2"], "h": ["f"]}`` (order kept)."""
+    if isinstance(features, str):
+        raise FeatureClientError("features must be a list of 'group:feature' names, not a string")
+    out: dict[str, list[str]] = {}
+    for ref in features:
+        group, sep, name = ref.partition(":")
+        if not sep or not group or not name:
+            raise FeatureClientError(f"{ref!r}: name features as 'group:feature'")
+        names = out.setdefault(group, [])
+        if name not in names:
+            names.append(name)
+    if not out:
+        raise FeatureClientError("no features requested")
+    return out
+
+
+class _Backend(Protocol):
+    async def read(
+        self, group: str, entities: Sequence[str], names: Sequence[str], as_of_ms: int | None
+    ) -> tuple[int, list[dict[str, Any]]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _RedisBackend:
+    def __init__(
+        self, client: aioredis.Redis, prefix: str, versions: Mapping[str, int] | None
+    ) -> None:
+        self._client = client
+        self._store = RedisFeatureStore(client, prefix=prefix)
+        self._prefix = prefix
+        self._versions = dict(versions or {})
+        self._groups: dict[str, FeatureGroup] = {}
+
+    async def _group(self, name: str) -> FeatureGroup:
+        group = self._groups.get(name)
+        if group is not None:
+            return group
+        fields = await self._client.hgetall(registry_key(self._prefix, name))
+        versions, _ = parse_records(name, fields or {})
+        wanted = self._versions.get(name)
+        if wanted is not None:
+            chosen = next((v for v in versions if v.version == wanted), None)
+        else:
+            chosen = latest(versions)
+        found = group_from_definition(chosen.definition) if chosen is not None else None
+        if found is None:
+            known = ", ".join(f"v{v.version}" for v in versions) or "none"
+            raise FeatureClientError(
+                f"feature group {name!r}"
+                + (f" version {wanted}" if wanted is not None else "")
+                + f" is not in the registry under prefix {self._prefix!r} (versions: {known})"
+            )
+        self._groups[name] = found
+        return found
+
+    async def read(
+        self, group: str, entities: Sequence[str], names: Sequence[str], as_of_ms: int | None
+    ) -> tuple[int, list[dict[str, Any]]]:
+        definition = await self._group(group)
+        known = set(definition.feature_names())
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise FeatureClientError(
+                f"unknown feature(s) of group {group!r}: {', '.join(unknown)}; "
+                f"known: {', '.join(definition.feature_names())}"
+            )
+        at = int(time.time() * 1000) if as_of_ms is None else as_of_ms
+        try:
+            readings = await self._store.read(definition, entities, at)
+        except (OSError, aioredis.RedisError) as exc:
+            raise TransientError(f"feature store unavailable: {type(exc).__name__}: {exc}") from exc
+        rows = []
+        for entity, reading in zip(entities, readings, strict=True):
+            values = reading.vector.values
+            rows.append(
+                {
+                    "entity": entity,
+                    "features": {n: values[n] for n in names},
+                    "freshness": freshness(definition, reading, at, names),
+                    "newest_event_ms": reading.vector.newest_event_ms,
+                }
+            )
+        return at, rows
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class _HttpBackend:
+    def __init__(self, base_url: str, token: str | None, timeout_s: float) -> None:
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        self._base = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: Any = None
+
+    async def read(
+        self, group: str, entities: Sequence[str], names: Sequence[str], as_of_ms: int | None
+    ) -> tuple[int, list[dict[str, Any]]]:
+        if self._session is None:
+            self._session = self._aiohttp.ClientSession(
+                headers=self._headers, timeout=self._timeout
+            )
+        body: dict[str, Any] = {"entities": list(entities), "features": list(names)}
+        if as_of_ms is not None:
+            body["as_of_ms"] = as_of_ms
+        url = f"{self._base}/v1/features/{quote(group, safe='')}:batch"
+        try:
+            async with self._session.post(url, data=orjson.dumps(body)) as response:
+                payload = await response.read()
+                status = response.status
+        except (OSError, self._aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientError(f"{url}: {type(exc).__name__}: {exc}") from exc
+        doc = orjson.loads(payload) if payload else {}
+        if status != 200:
+            message = doc.get("error", payload[:200]) if isinstance(doc, dict) else payload[:200]
+            error = TransientError if status in (429, 502, 503, 504) else FeatureClientError
+            raise error(f"{url}: HTTP {status}: {message}")
+        return int(doc["as_of_ms"]), list(doc["results"])
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class AsyncFeatureClient:
+    """Reads online features; see the module documentation."""
+
+    def __init__(self, backend: _Backend) -> None:
+        self._backend = backend
+
+    @classmethod
+    def redis(
+        cls,
+        url: str,
+        *,
+        prefix: str = "driftline",
+        versions: Mapping[str, int] | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        ssl_cafile: str | None = None,
+        socket_timeout_s: float = 5.0,
+    ) -> AsyncFeatureClient:
+        """Read the online store directly (pass the password here or in no URL at all)."""
+        client = connect_redis(
+            url,
+            username=username,
+            password=password,
+            ssl_cafile=ssl_cafile,
+            socket_timeout_s=socket_timeout_s,
+        )
+        return cls(_RedisBackend(client, prefix, versions))
+
+    @classmethod
+    def http(
+        cls, base_url: str, *, token: str | None = None, timeout_s: float = 5.0
+    ) -> AsyncFeatureClient:
+        """Ask ``driftline serve`` at ``base_url`` (e.g. ``http://features:8080``)."""
+        return cls(_HttpBackend(base_url, token, timeout_s))
+
+    async def get_online_features(
+        self,
+        entities: Sequence[str],
+        features: Sequence[str],
+        *,
+        as_of_ms: int | None = None,
+    ) -> list[OnlineFeatures]:
+        """The ``group:feature`` values of each entity, in the order of ``entities``.
+
+        Groups are read concurrently; all of them as of one time (``as_of_ms``,
+        default now, fixed before the first read).
+        """
+        if isinstance(entities, str):
+            raise FeatureClientError("entities must be a list of entity keys, not a string")
+        keys = [str(e) for e in entities]
+        wanted = parse_refs(features)
+        at = int(time.time() * 1000) if as_of_ms is None else as_of_ms
+        reads = await asyncio.gather(
+            *(self._backend.read(group, keys, names, at) for group, names in wanted.items())
+        )
+        values: list[dict[str, Any]] = [{} for _ in keys]
+        fresh: list[dict[str, str]] = [{} for _ in keys]
+        newest: list[dict[str, int | None]] = [{} for _ in keys]
+        for (group, names), (_, rows) in zip(wanted.items(), reads, strict=True):
+            for i, row in enumerate(rows):
+                for name in names:
+                    values[i][f"{group}:{name}"] = row["features"][name]
+                    fresh[i][f"{group}:{name}"] = row["freshness"][name]
+                newest[i][group] = row.get("newest_event_ms")
+        order = list(dict.fromkeys(features))  # the caller's order, once each
+        return [
+            OnlineFeatures(
+                entity=entity,
+                values={ref: values[i][ref] for ref in order},
+                as_of_ms=at,
+                freshness={ref: fresh[i][ref] for ref in order},
+                newest_event_ms=newest[i],
+            )
+            for i, entity in enumerate(keys)
+        ]
+
+    async def aclose(self) -> None:
+        await self._backend.aclose()
+
+    async def __aenter__(self) -> AsyncFeatureClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class FeatureClient:
+    """The synchronous :class:`AsyncFeatureClient`: same constructors, same answers."""
+
+    def __init__(self, factory: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="driftline-feature-client", daemon=True
+        )
+        self._thread.start()
+        self._client: AsyncFeatureClient = self._run(_build(factory))
+
+    @classmethod
+    def redis(cls, url: str, **options: Any) -> FeatureClient:
+        """See :meth:`AsyncFeatureClient.redis`."""
+        return cls(lambda: AsyncFeatureClient.redis(url, **options))
+
+    @classmethod
+    def http(cls, base_url: str, **options: Any) -> FeatureClient:
+        """See :meth:`AsyncFeatureClient.http`."""
+        return cls(lambda: AsyncFeatureClient.http(base_url, **options))
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def get_online_features(
+        self, entities: Sequence[str], features: Sequence[str], *, as_of_ms: int | None = None
+    ) -> list[OnlineFeatures]:
+        """See :meth:`AsyncFeatureClient.get_online_features`."""
+        return self._run(self._client.get_online_features(entities, features, as_of_ms=as_of_ms))
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._client.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def __enter__(self) -> FeatureClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+async def _build(factory: Any) -> AsyncFeatureClient:
+    """Build the async client on the private loop (its connections belong to that loop)."""
+    client: AsyncFeatureClient = factory()
+    return client
