@@ -5,7 +5,7 @@
                             [--profile FILE] [--seed 7]
 
 What runs: Redis (the embedded valkey/redis-server, or ``--redis-url``) and
-``python -m streams.serve_cli serve -c CONFIG`` as a subprocess, as a user
+``python -m driftline.streams.serve_cli serve -c CONFIG`` as a subprocess, as a user
 runs it, on loopback.  The load generator is this process (asyncio, one
 aiohttp ``ClientSession`` with keep-alive).  Everything shares the machine's
 cores, so the figures include the client's own cost.

@@ -1,6 +1,6 @@
 """Throughput of the window engine's per-event hot path, ``build_deltas``.
 
-    PYTHONPATH=. python bench/window_engine.py [--events 100000] [--entities 10000] [--repeat 5]
+    python bench/window_engine.py [--events 100000] [--entities 10000] [--repeat 5]
 
 Events: ``--events`` transactions over ``--entities`` users with Zipf-like
 activity (weight ``1 / rank**1.1``, as the demo producer), amounts

@@ -112,3 +112,11 @@ def test_pure_packages_import_only_what_the_architecture_allows(path: Path) -> N
     ours = {n for n in imported(path) if n == "driftline" or n.startswith("driftline.")}
     extra = {n for n in ours if not any(n == a or n.startswith(a + ".") for a in allowed)}
     assert not extra, f"{path.relative_to(ROOT)} imports {sorted(extra)} (see ARCHITECTURE.md)"
+
+
+def test_the_readme_contents_list_every_section() -> None:
+    text = (ROOT / "README.md").read_text()
+    sections = [line[3:] for line in text.splitlines() if line.startswith("## ")]
+    contents = text.split("## Contents", 1)[1].split("\n## ", 1)[0]
+    listed = [line.split("](")[0][3:] for line in contents.splitlines() if line.startswith("- [")]
+    assert listed == [s.replace("`", "") for s in sections if s != "Contents"]
