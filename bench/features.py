@@ -16,7 +16,7 @@ aggregations x 3 windows, 3 rings of 60 buckets).  Each phase uses a fresh
 What is measured, and why that way:
 
 1. **Throughput.**  N demo transactions over ``--entities`` users with Zipf
-   activity (weight ``1 / rank**1.1``, as ``streams/demo.py``), event times
+   activity (weight ``1 / rank**1.1``, as ``streams/local/demo.py``), event times
    close to now and up to 3 s out of order, keyed by user, are produced
    before the worker starts.  The worker's rate is taken from Redis, not from
    the worker: the offsets hash ``{prefix}:offsets:{source}`` (``p{partition}``
@@ -107,7 +107,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
-from driftline.streams.embedded import child_preexec, create_topics, find_free_port
+from driftline.streams.local.embedded import child_preexec, create_topics, find_free_port
 
 CONTRACT = ROOT / "schemas" / "contracts" / "transactions.schema.json"
 SOURCE = "transactions"
@@ -141,7 +141,7 @@ def log(message: str) -> None:
 
 
 def zipf_users(entities: int) -> tuple[list[str], list[float]]:
-    """User ids and cumulative Zipf weights (``1 / rank**1.1``, as ``streams/demo.py``)."""
+    """User ids and cumulative Zipf weights (``1 / rank**1.1``, as ``streams/local/demo.py``)."""
     users = [f"user-{i:05d}" for i in range(entities)]
     cum: list[float] = []
     total = 0.0
@@ -1171,7 +1171,7 @@ def print_table(res: Results, runtime: float) -> None:
 
 
 async def run(args: argparse.Namespace, res: Results, workdir: Path) -> None:
-    from driftline.streams.embedded import EmbeddedBroker, EmbeddedRedis
+    from driftline.streams.local.embedded import EmbeddedBroker, EmbeddedRedis
 
     broker = redis_server = None
     env: Env | None = None

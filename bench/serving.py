@@ -5,7 +5,7 @@
                             [--profile FILE] [--seed 7]
 
 What runs: Redis (the embedded valkey/redis-server, or ``--redis-url``) and
-``python -m driftline.streams.serve_cli serve -c CONFIG`` as a subprocess, as a user
+``python -m driftline.streams.serve.cli serve -c CONFIG`` as a subprocess, as a user
 runs it, on loopback.  The load generator is this process (asyncio, one
 aiohttp ``ClientSession`` with keep-alive).  Everything shares the machine's
 cores, so the figures include the client's own cost.
@@ -82,7 +82,7 @@ from driftline.features import FeatureGroup, apply_delta, build_deltas
 from driftline.features.codec import encode_ring
 from driftline.schemas.parser import ParsedEvent
 from driftline.sinks.feature_store import entity_key
-from driftline.streams.embedded import find_free_port
+from driftline.streams.local.embedded import find_free_port
 
 GROUP = {
     "name": "user_spend",
@@ -350,7 +350,7 @@ def redis_server(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    from driftline.streams.embedded import EmbeddedRedis
+    from driftline.streams.local.embedded import EmbeddedRedis
 
     with EmbeddedRedis() as server:
         yield server.url
@@ -381,7 +381,7 @@ def serve_process(workdir: Path, redis_url: str) -> Iterator[tuple[str, subproce
     env.pop("DRIFTLINE_SERVE__TOKEN", None)
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "driftline.streams.serve_cli", "serve", "-c", str(path)],
+            [sys.executable, "-m", "driftline.streams.serve.cli", "serve", "-c", str(path)],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -10,7 +10,7 @@ the embedded broker (or ``--bootstrap``), then reads them back four ways:
                   contract, entity/event-time extraction), no sinks;
 3. ``faust``      a Faust agent in a child process, + ``classify``, no sinks:
                   stock Faust delivery with ``take_events``, and driftline's
-                  partition-batch delivery (``streams/transport.py``, the worker's path);
+                  partition-batch delivery (``streams/worker/transport.py``, the worker's path);
 4. in-memory engines: fastjsonschema vs jsonschema on the same decoded events.
 
 Rates are events/s; the ratio to ``raw`` from the same run is the figure to
@@ -36,8 +36,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from driftline.schemas import build_parser
-from driftline.streams.demo import DemoEvents
-from driftline.streams.pipeline import RawRecord, classify
+from driftline.streams.local.demo import DemoEvents
+from driftline.streams.worker.pipeline import RawRecord, classify
 
 CONTRACT = ROOT / "schemas" / "contracts" / "transactions.schema.json"
 
@@ -141,7 +141,7 @@ def faust_child(bootstrap: str, topic: str, n: int) -> None:
     import faust
 
     logging.basicConfig(level=logging.WARNING)
-    from driftline.streams.transport import App as BatchApp
+    from driftline.streams.worker.transport import App as BatchApp
 
     batch_mode = os.environ.get("BENCH_FAUST_MODE", "batch") == "batch"
     app_class = BatchApp if batch_mode else faust.App
@@ -259,7 +259,7 @@ def main() -> None:
         faust_child(args.faust_child[0], args.faust_child[1], int(args.faust_child[2]))
         return
 
-    from driftline.streams.embedded import EmbeddedBroker
+    from driftline.streams.local.embedded import EmbeddedBroker
 
     broker = None
     bootstrap = args.bootstrap

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from driftline.streams.embedded import (
+from driftline.streams.local.embedded import (
     EmbeddedBroker,
     EmbeddedRedis,
     wait_for_kafka,

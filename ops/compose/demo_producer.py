@@ -1,7 +1,7 @@
 """Demo transactions for the docker-compose stack, sent at a steady rate.
 
 Runs in the driftline image (service ``producer`` of docker-compose.yml) and
-uses :class:`streams.demo.DemoEvents`, the generator of ``driftline dev``: Zipf-like
+uses :class:`driftline.streams.local.demo.DemoEvents`, the generator of ``driftline dev``: Zipf-like
 users, log-normal amounts per category, a small share of deliberately broken
 records (one of each kind the contracts refuse), and optionally a drift: after
 ``--drift-after`` seconds every amount is 80 % higher, so the monitors open an
@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from streams.demo import DemoEvents
+from driftline.streams.local.demo import DemoEvents
 
 #: Amounts are multiplied by this after ``--drift-after`` seconds.
 DRIFT_FACTOR = 1.8

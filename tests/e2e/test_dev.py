@@ -20,8 +20,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from driftline.streams.dev import DEFAULT_METRICS_PORT
-from driftline.streams.embedded import find_free_port
+from driftline.streams.local.dev import DEFAULT_METRICS_PORT
+from driftline.streams.local.embedded import find_free_port
 from tests.worker_process import ROOT
 
 

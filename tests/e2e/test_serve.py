@@ -31,8 +31,8 @@ from driftline.features.engine import build_deltas
 from driftline.schemas import ParsedEvent
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.redis_client import connect_redis
-from driftline.streams.embedded import find_free_port
-from driftline.streams.serve import FeatureApi, build_app, openapi_document, served_routes
+from driftline.streams.local.embedded import find_free_port
+from driftline.streams.serve.api import FeatureApi, build_app, openapi_document, served_routes
 from tests.worker_process import CONTRACTS, ROOT
 
 T = 1_700_000_000_000  # "now" of the seeded data (epoch ms)
@@ -141,7 +141,7 @@ class Server:
                 [
                     sys.executable,
                     "-m",
-                    "driftline.streams.serve_cli",
+                    "driftline.streams.serve.cli",
                     "serve",
                     "-c",
                     str(self.config),
@@ -576,7 +576,7 @@ def test_registry_command_json_and_table(open_server: Server, redis_url: str) ->
     base = [
         sys.executable,
         "-m",
-        "driftline.streams.serve_cli",
+        "driftline.streams.serve.cli",
         "registry",
         "-c",
         str(open_server.config),
@@ -611,7 +611,7 @@ def test_registry_command_json_and_table(open_server: Server, redis_url: str) ->
 def test_user_errors_exit_2_without_traceback(tmp_path: Path, open_server: Server) -> None:
     clash = write_config(tmp_path / "clash.yaml", "x", open_server.port)
     result = subprocess.run(
-        [sys.executable, "-m", "driftline.streams.serve_cli", "serve", "-c", str(clash)],
+        [sys.executable, "-m", "driftline.streams.serve.cli", "serve", "-c", str(clash)],
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip
     assert (
@@ -622,7 +622,7 @@ def test_user_errors_exit_2_without_traceback(tmp_path: Path, open_server: Serve
         clash.read_text().replace('"max_body_bytes"', '"max_body_byte"').replace('"port"', '"prot"')
     )
     result = subprocess.run(
-        [sys.executable, "-m", "driftline.streams.serve_cli", "registry", "-c", str(bad)],
+        [sys.executable, "-m", "driftline.streams.serve.cli", "registry", "-c", str(bad)],
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip
     assert (

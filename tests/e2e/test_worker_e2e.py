@@ -26,7 +26,7 @@ from driftline.schemas.deadletter import parse_dead_letter_headers
 from driftline.schemas.wire import frame
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.redis_client import connect_redis
-from driftline.streams.demo import DemoEvents
+from driftline.streams.local.demo import DemoEvents
 from tests.worker_process import CONTRACTS, WorkerProcess
 
 pytestmark = pytest.mark.slow

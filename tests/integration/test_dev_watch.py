@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from driftline.streams.dev import DevOptions, DevStack, metrics_port_for
 from driftline.streams.errors import ConfigError
+from driftline.streams.local.dev import DevOptions, DevStack, metrics_port_for
 
 
 class _Ready(http.server.BaseHTTPRequestHandler):

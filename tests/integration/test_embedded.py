@@ -33,7 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import TopicPartition
 
-from driftline.streams.embedded import (
+from driftline.streams.local.embedded import (
     EmbeddedBroker,
     EmbeddedError,
     EmbeddedRedis,
@@ -191,7 +191,7 @@ def test_foreign_server_on_explicit_port_is_not_taken_for_ours(tmp_path: Path) -
 
 
 def test_auto_port_taken_meanwhile_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    import driftline.streams.embedded as embedded
+    import driftline.streams.local.embedded as embedded
 
     with EmbeddedRedis() as squatter:
         ports = iter([squatter.port])
@@ -276,7 +276,7 @@ def test_server_started_from_short_lived_thread_survives_it() -> None:
 _PARENT_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from driftline.streams.embedded import EmbeddedBroker, EmbeddedRedis
+    from driftline.streams.local.embedded import EmbeddedBroker, EmbeddedRedis
     r = EmbeddedRedis(log_dir=sys.argv[1]).start()
     b = EmbeddedBroker(log_dir=sys.argv[1]).start()
     print(r.pid, b.pid, flush=True)

@@ -21,7 +21,7 @@ from driftline.sinks.kafka_sink import MemoryKafkaSink
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.sinks.monitor_store import RedisMonitorStore, monitor_key
 from driftline.sinks.redis_client import connect_redis
-from driftline.streams.monitors import MonitorRunner
+from driftline.streams.worker.monitors import MonitorRunner
 from tests.integration.test_ownership import sample_batch
 
 _UNPICKLED: list[str] = []
@@ -70,7 +70,7 @@ async def test_a_foreign_checkpoint_is_refused_counted_and_replaced(
     rng = random.Random(5)
     try:
         await client.hset(key, mapping={"state": state, "seq": "7"})
-        with caplog.at_level(logging.WARNING, logger="driftline.streams.monitors"):
+        with caplog.at_level(logging.WARNING, logger="driftline.streams.worker.monitors"):
             await runner.process([sample_batch("a", 0, 0, [rng.gauss(0, 1) for _ in range(50)])])
         assert _UNPICKLED == []
         refused = [r for r in caplog.records if "refused" in r.getMessage()]

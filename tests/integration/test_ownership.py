@@ -20,8 +20,8 @@ from driftline.sinks.kafka_sink import MemoryKafkaSink
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.sinks.monitor_store import RedisMonitorStore
 from driftline.sinks.redis_client import connect_redis
-from driftline.streams.monitors import MonitorRunner
-from driftline.streams.pipeline import RawRecord, SourcePipeline
+from driftline.streams.worker.monitors import MonitorRunner
+from driftline.streams.worker.pipeline import RawRecord, SourcePipeline
 from tests.worker_process import CONTRACTS
 
 

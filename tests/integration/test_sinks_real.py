@@ -18,8 +18,8 @@ from driftline.schemas.registry import SchemaRegistryClient
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.sinks.redis_client import connect_redis
-from driftline.streams.embedded import EmbeddedRedis
-from driftline.streams.web import WebService, bind_socket
+from driftline.streams.local.embedded import EmbeddedRedis
+from driftline.streams.worker.web import WebService, bind_socket
 
 AVSC = Path(__file__).resolve().parents[2] / "schemas" / "contracts" / "transactions.avsc"
 

@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry
 
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.streams.security import bearer_matches
-from driftline.streams.serve import FeatureApi, build_app
-from driftline.streams.web import WebService, bind_socket
+from driftline.streams.serve.api import FeatureApi, build_app
+from driftline.streams.worker.web import WebService, bind_socket
 
 TOKEN = "t0ken-é"  # not ASCII: compared as UTF-8 bytes
 AUTHORIZATIONS = [

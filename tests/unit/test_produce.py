@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from driftline.streams.produce import key_of, missing_topic
+from driftline.streams.cli.produce import key_of, missing_topic
 
 
 def test_a_missing_topic_lists_what_there_is_and_the_closest_names() -> None:

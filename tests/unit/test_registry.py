@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from driftline.features.definitions import FeatureGroup
-from driftline.streams.registry import (
+from driftline.streams.serve.registry import (
     Catalog,
     DeployedVersion,
     SchemaInfo,

@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from driftline.streams.retry import EffectTracker
+from driftline.streams.worker.retry import EffectTracker
 
 log = logging.getLogger(__name__)
 

@@ -163,8 +163,8 @@ def worker(config: Path, processes: int) -> None:
     quality = build_quality(settings, parsers, str(config))
     if processes > 1:
         from driftline.streams.logs import logging_config
-        from driftline.streams.supervisor import check_processes, run_processes
         from driftline.streams.topics import wait_for_broker
+        from driftline.streams.worker.supervisor import check_processes, run_processes
 
         logging.config.dictConfig(
             logging_config(settings.worker.log_level, settings.worker.log_format)
@@ -182,7 +182,7 @@ def worker(config: Path, processes: int) -> None:
             )
         )
         sys.exit(run_processes(config, settings, processes))
-    from driftline.streams.runner import run_worker
+    from driftline.streams.worker.runner import run_worker
 
     run_worker(settings, parsers, groups, monitors, quality, origin=str(config))
 
@@ -209,7 +209,7 @@ def features_get(
     entities: tuple[str, ...],
 ) -> None:
     """Print the features of ENTITIES (one Redis round trip for all of them)."""
-    from driftline.streams.features_cli import get_features
+    from driftline.streams.cli.features import get_features
 
     settings = _load(config)
     click.echo(get_features(settings, str(config), group_name, list(entities), as_of_ms, as_json))
@@ -227,7 +227,7 @@ def offsets_show(config: Path) -> None:
     """Print each source's stored offsets, and those beyond their partition's end."""
     import asyncio
 
-    from driftline.streams.offsets import check_offsets, stored_offsets
+    from driftline.streams.worker.offsets import check_offsets, stored_offsets
 
     settings = _load(config)
     stored = asyncio.run(stored_offsets(settings))
@@ -282,7 +282,7 @@ def offsets_reset(config: Path, source_names: tuple[str, ...], partitions: tuple
 
 
 def _register_serving_commands() -> None:
-    from driftline.streams import serve_cli
+    from driftline.streams.serve import cli as serve_cli
 
     for command in (serve_cli.serve, serve_cli.registry):
         assert command.callback is not None
@@ -305,7 +305,7 @@ _register_serving_commands()
 @user_errors
 def produce(config: Path, topic: str, key_field: str | None, file: Path) -> None:
     """Send the lines of FILE (JSON Lines) to TOPIC, unchanged, with a progress bar."""
-    from driftline.streams.produce import produce_file
+    from driftline.streams.cli.produce import produce_file
 
     settings = _load(config)
     if key_field is None:
@@ -387,7 +387,7 @@ def dev(
     duration: float | None,
 ) -> None:
     """Start a broker, Redis, the worker and a demo producer; Ctrl-C stops them all."""
-    from driftline.streams.dev import DevOptions, run_dev
+    from driftline.streams.local.dev import DevOptions, run_dev
 
     options = DevOptions(
         config=config,

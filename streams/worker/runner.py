@@ -15,15 +15,15 @@ from driftline.drift.quality import QualityChecker
 from driftline.features.definitions import FeatureGroup
 from driftline.schemas import EventParser
 from driftline.sinks.feature_store import FeatureVersionConflict, RedisFeatureStore
-from driftline.streams.app import create_app
 from driftline.streams.clients import redis_client
 from driftline.streams.errors import ConfigError, DriftlineError
 from driftline.streams.logs import logging_config
-from driftline.streams.offsets import ahead_message, run_check
-from driftline.streams.registry import source_info
 from driftline.streams.security import redact
+from driftline.streams.serve.registry import source_info
 from driftline.streams.settings import Settings
 from driftline.streams.topics import ensure_topics, topics_for, wait_for_broker
+from driftline.streams.worker.app import create_app
+from driftline.streams.worker.offsets import ahead_message, run_check
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ from driftline.schemas.wire import ConfluentAvroDecoder
 from driftline.sinks.feature_store import FeatureStore, PartitionState
 from driftline.sinks.kafka_sink import KafkaSink, Record
 from driftline.sinks.metrics import WorkerMetrics
-from driftline.streams.retry import Backoff, EffectTracker, T, until_done
+from driftline.streams.worker.retry import Backoff, EffectTracker, T, until_done
 
 log = logging.getLogger(__name__)
 

@@ -34,16 +34,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.redis_client import connect_redis
-from driftline.streams import embedded
-from driftline.streams.demo import DemoEvents
 from driftline.streams.errors import ConfigError, DriftlineError
+from driftline.streams.local import embedded
+from driftline.streams.local.demo import DemoEvents
 from driftline.streams.security import redact
 from driftline.streams.settings import Settings, load_settings
 from driftline.streams.sources import build_feature_groups, build_parsers
 from driftline.streams.topics import ensure_topics, topics_for
-from driftline.streams.web import bind_socket
+from driftline.streams.worker.web import bind_socket
 
-DEFAULT_CONFIG = Path(__file__).parent / "defaults" / "dev.yaml"
+DEFAULT_CONFIG = Path(__file__).parents[1] / "defaults" / "dev.yaml"
 #: The worker's metrics port unless it is taken or ``--metrics-port`` says otherwise.
 DEFAULT_METRICS_PORT = 9464
 #: Lines of the worker's log shown when it exits on its own.
@@ -193,7 +193,14 @@ class DevStack:
         log_path = self.run_dir / "worker.log"
         log_file = log_path.open("wb")
         self.worker = subprocess.Popen(
-            [sys.executable, "-m", "driftline.streams.cli", "worker", "-c", str(self.config_path)],
+            [
+                sys.executable,
+                "-m",
+                "driftline.streams.cli",
+                "worker",
+                "-c",
+                str(self.config_path),
+            ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

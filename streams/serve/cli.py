@@ -54,8 +54,8 @@ def serve(config: Path) -> None:
     described at /openapi.json.  Run as many replicas as traffic needs: they
     read Redis only and keep no state.
     """
-    from driftline.streams.registry import load_catalog
-    from driftline.streams.serve import run_serve
+    from driftline.streams.serve.api import run_serve
+    from driftline.streams.serve.registry import load_catalog
 
     settings = load_settings(config)
     run_serve(settings, load_catalog(settings, str(config)))
@@ -70,7 +70,7 @@ def registry(config: Path, as_json: bool) -> None:
     Active: in the config.  Retired: recorded in Redis by a worker, no longer
     in the config.
     """
-    from driftline.streams.registry import build_registry, format_table, load_catalog
+    from driftline.streams.serve.registry import build_registry, format_table, load_catalog
 
     settings = load_settings(config)
     catalog = load_catalog(settings, str(config))
@@ -88,7 +88,7 @@ def registry(config: Path, as_json: bool) -> None:
 async def _read_deployed(
     settings: Settings, names: list[str]
 ) -> tuple[list[DeployedVersion], list[str]]:
-    from driftline.streams.registry import read_deployed
+    from driftline.streams.serve.registry import read_deployed
 
     redis_cfg = settings.redis
     client = redis_client(settings)

@@ -45,8 +45,8 @@ from driftline.drift.exceptions import DriftStateError
 from driftline.sinks.kafka_sink import KafkaSink
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.sinks.monitor_store import MonitorCheckpoint, RedisMonitorStore, monitor_key
-from driftline.streams.pipeline import RawRecord
-from driftline.streams.retry import Backoff, EffectTracker, until_done
+from driftline.streams.worker.pipeline import RawRecord
+from driftline.streams.worker.retry import Backoff, EffectTracker, until_done
 
 log = logging.getLogger(__name__)
 

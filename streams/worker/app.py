@@ -32,10 +32,6 @@ from driftline.sinks.metrics import WorkerMetrics
 from driftline.sinks.monitor_store import RedisMonitorStore
 from driftline.streams.clients import redis_client
 from driftline.streams.errors import ConfigError
-from driftline.streams.health import WorkerHealth
-from driftline.streams.monitors import MonitorRunner
-from driftline.streams.pipeline import SourcePipeline, shrink_dead_letter
-from driftline.streams.retry import Backoff
 from driftline.streams.settings import KafkaSettings, Settings
 from driftline.streams.sources import (
     build_feature_groups,
@@ -43,9 +39,13 @@ from driftline.streams.sources import (
     build_parsers,
     build_quality,
 )
-from driftline.streams.transport import App as BatchApp
-from driftline.streams.transport import RecordBatch
-from driftline.streams.web import WebService, bind_socket
+from driftline.streams.worker.health import WorkerHealth
+from driftline.streams.worker.monitors import MonitorRunner
+from driftline.streams.worker.pipeline import SourcePipeline, shrink_dead_letter
+from driftline.streams.worker.retry import Backoff
+from driftline.streams.worker.transport import App as BatchApp
+from driftline.streams.worker.transport import RecordBatch
+from driftline.streams.worker.web import WebService, bind_socket
 
 log = logging.getLogger(__name__)
 

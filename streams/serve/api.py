@@ -86,10 +86,10 @@ from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.streams.clients import redis_client
 from driftline.streams.errors import DriftlineError
 from driftline.streams.logs import logging_config
-from driftline.streams.registry import Catalog, RegistryReader
 from driftline.streams.security import bearer_matches, redact
+from driftline.streams.serve.registry import Catalog, RegistryReader
 from driftline.streams.settings import Settings
-from driftline.streams.web import bind_socket
+from driftline.streams.worker.web import bind_socket
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from driftline.streams.embedded import pdeathsig_preexec
+from driftline.streams.local.embedded import pdeathsig_preexec
 from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,14 @@ def run_processes(config: Path, settings: Settings, n: int) -> int:
         for i in range(n):
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "driftline.streams.cli", "worker", "-c", str(config)],
+                    [
+                        sys.executable,
+                        "-m",
+                        "driftline.streams.cli",
+                        "worker",
+                        "-c",
+                        str(config),
+                    ],
                     env=worker_env(settings, i, run_dir),
                     stdin=subprocess.DEVNULL,
                     preexec_fn=pdeathsig_preexec(os.getpid(), signal.SIGTERM),

@@ -1,0 +1,1 @@
+"""The local stack: embedded broker and Redis, ``driftline dev``, the demo producer."""
