@@ -7,14 +7,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install dev test test-unit lint bench clean
+.PHONY: install dev test test-unit lint docs bench clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "driftline needs Python 3.11 or newer on PATH (or set PYTHON=/path/to/python3.11)" >&2; exit 2; }
-	@echo "==> creating $(VENV) with $(PYTHON) and installing driftline[embedded,dev]"
+	@echo "==> creating $(VENV) with $(PYTHON) and installing driftline[embedded,dev,docs]"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[embedded,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,dev,docs]'
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
@@ -37,9 +37,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+## the documentation site (docs/, mkdocs.yml) into site/, warnings are errors
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 ## validation throughput vs. a raw aiokafka decode loop (see bench/README.md)
 bench: $(STAMP)
 	$(BIN)/python bench/validation.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -122,3 +122,25 @@ def test_the_readme_contents_list_every_section() -> None:
     contents = text.split("## Contents", 1)[1].split("\n## ", 1)[0]
     listed = [line.split("](")[0][3:] for line in contents.splitlines() if line.startswith("- [")]
     assert listed == [s.replace("`", "") for s in sections if s != "Contents"]
+
+
+def test_the_configuration_reference_lists_every_key_and_flags_secrets() -> None:
+    from pydantic import BaseModel
+
+    from driftline.streams.config_reference import reference_markdown
+    from driftline.streams.settings import SECRET_KEYS, Settings, SourceSettings
+
+    text = reference_markdown()
+    for name, info in Settings.model_fields.items():
+        model = info.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            for key in model.model_fields:
+                assert f"| `{name}.{key}` |" in text, f"{name}.{key}"
+                assert f"DRIFTLINE_{name}__{key}".upper() in text
+        else:
+            assert f"| `{name}` |" in text
+    for key in SourceSettings.model_fields:
+        assert f"| `sources[].{key}` |" in text
+    for section, key in SECRET_KEYS:
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{section}.{key}` |"))
+        assert "environment only" in row
