@@ -316,3 +316,32 @@ class WorkerMetrics:
         ):
             with contextlib.suppress(KeyError):
                 gauge.remove(*labels)
+
+
+class ServeMetrics:
+    """Metrics of ``driftline serve``: requests by route template, method and status; latency.
+
+    Labels are the route *template* (``/v1/features/{group}/{entity}``), never
+    the requested path, so entity keys never become label values.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        self.requests = Counter(
+            "driftline_serve_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.seconds = Histogram(
+            "driftline_serve_request_seconds",
+            "Time to answer a request, by route template.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route=route, method=method, status=str(status)).inc()
+        self.seconds.labels(route=route).observe(seconds)

@@ -76,6 +76,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from multidict import MultiMapping
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import MaxConnectionsError, RedisError
 
 from driftline.features.definitions import FeatureGroup
@@ -83,6 +84,7 @@ from driftline.features.exceptions import CodecError
 from driftline.features.reader import Reading
 from driftline.features.serving import feature_specs, freshness
 from driftline.sinks.feature_store import RedisFeatureStore
+from driftline.sinks.metrics import ServeMetrics
 from driftline.streams.clients import redis_client
 from driftline.streams.errors import DriftlineError
 from driftline.streams.logs import logging_config
@@ -257,7 +259,9 @@ class FeatureApi:
         max_body_bytes: int = 1 << 20,
         token: str | None = None,
         clock: Clock = _now_ms,
+        metrics: ServeMetrics | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else ServeMetrics()
         self.store = store
         self.groups = dict(groups)
         self.registry = registry
@@ -363,6 +367,10 @@ class FeatureApi:
             return _json({"ready": False, "redis": f"{type(exc).__name__}: {exc}"}, status=503)
         return _json({"ready": True, "redis": "ok"})
 
+    async def prometheus(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(self.document)
 
@@ -383,8 +391,42 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
     return response
 
 
+def _route_of(request: web.Request) -> str:
+    """The matched route's template (a bounded label value), or ``unmatched``."""
+    try:
+        resource = request.match_info.route.resource
+    except AttributeError:
+        return "unmatched"
+    if resource is None:
+        return "unmatched"
+    info = resource.get_info()
+    template = info.get("formatter") or info.get("path")
+    return str(template).replace("{entity:.+}", "{entity}") if template else "unmatched"
+
+
+def _metrics_middleware(metrics: ServeMetrics) -> Middleware:
+    """Counts every answer (errors included) by route template, method and status."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            metrics.observe(
+                _route_of(request), request.method, status, time.perf_counter() - started
+            )
+
+    return middleware
+
+
 def _middleware(token: str | None) -> Middleware:
-    """Bearer check on /v1 (before anything else runs), then every failure as JSON."""
+    """Bearer check on /v1 and /metrics (before anything else runs), then failures as JSON."""
     expected = token.encode() if token is not None else None
 
     @web.middleware
@@ -393,7 +435,7 @@ def _middleware(token: str | None) -> Middleware:
     ) -> web.StreamResponse:
         if (
             expected is not None
-            and request.path.startswith("/v1/")
+            and (request.path.startswith("/v1/") or request.path == "/metrics")
             and not bearer_matches(request.headers.get("Authorization"), expected)
         ):
             return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
@@ -420,12 +462,15 @@ def _middleware(token: str | None) -> Middleware:
 
 
 def build_app(api: FeatureApi) -> web.Application:
-    """The aiohttp application: the six routes of the document, no implicit HEAD routes.
+    """The aiohttp application: the seven routes of the document, no implicit HEAD routes.
 
     A test compares :func:`served_routes` of this app with the paths of
     :func:`openapi_document`, so a route cannot be added without documenting it.
     """
-    app = web.Application(middlewares=[_middleware(api.token)], client_max_size=api.max_body_bytes)
+    app = web.Application(
+        middlewares=[_metrics_middleware(api.metrics), _middleware(api.token)],
+        client_max_size=api.max_body_bytes,
+    )
     router = app.router
     # ``{entity:.+}``: entity keys may contain "/" (sent raw or as %2F)
     router.add_get("/v1/features/{group}/{entity:.+}", api.get_features, allow_head=False)
@@ -434,6 +479,7 @@ def build_app(api: FeatureApi) -> web.Application:
     router.add_get("/healthz", api.health, allow_head=False)
     router.add_get("/readyz", api.ready, allow_head=False)
     router.add_get("/openapi.json", api.openapi, allow_head=False)
+    router.add_get("/metrics", api.prometheus, allow_head=False)
     return app
 
 
@@ -745,6 +791,20 @@ def openapi_document(
                         "503": {"description": "Not ready", "content": _content(_ref("Ready"))},
                     },
                     "security": public,
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics: requests by route and status, latency",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        **auth,
+                    },
+                    "security": secured,
                 }
             },
             "/openapi.json": {

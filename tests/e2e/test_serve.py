@@ -182,6 +182,8 @@ class Server:
             status, headers, raw = exc.code, dict(exc.headers), exc.read()
         except OSError:
             return 0, {}, None
+        if raw and not headers.get("Content-Type", "").startswith("application/json"):
+            return status, headers, raw.decode()  # /metrics: Prometheus text
         return status, headers, orjson.loads(raw) if raw else None
 
     def stop(self) -> int:
@@ -414,7 +416,7 @@ def test_batch_in_request_order(open_server: Server) -> None:
             "windows must be a list of window names",
         ),
         ("GET", "/v1/nothing", None, 404, "no route GET /v1/nothing"),
-        ("GET", "/metrics", None, 404, "no route GET /metrics"),
+        ("GET", "/stats", None, 404, "no route GET /stats"),
         ("POST", "/healthz", b"", 405, "method POST is not allowed on /healthz"),
         ("GET", "/v1/features/spend:batch", None, 405, "method GET is not allowed"),
     ],
@@ -691,3 +693,26 @@ async def test_async_feature_client_reads_a_pinned_version_and_explains_mistakes
     async with AsyncFeatureClient.http(f"http://127.0.0.1:{open_server.port}") as http:
         with pytest.raises(FeatureClientError, match="HTTP 404"):
             await http.get_online_features(["u1"], ["nosuch:x"])
+
+
+def test_serve_exports_request_metrics_by_route_template(
+    open_server: Server, locked_server: Server
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert open_server.call("GET", f"/v1/features/spend/u1?as_of={T}")[0] == 200
+    assert open_server.call("GET", "/v1/features/nosuch/u1")[0] == 404
+    status, headers, text = open_server.call("GET", "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    counts = {
+        (s.labels["route"], s.labels["method"], s.labels["status"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "driftline_serve_requests_total"
+    }
+    assert counts[("/v1/features/{group}/{entity}", "GET", "200")] >= 1
+    assert counts[("/v1/features/{group}/{entity}", "GET", "404")] >= 1
+    assert not any("u1" in route for route, _, _ in counts)  # entity keys are never labels
+    assert "driftline_serve_request_seconds_bucket" in text
+    assert locked_server.call("GET", "/metrics")[0] == 401  # the serving token guards it too
+    assert locked_server.call("GET", "/metrics", token=TOKEN)[0] == 200
