@@ -8,6 +8,8 @@ catches ``ValueError`` (config loaders, the CLI) keeps working.
 * :class:`FeatureDefinitionError`: a feature group definition is invalid.  It
   always names the group and the offending key, because the definitions come
   from a config file a human has to fix.
+* :class:`FeatureSelectionError`: a read names features or windows the group
+  does not have.
 * :class:`CodecError`: a stored state blob does not decode (truncated, written
   for another definition, or corrupted).
 """
@@ -54,3 +56,7 @@ class FeatureDefinitionError(FeatureError, ValueError):
 
 class CodecError(FeatureError, ValueError):
     """Bytes that do not decode as the state of the given feature group."""
+
+
+class FeatureSelectionError(FeatureError, ValueError):
+    """A read asks for features or windows its group does not have (the message says which)."""

@@ -1,4 +1,5 @@
-"""Serving semantics shared by every reader (``driftline serve``, :class:`driftline.FeatureClient`).
+"""Serving semantics shared by every reader (``driftline serve``, :class:`driftline.FeatureClient`):
+which features a read selects, what each answer holds, and how fresh it is.
 
 Freshness of a served feature, as of the read time:
 
@@ -11,11 +12,13 @@ Freshness of a served feature, as of the read time:
 
 from __future__ import annotations
 
+import difflib
 import functools
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
 
 from driftline.features.definitions import FeatureGroup, FeatureSpec
+from driftline.features.exceptions import FeatureSelectionError
 from driftline.features.reader import Reading
 
 Freshness = Literal["fresh", "stale", "empty"]
@@ -51,3 +54,61 @@ def freshness(
 def feature_specs(group: FeatureGroup) -> dict[str, FeatureSpec]:
     """Feature specs by name; cached per group (hashable by fingerprint), read per entity."""
     return {s.name: s for s in group.layout.features}
+
+
+def select_features(
+    group: FeatureGroup,
+    requested: Sequence[str] | None,
+    windows: Sequence[str] | None = None,
+) -> tuple[str, ...]:
+    """The requested feature names (all when ``None``), deduplicated, in request order.
+
+    ``windows`` keeps only features over those windows (``last`` features have
+    no window and are dropped); with ``requested`` too, both must hold.
+    """
+    chosen = group.feature_names() if requested is None else _requested(group, requested)
+    if windows is None:
+        return chosen
+    known_windows = [w.name for w in group.windows]
+    unknown_windows = [w for w in windows if w not in known_windows]
+    if unknown_windows or not windows:
+        raise FeatureSelectionError(
+            f"unknown window(s) of group {group.name!r}: {', '.join(unknown_windows) or '-'}"
+            f"; known: {', '.join(known_windows)}",
+        )
+    keep = set(windows)
+    specs = feature_specs(group)
+    selected = tuple(n for n in chosen if (w := specs[n].window) is not None and w.name in keep)
+    if not selected:
+        raise FeatureSelectionError("no requested feature is over the requested windows")
+    return selected
+
+
+def _requested(group: FeatureGroup, requested: Sequence[str]) -> tuple[str, ...]:
+    names = group.feature_names()
+    known = set(names)
+    unknown = [n for n in requested if n not in known]
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], names, n=1)
+        raise FeatureSelectionError(
+            f"unknown feature(s) of group {group.name!r}: {', '.join(unknown)}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; known: {', '.join(names)}",
+        )
+    if not requested:
+        raise FeatureSelectionError("features must name at least one feature (omit it for all)")
+    return tuple(dict.fromkeys(requested))
+
+
+def served_row(
+    group: FeatureGroup, entity: str, reading: Reading, names: Sequence[str], as_of_ms: int
+) -> dict[str, Any]:
+    """One entity's answer as every reader gives it: values, freshness, newest event time."""
+    vector = reading.vector
+    values = vector.values
+    return {
+        "entity": entity,
+        "newest_event_ms": vector.newest_event_ms,
+        "features": {n: values[n] for n in names},
+        "freshness": freshness(group, reading, as_of_ms, names),
+    }

@@ -24,13 +24,7 @@ import orjson
 from fastavro.validation import ValidationError as AvroValidationError
 from fastavro.validation import validate as avro_validate
 
-from driftline.schemas.exceptions import SchemaError, reject
-
-
-def _short(schema: Any, limit: int = 120) -> str:
-    """A schema fragment for a message (never the event's value: it may be personal data)."""
-    text = orjson.dumps(schema, default=str).decode()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+from driftline.schemas.exceptions import SchemaError, reject, short_json
 
 
 def _is_nullable(avro_type: Any) -> bool:
@@ -93,7 +87,7 @@ class AvroContract:
                     "missing_field", f"$.{missing[0]}: required field is missing", "ValidationError"
                 ) from None
             details = "; ".join(
-                f"$.{err.field.rsplit('.', 1)[-1]}: expected Avro type {_short(err.schema)}, "
+                f"$.{err.field.rsplit('.', 1)[-1]}: expected Avro type {short_json(err.schema)}, "
                 f"got {type(err.datum).__name__}"
                 if hasattr(err, "field")
                 else "does not match the Avro schema"

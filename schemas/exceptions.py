@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
+
 from driftline.errors import DriftlineError
 
 
@@ -92,3 +94,13 @@ REASONS: dict[str, str] = {
 def reject(reason: str, message: str, error_class: str = "InvalidEvent") -> InvalidEvent:
     """Build the exception for ``reason`` with its stage looked up."""
     return InvalidEvent(Rejection(REASONS[reason], reason, message, error_class))
+
+
+def short_json(rule: object, limit: int = 120) -> str:
+    """A piece of a *contract* (a type, an enum) for a rejection message, cut to ``limit``.
+
+    Never used on the event's value: messages reach logs, and a bad field may
+    hold personal data (the dead-letter topic keeps the bytes).
+    """
+    text = orjson.dumps(rule, default=str).decode()
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -33,7 +33,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError as JsonSchemaSchemaError
 from jsonschema.exceptions import ValidationError, best_match
 
-from driftline.schemas.exceptions import InvalidEvent, SchemaError, reject
+from driftline.schemas.exceptions import InvalidEvent, SchemaError, reject, short_json
 
 #: Keywords whose semantics are identical in drafts 2019-09 and 2020-12 and
 #: which fastjsonschema implements.  ``items`` is safe only in its single-schema
@@ -205,11 +205,6 @@ class JsonSchemaContract:
         raise reject(reason, f"{_json_path(error)}: {describe(error)}", "ValidationError")
 
 
-def _short(value: Any, limit: int = 120) -> str:
-    text = orjson.dumps(value, default=str).decode()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def describe(error: ValidationError) -> str:
     """What the contract asks for at the failing place, without the event's value.
 
@@ -224,14 +219,14 @@ def describe(error: ValidationError) -> str:
         # the missing names come from the schema, not the event
         instance = error.instance if isinstance(error.instance, dict) else {}
         missing = [name for name in rule if name not in instance] if isinstance(rule, list) else []
-        return f"required property {_short(missing[0] if missing else rule)} is missing"
+        return f"required property {short_json(missing[0] if missing else rule)} is missing"
     if keyword == "type":
-        return f"expected type {_short(rule)}, got {_json_type(error.instance)}"
+        return f"expected type {short_json(rule)}, got {_json_type(error.instance)}"
     if keyword == "additionalProperties" and rule is False:
         return "has properties the contract does not allow (additionalProperties is false)"
     if keyword in ("enum", "const"):
-        return f"value is not one of the allowed values ({keyword} {_short(rule)})"
-    return f"value fails {keyword!r} {_short(rule)}"
+        return f"value is not one of the allowed values ({keyword} {short_json(rule)})"
+    return f"value fails {keyword!r} {short_json(rule)}"
 
 
 def _json_type(value: Any) -> str:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -39,11 +39,13 @@ import orjson
 import redis.asyncio as aioredis
 
 from driftline.features.definitions import FeatureGroup
-from driftline.features.registry import group_from_definition, latest, parse_records
-from driftline.features.serving import freshness
+from driftline.features.exceptions import FeatureSelectionError
+from driftline.features.registry import group_from_definition, latest
+from driftline.features.serving import select_features, served_row
 from driftline.sinks.exceptions import PermanentError, TransientError
-from driftline.sinks.feature_store import RedisFeatureStore, registry_key
+from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.redis_client import connect_redis
+from driftline.sinks.registry_store import read_deployed
 
 T = TypeVar("T")
 
@@ -84,9 +86,11 @@ def parse_refs(features: Sequence[str]) -> dict[str, list[str]]:
 
 
 class _Backend(Protocol):
+    """Rows as :func:`driftline.features.serving.served_row` makes them, one per entity."""
+
     async def read(
-        self, group: str, entities: Sequence[str], names: Sequence[str], as_of_ms: int | None
-    ) -> tuple[int, list[dict[str, Any]]]: ...
+        self, group: str, entities: Sequence[str], names: Sequence[str], as_of_ms: int
+    ) -> list[dict[str, Any]]: ...
 
     async def aclose(self) -> None: ...
 
@@ -105,8 +109,7 @@ class _RedisBackend:
         group = self._groups.get(name)
         if group is not None:
             return group
-        fields = await self._client.hgetall(registry_key(self._prefix, name))
-        versions, _ = parse_records(name, fields or {})
+        versions, _ = await read_deployed(self._client, self._prefix, [name], scan=False)
         wanted = self._versions.get(name)
         if wanted is not None:
             chosen = next((v for v in versions if v.version == wanted), None)
@@ -124,33 +127,21 @@ class _RedisBackend:
         return found
 
     async def read(
-        self, group: str, entities: Sequence[str], names: Sequence[str], as_of_ms: int | None
-    ) -> tuple[int, list[dict[str, Any]]]:
+        self, group: str, entities: Sequence[str], names: Sequence[str], as_of_ms: int
+    ) -> list[dict[str, Any]]:
         definition = await self._group(group)
-        known = set(definition.feature_names())
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise FeatureClientError(
-                f"unknown feature(s) of group {group!r}: {', '.join(unknown)}; "
-                f"known: {', '.join(definition.feature_names())}"
-            )
-        at = int(time.time() * 1000) if as_of_ms is None else as_of_ms
         try:
-            readings = await self._store.read(definition, entities, at)
+            selected = select_features(definition, names)
+        except FeatureSelectionError as exc:
+            raise FeatureClientError(str(exc)) from None
+        try:
+            readings = await self._store.read(definition, entities, as_of_ms)
         except (OSError, aioredis.RedisError) as exc:
             raise TransientError(f"feature store unavailable: {type(exc).__name__}: {exc}") from exc
-        rows = []
-        for entity, reading in zip(entities, readings, strict=True):
-            values = reading.vector.values
-            rows.append(
-                {
-                    "entity": entity,
-                    "features": {n: values[n] for n in names},
-                    "freshness": freshness(definition, reading, at, names),
-                    "newest_event_ms": reading.vector.newest_event_ms,
-                }
-            )
-        return at, rows
+        return [
+            served_row(definition, entity, reading, selected, as_of_ms)
+            for entity, reading in zip(entities, readings, strict=True)
+        ]
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -167,15 +158,13 @@ class _HttpBackend:
         self._session: Any = None
 
     async def read(
-        self, group: str, entities: Sequence[str], names: Sequence[str], as_of_ms: int | None
-    ) -> tuple[int, list[dict[str, Any]]]:
+        self, group: str, entities: Sequence[str], names: Sequence[str], as_of_ms: int
+    ) -> list[dict[str, Any]]:
         if self._session is None:
             self._session = self._aiohttp.ClientSession(
                 headers=self._headers, timeout=self._timeout
             )
-        body: dict[str, Any] = {"entities": list(entities), "features": list(names)}
-        if as_of_ms is not None:
-            body["as_of_ms"] = as_of_ms
+        body = {"entities": list(entities), "features": list(names), "as_of_ms": as_of_ms}
         url = f"{self._base}/v1/features/{quote(group, safe='')}:batch"
         try:
             async with self._session.post(url, data=orjson.dumps(body)) as response:
@@ -188,7 +177,7 @@ class _HttpBackend:
             message = doc.get("error", payload[:200]) if isinstance(doc, dict) else payload[:200]
             error = TransientError if status in (429, 502, 503, 504) else FeatureClientError
             raise error(f"{url}: HTTP {status}: {message}")
-        return int(doc["as_of_ms"]), list(doc["results"])
+        return list(doc["results"])
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -254,7 +243,7 @@ class AsyncFeatureClient:
         values: list[dict[str, Any]] = [{} for _ in keys]
         fresh: list[dict[str, str]] = [{} for _ in keys]
         newest: list[dict[str, int | None]] = [{} for _ in keys]
-        for (group, names), (_, rows) in zip(wanted.items(), reads, strict=True):
+        for (group, names), rows in zip(wanted.items(), reads, strict=True):
             for i, row in enumerate(rows):
                 for name in names:
                     values[i][f"{group}:{name}"] = row["features"][name]
@@ -290,7 +279,7 @@ class AsyncFeatureClient:
 class FeatureClient:
     """The synchronous :class:`AsyncFeatureClient`: same constructors, same answers."""
 
-    def __init__(self, factory: Any) -> None:
+    def __init__(self, factory: Callable[[], AsyncFeatureClient]) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="driftline-feature-client", daemon=True
@@ -337,7 +326,6 @@ class FeatureClient:
         self.close()
 
 
-async def _build(factory: Any) -> AsyncFeatureClient:
+async def _build(factory: Callable[[], AsyncFeatureClient]) -> AsyncFeatureClient:
     """Build the async client on the private loop (its connections belong to that loop)."""
-    client: AsyncFeatureClient = factory()
-    return client
+    return factory()

@@ -58,8 +58,6 @@ class BufferedKafkaSink:
         self._shrink = shrink
         self._on_shrink = on_shrink
         self._pending: list[Record] = []
-        #: records replaced by a smaller version after a size refusal
-        self.shrunk = 0
 
     def add(
         self,
@@ -105,7 +103,6 @@ class BufferedKafkaSink:
                         f"{record[0]} and it cannot be made smaller: {result}"
                     )
                     continue
-                self.shrunk += 1
                 self._on_shrink()
                 keep.append(smaller)
             else:

@@ -64,7 +64,6 @@ not those known at ``t``).
 from __future__ import annotations
 
 import asyncio
-import difflib
 import gc
 import logging
 import logging.config
@@ -79,10 +78,10 @@ from multidict import MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import MaxConnectionsError, RedisError
 
+from driftline.features import serving
 from driftline.features.definitions import FeatureGroup
-from driftline.features.exceptions import CodecError
+from driftline.features.exceptions import CodecError, FeatureSelectionError
 from driftline.features.reader import Reading
-from driftline.features.serving import feature_specs, freshness
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.metrics import ServeMetrics
 from driftline.streams.clients import redis_client
@@ -131,45 +130,11 @@ def select_features(
     requested: Sequence[str] | None,
     windows: Sequence[str] | None = None,
 ) -> tuple[str, ...]:
-    """The requested feature names (all when ``None``), deduplicated, in request order.
-
-    ``windows`` keeps only features over those windows (``last`` features have
-    no window and are dropped); with ``requested`` too, both must hold.
-    """
-    chosen = group.feature_names() if requested is None else _requested(group, requested)
-    if windows is None:
-        return chosen
-    known_windows = [w.name for w in group.windows]
-    unknown_windows = [w for w in windows if w not in known_windows]
-    if unknown_windows or not windows:
-        raise ApiError(
-            400,
-            f"unknown window(s) of group {group.name!r}: {', '.join(unknown_windows) or '-'}"
-            f"; known: {', '.join(known_windows)}",
-        )
-    keep = set(windows)
-    specs = feature_specs(group)
-    selected = tuple(n for n in chosen if (w := specs[n].window) is not None and w.name in keep)
-    if not selected:
-        raise ApiError(400, "no requested feature is over the requested windows")
-    return selected
-
-
-def _requested(group: FeatureGroup, requested: Sequence[str]) -> tuple[str, ...]:
-    names = group.feature_names()
-    known = set(names)
-    unknown = [n for n in requested if n not in known]
-    if unknown:
-        hint = difflib.get_close_matches(unknown[0], names, n=1)
-        raise ApiError(
-            400,
-            f"unknown feature(s) of group {group.name!r}: {', '.join(unknown)}"
-            + (f" (did you mean {hint[0]!r}?)" if hint else "")
-            + f"; known: {', '.join(names)}",
-        )
-    if not requested:
-        raise ApiError(400, "features must name at least one feature (omit it for all)")
-    return tuple(dict.fromkeys(requested))
+    """:func:`driftline.features.serving.select_features`; a bad selection is a 400."""
+    try:
+        return serving.select_features(group, requested, windows)
+    except FeatureSelectionError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 class BatchRequest(NamedTuple):
@@ -317,19 +282,10 @@ class FeatureApi:
         except CodecError as exc:
             log.error("undecodable state in group %s v%s: %s", group.name, group.version, exc)
             raise ApiError(500, f"stored state cannot be decoded: {exc}") from None
-        out = []
-        for entity, reading in zip(entities, readings, strict=True):
-            vector = reading.vector
-            values = vector.values
-            out.append(
-                {
-                    "entity": entity,
-                    "newest_event_ms": vector.newest_event_ms,
-                    "features": {n: values[n] for n in names},
-                    "freshness": freshness(group, reading, as_of, names),
-                }
-            )
-        return out
+        return [
+            serving.served_row(group, entity, reading, names, as_of)
+            for entity, reading in zip(entities, readings, strict=True)
+        ]
 
     async def get_features(self, request: web.Request) -> web.Response:
         group = self._group(request)

@@ -27,7 +27,8 @@ change does not touch the group's fields.  Records written before lineage was
 recorded have no contract: their schema is unknown (``null``) and their topic
 the one their source has in the *current* config, if it still exists.
 
-Everything but :func:`read_deployed` and :class:`RegistryReader` is pure, so
+Everything but :class:`RegistryReader` (and :func:`read_deployed`, in
+``driftline.sinks.registry_store``) is pure, so
 it is tested without Redis; :func:`load_catalog` reads only local files.
 """
 
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +51,7 @@ from driftline.features.registry import (
 )
 from driftline.schemas import EventParser
 from driftline.schemas.fields import field_types
-from driftline.sinks.feature_store import registry_key
+from driftline.sinks.registry_store import read_deployed
 from driftline.streams.settings import Settings
 from driftline.streams.sources import build_feature_groups, build_parsers
 
@@ -482,40 +482,6 @@ def _fmt_time(ms: int | None) -> str:
 
 
 # ------------------------------------------------------------------ Redis
-
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-async def read_deployed(
-    client: aioredis.Redis, prefix: str, names: Iterable[str] = (), *, scan: bool = True
-) -> tuple[list[DeployedVersion], list[str]]:
-    """Every version recorded under ``prefix``: of ``names``, and of other groups when ``scan``.
-
-    Groups removed from the config are only found by a ``SCAN`` of the whole
-    keyspace (no index of group names is kept), ``COUNT 1000`` per call so
-    Redis is never blocked for long; the HGETALLs then go in one pipeline.
-    """
-    wanted = dict.fromkeys(names)
-    if scan:
-        head = registry_key(prefix, "")
-        async for key in client.scan_iter(match=_glob_escape(head) + "*", count=1000, _type="HASH"):
-            text = key.decode() if isinstance(key, bytes) else key
-            wanted.setdefault(text[len(head) :])
-    if not wanted:
-        return [], []
-    async with client.pipeline(transaction=False) as pipe:
-        for name in wanted:
-            pipe.hgetall(registry_key(prefix, name))
-        raw = await pipe.execute()
-    out: list[DeployedVersion] = []
-    problems: list[str] = []
-    for name, fields in zip(wanted, raw, strict=True):
-        found, bad = parse_records(name, fields or {})
-        out += found
-        problems += bad
-    return out, problems
 
 
 class RegistryReader:

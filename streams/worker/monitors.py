@@ -46,7 +46,7 @@ from driftline.sinks.kafka_sink import KafkaSink
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.sinks.monitor_store import MonitorCheckpoint, RedisMonitorStore, monitor_key
 from driftline.streams.worker.pipeline import RawRecord
-from driftline.streams.worker.retry import Backoff, EffectTracker, until_done
+from driftline.streams.worker.retry import Backoff, EffectTracker, T, until_done
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,8 @@ class MonitorRunner:
         if held is not None:
             return held
         config = self.configs[name]
-        checkpoint = await until_done(
-            lambda: self.store.load(name),
-            what=f"checkpoint of monitor {name}",
-            backoff=self.backoff,
-            sleep=self._sleep,
-            on_error=self._errors(config.source, "redis"),
-            tracker=self.tracker,
-            target="redis",
+        checkpoint = await self._until_done(
+            lambda: self.store.load(name), f"checkpoint of monitor {name}", config.source, "redis"
         )
         monitor = SegmentedMonitor(config)
         if checkpoint.state is not None:
@@ -188,15 +182,7 @@ class MonitorRunner:
         for alert in alerts:
             self.alerts.add(self.alerts_topic, alert.monitor.encode(), alert.to_json(), [])
         sources = {self.configs[n].source for n in touched} or {"-"}
-        await until_done(
-            self.alerts.flush,
-            what="drift alerts",
-            backoff=self.backoff,
-            sleep=self._sleep,
-            on_error=self._errors(min(sources), "alerts"),
-            tracker=self.tracker,
-            target="kafka",
-        )
+        await self._until_done(self.alerts.flush, "drift alerts", min(sources), "alerts")
         for name, held in touched.items():
             await self._save(name, held)
             self._export(name, held.monitor)
@@ -221,22 +207,29 @@ class MonitorRunner:
 
     async def _save(self, name: str, held: _Held) -> None:
         held.checkpoint.state = held.monitor.to_state()
-        saved = await until_done(
+        saved = await self._until_done(
             lambda: self.store.save(name, held.checkpoint),
-            what=f"checkpoint of monitor {name}",
-            backoff=self.backoff,
-            sleep=self._sleep,
-            on_error=self._errors(self.configs[name].source, "redis"),
-            tracker=self.tracker,
-            target="redis",
+            f"checkpoint of monitor {name}",
+            self.configs[name].source,
+            "redis",
         )
         if not saved:
             log.warning("monitor %s: another worker saved a newer checkpoint; reloading it", name)
             self._held.pop(name, None)
 
-    def _errors(self, source: str, target: str) -> Callable[[], None]:
-        """Counts a failed attempt in ``driftline_effect_errors_total`` (retried)."""
-        return self.metrics.effect_errors.labels(source=source, target=target).inc
+    async def _until_done(
+        self, effect: Callable[[], Awaitable[T]], what: str, source: str, target: str
+    ) -> T:
+        """``effect`` retried; failed attempts counted in ``driftline_effect_errors_total``."""
+        return await until_done(
+            effect,
+            what=what,
+            backoff=self.backoff,
+            sleep=self._sleep,
+            on_error=self.metrics.effect_errors.labels(source=source, target=target).inc,
+            tracker=self.tracker,
+            target="redis" if target == "redis" else "kafka",
+        )
 
     def keep_partitions(self, owned: set[int]) -> None:
         """Let go of the monitors whose values-topic partition this worker no longer owns.

@@ -643,7 +643,7 @@ class SourcePipeline:
                     rejection.message,
                 )
             key, value, headers = self._dead_letter_record(record, rejection, now_ms)
-            if any(name == TRUNCATED_HEADER for name, _ in headers[-3:]):
+            if any(name == TRUNCATED_HEADER for name, _ in headers):
                 self.metrics.dead_letters_truncated.labels(source=self.source).inc()
             self.dead_letters.add(self.dead_letter_topic, key, value, headers)
         if len(rejected) > LOG_REJECTIONS_PER_BATCH:

@@ -9,12 +9,12 @@ import orjson
 import pytest
 
 from driftline.features.definitions import FeatureGroup
+from driftline.sinks.registry_store import _glob_escape
 from driftline.streams.serve.registry import (
     Catalog,
     DeployedVersion,
     SchemaInfo,
     SourceInfo,
-    _glob_escape,
     build_registry,
     describe_features,
     field_types,
