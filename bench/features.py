@@ -107,7 +107,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
-from driftline.streams.local.embedded import child_preexec, create_topics, find_free_port
+from driftline.streams.local.embedded import create_topics
+from driftline.streams.local.ports import find_free_port
+from driftline.streams.processes import child_preexec
 
 CONTRACT = ROOT / "schemas" / "contracts" / "transactions.schema.json"
 SOURCE = "transactions"

@@ -82,7 +82,7 @@ from driftline.features import FeatureGroup, apply_delta, build_deltas
 from driftline.features.codec import encode_ring
 from driftline.schemas.parser import ParsedEvent
 from driftline.sinks.feature_store import entity_key
-from driftline.streams.local.embedded import find_free_port
+from driftline.streams.local.ports import find_free_port
 
 GROUP = {
     "name": "user_spend",

@@ -25,12 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from driftline.streams.local.embedded import (
-    EmbeddedBroker,
-    EmbeddedRedis,
-    wait_for_kafka,
-    wait_for_redis,
-)
+from driftline.streams.local.embedded import EmbeddedBroker, EmbeddedRedis
+from driftline.streams.local.probes import wait_for_kafka, wait_for_redis
 
 log = logging.getLogger(__name__)
 

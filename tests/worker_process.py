@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from driftline.streams.local.embedded import find_free_port
+from driftline.streams.local.ports import find_free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS = ROOT / "schemas" / "contracts"

@@ -37,6 +37,8 @@ from driftline.sinks.redis_client import connect_redis
 from driftline.streams.errors import ConfigError, DriftlineError
 from driftline.streams.local import embedded
 from driftline.streams.local.demo import DemoEvents
+from driftline.streams.local.ports import find_free_port, owns_listener
+from driftline.streams.processes import child_preexec
 from driftline.streams.security import redact
 from driftline.streams.settings import Settings, load_settings
 from driftline.streams.sources import build_feature_groups, build_parsers
@@ -123,11 +125,11 @@ def metrics_port_for(requested: int | None) -> tuple[int, str | None]:
     the worker.
     """
     if requested == 0:
-        return embedded.find_free_port(), None
+        return find_free_port(), None
     if requested is None:
         if _port_free(DEFAULT_METRICS_PORT):
             return DEFAULT_METRICS_PORT, None
-        port = embedded.find_free_port()
+        port = find_free_port()
         return port, (
             f"port {DEFAULT_METRICS_PORT} is in use (another driftline dev or worker?); "
             f"the worker's metrics are on {port}"
@@ -206,7 +208,7 @@ class DevStack:
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,
-            preexec_fn=embedded.child_preexec(os.getpid()),
+            preexec_fn=child_preexec(os.getpid()),
         )
         log_file.close()
         return log_path
@@ -275,7 +277,7 @@ class DevStack:
             return False
         if self.worker is None:
             return True
-        owns = embedded._owns_listener(self.worker.pid, self.metrics_port)
+        owns = owns_listener(self.worker.pid, self.metrics_port)
         return owns is not False and self.worker.poll() is None
 
     async def _worker_failed(self, log_path: Path, when: str) -> int:

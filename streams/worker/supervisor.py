@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from driftline.streams.local.embedded import pdeathsig_preexec
+from driftline.streams.processes import pdeathsig_preexec
 from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)

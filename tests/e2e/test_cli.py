@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from driftline.streams.local.embedded import find_free_port
+from driftline.streams.local.ports import find_free_port
 from driftline.streams.topics import create_topics, wait_for_broker
 from tests.worker_process import CONTRACTS, run_cli
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from driftline.streams.local.dev import DEFAULT_METRICS_PORT
-from driftline.streams.local.embedded import find_free_port
+from driftline.streams.local.ports import find_free_port
 from tests.worker_process import ROOT
 
 

@@ -23,12 +23,9 @@ import orjson
 import pytest
 
 from driftline.schemas.deadletter import parse_dead_letter_headers
-from driftline.streams.local.embedded import (
-    EmbeddedBroker,
-    EmbeddedRedis,
-    find_free_port,
-    wait_for_kafka,
-)
+from driftline.streams.local.embedded import EmbeddedBroker, EmbeddedRedis
+from driftline.streams.local.ports import find_free_port
+from driftline.streams.local.probes import wait_for_kafka
 from tests.e2e.test_worker_e2e import (
     consume_all,
     e2e_config,

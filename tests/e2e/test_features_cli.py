@@ -13,7 +13,7 @@ from driftline.features.engine import build_deltas
 from driftline.schemas import ParsedEvent
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.redis_client import connect_redis
-from driftline.streams.local.embedded import find_free_port
+from driftline.streams.local.ports import find_free_port
 from tests.worker_process import CONTRACTS, run_cli
 
 GROUP = {

@@ -10,7 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from driftline.streams.local.embedded import EmbeddedRedis, find_free_port
+from driftline.streams.local.embedded import EmbeddedRedis
+from driftline.streams.local.ports import find_free_port
 from tests.e2e.test_worker_e2e import e2e_config, json_source_only, produce, read_features
 from tests.worker_process import WorkerProcess
 

@@ -33,15 +33,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import TopicPartition
 
-from driftline.streams.local.embedded import (
-    EmbeddedBroker,
-    EmbeddedError,
-    EmbeddedRedis,
-    create_topics,
-    find_free_port,
-    resolve_redis_binary,
-    resolve_tansu_binary,
-)
+from driftline.streams.local.binaries import resolve_redis_binary, resolve_tansu_binary
+from driftline.streams.local.embedded import EmbeddedBroker, EmbeddedRedis, create_topics
+from driftline.streams.local.errors import EmbeddedError
+from driftline.streams.local.ports import find_free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RECORDS = 1000
@@ -191,12 +186,12 @@ def test_foreign_server_on_explicit_port_is_not_taken_for_ours(tmp_path: Path) -
 
 
 def test_auto_port_taken_meanwhile_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    import driftline.streams.local.embedded as embedded
+    import driftline.streams.local.server as server_module
 
     with EmbeddedRedis() as squatter:
         ports = iter([squatter.port])
-        real = embedded.find_free_port
-        monkeypatch.setattr(embedded, "find_free_port", lambda: next(ports, None) or real())
+        real = server_module.find_free_port
+        monkeypatch.setattr(server_module, "find_free_port", lambda: next(ports, None) or real())
         server = EmbeddedRedis()
         assert server.port == squatter.port
         with server:

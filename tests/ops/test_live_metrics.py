@@ -35,7 +35,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from driftline.streams.local.embedded import find_free_port
+from driftline.streams.local.ports import find_free_port
 from tests.e2e.test_drift_e2e import stream
 from tests.e2e.test_worker_e2e import produce
 from tests.ops import conftest
