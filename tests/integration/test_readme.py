@@ -1,8 +1,10 @@
-"""The README's Python examples run as they are written (against the test Redis).
+"""The Python examples of the README and of the docs pages run as they are written.
 
-Each example names ``redis://127.0.0.1:6379/0`` and ``prefix="driftline"``; the
-test points them at the session's Redis and at a fresh prefix that holds the
-group the examples read (registered as a worker registers it).
+Every ``python`` code block of ``README.md`` and ``docs/*.md`` runs against the
+test Redis.  Each example names ``redis://127.0.0.1:6379/0`` and
+``prefix="driftline"``; the test points them at the session's Redis and at a
+fresh prefix that holds the group the examples read (registered as a worker
+registers it).
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.redis_client import connect_redis
 
 ROOT = Path(__file__).resolve().parents[2]
-BLOCK = re.compile(r"```python\n(.*?)```", re.S)
-EXAMPLES = BLOCK.findall((ROOT / "README.md").read_text())
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+EXAMPLES = {
+    f"{path.relative_to(ROOT)}:{i}": code
+    for path in FILES
+    for i, code in enumerate(BLOCK.findall(path.read_text()), 1)
+}
 USER_SPEND = {
     "name": "user_spend",
     "version": 1,
@@ -54,12 +61,13 @@ async def seed(url: str, prefix: str) -> None:
         await client.aclose()
 
 
-def test_the_readme_has_python_examples() -> None:
-    assert EXAMPLES
+def test_the_readme_and_the_reading_page_have_python_examples() -> None:
+    where = {name.split(":")[0] for name in EXAMPLES}
+    assert {"README.md", "docs/features.md"} <= where, where
 
 
-@pytest.mark.parametrize("code", EXAMPLES, ids=[f"example-{i}" for i in range(len(EXAMPLES))])
-def test_a_readme_example_runs(code: str, redis_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("code", list(EXAMPLES.values()), ids=list(EXAMPLES))
+def test_a_python_example_of_the_docs_runs(code: str, redis_url: str, tmp_path: Path) -> None:
     prefix = f"readme-{uuid.uuid4().hex[:8]}"
     asyncio.run(seed(redis_url, prefix))
     script = tmp_path / "example.py"

@@ -12,9 +12,12 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("schemas", "features", "drift", "sinks", "streams")
@@ -116,12 +119,87 @@ def test_pure_packages_import_only_what_the_architecture_allows(path: Path) -> N
     assert not extra, f"{path.relative_to(ROOT)} imports {sorted(extra)} (see ARCHITECTURE.md)"
 
 
-def test_the_readme_contents_list_every_section() -> None:
-    text = (ROOT / "README.md").read_text()
-    sections = [line[3:] for line in text.splitlines() if line.startswith("## ")]
-    contents = text.split("## Contents", 1)[1].split("\n## ", 1)[0]
-    listed = [line.split("](")[0][3:] for line in contents.splitlines() if line.startswith("- [")]
-    assert listed == [s.replace("`", "") for s in sections if s != "Contents"]
+#: Repository files that are pages of the docs site (``docs/hooks.py`` puts them in).
+SITE_PAGES = {"README.md": "index.md", "ARCHITECTURE.md": "architecture.md"}
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\[([^\]]+)\]\((?!https?://|mailto:)([^)\s]+)\)")
+
+
+def section(path: Path, title: str) -> str:
+    text = path.read_text()
+    marker = f"\n## {title}\n"
+    assert marker in text, f"{path.relative_to(ROOT)} has no section '## {title}'"
+    return text.split(marker, 1)[1].split("\n## ", 1)[0]
+
+
+def prose(text: str) -> str:
+    """``text`` without its fenced code blocks."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
+def github_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of ``path``."""
+    headings = re.findall(r"^#{1,6} (.+)$", prose(path.read_text()), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def nav_pages() -> list[tuple[str, str]]:
+    """(title, file) of every page in mkdocs.yml's navigation, in order."""
+
+    def walk(items: list[Any]) -> list[tuple[str, str]]:
+        pages = []
+        for item in items:
+            ((title, value),) = item.items()
+            pages += walk(value) if isinstance(value, list) else [(title, value)]
+        return pages
+
+    return walk(yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"])
+
+
+def test_the_readme_contents_list_every_page_of_the_site() -> None:
+    pages = nav_pages()
+    assert {f for _, f in pages} == {p.name for p in (ROOT / "docs").glob("*.md")}, (
+        "every docs/*.md is a page of mkdocs.yml's nav, and every page is a file"
+    )
+    contents = section(ROOT / "README.md", "Contents")
+    listed = []
+    for line in contents.splitlines():
+        entry = re.match(r"\s*- \[([^\]]+)\]\(([^)#]+)", line)
+        if entry:
+            title, target = entry.groups()
+            listed.append((title, SITE_PAGES.get(target, target.removeprefix("docs/"))))
+    assert listed == [p for p in pages if p[1] != "index.md"]
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_of_the_readme_and_the_docs_resolve(path: Path) -> None:
+    broken = []
+    for label, target in LINK.findall(prose(path.read_text())):
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        if not dest.exists():
+            broken.append(f"[{label}]({target}): no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in github_anchors(dest):
+            broken.append(f"[{label}]({target}): no such heading")
+    assert not broken, f"{path.relative_to(ROOT)}: {broken}"
+
+
+def test_the_readme_commands_table_names_every_command() -> None:
+    from importlib.metadata import entry_points
+
+    import click
+
+    (script,) = entry_points(group="console_scripts", name="driftline")
+    cli = script.load()
+    names = []
+    for name, command in cli.commands.items():
+        if isinstance(command, click.Group):
+            names += [f"{name} {sub}" for sub in command.commands]
+        else:
+            names.append(name)
+    table = section(ROOT / "README.md", "Commands")
+    missing = [n for n in names if f"| `driftline {n}" not in table]
+    assert not missing, f"README's commands table lacks {missing}"
 
 
 def test_the_configuration_reference_lists_every_key_and_flags_secrets() -> None:
