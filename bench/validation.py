@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from driftline.schemas import build_parser
 from driftline.streams.local.demo import DemoEvents
-from driftline.streams.worker.pipeline import RawRecord, classify
+from driftline.streams.worker.records import RawRecord, classify
 
 CONTRACT = ROOT / "schemas" / "contracts" / "transactions.schema.json"
 

@@ -3,6 +3,8 @@
 The pieces, in the order a value meets them:
 
 * :mod:`drift.config`     one validated, frozen :class:`MonitorConfig` per monitor;
+* :mod:`drift.samples`    the monitored values a source batch sends its monitor, and their
+                          values-topic form;
 * :mod:`drift.segmented`  routes a value to its segment's monitor (bounded);
 * :mod:`drift.reference`  the warm-up sample and the normal scores against it;
 * :mod:`drift.detectors`  River's Page-Hinkley and ADWIN on the scores;

@@ -39,9 +39,10 @@ from driftline.streams.sources import (
     build_parsers,
     build_quality,
 )
+from driftline.streams.worker.dead_letters import shrink_dead_letter
 from driftline.streams.worker.health import WorkerHealth
 from driftline.streams.worker.monitors import MonitorRunner
-from driftline.streams.worker.pipeline import SourcePipeline, shrink_dead_letter
+from driftline.streams.worker.pipeline import SourcePipeline
 from driftline.streams.worker.retry import Backoff
 from driftline.streams.worker.transport import App as BatchApp
 from driftline.streams.worker.transport import RecordBatch

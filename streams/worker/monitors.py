@@ -36,16 +36,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import orjson
 
 from driftline.drift import Alert, MonitorConfig, SegmentedMonitor
 from driftline.drift.exceptions import DriftStateError
+from driftline.drift.samples import decode_samples
 from driftline.sinks.kafka_sink import KafkaSink
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.sinks.monitor_store import MonitorCheckpoint, RedisMonitorStore, monitor_key
-from driftline.streams.worker.pipeline import RawRecord
+from driftline.streams.worker.records import RawRecord
 from driftline.streams.worker.retry import Backoff, EffectTracker, T, until_done
 
 log = logging.getLogger(__name__)
@@ -55,41 +53,6 @@ log = logging.getLogger(__name__)
 class _Held:
     monitor: SegmentedMonitor
     checkpoint: MonitorCheckpoint
-
-
-Sample = tuple[int, int, float, Any]
-
-
-def decode_samples(value: bytes | None) -> tuple[str, str, int, list[Sample]] | None:
-    """A values-topic record as (monitor, source, partition, samples); None if it is not one.
-
-    The topic is driftline's own, but anyone with write access can put a
-    record there: a foreign one is skipped (logged), never a crash.
-    """
-    try:
-        doc = orjson.loads(value or b"")
-        name, source, partition, raw = doc["m"], doc["s"], doc["p"], doc["v"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None
-    if not (isinstance(name, str) and isinstance(source, str) and isinstance(partition, int)):
-        return None
-    if not isinstance(raw, list):
-        return None
-    samples: list[Sample] = []
-    for item in raw:
-        if not isinstance(item, list) or len(item) != 4:
-            return None
-        offset, event_time_ms, number, segment = item
-        if not (
-            isinstance(offset, int)
-            and isinstance(event_time_ms, int)
-            and isinstance(number, int | float)
-            and not isinstance(number, bool)
-            and (segment is None or isinstance(segment, str | int | float | bool))
-        ):
-            return None
-        samples.append((offset, event_time_ms, float(number), segment))
-    return name, source, partition, samples
 
 
 class MonitorRunner:

@@ -45,7 +45,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, ChannelT, TransportT
 from faust.types.tuples import ack_lock
 
-from driftline.streams.worker.pipeline import RawRecord
+from driftline.streams.worker.records import RawRecord
 
 
 @dataclass(frozen=True, slots=True)

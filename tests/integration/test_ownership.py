@@ -21,7 +21,8 @@ from driftline.sinks.metrics import WorkerMetrics
 from driftline.sinks.monitor_store import RedisMonitorStore
 from driftline.sinks.redis_client import connect_redis
 from driftline.streams.worker.monitors import MonitorRunner
-from driftline.streams.worker.pipeline import RawRecord, SourcePipeline
+from driftline.streams.worker.pipeline import SourcePipeline
+from driftline.streams.worker.records import RawRecord
 from tests.worker_process import CONTRACTS
 
 

@@ -29,8 +29,10 @@ from driftline.sinks.exceptions import RecordTooLarge, classify, is_too_large
 from driftline.sinks.feature_store import MemoryFeatureStore, PartitionState
 from driftline.sinks.kafka_sink import BufferedKafkaSink, MemoryKafkaSink
 from driftline.sinks.metrics import WorkerMetrics
+from driftline.streams.worker.dead_letters import shrink_dead_letter
 from driftline.streams.worker.health import WorkerHealth
-from driftline.streams.worker.pipeline import RawRecord, SourcePipeline, shrink_dead_letter
+from driftline.streams.worker.pipeline import SourcePipeline
+from driftline.streams.worker.records import RawRecord
 from driftline.streams.worker.retry import Backoff, EffectFailed, EffectTracker, until_done
 from tests.unit.test_pipeline import GROUP, make_parser, tx
 
@@ -476,8 +478,8 @@ def test_event_times_out_of_range_are_bad_event_time(t: float, unit: str) -> Non
 
 
 def test_long_segment_strings_are_cut() -> None:
+    from driftline.drift.samples import MAX_SEGMENT_CHARS, segment_of
     from driftline.schemas import ParsedEvent
-    from driftline.streams.worker.pipeline import MAX_SEGMENT_CHARS, segment_of
 
     event = ParsedEvent("u", 0, {"country": "x" * 1_000_000, "n": [1]})
     assert segment_of(event, "country") == "x" * MAX_SEGMENT_CHARS
@@ -497,13 +499,13 @@ def test_long_segment_strings_are_cut() -> None:
     ],
 )
 def test_foreign_values_topic_records_are_not_sample_batches(value: bytes) -> None:
-    from driftline.streams.worker.monitors import decode_samples
+    from driftline.drift.samples import decode_samples
 
     assert decode_samples(value) is None
 
 
 def test_a_sample_batch_decodes() -> None:
-    from driftline.streams.worker.monitors import decode_samples
+    from driftline.drift.samples import decode_samples
 
     doc = b'{"m": "a", "s": "tx", "p": 3, "v": [[1, 2, 3, "DE"], [2, 3, 4.5, null]]}'
     assert decode_samples(doc) == ("a", "tx", 3, [(1, 2, 3.0, "DE"), (2, 3, 4.5, None)])

@@ -21,7 +21,8 @@ from driftline.sinks.feature_store import MemoryFeatureStore
 from driftline.sinks.kafka_sink import MemoryKafkaSink
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.streams.local.demo import INVALID_KINDS, DemoEvents
-from driftline.streams.worker.pipeline import RawRecord, SourcePipeline, classify
+from driftline.streams.worker.pipeline import SourcePipeline
+from driftline.streams.worker.records import RawRecord, classify
 from driftline.streams.worker.retry import Backoff
 
 TX_JSON = Path(__file__).resolve().parents[2] / "schemas" / "contracts" / "transactions.schema.json"
@@ -398,7 +399,7 @@ async def test_feature_monitors_get_each_entity_feature_after_the_batch() -> Non
 
 
 def test_sampled_entities_are_spread_over_the_batch_and_deterministic() -> None:
-    from driftline.streams.worker.pipeline import sampled_entities
+    from driftline.drift.samples import sampled_entities
 
     parser = make_parser()
     records = [rec(tx(f"u{i}", 1_000 + i, 1.0), i) for i in range(10)]
@@ -424,7 +425,7 @@ def test_sampled_entities_are_spread_over_the_batch_and_deterministic() -> None:
 def test_judging_fast_path_decides_as_event_by_event(
     times: list[tuple[int, int]], watermark: int | None, lateness: int, tolerance: int
 ) -> None:
-    from driftline.streams.worker.pipeline import _judge_each, judge_event_time
+    from driftline.streams.worker.event_time import _judge_each, judge_event_time
 
     events = [ParsedEvent("u", t, {}) for t, _ in times]
     records = [RawRecord("tx", 0, i, ts, b"k", b"", ()) for i, (_, ts) in enumerate(times)]

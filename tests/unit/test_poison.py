@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from driftline.schemas import REASONS, EventParser, build_parser
 from driftline.schemas.wire import frame
-from driftline.streams.worker.pipeline import Classified, RawRecord, classify
+from driftline.streams.worker.records import Classified, RawRecord, classify
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "schemas" / "contracts"
 MiB = 1 << 20
