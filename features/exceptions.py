@@ -16,6 +16,8 @@ catches ``ValueError`` (config loaders, the CLI) keeps working.
 
 from __future__ import annotations
 
+import difflib
+
 from driftline.errors import DriftlineError
 
 
@@ -60,3 +62,10 @@ class CodecError(FeatureError, ValueError):
 
 class FeatureSelectionError(FeatureError, ValueError):
     """A read asks for features or windows its group does not have (the message says which)."""
+
+
+def did_you_mean(key: str, choices: tuple[str, ...]) -> str:
+    """The hint a :class:`FeatureDefinitionError` gives for an unknown ``key``."""
+    close = difflib.get_close_matches(key, choices, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f" (expected one of {', '.join(choices)}){hint}"
