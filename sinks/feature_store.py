@@ -26,8 +26,9 @@ events are spread over partitions stays exact.  Single Redis (or a primary
 with replicas); Redis Cluster is not supported because one script touches
 keys of many slots.
 
-The Lua merge mirrors :func:`features.engine.apply_delta` (the reference
-implementation, tested against this script on a real Redis).
+The Lua merge (:mod:`driftline.sinks.feature_store_lua`) mirrors
+:func:`driftline.features.engine.apply_delta` (the reference implementation,
+tested against the script on a real Redis).
 """
 
 from __future__ import annotations
@@ -45,162 +46,8 @@ from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import apply_delta, read_features
 from driftline.features.reader import Reading, read_rings
 from driftline.features.state import EntityState, FeatureVector
+from driftline.sinks import feature_store_lua as lua
 from driftline.sinks.exceptions import PermanentError
-
-_APPLY = r"""
-local K_CAP = 33
-local offsets = KEYS[1]
-local partition = ARGV[1]
-local stored = redis.call('HGET', offsets, 'p' .. partition)
-if (stored or '-1') ~= ARGV[2] then
-  return {0, stored or '-1'}
-end
-local now = ARGV[5]
-local ngroups = tonumber(ARGV[6])
-local a = 7
-local k = 2
-
-local function read_ring(blob, V, D)
-  local ring, ids = {}, {}
-  local pos, len = 1, #blob
-  while pos <= len do
-    local id
-    id, pos = struct.unpack('<d', blob, pos)
-    local sums, sketches = {}, {}
-    for v = 1, V do
-      local n, mean, m2, mn, mx
-      n, mean, m2, mn, mx, pos = struct.unpack('<ddddd', blob, pos)
-      sums[v] = {n, mean, m2, mn, mx}
-    end
-    for d = 1, D do
-      local cnt
-      cnt, pos = struct.unpack('<d', blob, pos)
-      local hs = {}
-      for j = 1, cnt do
-        hs[j], pos = struct.unpack('<d', blob, pos)
-      end
-      sketches[d] = hs
-    end
-    ring[id] = {sums, sketches}
-    ids[#ids + 1] = id
-  end
-  return ring, ids
-end
-
-local function merge_summary(x, y)
-  if y[1] == 0 then return x end
-  if x[1] == 0 then return y end
-  local an, bn = x[1], y[1]
-  local n = an + bn
-  local delta = y[2] - x[2]
-  local mn = x[4]
-  if y[4] < mn then mn = y[4] end
-  local mx = x[5]
-  if y[5] > mx then mx = y[5] end
-  return {n, x[2] + delta * bn / n, x[3] + y[3] + delta * delta * an * bn / n, mn, mx}
-end
-
-local function merge_kmv(x, y)
-  if #y == 0 then return x end
-  if #x == 0 then return y end
-  local seen, all = {}, {}
-  for _, h in ipairs(x) do if not seen[h] then seen[h] = true; all[#all + 1] = h end end
-  for _, h in ipairs(y) do if not seen[h] then seen[h] = true; all[#all + 1] = h end end
-  table.sort(all)
-  local out = {}
-  for j = 1, math.min(#all, K_CAP) do out[j] = all[j] end
-  return out
-end
-
-local function write_ring(ring, V, D)
-  local ids = {}
-  for id, _ in pairs(ring) do ids[#ids + 1] = id end
-  table.sort(ids)
-  local parts = {}
-  for _, id in ipairs(ids) do
-    local b = ring[id]
-    parts[#parts + 1] = struct.pack('<d', id)
-    for v = 1, V do
-      local s = b[1][v]
-      parts[#parts + 1] = struct.pack('<ddddd', s[1], s[2], s[3], s[4], s[5])
-    end
-    for d = 1, D do
-      local hs = b[2][d]
-      parts[#parts + 1] = struct.pack('<d', #hs)
-      for _, h in ipairs(hs) do parts[#parts + 1] = struct.pack('<d', h) end
-    end
-  end
-  return table.concat(parts)
-end
-
-for _ = 1, ngroups do
-  local V, D = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  local ttl, R = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  a = a + 4
-  local res, nb = {}, {}
-  for r = 1, R do
-    res[r] = tonumber(ARGV[a]); nb[r] = tonumber(ARGV[a + 1]); a = a + 2
-  end
-  local nentities = tonumber(ARGV[a]); a = a + 1
-  for _ = 1, nentities do
-    local key = KEYS[k]; k = k + 1
-    local delta_newest = tonumber(ARGV[a]); a = a + 1
-    local old_newest = tonumber(redis.call('HGET', key, '_n') or '')
-    local newest = delta_newest
-    if old_newest and old_newest > newest then newest = old_newest end
-    redis.call('HSET', key, '_n', string.format('%.0f', newest), '_u', now)
-    local nlast = tonumber(ARGV[a]); a = a + 1
-    for _ = 1, nlast do
-      local field, t, value = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
-      a = a + 3
-      local held = redis.call('HGET', key, field)
-      local held_t = held and tonumber(string.match(held, '^(-?%d+)|'))
-      if (not held_t) or t >= held_t then
-        redis.call('HSET', key, field, ARGV[a - 2] .. '|' .. value)
-      end
-    end
-    for r = 1, R do
-      local blob = ARGV[a]; a = a + 1
-      local field = 'r' .. res[r]
-      local cutoff = math.floor(newest / res[r]) - nb[r]
-      local old = redis.call('HGET', key, field)
-      local ring = {}
-      if old then
-        local oring = read_ring(old, V, D)
-        for id, b in pairs(oring) do
-          if id > cutoff then ring[id] = b end
-        end
-      end
-      if #blob > 0 then
-        local dring = read_ring(blob, V, D)
-        for id, b in pairs(dring) do
-          if id > cutoff then
-            local cur = ring[id]
-            if cur == nil then
-              ring[id] = b
-            else
-              local sums, sketches = {}, {}
-              for v = 1, V do sums[v] = merge_summary(cur[1][v], b[1][v]) end
-              for d = 1, D do sketches[d] = merge_kmv(cur[2][d], b[2][d]) end
-              ring[id] = {sums, sketches}
-            end
-          end
-        end
-      end
-      local out = write_ring(ring, V, D)
-      if #out > 0 then
-        redis.call('HSET', key, field, out)
-      elseif old then
-        redis.call('HDEL', key, field)
-      end
-    end
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
-  end
-end
-redis.call('HSET', offsets, 'p' .. partition, ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', offsets, 'w' .. partition, ARGV[4]) end
-return {1, ARGV[3]}
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,14 +85,6 @@ class FeatureVersionConflict(PermanentError):
     """A feature group version is deployed with a different definition."""
 
 
-#: HSET field to ARGV[2] unless it holds a larger number already (workers' clocks differ).
-_TOUCH = """
-local held = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if tonumber(ARGV[2]) > held then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
-return 1
-"""
-
-
 def entity_key(prefix: str, group: FeatureGroup, entity: str) -> str:
     return f"{prefix}:fg:{group.name}:v{group.version}:{entity}"
 
@@ -266,7 +105,7 @@ class RedisFeatureStore:
     def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
-        self._apply = client.register_script(_APPLY)
+        self._apply = client.register_script(lua.APPLY)
 
     # -- partition state --------------------------------------------------
 
@@ -422,7 +261,7 @@ class RedisFeatureStore:
         most once a minute per group; a newer value is never overwritten.
         """
         key = registry_key(self.prefix, group.name)
-        await self.client.eval(_TOUCH, 1, key, f"v{group.version}:last_write_ms", now_ms)
+        await self.client.eval(lua.TOUCH, 1, key, f"v{group.version}:last_write_ms", now_ms)
 
 
 def split_hash(
