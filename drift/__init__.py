@@ -15,6 +15,7 @@ The pieces, in the order a value meets them:
 * :mod:`drift.detector_state`  River detectors as plain numbers and back;
 * :mod:`drift.quality`    data-quality checks of a source: completeness, uniqueness,
                           ranges and domains (counted, optionally dead-lettered).
+* :mod:`drift.recent_ids` the bounded memory of recent ids behind the uniqueness check.
 
 ``bench/drift_quality.py`` measures false alarms and detection delays of the
 defaults; the numbers are in its docstring.

@@ -9,14 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from driftline.drift.quality import (
-    DUPLICATE,
-    NEW,
-    REPLAY,
-    QualityChecker,
-    QualityConfig,
-    RecentIds,
-)
+from driftline.drift.quality import QualityChecker, QualityConfig
+from driftline.drift.recent_ids import DUPLICATE, NEW, REPLAY, RecentIds
 
 
 class Event(NamedTuple):
