@@ -1,9 +1,16 @@
-"""Compile sources and feature groups from settings (no Faust: ``check-config`` uses it)."""
+"""Compile a config's sources from settings: contracts, feature groups, monitors, quality checks.
+
+:func:`build_sources` is the one build sequence every program runs after
+:func:`~driftline.streams.settings.load_settings` (``check-config``, the
+worker, ``features get``, ``driftline dev``); no Faust here, so
+``check-config`` compiles exactly what the worker would without starting it.
+"""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from driftline.drift.config import MonitorConfig
 from driftline.drift.exceptions import DriftConfigError
@@ -15,6 +22,35 @@ from driftline.schemas.fields import field_types, never_numeric
 from driftline.schemas.registry import SchemaRegistryClient
 from driftline.streams.errors import ConfigError
 from driftline.streams.settings import Settings
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What a config compiles to, each by source name."""
+
+    parsers: dict[str, EventParser]
+    groups: dict[str, tuple[FeatureGroup, ...]]
+    monitors: dict[str, tuple[MonitorConfig, ...]]
+    quality: dict[str, QualityChecker]
+
+    def all_groups(self) -> list[FeatureGroup]:
+        """Every feature group, source by source."""
+        return [group for groups in self.groups.values() for group in groups]
+
+
+def build_sources(settings: Settings, origin: str) -> Sources:
+    """Compile and cross-check everything ``settings`` declares, or raise naming ``origin``.
+
+    Contracts first (a contract error is said before anything starts), then the
+    feature groups against them, the monitors against both (a feature monitor
+    reads a group), and the data-quality checks.  Raises :class:`ConfigError`
+    or :class:`~driftline.schemas.SchemaError`.
+    """
+    parsers = build_parsers(settings)
+    groups = build_feature_groups(settings, parsers, origin)
+    monitors = build_monitors(settings, parsers, origin, groups)
+    quality = build_quality(settings, parsers, origin)
+    return Sources(parsers, groups, monitors, quality)
 
 
 def build_parsers(settings: Settings) -> dict[str, EventParser]:

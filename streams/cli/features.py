@@ -15,15 +15,11 @@ from driftline.streams.clients import redis_client
 from driftline.streams.errors import ConfigError, DriftlineError
 from driftline.streams.security import redact
 from driftline.streams.settings import Settings
-from driftline.streams.sources import build_feature_groups, build_parsers
+from driftline.streams.sources import build_sources
 
 
 def pick_group(settings: Settings, origin: str, name: str | None) -> FeatureGroup:
-    groups = [
-        g
-        for gs in build_feature_groups(settings, build_parsers(settings), origin).values()
-        for g in gs
-    ]
+    groups = build_sources(settings, origin).all_groups()
     if not groups:
         raise ConfigError(f"{origin}: no feature_groups are defined")
     if name is None:

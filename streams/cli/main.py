@@ -17,9 +17,8 @@ from typing import Any, TypeVar
 
 import click
 
-from driftline.drift.quality import QualityChecker
+from driftline.streams.cli.options import config_option
 from driftline.streams.errors import ConfigError, DriftlineError, exit_with
-from driftline.streams.security import redact
 from driftline.streams.settings import Settings, load_settings
 
 log = logging.getLogger("driftline")
@@ -44,17 +43,6 @@ def _load(config: Path) -> Settings:
     return load_settings(config)
 
 
-config_option = click.option(
-    "-c",
-    "--config",
-    "config",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("driftline.yaml"),
-    show_default=True,
-    help="config file (YAML)",
-)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="driftline")
 def main() -> None:
@@ -66,74 +54,9 @@ def main() -> None:
 @user_errors
 def check_config(config: Path) -> None:
     """Validate CONFIG and its contract files without connecting anywhere."""
-    from driftline.streams.sources import (
-        build_feature_groups,
-        build_monitors,
-        build_parsers,
-        build_quality,
-    )
+    from driftline.streams.cli.check import check_config as check
 
-    settings = _load(config)
-    parsers = build_parsers(settings)
-    groups = build_feature_groups(settings, parsers, str(config))
-    monitors = build_monitors(settings, parsers, str(config), groups)
-    quality = build_quality(settings, parsers, str(config))
-    click.echo(f"{config}: OK")
-    click.echo(
-        f"  kafka   {redact(settings.kafka.bootstrap_servers)} "
-        f"({settings.kafka.security_protocol}), group {settings.app_id}"
-    )
-    click.echo(f"  redis   {redact(settings.redis.url)}")
-    metrics = (
-        "disabled"
-        if settings.metrics.port == 0
-        else f"http://{settings.metrics.host}:{settings.metrics.port}/metrics"
-    )
-    click.echo(f"  metrics {metrics}")
-    for source in settings.sources:
-        parser = parsers[source.name]
-        contract = getattr(parser.decoder, "contract", None)
-        engine = getattr(contract, "engine", "avro") if contract is not None else "confluent-avro"
-        fingerprint = getattr(contract, "fingerprint", "")
-        click.echo(
-            f"  source  {source.name}: topic {source.topic} -> dead letters {source.dlq_topic}; "
-            f"contract {source.schema_file.name} "
-            f"({engine}{', ' + fingerprint[:19] if fingerprint else ''}); "
-            f"entity {source.entity_key}; event time {source.event_time or 'record timestamp'}"
-        )
-        for group in groups.get(source.name, ()):
-            windows = ", ".join(w.name for w in group.windows)
-            click.echo(
-                f"  group   {group.name} v{group.version} on {source.name}: "
-                f"{len(group.feature_names())} features over {windows}; "
-                f"fingerprint {group.fingerprint()[:12]}"
-            )
-        checks = _describe_quality(quality[source.name])
-        if checks:
-            click.echo(f"  quality {source.name}: {checks}")
-        for monitor in monitors.get(source.name, ()):
-            segments = f" by {monitor.segment_by}" if monitor.segment_by else ""
-            click.echo(
-                f"  monitor {monitor.name}: {source.name}.{monitor.watched}{segments}; "
-                f"detectors {', '.join(monitor.detectors)}; warm-up {monitor.warmup} values"
-            )
-    if settings.monitors:
-        click.echo(
-            f"  drift   values via {settings.values_topic}, alerts to {settings.drift.alerts_topic}"
-        )
-
-
-def _describe_quality(checker: QualityChecker) -> str:
-    parts = []
-    if checker.completeness:
-        parts.append(f"completeness of {len(checker.completeness)} fields")
-    config = checker.config
-    if config.unique is not None:
-        u = config.unique
-        parts.append(f"unique {u.field} within {u.horizon} ({u.action})")
-    if config.fields:
-        parts.append(f"range/domain of {', '.join(config.fields)} ({config.on_violation})")
-    return "; ".join(parts)
+    check(config)
 
 
 @main.command()
@@ -149,18 +72,10 @@ def _describe_quality(checker: QualityChecker) -> str:
 @user_errors
 def worker(config: Path, processes: int) -> None:
     """Run the stream worker (many instances share one consumer group)."""
-    from driftline.streams.sources import (
-        build_feature_groups,
-        build_monitors,
-        build_parsers,
-        build_quality,
-    )
+    from driftline.streams.sources import build_sources
 
     settings = _load(config)
-    parsers = build_parsers(settings)  # contract errors surface before Faust starts
-    groups = build_feature_groups(settings, parsers, str(config))
-    monitors = build_monitors(settings, parsers, str(config), groups)
-    quality = build_quality(settings, parsers, str(config))
+    sources = build_sources(settings, str(config))  # contract errors before Faust starts
     if processes > 1:
         from driftline.streams.logs import logging_config
         from driftline.streams.topics import wait_for_broker
@@ -184,7 +99,7 @@ def worker(config: Path, processes: int) -> None:
         sys.exit(run_processes(config, settings, processes))
     from driftline.streams.worker.runner import run_worker
 
-    run_worker(settings, parsers, groups, monitors, quality, origin=str(config))
+    run_worker(settings, sources, origin=str(config))
 
 
 @main.group()

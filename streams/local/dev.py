@@ -41,7 +41,7 @@ from driftline.streams.local.ports import find_free_port, owns_listener
 from driftline.streams.processes import child_preexec
 from driftline.streams.security import redact
 from driftline.streams.settings import Settings, load_settings
-from driftline.streams.sources import build_feature_groups, build_parsers
+from driftline.streams.sources import build_sources
 from driftline.streams.topics import ensure_topics, topics_for
 from driftline.streams.worker.web import bind_socket
 
@@ -152,12 +152,7 @@ class DevStack:
         self.worker: subprocess.Popen[bytes] | None = None
         self.config_path = options.config or DEFAULT_CONFIG
         self.settings: Settings = load_settings(self.config_path)
-        parsers = build_parsers(self.settings)
-        self.groups = [
-            g
-            for gs in build_feature_groups(self.settings, parsers, str(self.config_path)).values()
-            for g in gs
-        ]
+        self.groups = build_sources(self.settings, str(self.config_path)).all_groups()
 
     # -- start / stop ------------------------------------------------------
 

@@ -22,10 +22,7 @@ from typing import Any
 import faust
 from faust.types import StreamT
 
-from driftline.drift import MonitorConfig
-from driftline.drift.quality import QualityChecker
-from driftline.features.definitions import FeatureGroup
-from driftline.schemas import EventParser, SchemaError
+from driftline.schemas import SchemaError
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.kafka_sink import BufferedKafkaSink
 from driftline.sinks.metrics import WorkerMetrics
@@ -33,12 +30,7 @@ from driftline.sinks.monitor_store import RedisMonitorStore
 from driftline.streams.clients import redis_client
 from driftline.streams.errors import ConfigError
 from driftline.streams.settings import KafkaSettings, Settings
-from driftline.streams.sources import (
-    build_feature_groups,
-    build_monitors,
-    build_parsers,
-    build_quality,
-)
+from driftline.streams.sources import Sources, build_sources
 from driftline.streams.worker.dead_letters import shrink_dead_letter
 from driftline.streams.worker.health import WorkerHealth
 from driftline.streams.worker.monitors import MonitorRunner
@@ -145,20 +137,18 @@ def _make_monitor_agent(
 def create_app(
     settings: Settings,
     *,
-    parsers: dict[str, EventParser] | None = None,
-    groups: dict[str, tuple[FeatureGroup, ...]] | None = None,
-    monitors: dict[str, tuple[MonitorConfig, ...]] | None = None,
-    quality: dict[str, QualityChecker] | None = None,
+    sources: Sources | None = None,
     metrics: WorkerMetrics | None = None,
 ) -> DriftlineApp:
-    """Build the worker's Faust app from settings.  Raises ``SchemaError`` on bad contracts."""
-    parsers = parsers if parsers is not None else build_parsers(settings)
-    if groups is None:
-        groups = build_feature_groups(settings, parsers, "config")
-    if monitors is None:
-        monitors = build_monitors(settings, parsers, "config", groups)
-    if quality is None:
-        quality = build_quality(settings, parsers, "config")
+    """Build the worker's Faust app from settings.  Raises ``SchemaError`` on bad contracts.
+
+    ``sources`` is what :func:`~driftline.streams.sources.build_sources` compiled
+    from the same settings (built here when not given).
+    """
+    if sources is None:
+        sources = build_sources(settings, "config")
+    parsers, groups, monitors = sources.parsers, sources.groups, sources.monitors
+    quality = sources.quality
     metrics = metrics or WorkerMetrics([s.name for s in settings.sources])
     metrics.build.info({"version": VERSION, "faust": faust.__version__})
     kafka = settings.kafka

@@ -10,8 +10,6 @@ from collections.abc import Mapping
 
 import faust
 
-from driftline.drift import MonitorConfig
-from driftline.drift.quality import QualityChecker
 from driftline.features.definitions import FeatureGroup
 from driftline.schemas import EventParser
 from driftline.sinks.feature_store import FeatureVersionConflict, RedisFeatureStore
@@ -21,6 +19,7 @@ from driftline.streams.logs import logging_config
 from driftline.streams.security import redact
 from driftline.streams.serve.registry import source_info
 from driftline.streams.settings import Settings
+from driftline.streams.sources import Sources
 from driftline.streams.topics import ensure_topics, topics_for, wait_for_broker
 from driftline.streams.worker.app import create_app
 from driftline.streams.worker.offsets import ahead_message, run_check
@@ -67,15 +66,7 @@ async def register_feature_groups(
         await client.aclose()
 
 
-def run_worker(
-    settings: Settings,
-    parsers: dict[str, EventParser] | None = None,
-    groups: dict[str, tuple[FeatureGroup, ...]] | None = None,
-    monitors: dict[str, tuple[MonitorConfig, ...]] | None = None,
-    quality: dict[str, QualityChecker] | None = None,
-    *,
-    origin: str = "",
-) -> None:
+def run_worker(settings: Settings, sources: Sources, *, origin: str = "") -> None:
     """Build the app and run it until SIGTERM/SIGINT; returns after a graceful stop.
 
     The broker is checked after the app is built (a bad data dir or a busy
@@ -85,9 +76,7 @@ def run_worker(
     """
     config = logging_config(settings.worker.log_level, settings.worker.log_format)
     logging.config.dictConfig(config)
-    driftline = create_app(
-        settings, parsers=parsers, groups=groups, monitors=monitors, quality=quality
-    )
+    driftline = create_app(settings, sources=sources)
     asyncio.run(
         wait_for_broker(
             settings.kafka.aiokafka_kwargs(),
@@ -95,11 +84,7 @@ def run_worker(
             origin=origin,
         )
     )
-    asyncio.run(
-        register_feature_groups(
-            settings, [g for gs in (groups or {}).values() for g in gs], parsers
-        )
-    )
+    asyncio.run(register_feature_groups(settings, sources.all_groups(), sources.parsers))
     if settings.kafka.create_topics:
         asyncio.run(ensure_topics(settings.kafka.aiokafka_kwargs(), topics_for(settings)))
     ahead = run_check(settings)
