@@ -30,7 +30,6 @@ from pathlib import Path
 
 import click
 from aiokafka import AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.redis_client import connect_redis
@@ -38,6 +37,7 @@ from driftline.streams.errors import ConfigError, DriftlineError
 from driftline.streams.local import embedded
 from driftline.streams.local.demo import DemoEvents
 from driftline.streams.local.ports import find_free_port, owns_listener
+from driftline.streams.local.status import scrape, status_line
 from driftline.streams.processes import child_preexec
 from driftline.streams.security import redact
 from driftline.streams.settings import Settings, load_settings
@@ -74,30 +74,6 @@ class DevOptions:
 
 def _say(message: str) -> None:
     click.echo(message, err=False)
-
-
-def _scrape(url: str) -> dict[str, float]:
-    """Sum of each counter over its labels, plus per-reason invalid counts."""
-    with urllib.request.urlopen(url, timeout=2) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.startswith("driftline_drift_") and not sample.name.endswith("_total"):
-                out[sample.name] = out.get(sample.name, 0.0) + sample.value
-            if sample.name.endswith("_total"):
-                out[sample.name] = out.get(sample.name, 0.0) + sample.value
-                if sample.name == "driftline_events_invalid_total" and sample.value:
-                    key = f"invalid:{sample.labels.get('reason')}"
-                    out[key] = out.get(key, 0.0) + sample.value
-                if sample.name == "driftline_quality_missing_total" and sample.value:
-                    key = f"missing:{sample.labels.get('field')}"
-                    out[key] = out.get(key, 0.0) + sample.value
-    return out
-
-
-def _fmt(value: object) -> str:
-    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def _ready(url: str) -> bool:
@@ -330,51 +306,14 @@ class DevStack:
                 if self._worker_exited():
                     return await self._worker_failed(log_path, "while running")
                 try:
-                    m = await asyncio.to_thread(_scrape, base + "/metrics")
+                    m = await asyncio.to_thread(scrape, base + "/metrics")
                 except OSError as exc:
                     _say(f"  (metrics not reachable: {exc})")
                     continue
-                feature = ""
+                vector = None
                 if groups:
                     [vector] = await store.get(groups[0], ["user-00000"])
-                    shown = [n for n in vector.values if n.endswith(("_count_5m", "_mean_5m"))][:2]
-                    feature = "  | user-00000 " + " ".join(
-                        f"{n}={_fmt(vector.values[n])}" for n in shown
-                    )
-                if self.settings.monitors:
-                    if m.get("driftline_drift_incident_open", 0) > 0:
-                        feature += "  | drift: INCIDENT OPEN"
-                    elif (
-                        m.get("driftline_drift_warming_up", 1) > 0
-                        or "driftline_drift_warming_up" not in m
-                    ):
-                        feature += "  | drift: learning reference"
-                    else:
-                        feature += "  | drift: stable"
-                checked = m.get("driftline_quality_events_total", 0)
-                if checked:
-                    missing = [
-                        f"{k.split(':', 1)[1]} {100 * v / checked:.1f}%"
-                        for k, v in sorted(m.items())
-                        if k.startswith("missing:")
-                    ]
-                    feature += (
-                        f"  | quality: {int(m.get('driftline_quality_duplicates_total', 0))} dup"
-                        + (f", missing {', '.join(missing)}" if missing else "")
-                    )
-                reasons = ", ".join(
-                    f"{k.split(':', 1)[1]}={int(v)}"
-                    for k, v in sorted(m.items())
-                    if k.startswith("invalid:")
-                )
-                _say(
-                    f"[{time.strftime('%H:%M:%S')}]"
-                    f" consumed {int(m.get('driftline_events_consumed_total', 0))}"
-                    f"  valid {int(m.get('driftline_events_valid_total', 0))}"
-                    f"  dead-lettered {int(m.get('driftline_dead_letter_writes_total', 0))}"
-                    f"{' (' + reasons + ')' if reasons else ''}"
-                    f"{feature}"
-                )
+                _say(status_line(m, vector, monitors=bool(self.settings.monitors)))
         finally:
             await client.aclose()
         return 0
