@@ -51,6 +51,12 @@ restores exactly, so a restart neither loses an open incident nor raises it
 again.  It holds data only (numbers, strings, base64 floats), never objects:
 restoring a document written by someone else can make a monitor wrong, never
 run code, and a malformed one is refused with :class:`DriftStateError`.
+
+One module, on purpose (about 560 lines): the monitor is one state machine,
+and its checkpoint must restore every private field of it exactly, so the
+machine, its incident record and their checkpoint form stay together; the
+parts with no state of the monitor's live beside it (:mod:`drift.reference`,
+:mod:`drift.detectors`, :mod:`drift.state`, :mod:`drift.alerts`).
 """
 
 from __future__ import annotations

@@ -53,6 +53,12 @@ is the number of *usable values of the field*, not of events.
 **last.**  Per field, ``(event_time_ms, value)`` of the newest event by event
 time; on a tie the later one in the batch (and in a later batch) wins.  It is
 not windowed and does not decay: the store's TTL expires it.
+
+**One module, on purpose** (about 470 lines): the window engine is one thing,
+the bucket arithmetic above shared by the three functions and by the plan each
+group's layout compiles to (``_plan``); the mergeable pieces it builds on live
+beside it (:mod:`driftline.features.stats`, :mod:`driftline.features.sketch`,
+:mod:`driftline.features.state`).
 """
 
 from __future__ import annotations
