@@ -9,7 +9,8 @@ HTTP request per record.
 Redirects are refused, not followed: urllib would send the ``Authorization``
 header (the registry password) to wherever a redirect points, another host
 included.  A registry behind a redirect is configured with its final URL.
-Credentials in the URL itself (``https://user:pass@host``) are never logged.
+Credentials in the URL itself (``https://user:pass@host``) are never logged
+(:func:`driftline.errors.redact`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import base64
 import logging
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from email.message import Message
 from typing import IO, NoReturn
 
 import orjson
 
+from driftline.errors import redact
 from driftline.schemas.avro_contract import AvroContract
 from driftline.schemas.exceptions import SchemaError
 
@@ -46,21 +47,11 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
         raise urllib.error.HTTPError(
             req.full_url,
             code,
-            f"redirected to {shown_url(newurl)}; redirects are not followed (the request "
+            f"redirected to {redact(newurl)}; redirects are not followed (the request "
             "carries the registry credentials): set schema_registry.url to the final URL",
             headers,
             fp,
         )
-
-
-def shown_url(url: str) -> str:
-    """``url`` without the password of its user info (``user:***@host``), for messages."""
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    user = user.split(":", 1)[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class SchemaRegistryClient:
@@ -74,7 +65,7 @@ class SchemaRegistryClient:
         negative_ttl_s: float = 60.0,
     ) -> None:
         self.url = url.rstrip("/")
-        self._shown_url = shown_url(self.url)
+        self._shown_url = redact(self.url)
         self._opener = urllib.request.build_opener(_RefuseRedirects)
         self._timeout = timeout_s
         self._negative_ttl = negative_ttl_s

@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from driftline.errors import redact
 from driftline.streams.errors import ConfigError
-from driftline.streams.security import redact
 from driftline.streams.settings import (
     ENV_PREFIX,
     SECRET_KEYS,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from driftline.errors import DriftlineError
-from driftline.streams.security import redact
+from driftline.errors import DriftlineError, redact
 
 #: Exit code of a command stopped by a DriftlineError: a user mistake (bad
 #: config or contract, an unreachable service at start), said in one line.

@@ -9,32 +9,20 @@ Two rules, both about what reaches a peer or a log:
   arrives as a lone surrogate; it is turned back into that byte here (a
   plain ``.encode()`` raises, and the request became a 500 with a traceback).
 * **Printed values** (settings errors, ``check-config``, start-up and error
-  log lines) go through :func:`redact` first: the user info of a URL
-  (``redis://user:pass@host``) becomes ``***`` and so do query parameters
-  that carry secrets (``?password=...``).  Settings that are secrets
-  themselves (``SecretStr``) are never printed at all.
+  log lines) go through :func:`driftline.errors.redact` first: the user info
+  of a URL (``redis://user:pass@host``) becomes ``***`` and so do query
+  parameters that carry secrets (``?password=...``).  Settings that are
+  secrets themselves (``SecretStr``) are never printed at all.  ``redact`` is
+  named here too for the modules that still import it from this one.
 """
 
 from __future__ import annotations
 
 import hmac
-import re
 
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#'\"]*@")
-# user:password@host without a scheme (a Kafka bootstrap list, a bare authority)
-_BARE_USERINFO = re.compile(r"(?:^|(?<=[\s'\",=(\[]))[^\s/@'\",=]+:[^\s/@'\",]*@")
-_SECRET_QUERY = re.compile(
-    r"(?P<key>[?&;](?:password|passwd|pass|pwd|token|secret|api_key|apikey|access_token)=)"
-    r"[^&;#\s'\"]*",
-    re.IGNORECASE,
-)
+from driftline.errors import redact
 
-
-def redact(text: str) -> str:
-    """``text`` with URL credentials replaced by ``***``: safe to print or log."""
-    text = _USERINFO.sub(r"\g<scheme>***@", text)
-    text = _BARE_USERINFO.sub("***@", text)
-    return _SECRET_QUERY.sub(r"\g<key>***", text)
+__all__ = ["bearer_matches", "redact"]
 
 
 def bearer_matches(header: str | None, token: bytes) -> bool:

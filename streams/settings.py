@@ -41,8 +41,8 @@ from pydantic_settings import (
 )
 
 from driftline.drift.quality import QualityConfig
+from driftline.errors import redact
 from driftline.streams.errors import ConfigError
-from driftline.streams.security import redact
 
 ENV_PREFIX = "DRIFTLINE_"
 

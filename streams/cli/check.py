@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from driftline.drift.quality import QualityChecker
-from driftline.streams.security import redact
+from driftline.errors import redact
 from driftline.streams.settings import load_settings
 from driftline.streams.sources import build_sources
 

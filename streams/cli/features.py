@@ -9,11 +9,11 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
+from driftline.errors import redact
 from driftline.features.definitions import FeatureGroup
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.streams.clients import redis_client
 from driftline.streams.errors import ConfigError, DriftlineError
-from driftline.streams.security import redact
 from driftline.streams.settings import Settings
 from driftline.streams.sources import build_sources
 

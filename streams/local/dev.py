@@ -31,6 +31,7 @@ from pathlib import Path
 import click
 from aiokafka import AIOKafkaProducer
 
+from driftline.errors import redact
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.redis_client import connect_redis
 from driftline.streams.errors import ConfigError, DriftlineError
@@ -39,7 +40,6 @@ from driftline.streams.local.demo import DemoEvents
 from driftline.streams.local.ports import find_free_port, owns_listener
 from driftline.streams.local.status import scrape, status_line
 from driftline.streams.processes import child_preexec
-from driftline.streams.security import redact
 from driftline.streams.settings import Settings, load_settings
 from driftline.streams.sources import build_sources
 from driftline.streams.topics import ensure_topics, topics_for

@@ -10,13 +10,13 @@ from collections.abc import Mapping
 
 import faust
 
+from driftline.errors import redact
 from driftline.features.definitions import FeatureGroup
 from driftline.schemas import EventParser
 from driftline.sinks.feature_store import FeatureVersionConflict, RedisFeatureStore
 from driftline.streams.clients import redis_client
 from driftline.streams.errors import ConfigError, DriftlineError
 from driftline.streams.logs import logging_config
-from driftline.streams.security import redact
 from driftline.streams.serve.registry import source_info
 from driftline.streams.settings import Settings
 from driftline.streams.sources import Sources

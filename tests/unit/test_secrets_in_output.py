@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from driftline.errors import redact
 from driftline.streams.cli.main import main, user_errors
 from driftline.streams.errors import DriftlineError
-from driftline.streams.security import redact
 from tests.worker_process import CONTRACTS
 
 SECRET = "s3cret"
