@@ -25,8 +25,14 @@ from driftline.errors import redact
 __all__ = ["bearer_matches", "redact"]
 
 
-def bearer_matches(header: str | None, token: bytes) -> bool:
-    """Whether an ``Authorization`` header value is ``Bearer <token>`` (constant time)."""
+def bearer_matches(header: str | bytes | None, token: bytes) -> bool:
+    """Whether an ``Authorization`` header value is ``Bearer <token>`` (constant time).
+
+    ``header`` is the raw bytes (ASGI) or text decoded with ``surrogateescape``
+    (aiohttp), so a token that is not ASCII is compared byte for byte.
+    """
+    if isinstance(header, bytes):
+        return hmac.compare_digest(header, b"Bearer " + token)
     try:
         given = (header or "").encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a character no byte sequence decodes to: not our token

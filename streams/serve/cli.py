@@ -1,16 +1,16 @@
 """``driftline serve`` and ``driftline registry``: plain click commands.
 
-They are registered on the main group by :mod:`streams.cli`
+They are registered on the main group by :mod:`driftline.streams.cli.main`
 (``main.add_command(serve)``, ``main.add_command(registry)``), which also
-wraps them in its user-error handling.  This module cannot import
-``streams.cli`` for that (``streams.cli`` imports this module), so the
-commands raise :class:`~streams.errors.DriftlineError` /
-:class:`~schemas.SchemaError` and leave the message to the caller.  Run
-directly (``python -m streams.serve_cli serve -c FILE``), :func:`_main` does
+wraps them in its user-error handling.  This module cannot import the main
+group for that (the main group imports this module), so the commands raise
+:class:`~driftline.errors.DriftlineError` and leave the message to the
+caller.  Run
+directly (``python -m driftline.streams.serve.cli serve -c FILE``), :func:`_main` does
 the same: a message on stderr and exit code 2, never a traceback.
 
-The heavy imports (contract compilers, River through ``streams.sources``,
-aiohttp) happen inside the commands, so registering them keeps
+The heavy imports (contract compilers, River through
+``driftline.streams.sources``, FastAPI and uvicorn) happen inside the commands, so registering them keeps
 ``driftline --help`` fast.
 """
 
@@ -25,27 +25,18 @@ import click
 import orjson
 from redis.exceptions import RedisError
 
+from driftline.errors import redact
+from driftline.streams.cli.options import config_option
 from driftline.streams.clients import redis_client
 from driftline.streams.errors import DriftlineError, exit_with
-from driftline.streams.security import redact
 from driftline.streams.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from driftline.features.registry import DeployedVersion
 
-_config_option = click.option(
-    "-c",
-    "--config",
-    "config",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("driftline.yaml"),
-    show_default=True,
-    help="config file (YAML)",
-)
-
 
 @click.command()
-@_config_option
+@config_option
 def serve(config: Path) -> None:
     """Serve online features and the registry over HTTP.
 
@@ -54,7 +45,7 @@ def serve(config: Path) -> None:
     described at /openapi.json.  Run as many replicas as traffic needs: they
     read Redis only and keep no state.
     """
-    from driftline.streams.serve.api import run_serve
+    from driftline.streams.serve.app import run_serve
     from driftline.streams.serve.registry import load_catalog
 
     settings = load_settings(config)
@@ -62,7 +53,7 @@ def serve(config: Path) -> None:
 
 
 @click.command()
-@_config_option
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="print JSON (the body of GET /v1/registry)")
 def registry(config: Path, as_json: bool) -> None:
     """List feature group versions (active and retired) with their lineage.

@@ -1,6 +1,6 @@
 """Bearer tokens: any bytes a client sends in ``Authorization`` get a 401, never a 500.
 
-Real aiohttp servers on a local port, spoken to over a raw socket, since no
+Real servers (serve's uvicorn, the worker's aiohttp) on a local port, spoken to over a raw socket, since no
 HTTP client sends a header that is not valid UTF-8 on purpose; attackers do.
 """
 
@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
-from aiohttp import web
+import uvicorn
 from prometheus_client import CollectorRegistry
 
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.streams.security import bearer_matches
-from driftline.streams.serve.api import FeatureApi, build_app
+from driftline.streams.serve.api import FeatureApi
+from driftline.streams.serve.app import build_app
 from driftline.streams.worker.web import WebService, bind_socket
 
 TOKEN = "t0ken-é"  # not ASCII: compared as UTF-8 bytes
@@ -63,11 +64,15 @@ async def serving_port() -> AsyncIterator[int]:
     """``driftline serve``'s application with a token (no Redis needed for /v1/registry)."""
     api = FeatureApi(cast(Any, None), {}, registry=_no_registry, ping=_pong, token=TOKEN)
     sock = bind_socket("127.0.0.1", 0)
-    runner = web.AppRunner(build_app(api))
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
+    server = uvicorn.Server(uvicorn.Config(build_app(api), log_config=None, lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    deadline = asyncio.get_running_loop().time() + 30
+    while not server.started:
+        assert not task.done() and asyncio.get_running_loop().time() < deadline, "no server"
+        await asyncio.sleep(0.01)
     yield sock.getsockname()[1]
-    await runner.cleanup()
+    server.should_exit = True
+    await asyncio.wait_for(task, timeout=30)
 
 
 @pytest.fixture
