@@ -36,7 +36,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -56,29 +56,6 @@ class PartitionState:
 
     offset: int  # -1: nothing applied yet
     watermark_ms: int | None
-
-
-class FeatureStore(Protocol):
-    """What the worker needs from an online store (Redis, or the in-memory double)."""
-
-    async def partition_state(self, source: str, partition: int) -> PartitionState: ...
-
-    async def apply(
-        self,
-        source: str,
-        partition: int,
-        *,
-        expected_offset: int,
-        new_offset: int,
-        watermark_ms: int | None,
-        deltas: Sequence[tuple[FeatureGroup, Mapping[str, EntityState]]],
-    ) -> tuple[bool, int]: ...
-
-    async def read_states(
-        self, group: FeatureGroup, entities: Sequence[str]
-    ) -> list[EntityState | None]: ...
-
-    async def touch(self, group: FeatureGroup, now_ms: int) -> None: ...
 
 
 class FeatureVersionConflict(PermanentError):

@@ -2,14 +2,15 @@
 
 Buffer with ``add()``, write and wait on ``flush()``: ``flush()`` returns only
 once every record of the batch is acknowledged by the broker, so the source
-offsets of the batch may be committed after it.
+offsets of the batch may be committed after it (the worker's port:
+:class:`driftline.streams.worker.ports.KafkaSink`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from driftline.sinks.exceptions import RecordTooLarge, is_too_large
 
@@ -22,18 +23,6 @@ Record = tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]
 #: Called on a record the broker refused for its size; returns a smaller one
 #: to send instead, or None when it cannot be made smaller.
 Shrink = Callable[[Record], Record | None]
-
-
-class KafkaSink(Protocol):
-    def add(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Sequence[tuple[str, bytes]],
-    ) -> None: ...
-
-    async def flush(self) -> None: ...
 
 
 class BufferedKafkaSink:

@@ -66,3 +66,44 @@ class RedisMonitorStore:
         if ok:
             checkpoint.seq += 1
         return bool(ok)
+
+
+class MemoryMonitorStore:
+    """In-memory double with the same compare-and-set contract, for unit tests.
+
+    Keeps what :class:`RedisMonitorStore` keeps (state bytes, ``seq``, the high
+    water marks), copied on save and load so a caller cannot change a stored
+    checkpoint through the object it saved.  ``fail_next`` makes that many
+    calls raise ``ConnectionError`` first, as an unreachable Redis would.
+    """
+
+    def __init__(self, prefix: str = "driftline") -> None:
+        self.prefix = prefix
+        self.checkpoints: dict[str, MonitorCheckpoint] = {}
+        self.saves = 0
+        self.fail_next = 0
+
+    def _maybe_fail(self) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("redis down (test double)")
+
+    async def load(self, name: str) -> MonitorCheckpoint:
+        self._maybe_fail()
+        held = self.checkpoints.get(name)
+        if held is None:
+            return MonitorCheckpoint(None, 0)
+        return MonitorCheckpoint(held.state, held.seq, dict(held.high_water))
+
+    async def save(self, name: str, checkpoint: MonitorCheckpoint) -> bool:
+        assert checkpoint.state is not None
+        self._maybe_fail()
+        held = self.checkpoints.get(name)
+        if (held.seq if held is not None else 0) != checkpoint.seq:
+            return False
+        checkpoint.seq += 1
+        self.checkpoints[name] = MonitorCheckpoint(
+            checkpoint.state, checkpoint.seq, dict(checkpoint.high_water)
+        )
+        self.saves += 1
+        return True

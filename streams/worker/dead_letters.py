@@ -21,7 +21,8 @@ from driftline.schemas.deadletter import (
     fit_dead_letter,
 )
 from driftline.schemas.deadletter import PREFIX as DEAD_LETTER_PREFIX
-from driftline.sinks.kafka_sink import KafkaSink, Record
+from driftline.sinks.kafka_sink import Record
+from driftline.streams.worker.ports import KafkaSink
 from driftline.streams.worker.records import RawRecord
 
 log = logging.getLogger(__name__)

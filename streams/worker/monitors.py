@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from driftline.drift import Alert, MonitorConfig, SegmentedMonitor
 from driftline.drift.exceptions import DriftStateError
 from driftline.drift.samples import decode_samples
-from driftline.sinks.kafka_sink import KafkaSink
 from driftline.sinks.metrics import WorkerMetrics
-from driftline.sinks.monitor_store import MonitorCheckpoint, RedisMonitorStore, monitor_key
+from driftline.sinks.monitor_store import MonitorCheckpoint, monitor_key
+from driftline.streams.worker.ports import KafkaSink, MonitorStore
 from driftline.streams.worker.records import RawRecord
 from driftline.streams.worker.retry import Backoff, EffectTracker, T, until_done
 
@@ -62,7 +62,7 @@ class MonitorRunner:
         self,
         *,
         monitors: Mapping[str, MonitorConfig],
-        store: RedisMonitorStore,
+        store: MonitorStore,
         alerts: KafkaSink,
         alerts_topic: str,
         metrics: WorkerMetrics,

@@ -51,12 +51,12 @@ from driftline.features.engine import build_deltas, rekey
 from driftline.features.state import EntityState
 from driftline.schemas import REASONS, EventParser, ParsedEvent, Rejection
 from driftline.schemas.wire import ConfluentAvroDecoder
-from driftline.sinks.feature_store import FeatureStore, PartitionState
-from driftline.sinks.kafka_sink import KafkaSink
+from driftline.sinks.feature_store import PartitionState
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.streams.worker.dead_letters import add_dead_letters
 from driftline.streams.worker.event_time import judge_event_time
 from driftline.streams.worker.observe import BatchObserver
+from driftline.streams.worker.ports import FeatureStore, KafkaSink
 from driftline.streams.worker.records import Classified, RawRecord, classify
 from driftline.streams.worker.retry import Backoff, EffectTracker, T, until_done
 

@@ -1,0 +1,124 @@
+"""The drift monitors' runner on in-memory doubles: values in, alerts out, checkpoints kept.
+
+``MemoryMonitorStore`` keeps the compare-and-set contract of the Redis store
+(``tests/integration/test_monitor_checkpoints.py`` runs the real one), so the
+runner's replay, resume and stale-owner rules are pinned here without Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from driftline.drift import ALL_SEGMENT, MonitorConfig
+from driftline.drift.samples import sample_docs
+from driftline.sinks.kafka_sink import MemoryKafkaSink
+from driftline.sinks.metrics import WorkerMetrics
+from driftline.sinks.monitor_store import MemoryMonitorStore
+from driftline.streams.worker.monitors import MonitorRunner
+from driftline.streams.worker.records import RawRecord
+
+CONFIG = MonitorConfig.from_config({"name": "a", "source": "tx", "field": "amount", "warmup": 100})
+
+
+def batch(start: int, values: list[float], partition: int = 0) -> list[RawRecord]:
+    """Values-topic records of source partition ``partition``, offsets from ``start``."""
+    samples = [(start + i, 1_000 + start + i, v, None) for i, v in enumerate(values)]
+    return [
+        RawRecord("values", 0, start, 0, key, value, ())
+        for key, value in sample_docs("a", "tx", partition, samples)
+    ]
+
+
+def runner_on(
+    store: MemoryMonitorStore, alerts: MemoryKafkaSink, registry: CollectorRegistry
+) -> MonitorRunner:
+    async def no_wait(delay: float) -> None:
+        pass
+
+    return MonitorRunner(
+        monitors={"a": CONFIG},
+        store=store,
+        alerts=alerts,
+        alerts_topic="alerts",
+        metrics=WorkerMetrics(["tx"], registry),
+        sleep=no_wait,
+    )
+
+
+def values_seen(store: MemoryMonitorStore) -> int:
+    state = store.checkpoints["a"].state
+    assert state is not None
+    return int(orjson.loads(state)["monitors"][0]["n"])
+
+
+async def test_values_are_fed_once_and_checkpointed_with_their_offsets() -> None:
+    store, alerts, registry = MemoryMonitorStore(), MemoryKafkaSink(), CollectorRegistry()
+    runner = runner_on(store, alerts, registry)
+    rng = random.Random(1)
+    values = [rng.gauss(100, 10) for _ in range(150)]
+    assert await runner.process(batch(0, values)) == []
+    assert store.checkpoints["a"].high_water == {"tx/0": 149}
+    assert values_seen(store) == 150
+    labels = {"monitor": "a", "segment": ALL_SEGMENT}
+    assert registry.get_sample_value("driftline_drift_warming_up", labels) == 0
+
+    await runner.process(batch(100, values[100:]))  # a replay: offsets already covered
+    assert values_seen(store) == 150
+
+    # a new owner resumes from the checkpoint and skips what it covers
+    resumed = runner_on(store, MemoryKafkaSink(), CollectorRegistry())
+    await resumed.process(batch(140, values[140:] + [100.0] * 5))
+    assert values_seen(store) == 155
+    assert store.checkpoints["a"].high_water == {"tx/0": 154}
+
+
+async def test_a_drift_is_published_on_the_alerts_topic_and_its_incident_checkpointed() -> None:
+    store, alerts, registry = MemoryMonitorStore(), MemoryKafkaSink(), CollectorRegistry()
+    runner = runner_on(store, alerts, registry)
+    rng = random.Random(7)
+    await runner.process(batch(0, [rng.gauss(0, 1) for _ in range(200)]))
+    raised = await runner.process(batch(200, [rng.gauss(6, 1) for _ in range(200)]))
+    assert [a.kind for a in raised][:1] == ["opened"]
+    topics = [topic for topic, *_ in alerts.written]
+    assert topics == ["alerts"] * len(raised) and alerts.pending == []
+    published = orjson.loads(alerts.written[0][2] or b"{}")
+    assert published["kind"] == "opened" and published["monitor"] == "a"
+    # the checkpoint holds the open incident: a restart neither loses nor re-raises it
+    labels = {"monitor": "a", "segment": ALL_SEGMENT}
+    assert registry.get_sample_value("driftline_drift_incident_open", labels) == 1
+    after_restart = CollectorRegistry()
+    resumed = runner_on(store, MemoryKafkaSink(), after_restart)
+    assert await resumed.process(batch(200, [6.0] * 10)) == []  # a replay: nothing re-raised
+    assert after_restart.get_sample_value("driftline_drift_incident_open", labels) == 1
+
+
+async def test_a_stale_owner_loses_the_save_and_reloads_the_newer_checkpoint(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryMonitorStore()
+    old = runner_on(store, MemoryKafkaSink(), CollectorRegistry())
+    await old.process(batch(0, [1.0, 2.0]))  # holds the monitor at seq 1
+    new = runner_on(store, MemoryKafkaSink(), CollectorRegistry())
+    await new.process(batch(2, [3.0, 4.0]))  # the new owner saves: seq 2
+    with caplog.at_level(logging.WARNING, logger="driftline.streams.worker.monitors"):
+        await old.process(batch(4, [5.0]))
+    assert any("newer checkpoint" in r.getMessage() for r in caplog.records)
+    assert store.checkpoints["a"].seq == 2 and values_seen(store) == 4  # old's save refused
+    await old.process(batch(4, [5.0]))  # reloaded: it goes on from the new owner's state
+    assert store.checkpoints["a"].seq == 3 and values_seen(store) == 5
+
+
+async def test_an_unreachable_store_is_retried_and_counted() -> None:
+    store, registry = MemoryMonitorStore(), CollectorRegistry()
+    store.fail_next = 2
+    runner = runner_on(store, MemoryKafkaSink(), registry)
+    await runner.process(batch(0, [1.0, 2.0, 3.0]))
+    errors = registry.get_sample_value(
+        "driftline_effect_errors_total", {"source": "tx", "target": "redis"}
+    )
+    assert errors == 2 and store.checkpoints["a"].high_water == {"tx/0": 2}
