@@ -41,9 +41,9 @@ from driftline.streams.local.ports import find_free_port, owns_listener
 from driftline.streams.local.status import scrape, status_line
 from driftline.streams.processes import child_preexec
 from driftline.streams.settings import Settings, load_settings
+from driftline.streams.sockets import bind_socket
 from driftline.streams.sources import build_sources
 from driftline.streams.topics import ensure_topics, topics_for
-from driftline.streams.worker.web import bind_socket
 
 DEFAULT_CONFIG = Path(__file__).parents[1] / "defaults" / "dev.yaml"
 #: The worker's metrics port unless it is taken or ``--metrics-port`` says otherwise.

@@ -27,8 +27,8 @@ The body of a batch is read as JSON whatever its ``Content-Type`` says
 **Why FastAPI, and what is not left to it.**  Routes, parameters, bodies and
 the document come from typed models (pydantic), and answers are validated
 against them on the way out.  Three things sit in front of it, in one small
-ASGI layer (:class:`_Edge`), because they must hold for requests no route
-matches: the bearer check, the body limit, and the request metrics.  The
+ASGI layer (:class:`.edge.Edge`), because they must hold for requests no
+route matches: the bearer check, the body limit, and the request metrics.  The
 generated document is adjusted in one place (:func:`_document`): FastAPI
 documents a 422 for validation errors, which this API answers as 400.
 
@@ -48,20 +48,16 @@ import gc
 import logging
 import logging.config
 import signal
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
 import uvicorn
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException
 
 from driftline.errors import redact
 from driftline.sinks.feature_store import RedisFeatureStore
@@ -70,6 +66,7 @@ from driftline.streams.errors import DriftlineError
 from driftline.streams.logs import logging_config
 from driftline.streams.security import bearer_matches
 from driftline.streams.serve.api import ApiError, FeatureApi
+from driftline.streams.serve.edge import Edge, install_error_handlers
 from driftline.streams.serve.models import (
     MAX_AS_OF_MS,
     BatchRequest,
@@ -82,7 +79,7 @@ from driftline.streams.serve.models import (
 )
 from driftline.streams.serve.registry import Catalog, RegistryReader
 from driftline.streams.settings import Settings
-from driftline.streams.worker.web import bind_socket
+from driftline.streams.sockets import bind_socket
 
 log = logging.getLogger(__name__)
 
@@ -91,206 +88,10 @@ log = logging.getLogger(__name__)
 #: young generation is collected dozens of times per request.
 GC_THRESHOLDS = (20_000, 20, 20)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-# --------------------------------------------------------------- the edge
-
-
-def _guarded(path: str) -> bool:
-    return path.startswith("/v1/") or path == "/metrics"
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
-
-
-async def _send_error(
-    send: Send, status: int, message: str, headers: Iterable[tuple[bytes, bytes]] = ()
-) -> None:
-    body = Error(error=message, status=status).model_dump_json().encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def route_template(scope: Scope) -> str:
-    """The matched route's template (a bounded label value), or ``unmatched``."""
-    route = scope.get("route")
-    return route.path_format if isinstance(route, APIRoute) else "unmatched"
-
-
-class _Edge:
-    """Before routing: the bearer check and the body limit; around it: the request metrics."""
-
-    def __init__(self, app: ASGIApp, *, api: FeatureApi) -> None:
-        self.app = app
-        self.token = api.token.encode() if api.token is not None else None
-        self.max_body = api.max_body_bytes
-        self.metrics = api.metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        response_started = False
-
-        async def counted(message: Message) -> None:
-            nonlocal status, response_started
-            if message["type"] == "http.response.start":
-                status, response_started = message["status"], True
-            await send(message)
-
-        try:
-            if (
-                self.token is not None
-                and _guarded(scope["path"])
-                and not bearer_matches(_header(scope, b"authorization"), self.token)
-            ):
-                await _send_error(
-                    counted,
-                    401,
-                    "missing or wrong bearer token",
-                    [(b"www-authenticate", b"Bearer")],
-                )
-                return
-            if scope["method"] == "POST":
-                body = await self._body(scope, receive)
-                if body is None:  # too large (answered) or the client went away
-                    await _send_error(
-                        counted, 413, f"the body is larger than {self.max_body} bytes"
-                    )
-                    return
-                receive = _replay(body)
-                scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"] + [
-                    (b"content-type", b"application/json")
-                ]
-            await self.app(scope, receive, counted)
-        except Exception:
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            if not response_started:
-                await _send_error(counted, 500, "internal error (logged by the server)")
-        finally:
-            self.metrics.observe(
-                route_template(scope), scope["method"], status, time.perf_counter() - started
-            )
-
-    async def _body(self, scope: Scope, receive: Receive) -> bytes | None:
-        """The whole body, or ``None`` when it is larger than the limit or never comes."""
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            return None
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-
-def _replay(body: bytes) -> Receive:
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
-
-    return receive
-
-
-# --------------------------------------------------------------- errors
-
 
 def _json(document: dict[str, Any]) -> Response:
     """A feature answer, encoded by orjson: see "the answers" in the module docstring."""
     return Response(orjson.dumps(document), media_type="application/json")
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
-
-
-def _at(loc: Iterable[Any]) -> str:
-    """``("body", "entities", 1)`` -> ``entities[1]``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def validation_message(errors: Iterable[Any]) -> str:
-    """pydantic's errors of a request as one line a person can act on."""
-    expected = ", ".join(BatchRequest.model_fields)
-    parts: list[str] = []
-    for e in errors:
-        where, *path = e["loc"] or ("body",)
-        if e["type"] == "json_invalid":
-            parts.append(f"the body is not valid JSON: {e.get('ctx', {}).get('error', '')}")
-        elif e["type"] == "extra_forbidden":
-            parts.append(f"unknown key {path[-1]!r} in the body (expected {expected})")
-        else:
-            message = str(e["msg"]).removeprefix("Value error, ")
-            if where == "body" and e["type"] in ("model_attributes_type", "dict_type"):
-                message = 'the body must be a JSON object {"entities": [...]}'
-            elif path:
-                got = f" (got {e['input']!r})" if where in ("query", "path") else ""
-                message = f"{_at(path)}: {message}{got}"
-            else:
-                message = f"the body: {message}"
-            parts.append(message)
-    return "; ".join(dict.fromkeys(parts)) or "invalid request"
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    async def api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return _error(exc.status, exc.message)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        if exc.status_code == 404:
-            message = f"no route {request.method} {request.url.path}"
-        elif exc.status_code == 405:
-            message = f"method {request.method} is not allowed on {request.url.path}"
-        else:
-            message = str(exc.detail)
-        return _error(exc.status_code, message, dict(exc.headers or {}))
-
-    async def invalid(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        return _error(400, validation_message(exc.errors()))
-
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, invalid)
 
 
 # --------------------------------------------------------------- routes
@@ -347,8 +148,8 @@ def build_app(api: FeatureApi) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    _install_error_handlers(app)
-    app.add_middleware(_Edge, api=api)
+    install_error_handlers(app)
+    app.add_middleware(Edge, api=api)
 
     @app.get(
         "/v1/features/{group}/{entity:path}",

@@ -10,8 +10,8 @@ directly (``python -m driftline.streams.serve.cli serve -c FILE``), :func:`_main
 the same: a message on stderr and exit code 2, never a traceback.
 
 The heavy imports (contract compilers, River through
-``driftline.streams.sources``, FastAPI and uvicorn) happen inside the commands, so registering them keeps
-``driftline --help`` fast.
+``driftline.streams.sources``, FastAPI and uvicorn) happen inside the
+commands, so registering them keeps ``driftline --help`` fast.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from driftline.sinks.monitor_store import RedisMonitorStore
 from driftline.streams.clients import redis_client
 from driftline.streams.errors import ConfigError
 from driftline.streams.settings import KafkaSettings, Settings
+from driftline.streams.sockets import bind_socket
 from driftline.streams.sources import Sources, build_sources
 from driftline.streams.worker.dead_letters import shrink_dead_letter
 from driftline.streams.worker.health import WorkerHealth
@@ -38,7 +39,7 @@ from driftline.streams.worker.pipeline import SourcePipeline
 from driftline.streams.worker.retry import Backoff
 from driftline.streams.worker.transport import App as BatchApp
 from driftline.streams.worker.transport import RecordBatch
-from driftline.streams.worker.web import WebService, bind_socket
+from driftline.streams.worker.web import WebService
 
 log = logging.getLogger(__name__)
 

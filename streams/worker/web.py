@@ -25,24 +25,6 @@ log = logging.getLogger(__name__)
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind the HTTP port now, so a port clash fails start-up with a clear error.
-
-    Raises ``OSError``; the caller turns it into a user-facing message.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
-
-
 class WebService(Service):
     def __init__(
         self,

@@ -19,7 +19,8 @@ from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.sinks.redis_client import connect_redis
 from driftline.streams.local.embedded import EmbeddedRedis
-from driftline.streams.worker.web import WebService, bind_socket
+from driftline.streams.sockets import bind_socket
+from driftline.streams.worker.web import WebService
 
 AVSC = Path(__file__).resolve().parents[2] / "schemas" / "contracts" / "transactions.avsc"
 

@@ -19,7 +19,8 @@ from driftline.sinks.metrics import WorkerMetrics
 from driftline.streams.security import bearer_matches
 from driftline.streams.serve.api import FeatureApi
 from driftline.streams.serve.app import build_app
-from driftline.streams.worker.web import WebService, bind_socket
+from driftline.streams.sockets import bind_socket
+from driftline.streams.worker.web import WebService
 
 TOKEN = "t0ken-é"  # not ASCII: compared as UTF-8 bytes
 AUTHORIZATIONS = [
