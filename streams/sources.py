@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from driftline.drift.config import MonitorConfig
 from driftline.drift.exceptions import DriftConfigError
 from driftline.drift.quality import QualityChecker
+from driftline.features.catalog import SchemaInfo, SourceInfo
 from driftline.features.definitions import FeatureGroup
 from driftline.features.exceptions import FeatureDefinitionError
 from driftline.schemas import EventParser, build_parser
@@ -286,3 +287,32 @@ def _check_feature(
             f"{label}.feature: {monitor.feature_name!r} is a last value; monitor the event "
             "field itself instead (field: ...)"
         )
+
+
+def source_info(settings: Settings, parsers: Mapping[str, EventParser]) -> dict[str, SourceInfo]:
+    """Lineage facts of every source: topic, contract file and fingerprint, field types."""
+    out: dict[str, SourceInfo] = {}
+    for source in settings.sources:
+        decoder = parsers[source.name].decoder
+        contract = getattr(decoder, "contract", None)
+        ids: dict[int, str] = {}
+        if contract is not None:
+            fingerprint: str | None = contract.fingerprint
+            schema_doc = contract.schema
+            kind = contract.kind
+        else:  # confluent-avro: one contract per schema id
+            contracts = getattr(decoder, "contracts", {})
+            ids = {sid: c.fingerprint for sid, c in contracts.items()}
+            own = [c for c in contracts.values() if str(c.path) == str(source.schema_file)]
+            fingerprint = own[0].fingerprint if own else None
+            schema_doc = own[0].schema if own else {}
+            kind = "avro"
+        out[source.name] = SourceInfo(
+            name=source.name,
+            topic=source.topic,
+            entity_key=source.entity_key,
+            event_time=source.event_time,
+            schema=SchemaInfo(source.schema_file.name, source.encoding, fingerprint, ids),
+            field_types=field_types(schema_doc, kind),
+        )
+    return out

@@ -60,6 +60,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from driftline.errors import redact
+from driftline.features.catalog import Catalog
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.streams.clients import redis_client
 from driftline.streams.errors import DriftlineError
@@ -77,7 +78,7 @@ from driftline.streams.serve.models import (
     Ready,
     Registry,
 )
-from driftline.streams.serve.registry import Catalog, RegistryReader
+from driftline.streams.serve.registry import RegistryReader
 from driftline.streams.settings import Settings
 from driftline.streams.sockets import bind_socket
 

@@ -61,7 +61,8 @@ def registry(config: Path, as_json: bool) -> None:
     Active: in the config.  Retired: recorded in Redis by a worker, no longer
     in the config.
     """
-    from driftline.streams.serve.registry import build_registry, format_table, load_catalog
+    from driftline.features.catalog import build_registry
+    from driftline.streams.serve.registry import format_table, load_catalog
 
     settings = load_settings(config)
     catalog = load_catalog(settings, str(config))
@@ -79,7 +80,7 @@ def registry(config: Path, as_json: bool) -> None:
 async def _read_deployed(
     settings: Settings, names: list[str]
 ) -> tuple[list[DeployedVersion], list[str]]:
-    from driftline.streams.serve.registry import read_deployed
+    from driftline.sinks.registry_store import read_deployed
 
     redis_cfg = settings.redis
     client = redis_client(settings)

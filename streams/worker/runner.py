@@ -17,9 +17,8 @@ from driftline.sinks.feature_store import FeatureVersionConflict, RedisFeatureSt
 from driftline.streams.clients import redis_client
 from driftline.streams.errors import ConfigError, DriftlineError
 from driftline.streams.logs import logging_config
-from driftline.streams.serve.registry import source_info
 from driftline.streams.settings import Settings
-from driftline.streams.sources import Sources
+from driftline.streams.sources import Sources, source_info
 from driftline.streams.topics import ensure_topics, topics_for, wait_for_broker
 from driftline.streams.worker.app import create_app
 from driftline.streams.worker.offsets import ahead_message, run_check

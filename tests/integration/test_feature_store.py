@@ -140,7 +140,7 @@ async def test_changed_definition_needs_a_new_version(redis_url: str) -> None:
 
 
 async def test_registration_records_lineage_and_every_contract(redis_url: str) -> None:
-    from driftline.streams.serve.registry import read_deployed
+    from driftline.sinks.registry_store import read_deployed
 
     client = connect_redis(redis_url)
     prefix = f"it-{uuid.uuid4().hex[:6]}"

@@ -8,22 +8,20 @@ from typing import Any
 import orjson
 import pytest
 
-from driftline.features.definitions import FeatureGroup
-from driftline.sinks.registry_store import _glob_escape
-from driftline.streams.serve.registry import (
+from driftline.features.catalog import (
     Catalog,
-    DeployedVersion,
     SchemaInfo,
     SourceInfo,
     build_registry,
     describe_features,
-    field_types,
-    format_table,
-    group_from_definition,
     key_space,
     lineage_text,
-    parse_records,
 )
+from driftline.features.definitions import FeatureGroup
+from driftline.features.registry import DeployedVersion, group_from_definition, parse_records
+from driftline.schemas.fields import field_types
+from driftline.sinks.registry_store import _glob_escape
+from driftline.streams.serve.registry import format_table
 
 SPEND: dict[str, Any] = {
     "name": "spend",
