@@ -43,6 +43,20 @@ class DeployedVersion:
     last_write_ms: int | None = None
 
 
+def version_record(
+    group: FeatureGroup, now_ms: int, lineage: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``v{version}`` record a worker writes on the first deployment of ``group``."""
+    doc: dict[str, Any] = {
+        "fingerprint": group.fingerprint(),
+        "definition": group.canonical(),
+        "first_deployed_ms": now_ms,
+    }
+    if lineage is not None:
+        doc["lineage"] = dict(lineage)
+    return doc
+
+
 def parse_records(
     group: str, fields: Mapping[bytes | str, bytes | str]
 ) -> tuple[list[DeployedVersion], list[str]]:

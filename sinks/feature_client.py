@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -40,12 +40,13 @@ import redis.asyncio as aioredis
 
 from driftline.features.definitions import FeatureGroup
 from driftline.features.exceptions import FeatureSelectionError
-from driftline.features.registry import group_from_definition, latest
+from driftline.features.reader import Reading
+from driftline.features.registry import DeployedVersion, group_from_definition, latest
 from driftline.features.serving import select_features, served_row
 from driftline.sinks.exceptions import PermanentError, TransientError
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.redis_client import connect_redis
-from driftline.sinks.registry_store import read_deployed
+from driftline.sinks.registry_store import RedisRegistryStore
 
 T = TypeVar("T")
 
@@ -95,21 +96,54 @@ class _Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
-class _RedisBackend:
+class _OnlineStore(Protocol):
+    """The online store as a reader reads it.
+
+    :class:`~driftline.sinks.feature_store.RedisFeatureStore`, or
+    :class:`~driftline.sinks.feature_store.MemoryFeatureStore` in tests.
+    """
+
+    async def read(
+        self, group: FeatureGroup, entities: Sequence[str], as_of_ms: int
+    ) -> list[Reading]: ...
+
+
+class _RegistryStore(Protocol):
+    """The registry the workers keep.
+
+    :class:`~driftline.sinks.registry_store.RedisRegistryStore`, or
+    :class:`~driftline.sinks.registry_store.MemoryRegistryStore` in tests.
+    """
+
+    async def deployed(
+        self, names: Iterable[str] = (), *, scan: bool = True
+    ) -> tuple[list[DeployedVersion], list[str]]: ...
+
+
+class _StoreBackend:
+    """Reads the online store directly; group definitions come from the registry."""
+
     def __init__(
-        self, client: aioredis.Redis, prefix: str, versions: Mapping[str, int] | None
+        self,
+        store: _OnlineStore,
+        registry: _RegistryStore,
+        *,
+        prefix: str,
+        versions: Mapping[str, int] | None,
+        close: Callable[[], Awaitable[None]],
     ) -> None:
-        self._client = client
-        self._store = RedisFeatureStore(client, prefix=prefix)
+        self._store = store
+        self._registry = registry
         self._prefix = prefix
         self._versions = dict(versions or {})
         self._groups: dict[str, FeatureGroup] = {}
+        self._close = close
 
     async def _group(self, name: str) -> FeatureGroup:
         group = self._groups.get(name)
         if group is not None:
             return group
-        versions, _ = await read_deployed(self._client, self._prefix, [name], scan=False)
+        versions, _ = await self._registry.deployed([name], scan=False)
         wanted = self._versions.get(name)
         if wanted is not None:
             chosen = next((v for v in versions if v.version == wanted), None)
@@ -144,7 +178,7 @@ class _RedisBackend:
         ]
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._close()
 
 
 class _HttpBackend:
@@ -211,7 +245,15 @@ class AsyncFeatureClient:
             ssl_cafile=ssl_cafile,
             socket_timeout_s=socket_timeout_s,
         )
-        return cls(_RedisBackend(client, prefix, versions))
+        return cls(
+            _StoreBackend(
+                RedisFeatureStore(client, prefix=prefix),
+                RedisRegistryStore(client, prefix=prefix),
+                prefix=prefix,
+                versions=versions,
+                close=client.aclose,
+            )
+        )
 
     @classmethod
     def http(

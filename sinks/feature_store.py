@@ -45,6 +45,7 @@ from driftline.features.codec import decode_ring, encode_ring
 from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import apply_delta, read_features
 from driftline.features.reader import Reading, read_rings
+from driftline.features.registry import version_record
 from driftline.features.state import EntityState, FeatureVector
 from driftline.sinks import feature_store_lua as lua
 from driftline.sinks.exceptions import PermanentError
@@ -207,13 +208,7 @@ class RedisFeatureStore:
         """
         key = registry_key(self.prefix, group.name)
         now_ms = int(time.time() * 1000)
-        doc: dict[str, Any] = {
-            "fingerprint": group.fingerprint(),
-            "definition": group.canonical(),
-            "first_deployed_ms": now_ms,
-        }
-        if lineage is not None:
-            doc["lineage"] = dict(lineage)
+        doc = version_record(group, now_ms, lineage)
         field = f"v{group.version}"
         if not await self.client.hsetnx(key, field, orjson.dumps(doc)):
             existing = orjson.loads(await self.client.hget(key, field) or b"{}")
@@ -324,6 +319,23 @@ class MemoryFeatureStore:
     async def touch(self, group: FeatureGroup, now_ms: int) -> None:
         key = (group.name, group.version)
         self.last_writes[key] = max(self.last_writes.get(key, 0), now_ms)
+
+    async def read(
+        self, group: FeatureGroup, entities: Sequence[str], as_of_ms: int
+    ) -> list[Reading]:
+        """As :meth:`RedisFeatureStore.read`: the rings encoded as stored, then read from bytes."""
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("redis down (test double)")
+        out = []
+        for entity in entities:
+            state = self.states.get((group.name, group.version, entity))
+            if state is None:
+                out.append(read_rings(group, {}, {}, None, as_of_ms))
+                continue
+            blobs = {r: encode_ring(group, ring) for r, ring in state.rings.items() if ring}
+            out.append(read_rings(group, blobs, state.last, state.newest_event_ms, as_of_ms))
+        return out
 
     async def get(
         self, group: FeatureGroup, entities: Sequence[str], *, as_of_ms: int | None = None

@@ -2,17 +2,22 @@
 
 The records' model is pure (:mod:`driftline.features.registry`); this is the I/O,
 shared by ``driftline serve``, ``driftline registry`` and
-:class:`driftline.FeatureClient`.
+:class:`driftline.FeatureClient`: :func:`read_deployed`, and the same read as a
+store object (:class:`RedisRegistryStore`) with its in-memory double
+(:class:`MemoryRegistryStore`) for unit tests of the readers.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 
+import orjson
 import redis.asyncio as aioredis
 
-from driftline.features.registry import DeployedVersion, parse_records
+from driftline.features.definitions import FeatureGroup
+from driftline.features.registry import DeployedVersion, parse_records, version_record
 from driftline.sinks.feature_store import registry_key
 
 
@@ -48,3 +53,55 @@ async def read_deployed(
         out += found
         problems += bad
     return out, problems
+
+
+class RedisRegistryStore:
+    """The registry under one key prefix, read from Redis (:func:`read_deployed`)."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    async def deployed(
+        self, names: Iterable[str] = (), *, scan: bool = True
+    ) -> tuple[list[DeployedVersion], list[str]]:
+        """Every version recorded of ``names`` (and of other groups when ``scan``), and problems."""
+        return await read_deployed(self.client, self.prefix, names, scan=scan)
+
+
+class MemoryRegistryStore:
+    """In-memory double: the registry hashes as workers write them, parsed as Redis's are.
+
+    :meth:`record` writes what :meth:`RedisFeatureStore.register
+    <driftline.sinks.feature_store.RedisFeatureStore.register>` writes on a first
+    deployment; :attr:`hashes` can be written directly (a corrupt field, a
+    ``v{N}:last_write_ms``).  ``fail_next`` makes that many reads raise
+    ``ConnectionError`` first.
+    """
+
+    def __init__(self) -> None:
+        self.hashes: dict[str, dict[bytes | str, bytes | str]] = {}
+        self.fail_next = 0
+
+    def record(self, group: FeatureGroup, now_ms: int | None = None) -> None:
+        """Record ``group``'s version as a worker deploying it does."""
+        at = int(time.time() * 1000) if now_ms is None else now_ms
+        fields = self.hashes.setdefault(group.name, {})
+        fields.setdefault(f"v{group.version}", orjson.dumps(version_record(group, at)))
+
+    async def deployed(
+        self, names: Iterable[str] = (), *, scan: bool = True
+    ) -> tuple[list[DeployedVersion], list[str]]:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("redis down (test double)")
+        wanted = dict.fromkeys(names)
+        if scan:
+            wanted.update(dict.fromkeys(self.hashes))
+        out: list[DeployedVersion] = []
+        problems: list[str] = []
+        for name in wanted:
+            found, bad = parse_records(name, self.hashes.get(name, {}))
+            out += found
+            problems += bad
+        return out, problems
