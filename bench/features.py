@@ -456,7 +456,7 @@ def _free_port_run(n: int) -> int:
 
 
 class Worker:
-    """``python -m streams.cli worker -c CONFIG`` in its own session, dying with us."""
+    """``python -m driftline.streams.cli worker -c CONFIG`` in its own session, dying with us."""
 
     def __init__(self, workdir: Path, config: dict[str, Any], processes: int = 1) -> None:
         self.processes = processes

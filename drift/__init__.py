@@ -1,21 +1,21 @@
 """Monitors of the data: drift and quality (pure: no Kafka, Redis or Faust).
 
-The pieces, in the order a value meets them:
+The pieces (modules of :mod:`driftline.drift`), in the order a value meets them:
 
-* :mod:`drift.config`     one validated, frozen :class:`MonitorConfig` per monitor;
-* :mod:`drift.samples`    the monitored values a source batch sends its monitor, and their
-                          values-topic form;
-* :mod:`drift.segmented`  routes a value to its segment's monitor (bounded);
-* :mod:`drift.reference`  the warm-up sample and the normal scores against it;
-* :mod:`drift.detectors`  River's Page-Hinkley and ADWIN on the scores;
-* :mod:`drift.monitor`    warm-up, incidents (opened / updated / closed), checkpoints;
-* :mod:`drift.alerts`     the :class:`Alert` record and its JSON
-                          (``schemas/contracts/drift_alert.schema.json``);
-* :mod:`drift.state`      checkpoint documents (JSON, format version, configuration check);
-* :mod:`drift.detector_state`  River detectors as plain numbers and back;
-* :mod:`drift.quality`    data-quality checks of a source: completeness, uniqueness,
-                          ranges and domains (counted, optionally dead-lettered).
-* :mod:`drift.recent_ids` the bounded memory of recent ids behind the uniqueness check.
+* ``config``          one validated, frozen :class:`MonitorConfig` per monitor;
+* ``samples``         the monitored values a source batch sends its monitor, and
+                      their values-topic form;
+* ``segmented``       routes a value to its segment's monitor (bounded);
+* ``reference``       the warm-up sample and the normal scores against it;
+* ``detectors``       River's Page-Hinkley and ADWIN on the scores;
+* ``monitor``         warm-up, incidents (opened / updated / closed), checkpoints;
+* ``alerts``          the :class:`Alert` record and its JSON
+                      (``schemas/contracts/drift_alert.schema.json``);
+* ``state``           checkpoint documents (JSON, format version, configuration check);
+* ``detector_state``  River detectors as plain numbers and back;
+* ``quality``         data-quality checks of a source: completeness, uniqueness,
+                      ranges and domains (counted, optionally dead-lettered);
+* ``recent_ids``      the bounded memory of recent ids behind the uniqueness check.
 
 ``bench/drift_quality.py`` measures false alarms and detection delays of the
 defaults; the numbers are in its docstring.

@@ -6,7 +6,7 @@ An alert is one event in the life of an **incident**:
 ``updated``  the incident got worse (``reason: escalated``, warning ->
              critical) or the stream kept moving after the monitor had
              re-learned its reference (``still_moving``);
-``closed``   the stream is stable again (see :mod:`drift.monitor`).
+``closed``   the stream is stable again (see :mod:`driftline.drift.monitor`).
 
 Other detections during an open incident are folded into it (``detections``,
 ``detectors``, ``last_offset``) without an alert.  The JSON form is described

@@ -14,7 +14,7 @@ A monitor watches one numeric field of one source, optionally per segment::
 
 Every threshold is in **standard units of the reference**: the monitor turns
 each value into a normal score against the distribution it learned during the
-warm-up (see :mod:`drift.reference`), so the same numbers suit amounts in
+warm-up (see :mod:`driftline.drift.reference`), so the same numbers suit amounts in
 cents, latencies in seconds and counts.  ``bench/drift_quality.py`` measures
 the defaults (false alarms per 100k values, detection delays) with a warm-up
 of 1,000 values and is the place to re-check any change to them.
@@ -42,7 +42,7 @@ Statistic = Literal["location", "scale"]
 
 #: Every detector a monitor can run, in the order they are evaluated.
 DETECTORS: tuple[DetectorName, ...] = ("page_hinkley", "adwin")
-#: The two statistics each detector watches (see :mod:`drift.reference`).
+#: The two statistics each detector watches (see :mod:`driftline.drift.reference`).
 STATISTICS: tuple[Statistic, ...] = ("location", "scale")
 
 DEFAULT_DETECTORS: tuple[DetectorName, ...] = ("page_hinkley", "adwin")

@@ -1,7 +1,7 @@
 """Detector factory: one detector per (configured detector, statistic).
 
 Each monitor runs every configured detector on both scores of
-:mod:`drift.reference` (``location`` and ``scale``), so ``detectors:
+:mod:`driftline.drift.reference` (``location`` and ``scale``), so ``detectors:
 [page_hinkley, adwin]`` means four small state machines per monitor.  They all
 see standardised, bounded input, which is why one set of parameters fits every
 field.  Both keep River's contract: ``update(x)``, then read

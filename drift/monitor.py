@@ -13,9 +13,9 @@ Life of a monitor
                                     └───────── "closed": stable_after quiet values that fit ◄────┘
 
 * **warmup**: the first ``warmup`` values become the reference (see
-  :mod:`drift.reference`); nothing is detected, no alert is possible.
+  :mod:`driftline.drift.reference`); nothing is detected, no alert is possible.
 * **monitoring**: every value is scored against the reference and fed to each
-  detector (see :mod:`drift.detectors`).  The first detection opens an
+  detector (see :mod:`driftline.drift.detectors`).  The first detection opens an
   incident and returns an ``opened`` alert.
 * **relearning**: the detectors keep running against the *old* reference (they
   are never muted), while the values since the detection are collected as a
@@ -46,7 +46,7 @@ detectors always run.
 Checkpoints
 -----------
 :meth:`Monitor.to_state` returns a JSON document (format
-``driftline.monitor/2``, see :mod:`drift.state`) that :meth:`Monitor.from_state`
+``driftline.monitor/2``, see :mod:`driftline.drift.state`) that :meth:`Monitor.from_state`
 restores exactly, so a restart neither loses an open incident nor raises it
 again.  It holds data only (numbers, strings, base64 floats), never objects:
 restoring a document written by someone else can make a monitor wrong, never
@@ -55,8 +55,8 @@ run code, and a malformed one is refused with :class:`DriftStateError`.
 One module, on purpose (about 560 lines): the monitor is one state machine,
 and its checkpoint must restore every private field of it exactly, so the
 machine, its incident record and their checkpoint form stay together; the
-parts with no state of the monitor's live beside it (:mod:`drift.reference`,
-:mod:`drift.detectors`, :mod:`drift.state`, :mod:`drift.alerts`).
+parts with no state of the monitor's live beside it (:mod:`driftline.drift.reference`,
+:mod:`driftline.drift.detectors`, :mod:`driftline.drift.state`, :mod:`driftline.drift.alerts`).
 """
 
 from __future__ import annotations

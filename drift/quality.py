@@ -65,7 +65,7 @@ from driftline.features.durations import parse_duration
 Action = Literal["count", "dead_letter"]
 #: Labels of ``driftline_quality_violations_total``'s ``check``.
 Check = Literal["min", "max", "type", "allowed"]
-#: Dead-letter reasons of the quality stage (see :data:`schemas.REASONS`).
+#: Dead-letter reasons of the quality stage (see :data:`driftline.schemas.REASONS`).
 REASON_OUT_OF_RANGE = "out_of_range"
 REASON_NOT_ALLOWED = "not_allowed"
 REASON_DUPLICATE = "duplicate"

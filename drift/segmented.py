@@ -1,7 +1,7 @@
 """One monitor per segment value, bounded.
 
 With ``segment_by: country`` every distinct country gets its own
-:class:`~drift.monitor.Monitor` (own warm-up, own reference, own incidents),
+:class:`~driftline.drift.monitor.Monitor` (own warm-up, own reference, own incidents),
 so a change in one country is not diluted by the others.  Memory and
 checkpoint size grow with the number of segments, so only the first
 ``max_segments`` distinct values seen get a monitor of their own; every value
@@ -134,7 +134,10 @@ class SegmentedMonitor:
     # -- checkpoints ---------------------------------------------------------
 
     def to_state(self) -> bytes:
-        """A JSON checkpoint (format ``driftline.segmented-monitor/2``, see :mod:`drift.state`)."""
+        """A JSON checkpoint (format ``driftline.segmented-monitor/2``).
+
+        See :mod:`driftline.drift.state`.
+        """
         return dump_document(
             {
                 "format": SEGMENTED_FORMAT,

@@ -1,5 +1,5 @@
-"""Checkpoint documents shared by :class:`~drift.monitor.Monitor` and
-:class:`~drift.segmented.SegmentedMonitor`.
+"""Checkpoint documents shared by :class:`~driftline.drift.monitor.Monitor` and
+:class:`~driftline.drift.segmented.SegmentedMonitor`.
 
 A checkpoint is one JSON object, never pickled objects: whoever can write the
 checkpoint key can then at most make a monitor learn afresh, not run code in
@@ -10,11 +10,11 @@ the worker.  Its ``format`` names the kind and the version::
 
 Float arrays (the warm-up sample, the reference, the recent window) are
 base64 of little-endian doubles: exact, and a third of the size of decimal
-JSON numbers.  Detectors are stored as their numbers (:mod:`drift.detector_state`).
+JSON numbers.  Detectors are stored as their numbers (:mod:`driftline.drift.detector_state`).
 The format version changes with any incompatible change of the document; a
 document of another version, a pickled checkpoint of driftline's format 1
 (``DLMON``/``DLSEG`` + pickle), or anything else is refused with a
-:class:`~drift.exceptions.DriftStateError` whose ``reason`` says which, and
+:class:`~driftline.drift.exceptions.DriftStateError` whose ``reason`` says which, and
 is never decoded further.  The document carries the configuration it was
 written under: restoring under another one is refused, because thresholds,
 warm-up sizes and detector lists only make sense together.

@@ -13,8 +13,8 @@
     read_features(group, state, as_of_ms)   engine.py        FeatureVector
 
 The window semantics (buckets, reads as of a time, decay, pruning) are
-described in :mod:`features.engine`; the mergeable intermediates in
-:mod:`features.stats` and :mod:`features.sketch`.
+described in :mod:`driftline.features.engine`; the mergeable intermediates in
+:mod:`driftline.features.stats` and :mod:`driftline.features.sketch`.
 """
 
 from driftline.features.codec import decode_last, decode_ring, encode_last, encode_ring

@@ -27,7 +27,7 @@ Buckets are written in ascending ``bucket_id``; decoders accept any order
 but reject a repeated id.  Which resolution a blob belongs to is not in the
 blob: the store keeps one blob per resolution (under a key that names the
 group's fingerprint, which covers the field order and this format through
-:data:`~features.definitions.STATE_FORMAT`).
+:data:`~driftline.features.definitions.STATE_FORMAT`).
 
 ``last`` values are small and typed (strings, numbers, booleans), so they use
 JSON: :func:`encode_last` writes ``{"field": [event_time_ms, value], …}`` with
@@ -78,7 +78,10 @@ def encode_ring(group: FeatureGroup, ring: Mapping[int, BucketStats]) -> bytes:
 
 
 def decode_ring(group: FeatureGroup, data: bytes) -> Ring:
-    """The ring a blob encodes; :class:`~features.exceptions.CodecError` if it is malformed."""
+    """The ring a blob encodes.
+
+    Raises :class:`~driftline.features.exceptions.CodecError` if it is malformed.
+    """
     if len(data) % 8:
         raise CodecError(f"a ring blob is a whole number of doubles, got {len(data)} bytes")
     nv = len(group.layout.value_fields)

@@ -140,7 +140,7 @@ class Window:
 
 
 class FeatureSpec(NamedTuple):
-    """One output feature: how :func:`~features.engine.read_features` computes it."""
+    """One output feature: how :func:`~driftline.features.engine.read_features` computes it."""
 
     name: str
     kind: Literal["value", "distinct", "last"]
@@ -230,7 +230,8 @@ class FeatureGroup:
         return self.longest_window_ms + self.allowed_lateness_ms
 
     def feature_names(self) -> tuple[str, ...]:
-        """The names of the features :func:`~features.engine.read_features` returns, in order."""
+        """The names of the features, in the order
+        :func:`~driftline.features.engine.read_features` returns them."""
         return tuple(spec.name for spec in self.layout.features)
 
     def fingerprint(self) -> str:
@@ -257,7 +258,7 @@ class FeatureGroup:
     def from_config(cls, config: Mapping[str, Any]) -> FeatureGroup:
         """Validate a plain dict (from YAML/JSON) and build the group.
 
-        Raises :class:`~features.exceptions.FeatureDefinitionError` naming the
+        Raises :class:`~driftline.features.exceptions.FeatureDefinitionError` naming the
         group and the key (``windows[2].resolution``) on the first problem.
         """
         from driftline.features.group_config import group_from_config

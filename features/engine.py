@@ -31,9 +31,9 @@ Windows with the same ``r`` share one *ring* of buckets; the ring keeps the
 ``n`` of its longest window (``group.layout.ring_buckets[r]``).
 
 **Intermediates.**  Per bucket and value field a mergeable
-:class:`~features.stats.Summary` (count, mean, m2, min, max: every value
+:class:`~driftline.features.stats.Summary` (count, mean, m2, min, max: every value
 aggregation derives from it); per distinct field a KMV sketch
-(:mod:`features.sketch`).  A window's value is the merge of its buckets.
+(:mod:`driftline.features.sketch`).  A window's value is the merge of its buckets.
 
 **Pruning.**  After a merge, a ring of resolution ``r`` keeping ``n`` buckets
 drops every bucket with ``id <= newest_event_ms // r - n``: no read at
@@ -121,7 +121,7 @@ _AGGREGATE: dict[str, Callable[[Summary], float | int | None]] = {
 
 
 def build_deltas(group: FeatureGroup, events: Sequence[ParsedEvent]) -> dict[str, EntityState]:
-    """One pass over a batch of :class:`~schemas.parser.ParsedEvent`: the delta per entity.
+    """One pass over a batch of :class:`~driftline.schemas.parser.ParsedEvent`: a delta per entity.
 
     Every delta has a ring for every resolution of the group (possibly
     empty), its ``last`` values, its newest event time and its skipped

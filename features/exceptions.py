@@ -48,7 +48,7 @@ class FeatureDefinitionError(FeatureError, ValueError):
     def within(self, group: str | None, key: str | None = None) -> FeatureDefinitionError:
         """The same problem, located in ``group`` (and under ``key`` if given).
 
-        Lower layers (a :class:`~features.definitions.Window`) do not know which
+        Lower layers (a :class:`~driftline.features.definitions.Window`) do not know which
         group they belong to; the group adds itself on the way up.
         """
         if key and self.key:

@@ -1,9 +1,10 @@
 """Features straight from stored ring blobs: the serving read path (pure).
 
-:func:`read_rings` gives exactly what ``decode_ring`` + :func:`~features.engine.read_features`
-give (the same buckets, merged in the same order with the same arithmetic, so
-the same floats: ``tests/unit/features/test_reader.py`` checks it against
-them on random states), without building a ``BucketStats`` per bucket:
+:func:`read_rings` gives exactly what ``decode_ring`` +
+:func:`~driftline.features.engine.read_features` give (the same buckets,
+merged in the same order with the same arithmetic, so the same floats:
+``tests/unit/features/test_reader.py`` checks it against them on random
+states), without building a ``BucketStats`` per bucket:
 
 * a blob is unpacked once (``struct``) and walked bucket by bucket to find
   where each starts; only buckets inside the longest window of their ring
@@ -99,7 +100,7 @@ def read_rings(
                             mins[f] = vals[p + 3]
                             maxs[f] = vals[p + 4]
                         else:
-                            # exactly features.stats.merge(acc, bucket)
+                            # exactly driftline.features.stats.merge(acc, bucket)
                             n = an + bn
                             a_mean = means[f]
                             delta = vals[p + 1] - a_mean

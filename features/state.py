@@ -11,7 +11,7 @@
     └── skipped: {field: count}   deltas only: present but unusable values
 
 The same type carries a *delta* (what one batch adds for one entity) and the
-*state* (what is stored); :func:`~features.engine.apply_delta` merges one into
+*state* (what is stored); :func:`~driftline.features.engine.apply_delta` merges one into
 the other.  Nothing here is mutated after construction: the engine builds
 new dicts and shares the immutable ``BucketStats`` tuples between them.
 """
@@ -26,7 +26,7 @@ from driftline.features.stats import Summary, merge
 
 #: A value kept by ``last``: a JSON scalar.
 LastValue = str | int | float | bool
-#: A feature value as :func:`~features.engine.read_features` returns it.
+#: A feature value as :func:`~driftline.features.engine.read_features` returns it.
 FeatureValue = float | int | str | None
 
 
@@ -41,7 +41,10 @@ Ring = dict[int, BucketStats]
 
 
 def merge_buckets(a: BucketStats, b: BucketStats) -> BucketStats:
-    """Field by field: :func:`~features.stats.merge` and :func:`~features.sketch.kmv_merge`."""
+    """Field by field.
+
+    :func:`~driftline.features.stats.merge` and :func:`~driftline.features.sketch.kmv_merge`.
+    """
     return BucketStats(
         tuple(map(merge, a.summaries, b.summaries)),
         tuple(map(kmv_merge, a.sketches, b.sketches)),

@@ -7,7 +7,7 @@ An Avro schema can serve two encodings:
   encoding).  Fields the schema does not declare are ignored, as Avro readers
   ignore them.
 * **Avro binary** bodies, decoded with the schema as the writer's schema (the
-  Confluent framing around them is handled in :mod:`schemas.wire`).  A body
+  Confluent framing around them is handled in :mod:`driftline.schemas.wire`).  A body
   with bytes left over after the record is rejected: it was written with a
   different schema, and decoding it with this one would produce garbage.
 """

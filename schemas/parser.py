@@ -1,7 +1,7 @@
 """From raw record bytes to a typed event: size check, decode, validate, extract.
 
 This is the whole per-record hot path of ingestion.  It is pure (no I/O) and
-raises :class:`~schemas.exceptions.InvalidEvent` for a bad record, so the
+raises :class:`~driftline.schemas.exceptions.InvalidEvent` for a bad record, so the
 caller decides what a rejection means (dead-letter it, count it).
 """
 

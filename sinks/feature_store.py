@@ -273,7 +273,7 @@ def decode_state(group: FeatureGroup, fields: Mapping[bytes | str, bytes | str])
 class MemoryFeatureStore:
     """In-memory double with the same compare-and-set contract, for unit tests.
 
-    Merges with :func:`features.engine.apply_delta`, the reference the Lua
+    Merges with :func:`driftline.features.engine.apply_delta`, the reference the Lua
     script is tested against.
     """
 

@@ -33,7 +33,7 @@ class BufferedKafkaSink:
     for its size (``MessageSizeTooLargeError``, ``RecordTooLargeError``) can
     never be written as it is: it is replaced by ``shrink(record)`` (a dead
     letter cut to its headers) and sent again; when it cannot shrink, the
-    flush raises :class:`~sinks.exceptions.RecordTooLarge`, a permanent error.
+    flush raises :class:`~driftline.sinks.exceptions.RecordTooLarge`, a permanent error.
     """
 
     def __init__(

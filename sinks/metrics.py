@@ -4,7 +4,7 @@ One :class:`WorkerMetrics` per worker, on its own ``CollectorRegistry`` (not
 the process-global one) so tests can build several side by side.  Names follow
 Prometheus conventions: ``_total`` counters, base units, and no unbounded
 label values (never an entity id): labels are the source name and the reason
-code from :data:`schemas.REASONS`.
+code from :data:`driftline.schemas.REASONS`.
 """
 
 from __future__ import annotations

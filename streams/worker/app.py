@@ -1,9 +1,9 @@
-"""The Faust app, built by a factory from :class:`~streams.settings.Settings`.
+"""The Faust app, built by a factory from :class:`~driftline.streams.settings.Settings`.
 
 There is no module-level app: ``create_app(settings)`` builds one with its
 broker, credentials and agents, so tests and several configs can coexist in
 one process.  Agents are thin: each receives whole partition batches from
-the consumer (:mod:`streams.transport`), hands them to
+the consumer (:mod:`driftline.streams.worker.transport`), hands them to
 :meth:`SourcePipeline.process`, and acknowledges the batch only once that
 returned, i.e. once its effects are durable.  Faust commits acknowledged
 offsets every ``kafka.commit_interval_s`` and on rebalance.
@@ -284,7 +284,10 @@ def create_app(
         )
 
     async def readiness() -> tuple[bool, dict[str, Any]]:
-        """Instant: reads what the worker knows (see :mod:`streams.health`), calls nothing."""
+        """Instant: reads what the worker knows, calls nothing.
+
+        See :mod:`driftline.streams.worker.health`.
+        """
         ready, details = health.verdict()
         metrics.ready.set(1 if ready else 0)
         return ready, details

@@ -11,7 +11,7 @@ and by the work itself:
 * the **consumer** stamps every successful fetch (an idle topic still gets
   empty fetch answers), so a broker that stops answering shows as a growing
   fetch age;
-* a **permanent failure** (:class:`~streams.retry.EffectFailed`, an error
+* a **permanent failure** (:class:`~driftline.streams.worker.retry.EffectFailed`, an error
   escaping a source's pipeline) is recorded before the worker stops.
 
 Readiness is 503 with the reasons in the body while any of these holds, or

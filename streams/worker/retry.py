@@ -1,6 +1,6 @@
 """Retrying an effect (a Kafka flush, a Redis write) until it is durable, or failing loudly.
 
-Errors are classified at the adapters (:func:`sinks.exceptions.classify`):
+Errors are classified at the adapters (:func:`driftline.sinks.exceptions.classify`):
 
 * a **transient** error (the service is down, slow, loading) is retried with
   exponential backoff for as long as it takes: the batch must not be

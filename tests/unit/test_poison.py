@@ -2,7 +2,7 @@
 
 The parsers here are the ones the worker builds (the shipped JSON Schema and
 Avro contracts); a verdict is either a valid event or a rejection whose
-reason is one of :data:`schemas.REASONS`.  Time is bounded by pytest's
+reason is one of :data:`driftline.schemas.REASONS`.  Time is bounded by pytest's
 timeout, never asserted.
 """
 
