@@ -12,17 +12,14 @@ Two rules, both about what reaches a peer or a log:
   log lines) go through :func:`driftline.errors.redact` first: the user info
   of a URL (``redis://user:pass@host``) becomes ``***`` and so do query
   parameters that carry secrets (``?password=...``).  Settings that are
-  secrets themselves (``SecretStr``) are never printed at all.  ``redact`` is
-  named here too for the modules that still import it from this one.
+  secrets themselves (``SecretStr``) are never printed at all.
 """
 
 from __future__ import annotations
 
 import hmac
 
-from driftline.errors import redact
-
-__all__ = ["bearer_matches", "redact"]
+__all__ = ["bearer_matches"]
 
 
 def bearer_matches(header: str | bytes | None, token: bytes) -> bool:
