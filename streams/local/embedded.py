@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import quote
 
 from driftline.streams.local.binaries import resolve_redis_binary, resolve_tansu_binary
-from driftline.streams.local.ports import LOOPBACK, find_free_port
+from driftline.streams.local.ports import LOOPBACK
 from driftline.streams.local.probes import kafka_metadata, redis_ping, run_blocking
 from driftline.streams.local.server import ServerProcess
 
@@ -47,8 +47,6 @@ __all__ = [
     "EmbeddedBroker",
     "EmbeddedRedis",
     "create_topics",
-    # kept for tests/e2e/test_serve.py until it imports driftline.streams.local.ports
-    "find_free_port",
 ]
 
 # Environment variables Tansu reads as defaults for options we do not pass; left

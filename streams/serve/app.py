@@ -62,6 +62,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from driftline.errors import redact
 from driftline.features.catalog import Catalog
 from driftline.sinks.feature_store import RedisFeatureStore
+from driftline.sinks.registry_store import RedisRegistryStore
 from driftline.streams.clients import redis_client
 from driftline.streams.errors import DriftlineError
 from driftline.streams.logs import logging_config
@@ -282,7 +283,7 @@ def create_app(settings: Settings, catalog: Catalog) -> FastAPI:
     api = FeatureApi(
         RedisFeatureStore(client, prefix=settings.redis.key_prefix),
         catalog.groups,
-        registry=RegistryReader(client, catalog).entries,
+        registry=RegistryReader(RedisRegistryStore(client, prefix=catalog.prefix), catalog).entries,
         ping=client.ping,
         max_batch_entities=serve.max_batch_entities,
         max_body_bytes=serve.max_body_bytes,

@@ -6,7 +6,7 @@ with the lineage facts of every source
 (:func:`~driftline.streams.sources.source_info`); ``driftline registry`` prints
 :func:`format_table`; :class:`RegistryReader` serves ``GET /v1/registry``
 from the catalog and the records in Redis
-(:func:`~driftline.sinks.registry_store.read_deployed`), cached.  What an
+(:class:`~driftline.sinks.registry_store.RedisRegistryStore`), cached.  What an
 entry says and how it is built is pure: :mod:`driftline.features.catalog`.
 """
 
@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
-
-import redis.asyncio as aioredis
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 from driftline.features.catalog import (
     Catalog,
@@ -26,7 +24,7 @@ from driftline.features.catalog import (
     build_registry,
     lineage_text,
 )
-from driftline.sinks.registry_store import read_deployed
+from driftline.features.registry import DeployedVersion
 from driftline.streams.settings import Settings
 from driftline.streams.sources import build_feature_groups, build_parsers, source_info
 
@@ -94,35 +92,50 @@ def _fmt_time(ms: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ms / 1000))
 
 
+class DeployedRecords(Protocol):
+    """Where the records are read: ``RedisRegistryStore`` (tests: ``MemoryRegistryStore``)."""
+
+    async def deployed(
+        self, names: Iterable[str] = (), *, scan: bool = True
+    ) -> tuple[list[DeployedVersion], list[str]]: ...
+
+
 class RegistryReader:
     """The registry as ``GET /v1/registry`` serves it: rebuilt at most every ``cache_s``.
 
-    Rebuilding scans the keyspace (:func:`read_deployed`), which is cheap
-    per call but proportional to the number of keys: a dashboard polling the
-    endpoint must not turn into a continuous SCAN.  Concurrent requests share
-    one rebuild.
+    Rebuilding scans the keyspace (``RedisRegistryStore.deployed``), which is
+    cheap per call but proportional to the number of keys: a dashboard polling
+    the endpoint must not turn into a continuous SCAN.  Concurrent requests
+    share one rebuild.  A failed read raises (serve answers 503) and is not
+    cached.
     """
 
     def __init__(
-        self, client: aioredis.Redis, catalog: Catalog, *, cache_s: float = REGISTRY_CACHE_S
+        self,
+        store: DeployedRecords,
+        catalog: Catalog,
+        *,
+        cache_s: float = REGISTRY_CACHE_S,
+        monotonic: Callable[[], float] = time.monotonic,
+        now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
-        self.client = client
+        self.store = store
         self.catalog = catalog
         self.cache_s = cache_s
+        self._monotonic = monotonic
+        self._now_ms = now_ms
         self._lock = asyncio.Lock()
         self._cached: tuple[float, list[dict[str, Any]]] | None = None
 
     async def entries(self) -> list[dict[str, Any]]:
         async with self._lock:
-            now = time.monotonic()
+            now = self._monotonic()
             if self._cached is not None and now - self._cached[0] < self.cache_s:
                 return self._cached[1]
-            deployed, problems = await read_deployed(
-                self.client, self.catalog.prefix, self.catalog.groups
-            )
+            deployed, problems = await self.store.deployed(self.catalog.groups)
             for problem in problems:
                 log.warning("registry record skipped: %s", problem)
-            now_ms = int(time.time() * 1000)
-            entries = [e.as_dict() for e in build_registry(self.catalog, deployed, now_ms)]
+            built = build_registry(self.catalog, deployed, self._now_ms())
+            entries = [e.as_dict() for e in built]
             self._cached = (now, entries)
             return entries

@@ -32,7 +32,7 @@ from driftline.features.engine import build_deltas
 from driftline.schemas import ParsedEvent
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.redis_client import connect_redis
-from driftline.streams.local.embedded import find_free_port
+from driftline.streams.local.ports import find_free_port
 from driftline.streams.serve.api import FeatureApi
 from driftline.streams.serve.app import _document, build_app, served_routes
 from tests.worker_process import CONTRACTS, ROOT

@@ -364,3 +364,34 @@ def test_retired_versions_are_listed_until_their_keys_expire() -> None:
     # a version never recorded as written stays listed (its expiry is unknown)
     unknown = dataclasses.replace(versions[0], last_write_ms=None)
     assert len(build_registry(catalog(current), [unknown], now_ms=10**15)) == 2
+
+
+async def test_registry_reader_caches_the_scan_and_never_caches_a_failure() -> None:
+    from driftline.sinks.registry_store import MemoryRegistryStore
+    from driftline.streams.serve.registry import RegistryReader
+
+    store = MemoryRegistryStore()
+    clock = [0.0]
+    reader = RegistryReader(
+        store,
+        catalog(group()),
+        cache_s=30.0,
+        monotonic=lambda: clock[0],
+        now_ms=lambda: 1_700_000_000_000,
+    )
+    store.fail_next = 1
+    with pytest.raises(ConnectionError):
+        await reader.entries()
+    [entry] = await reader.entries()  # the failure was not cached: read again
+    assert (entry["name"], entry["status"], entry["first_deployed_ms"]) == ("spend", "active", None)
+    store.record(group(), now_ms=1_699_999_000_000)
+    clock[0] = 29.0
+    assert (await reader.entries())[0]["first_deployed_ms"] is None  # cached for 30 s
+    clock[0] = 30.0
+    assert (await reader.entries())[0]["first_deployed_ms"] == 1_699_999_000_000
+    store.record(group(version=3))  # a version no longer configured: listed as retired
+    clock[0] = 61.0
+    assert [(e["version"], e["status"]) for e in await reader.entries()] == [
+        (3, "retired"),
+        (2, "active"),
+    ]
