@@ -32,22 +32,39 @@ def freshness(
     ``reading.present`` says which fields have data in the buckets a window
     merges, so ``empty`` coincides with the aggregate being the empty one.
     """
-    by_name = feature_specs(group)
     present = reading.present
+    last = reading.last
+    stale_before = as_of_ms - group.longest_window_ms
     out: dict[str, Freshness] = {}
-    for spec in (by_name[n] for n in names):
-        if spec.window is None:
-            held = reading.last.get(spec.field)
-            if held is None:
-                out[spec.name] = "empty"
-            else:
-                old = as_of_ms - held[0] >= group.longest_window_ms
-                out[spec.name] = "stale" if old else "fresh"
-            continue
-        values, distinct = present[spec.window.name]
-        has = (values if spec.kind == "value" else distinct)[spec.position]
-        out[spec.name] = "fresh" if has else "empty"
+    for name, window, field, kind, position in _freshness_plan(group, tuple(names)):
+        if window is None:  # a last value
+            held = last.get(field)
+            out[name] = "empty" if held is None else "stale" if held[0] <= stale_before else "fresh"
+        else:
+            out[name] = "fresh" if present[window][kind][position] else "empty"
     return out
+
+
+_FreshnessPlan = tuple[tuple[str, str | None, str, int, int], ...]
+
+
+@functools.lru_cache(maxsize=1024)
+def _freshness_plan(group: FeatureGroup, names: tuple[str, ...]) -> _FreshnessPlan:
+    """Per name: (name, window name or None for last, last's field, 0 value / 1 distinct, position).
+
+    Read once per (group, selection) instead of looking up each spec's
+    attributes per entity: a batch of 100 entities with 34 features asks 3,400
+    times.
+    """
+    specs = feature_specs(group)
+    plan: list[tuple[str, str | None, str, int, int]] = []
+    for spec in (specs[n] for n in names):
+        if spec.window is None:
+            plan.append((spec.name, None, spec.field, 0, -1))
+        else:
+            kind = 0 if spec.kind == "value" else 1
+            plan.append((spec.name, spec.window.name, "", kind, spec.position))
+    return tuple(plan)
 
 
 @functools.lru_cache(maxsize=256)
