@@ -4,9 +4,11 @@ An alert is one event in the life of an **incident**:
 
 ``opened``   a detector fired while no incident was open;
 ``updated``  the incident got worse (``reason: escalated``, warning ->
-             critical) or the stream kept moving after the monitor had
-             re-learned its reference (``still_moving``);
-``closed``   the stream is stable again (see :mod:`driftline.drift.monitor`).
+             critical);
+``closed``   the stream is back at the baseline (``recovered``) or its new
+             distribution was accepted as the new normal (``accepted``: by an
+             operator, or after ``accept_after``; see
+             :mod:`driftline.drift.monitor`).
 
 Other detections during an open incident are folded into it (``detections``,
 ``detectors``, ``last_offset``) without an alert.  The JSON form is described
@@ -26,9 +28,9 @@ from driftline.drift.stats import Stats
 
 AlertKind = Literal["opened", "updated", "closed"]
 #: why: ``detected`` (opened), ``escalated`` (warning -> critical),
-#: ``still_moving`` (the stream kept changing after the monitor re-learned its
-#: reference), ``stable`` (closed)
-AlertReason = Literal["detected", "escalated", "still_moving", "stable"]
+#: ``recovered`` (closed: back at the baseline), ``accepted`` (closed: the new
+#: distribution is the new normal)
+AlertReason = Literal["detected", "escalated", "recovered", "accepted"]
 Severity = Literal["warning", "critical"]
 
 
@@ -36,7 +38,7 @@ Severity = Literal["warning", "critical"]
 class Alert:
     """One incident event of one monitor and segment."""
 
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     monitor: str
     source: str

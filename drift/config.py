@@ -11,6 +11,7 @@ A monitor watches one numeric field of one source, optionally per segment::
         detectors: [page_hinkley, adwin]
         warmup: 1000
         stable_after: 1000
+        accept_after: 1h           # event time; null: only an operator accepts
 
 Every threshold is in **standard units of the reference**: the monitor turns
 each value into a normal score against the distribution it learned during the
@@ -36,6 +37,7 @@ from pydantic import (
 )
 
 from driftline.drift.exceptions import DriftConfigError
+from driftline.features.durations import parse_duration
 
 DetectorName = Literal["page_hinkley", "adwin"]
 Statistic = Literal["location", "scale"]
@@ -125,8 +127,14 @@ class MonitorConfig(BaseModel):
     stable_after: int = Field(
         1000,
         ge=1,
-        description="values in a row without a detection, against a reference learned "
-        "after the change, that close an incident",
+        description="values in a row without a detection whose scores fit the baseline "
+        "(the reference from before the incident): the stream recovered, the incident closes",
+    )
+    accept_after: str | None = Field(
+        "1h",
+        description="event time after which an open incident's distribution is accepted "
+        "as the new normal (the incident closes, the monitor learns a fresh reference); "
+        "null: only an operator accepts (driftline monitors accept)",
     )
     recent_window: int = Field(500, ge=10, description="values kept for current stats")
     critical_shift_sd: float = Field(
@@ -137,6 +145,18 @@ class MonitorConfig(BaseModel):
     )
     page_hinkley: PageHinkleyParams = PageHinkleyParams()
     adwin: AdwinParams = AdwinParams()
+
+    @field_validator("accept_after")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)  # raises ValueError with the reason
+        return value
+
+    @property
+    def accept_after_ms(self) -> int | None:
+        """:attr:`accept_after` in ms; None: never automatically."""
+        return None if self.accept_after is None else parse_duration(self.accept_after)
 
     @model_validator(mode="after")
     def _one_target(self) -> MonitorConfig:

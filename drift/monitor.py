@@ -4,44 +4,48 @@ Life of a monitor
 -----------------
 ::
 
-    warmup ──(warmup values)──► monitoring ──detection──► relearning ──(warmup values)──► settling
-                                    ▲          "opened"         ▲  detections folded in;         │
-                                    │                           │  "updated" if escalated        │
-                                    │                           └─ "updated" (still_moving) ◄────┤
-                                    │                              detection, or the settling     │
-                                    │                              window does not fit            │
-                                    └───────── "closed": stable_after quiet values that fit ◄────┘
+    warmup ──(warmup values)──► monitoring ──detection──► incident ──► "closed", back to monitoring:
+                                    ▲          "opened"    │  scored against the baseline
+                                    │                      │  (the reference from before it);
+                                    │                      │  "updated" only when it escalates
+                                    │                      │
+                                    ├─── "recovered": stable_after quiet values fit the baseline
+                                    │
+                                    └─── relearning ◄── "accepted": by an operator (accept()),
+                                         (warmup values,   or after accept_after of event time;
+                                          if the incident   the newest values become the new
+                                          held fewer)       reference
 
 * **warmup**: the first ``warmup`` values become the reference (see
   :mod:`driftline.drift.reference`); nothing is detected, no alert is possible.
 * **monitoring**: every value is scored against the reference and fed to each
   detector (see :mod:`driftline.drift.detectors`).  The first detection opens an
   incident and returns an ``opened`` alert.
-* **relearning**: the detectors keep running against the *old* reference (they
-  are never muted), while the values since the detection are collected as a
-  fresh reference.  Detections are folded into the incident; one returns an
+* **incident**: the reference from before the incident stays in force as the
+  **baseline**: values are scored against it and the detectors keep running
+  on those scores (they are never muted), so a lasting change keeps firing
+  them; those detections are folded into the incident, and one returns an
   ``updated`` alert only if it escalates the severity (warning -> critical).
-* **settling**: the fresh reference is in force, with fresh detectors.  If
-  ``stable_after`` values pass without a detection *and* their mean location
-  and scale scores fit the fresh reference (within 4 standard errors, the
-  reference's own sampling error included), the incident closes
-  (``closed``).  A detection, or a window that does not fit, means the
-  stream is still moving (a gradual drift, a second step): ``updated``
-  (reason ``still_moving``), and the monitor relearns again.
+  The incident closes in one of two ways:
 
-What "stable" means, and why: *a reference learned after the change, then
-``stable_after`` values that match it*.  Two simpler rules fail in practice.
-"N values without a detection" closes an incident whose change persists as
-soon as the detectors (which restart after each detection, and Page-Hinkley
-re-centres on what it sees) go quiet, and then the same change is either
-raised again or never again.  "No detection after re-learning" closes a
-gradual drift in the middle: Page-Hinkley and ADWIN adapt to a slow trend,
-so a drift of 0.5 sd per 1,000 values was closed and re-opened every ~2,100
-values; the fit check keeps it one incident until the trend stops.  A short
-blip or a second step inside the re-learning window leaves a mixed fresh
-reference, which the fit check rejects: one more cycle (``still_moving``)
-and the incident closes on a clean reference.  There is no cooldown:
-detectors always run.
+  - ``recovered``: ``stable_after`` values in a row without a detection whose
+    mean location and scale scores fit the baseline (within 4 standard
+    errors, the baseline's own sampling error included): the stream is back;
+  - ``accepted``: the new distribution is the new normal, said by an operator
+    (:meth:`Monitor.accept`, ``driftline monitors accept``) or by the clock,
+    ``accept_after`` of event time after the incident opened (default 1 h, so
+    the alert rules fire and stay firing while people look).  The newest
+    ``warmup`` values become the reference; an incident shorter than that
+    relearns first (**relearning**, no detection, like the warm-up).
+
+Why the baseline, and not a reference learned after the change (the rule
+until December 2026): an incident then closed as soon as a fresh reference of
+the *new* values fitted them, 15 s after a lasting +80 % shift in the demo,
+before any alert rule fired, and left no trace that the stream had changed.
+Kept against the baseline, a lasting change stays one open incident until it
+is gone or accepted; a gradual drift stays one incident for its whole ramp
+(it does not fit the baseline at any point of it); a blip closes as soon as
+the stream is back.
 
 Checkpoints
 -----------
@@ -88,12 +92,12 @@ from driftline.drift.stats import Stats
 #: The segment of a monitor that is not segmented.
 ALL_SEGMENT = "__all__"
 
-Phase = Literal["warmup", "monitoring", "relearning", "settling"]
-_PHASES: tuple[Phase, ...] = ("warmup", "monitoring", "relearning", "settling")
+Phase = Literal["warmup", "monitoring", "incident", "relearning"]
+_PHASES: tuple[Phase, ...] = ("warmup", "monitoring", "incident", "relearning")
 # The change-point estimate looks at no fewer trailing values than this.
 _MIN_CHANGE_LENGTH = 10
-# A settling window fits the fresh reference when its mean scores are within
-# this many standard errors of 0.
+# A quiet window fits the baseline when its mean scores are within this many
+# standard errors of 0.
 _STABLE_Z = 4.0
 
 
@@ -177,14 +181,17 @@ class Monitor:
         self._recent: deque[float] = deque(maxlen=config.recent_window)
         self._incident: _Incident | None = None
         self._incidents = 0
+        # during an incident: quiet values in a row, their score sums against the
+        # baseline, and the newest values (the reference if the change is accepted)
         self._stable = 0
-        self._settle_sums = [0.0, 0.0]  # location, scale scores while settling
+        self._settle_sums = [0.0, 0.0]  # location, scale
+        self._candidate: deque[float] = deque(maxlen=config.warmup)
 
     # -- reading -------------------------------------------------------------
 
     @property
     def phase(self) -> Phase:
-        """``warmup``, ``monitoring``, ``relearning`` or ``settling`` (see module doc)."""
+        """``warmup``, ``monitoring``, ``incident`` or ``relearning`` (see module doc)."""
         return self._phase
 
     @property
@@ -213,7 +220,8 @@ class Monitor:
 
     @property
     def reference_stats(self) -> Stats | None:
-        """Raw stats of the reference in force; None while warming up."""
+        """Raw stats of the reference in force (the baseline during an incident);
+        None while warming up or relearning."""
         return self._reference.stats if self._reference else None
 
     @property
@@ -236,7 +244,7 @@ class Monitor:
         self._n += 1
         self._recent.append(value)
         reference = self._reference
-        if reference is None:
+        if reference is None:  # warming up, or relearning after an accepted change
             self._sample.append(value)
             if len(self._sample) >= self.config.warmup:
                 self._adopt_reference()
@@ -250,36 +258,51 @@ class Monitor:
             if model.drift_detected:
                 fired.append(channel)
 
-        alerts: list[Alert] = []
         incident = self._incident
         if incident is None:
             if not fired:
-                return alerts
-            alerts.append(self._open(fired, event_time_ms, offset))
+                return []
+            opened = self._open(fired, event_time_ms, offset)
+            self._candidate.append(value)
+            return [opened]
+
+        alerts: list[Alert] = []
+        self._candidate.append(value)
+        if offset is not None:
+            incident.last_offset = offset
+            if incident.first_offset is None:
+                incident.first_offset = offset
+        if fired:
+            alert = self._fold(incident, fired, event_time_ms)
+            if alert is not None:
+                alerts.append(alert)
+            self._stable = 0
+            self._settle_sums = [0.0, 0.0]
         else:
-            if offset is not None:
-                incident.last_offset = offset
-                if incident.first_offset is None:
-                    incident.first_offset = offset
-            if fired:
-                alert = self._fold(incident, fired, event_time_ms)
-                if alert is not None:
-                    alerts.append(alert)
-            elif self._phase == "settling":
-                self._stable += 1
-                sums = self._settle_sums
-                sums[0] += scores[0]
-                sums[1] += scores[1]
-                if self._stable >= self.config.stable_after:
-                    if self._fits():
-                        alerts.append(self._close(incident, event_time_ms))
-                        return alerts
-                    alerts.append(self._still_moving(incident, event_time_ms))
-        if self._phase == "relearning":
-            self._sample.append(value)
-            if len(self._sample) >= self.config.warmup:
-                self._adopt_reference()
+            self._stable += 1
+            sums = self._settle_sums
+            sums[0] += scores[0]
+            sums[1] += scores[1]
+            if self._stable >= self.config.stable_after:
+                if self._fits():
+                    alerts.append(self._recovered(incident, event_time_ms))
+                    return alerts
+                self._stable = 0  # not back yet: judge the next window
+                self._settle_sums = [0.0, 0.0]
+        after = self.config.accept_after_ms
+        if after is not None and event_time_ms - incident.opened_event_time_ms >= after:
+            alerts.append(self._accept(incident, event_time_ms))
         return alerts
+
+    def accept(self, *, event_time_ms: int) -> Alert | None:
+        """Accept the open incident's distribution as the new normal (an operator's call).
+
+        Returns the ``closed`` alert (reason ``accepted``), or None when no
+        incident is open.  The newest ``warmup`` values become the reference.
+        """
+        if self._incident is None:
+            return None
+        return self._accept(self._incident, event_time_ms)
 
     # -- incident life -------------------------------------------------------
 
@@ -287,21 +310,18 @@ class Monitor:
         self._reference = Reference(self._sample)
         self._sample = []
         self._channels = build_channels(self.config)
-        self._stable = 0
-        self._settle_sums = [0.0, 0.0]
-        self._phase = "monitoring" if self._incident is None else "settling"
+        self._phase = "monitoring"
 
-    def _relearn(self) -> None:
-        self._phase = "relearning"
-        self._sample = []
+    def _quiet(self) -> None:
         self._stable = 0
         self._settle_sums = [0.0, 0.0]
+        self._candidate.clear()
 
     def _fits(self) -> bool:
-        """Do the settling window's mean scores fit the fresh reference?
+        """Do the quiet window's mean scores fit the baseline?
 
-        Each score is ~N(0, 1) under the reference, and the reference itself
-        is a sample of ``warmup`` values, hence the standard error.
+        Each score is ~N(0, 1) under the baseline, and the baseline itself is
+        a sample of ``warmup`` values, hence the standard error.
         """
         n = self._stable
         tolerance = _STABLE_Z * math.sqrt(1 / n + 1 / self.config.warmup)
@@ -333,27 +353,21 @@ class Monitor:
         )
         self._record(incident, fired)
         self._incident = incident
-        self._relearn()
+        self._quiet()
+        self._phase = "incident"
         return self._alert(incident, "opened", "detected", event_time_ms, current, shift, ratio)
 
     def _fold(self, incident: _Incident, fired: list[Channel], event_time_ms: int) -> Alert | None:
-        """A detection during an open incident: record it; alert only if it matters.
+        """A detection during an open incident: record it; alert only if it escalates.
 
-        A detection on the other statistic is recorded but not alerted: a
-        large mean shift also moves the scale score (values land far from the
-        reference median), so it would mostly announce the same change twice.
+        A lasting change keeps firing the detectors against the baseline, so
+        most detections say nothing new.  A detection on the other statistic
+        is recorded but not alerted either: a large mean shift also moves the
+        scale score (values land far from the baseline median).
         """
         self._record(incident, fired)
         current = self._since_change(incident)
         severity, shift, ratio = self._assess(incident.reference, current)
-        if self._phase == "settling":
-            # moving again against the fresh reference: learn the newest distribution
-            if severity == "critical":
-                incident.severity = severity
-            self._relearn()
-            return self._alert(
-                incident, "updated", "still_moving", event_time_ms, current, shift, ratio
-            )
         if severity == "critical" and incident.severity == "warning":
             incident.severity = severity
             return self._alert(
@@ -361,25 +375,31 @@ class Monitor:
             )
         return None
 
-    def _still_moving(self, incident: _Incident, event_time_ms: int) -> Alert:
-        """A quiet settling window that does not fit the fresh reference."""
-        current = self._since_change(incident)
-        severity, shift, ratio = self._assess(incident.reference, current)
-        if severity == "critical":
-            incident.severity = severity
-        self._relearn()
-        return self._alert(
-            incident, "updated", "still_moving", event_time_ms, current, shift, ratio
-        )
-
-    def _close(self, incident: _Incident, event_time_ms: int) -> Alert:
+    def _recovered(self, incident: _Incident, event_time_ms: int) -> Alert:
+        """Back at the baseline: close; the baseline stays, with fresh detectors."""
         current = self.recent_stats
         _, shift, ratio = self._assess(incident.reference, current)
-        alert = self._alert(incident, "closed", "stable", event_time_ms, current, shift, ratio)
+        alert = self._alert(incident, "closed", "recovered", event_time_ms, current, shift, ratio)
         self._incident = None
+        self._quiet()
+        self._channels = build_channels(self.config)
         self._phase = "monitoring"
-        self._stable = 0
-        self._settle_sums = [0.0, 0.0]
+        return alert
+
+    def _accept(self, incident: _Incident, event_time_ms: int) -> Alert:
+        """The change is the new normal: close; the newest values become the reference."""
+        current = self._since_change(incident)
+        _, shift, ratio = self._assess(incident.reference, current)
+        alert = self._alert(incident, "closed", "accepted", event_time_ms, current, shift, ratio)
+        newest = list(self._candidate)
+        self._incident = None
+        self._quiet()
+        self._reference = None
+        self._channels = []
+        self._sample = newest
+        self._phase = "relearning"
+        if len(newest) >= self.config.warmup:
+            self._adopt_reference()
         return alert
 
     def _since_change(self, incident: _Incident) -> Stats:
@@ -498,6 +518,7 @@ class Monitor:
             "incidents": self._incidents,
             "stable": self._stable,
             "settle_sums": [encode_number(s) for s in self._settle_sums],
+            "candidate": pack_floats(self._candidate),
         }
 
     @classmethod
@@ -528,10 +549,10 @@ class Monitor:
         phase = f.text("phase", _PHASES)
         reference = f.get("reference")
         incident = f.get("incident")
-        if (reference is None) != (phase == "warmup"):
-            raise f.fail("reference", "a reference exactly when not warming up")
-        if (incident is None) != (phase in ("warmup", "monitoring")):
-            raise f.fail("incident", "an incident exactly while relearning or settling")
+        if (reference is None) != (phase in ("warmup", "relearning")):
+            raise f.fail("reference", "a reference exactly when not warming up or relearning")
+        if (incident is None) != (phase != "incident"):
+            raise f.fail("incident", "an incident exactly in the incident phase")
         channels = f.items("channels")
         expected = [
             (c.detector, c.statistic) for c in build_channels(config) if reference is not None
@@ -567,3 +588,4 @@ class Monitor:
         self._incidents = f.integer("incidents")
         self._stable = f.integer("stable")
         self._settle_sums = [sums.number("location"), sums.number("scale")]
+        self._candidate.extend(f.floats("candidate", limit=config.warmup))

@@ -35,8 +35,8 @@ import orjson
 from driftline.drift.config import MonitorConfig
 from driftline.drift.exceptions import DriftStateError
 
-MONITOR_FORMAT = "driftline.monitor/2"
-SEGMENTED_FORMAT = "driftline.segmented-monitor/2"
+MONITOR_FORMAT = "driftline.monitor/3"
+SEGMENTED_FORMAT = "driftline.segmented-monitor/3"
 
 # Format 1: magic + b"\x01" + pickle.  Recognised only to be refused by name.
 _PICKLED_MAGIC = (b"DLMON", b"DLSEG")

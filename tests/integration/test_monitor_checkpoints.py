@@ -46,8 +46,10 @@ PICKLED = b"DLSEG\x01" + pickle.dumps({"config": {}, "payload": _Payload()}, pro
         (PICKLED, "pickle"),
         (pickle.dumps(_Payload()), "pickle"),
         (b"\x00\xffnot ours", "unreadable"),
-        (b'{"format": "driftline.segmented-monitor/2", "config": {}}', "config"),
+        (b'{"format": "driftline.segmented-monitor/3", "config": {}}', "config"),
         (b'{"format": "driftline.segmented-monitor/1"}', "format"),
+        # a checkpoint of the lifecycle before baselines (December 2026): learned afresh
+        (b'{"format": "driftline.segmented-monitor/2", "config": {}}', "format"),
     ],
 )
 async def test_a_foreign_checkpoint_is_refused_counted_and_replaced(
@@ -86,7 +88,7 @@ async def test_a_foreign_checkpoint_is_refused_counted_and_replaced(
         stored = await client.hget(key, "state")
         assert isinstance(stored, bytes)
         document = orjson.loads(stored)
-        assert document["format"] == "driftline.segmented-monitor/2"
+        assert document["format"] == "driftline.segmented-monitor/3"
         assert document["monitors"][0]["n"] == 50
         assert await client.hget(key, "seq") == b"8"
     finally:

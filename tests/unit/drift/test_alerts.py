@@ -28,21 +28,23 @@ def validator() -> Any:
 
 @pytest.fixture(scope="module")
 def alerts() -> list[Alert]:
-    # a gradual drift gives every kind and reason but "escalated"; a step gives that one
-    drift = [x + min(max(i - 3000, 0), 6000) / 6000 * 3.0 for i, x in enumerate(normal(8, 12_000))]
+    # a blip opens and recovers; a step opens, escalates and is accepted
+    blip = [x + (3.0 if 3000 <= i < 3100 else 0.0) for i, x in enumerate(normal(9, 5000))]
     step = shifted(normal(1, 6000), 3000, shift=1.0)
-    with_offsets = [a for _, a in feed(Monitor(make_config()), drift)]
+    with_offsets = [a for _, a in feed(Monitor(make_config()), blip)]
     monitor = Monitor(make_config(segment_by="country"), segment="fr")
     without_offsets = [a for x in step for a in monitor.update(x, event_time_ms=7)]
-    return with_offsets + without_offsets
+    accepted = monitor.accept(event_time_ms=8)
+    assert accepted is not None
+    return [*with_offsets, *without_offsets, accepted]
 
 
 def test_alerts_cover_every_kind_and_reason(alerts: list[Alert]) -> None:
     assert {(a.kind, a.reason) for a in alerts} == {
         ("opened", "detected"),
         ("updated", "escalated"),
-        ("updated", "still_moving"),
-        ("closed", "stable"),
+        ("closed", "recovered"),
+        ("closed", "accepted"),
     }
     assert {a.first_offset is None for a in alerts} == {True, False}
 

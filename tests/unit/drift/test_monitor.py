@@ -32,18 +32,18 @@ STREAMS: dict[str, Callable[[], list[float]]] = {
 # (stream, detectors, every alert as (index, kind, reason, detector, statistic, severity))
 # fmt: off
 CASES = [
-    ("normal, mean +1 sd", ("page_hinkley", "adwin"), [(3047, "opened", "detected", "page_hinkley", "location", "warning"), (3115, "updated", "escalated", "page_hinkley", "scale", "critical"), (5046, "closed", "stable", "adwin", "scale", "critical")]),
-    ("normal, mean +1 sd", ("page_hinkley",), [(3047, "opened", "detected", "page_hinkley", "location", "warning"), (3115, "updated", "escalated", "page_hinkley", "scale", "critical"), (5046, "closed", "stable", "page_hinkley", "scale", "critical")]),
-    ("normal, mean +1 sd", ("adwin",), [(3053, "opened", "detected", "adwin", "location", "warning"), (3127, "updated", "escalated", "adwin", "scale", "critical"), (5052, "closed", "stable", "adwin", "scale", "critical")]),
-    ("normal, mean +0.5 sd", ("page_hinkley", "adwin"), [(3126, "opened", "detected", "page_hinkley", "location", "warning"), (5125, "closed", "stable", "adwin", "location", "warning")]),
-    ("normal, mean +0.5 sd", ("adwin",), [(3159, "opened", "detected", "adwin", "location", "warning"), (5158, "closed", "stable", "adwin", "location", "warning")]),
-    ("normal, sd x2", ("page_hinkley", "adwin"), [(3033, "opened", "detected", "page_hinkley", "scale", "critical"), (5032, "closed", "stable", "page_hinkley", "location", "critical")]),
-    ("normal, sd x2", ("adwin",), [(3036, "opened", "detected", "adwin", "scale", "critical"), (5035, "closed", "stable", "adwin", "scale", "critical")]),
-    ("normal, sd /2", ("page_hinkley", "adwin"), [(3071, "opened", "detected", "page_hinkley", "scale", "critical"), (5070, "closed", "stable", "adwin", "scale", "critical")]),
-    ("lognormal, mean +1 sd", ("page_hinkley", "adwin"), [(3028, "opened", "detected", "adwin", "location", "critical"), (5027, "closed", "stable", "adwin", "scale", "critical")]),
-    ("lognormal, mean +1 sd", ("page_hinkley",), [(3029, "opened", "detected", "page_hinkley", "location", "critical"), (5028, "closed", "stable", "page_hinkley", "scale", "critical")]),
-    ("t(3), sd x2", ("page_hinkley", "adwin"), [(3107, "opened", "detected", "page_hinkley", "scale", "warning"), (5106, "closed", "stable", "adwin", "scale", "warning")]),
-    ("t(3), sd x2", ("adwin",), [(3135, "opened", "detected", "adwin", "scale", "warning"), (5134, "closed", "stable", "adwin", "scale", "warning")]),
+    ("normal, mean +1 sd", ("page_hinkley", "adwin"), [(3047, "opened", "detected", "page_hinkley", "location", "warning"), (3115, "updated", "escalated", "page_hinkley", "scale", "critical"), (6647, "closed", "accepted", "adwin", "scale", "critical")]),
+    ("normal, mean +1 sd", ("page_hinkley",), [(3047, "opened", "detected", "page_hinkley", "location", "warning"), (3115, "updated", "escalated", "page_hinkley", "scale", "critical"), (6647, "closed", "accepted", "page_hinkley", "scale", "critical")]),
+    ("normal, mean +1 sd", ("adwin",), [(3053, "opened", "detected", "adwin", "location", "warning"), (3127, "updated", "escalated", "adwin", "scale", "critical"), (6653, "closed", "accepted", "adwin", "scale", "critical")]),
+    ("normal, mean +0.5 sd", ("page_hinkley", "adwin"), [(3126, "opened", "detected", "page_hinkley", "location", "warning"), (6726, "closed", "accepted", "adwin", "scale", "warning")]),
+    ("normal, mean +0.5 sd", ("adwin",), [(3159, "opened", "detected", "adwin", "location", "warning"), (6759, "closed", "accepted", "adwin", "scale", "warning")]),
+    ("normal, sd x2", ("page_hinkley", "adwin"), [(3033, "opened", "detected", "page_hinkley", "scale", "critical"), (6633, "closed", "accepted", "page_hinkley", "location", "critical")]),
+    ("normal, sd x2", ("adwin",), [(3036, "opened", "detected", "adwin", "scale", "critical"), (6636, "closed", "accepted", "adwin", "scale", "critical")]),
+    ("normal, sd /2", ("page_hinkley", "adwin"), [(3071, "opened", "detected", "page_hinkley", "scale", "critical"), (6671, "closed", "accepted", "adwin", "scale", "critical")]),
+    ("lognormal, mean +1 sd", ("page_hinkley", "adwin"), [(3028, "opened", "detected", "adwin", "location", "critical"), (6628, "closed", "accepted", "adwin", "scale", "critical")]),
+    ("lognormal, mean +1 sd", ("page_hinkley",), [(3029, "opened", "detected", "page_hinkley", "location", "critical"), (6629, "closed", "accepted", "page_hinkley", "scale", "critical")]),
+    ("t(3), sd x2", ("page_hinkley", "adwin"), [(3107, "opened", "detected", "page_hinkley", "scale", "warning"), (6707, "closed", "accepted", "adwin", "scale", "warning")]),
+    ("t(3), sd x2", ("adwin",), [(3135, "opened", "detected", "adwin", "scale", "warning"), (6735, "closed", "accepted", "adwin", "scale", "warning")]),
 ]
 # fmt: on
 
@@ -78,78 +78,114 @@ def test_no_alert_during_warmup_even_for_a_huge_change() -> None:
     assert reference is not None and reference.n == 1000
 
 
-def test_a_persistent_change_is_one_incident_that_updates_then_closes() -> None:
-    monitor = Monitor(make_config())
+def test_a_lasting_change_stays_open_against_the_baseline_until_accepted() -> None:
+    monitor = Monitor(make_config(accept_after=None))
     values = shifted(normal(1, 12_000), AT, shift=1.0)
     alerts = feed(monitor, values, start=0)
-    assert [a.kind for _, a in alerts] == ["opened", "updated", "closed"]
-    assert len({a.incident_id for _, a in alerts}) == 1
+    assert [(i, a.kind, a.reason) for i, a in alerts] == [
+        (3047, "opened", "detected"),
+        (3115, "updated", "escalated"),
+    ]
     assert alerts[0][1].incident_id == "amount/__all__/1-3047000"
-    closed = alerts[-1][1]
-    # many detections were folded into the incident without alerts
-    assert closed.detections > len(alerts)
+    # 9,000 changed values later: still one open incident, judged against the baseline
+    assert (monitor.phase, monitor.incident_id) == ("incident", "amount/__all__/1-3047000")
+    baseline = monitor.reference_stats
+    assert baseline is not None and abs(baseline.mean) < 0.1
+    closed = monitor.accept(event_time_ms=12_000_000)
+    assert closed is not None and (closed.kind, closed.reason) == ("closed", "accepted")
+    assert closed.incident_id == alerts[0][1].incident_id
+    # detections were folded into the incident without alerts (Page-Hinkley and
+    # ADWIN adapt to a level shift, so quiet windows that do not fit the baseline
+    # are what keep it open)
+    assert closed.detections > len(alerts) + 1
     assert closed.detectors == (
         "adwin/location",
         "adwin/scale",
         "page_hinkley/location",
         "page_hinkley/scale",
     )
-    assert not monitor.incident_open
-
-
-def test_phases_of_an_incident() -> None:
-    monitor = Monitor(make_config())
-    values = shifted(normal(1, 6000), AT, shift=1.0)
-    feed(monitor, values[:3047])
+    assert closed.mean_shift_sd is not None and 0.8 < closed.mean_shift_sd < 1.2
+    # the newest values are the new normal: nothing more to say about them
     assert (monitor.phase, monitor.incident_open) == ("monitoring", False)
-    feed(monitor, values[:3048], start=3047)
-    assert (monitor.phase, monitor.incident_id) == ("relearning", "amount/__all__/1-3047000")
-    # the fresh reference: the 1000 values from the detection on
-    feed(monitor, values[: 3047 + 1000], start=3048)
-    assert monitor.phase == "settling"
     reference = monitor.reference_stats
     assert reference is not None and reference.mean == pytest.approx(1.0, abs=0.1)
-    assert [a.kind for _, a in feed(monitor, values, start=3047 + 1000)] == ["closed"]
-    assert (monitor.phase, monitor.incident_open) == ("monitoring", False)
+    assert feed(monitor, shifted(normal(11, 5000), 0, shift=1.0)) == []
+    assert monitor.accept(event_time_ms=0) is None  # nothing open
+
+
+def test_accept_after_counts_event_time_not_values() -> None:
+    values = shifted(normal(1, 8000), AT, shift=1.0)
+    monitor = Monitor(make_config(accept_after="30m"))
+    alerts = [
+        (i, a.kind, a.reason)
+        for i, value in enumerate(values)
+        for a in monitor.update(value, event_time_ms=500 * i)  # two values a second
+    ]
+    # 30 minutes of event time after the detection is 3,600 values here
+    assert alerts == [
+        (3047, "opened", "detected"),
+        (3115, "updated", "escalated"),
+        (3047 + 3600, "closed", "accepted"),
+    ]
+
+
+def test_a_short_incident_accepted_relearns_before_monitoring_again() -> None:
+    monitor = Monitor(make_config(accept_after=None))
+    values = shifted(normal(1, 8000), AT, shift=1.0)
+    feed(monitor, values[:3400])
+    assert monitor.phase == "incident"
+    closed = monitor.accept(event_time_ms=3_400_000)
+    assert closed is not None and closed.reason == "accepted"
+    # 353 values since the detection: not enough for a reference of 1,000
+    assert (monitor.phase, monitor.reference_stats) == ("relearning", None)
+    assert feed(monitor, values[: 3400 + 646], start=3400) == []
+    assert monitor.phase == "relearning"
+    assert feed(monitor, values[: 3400 + 647], start=3400 + 646) == []
+    assert monitor.phase == "monitoring"
+    reference = monitor.reference_stats
+    assert reference is not None and reference.n == 1000
+    assert reference.mean == pytest.approx(1.0, abs=0.1)
 
 
 def test_a_later_change_opens_a_new_incident() -> None:
     values = shifted(shifted(normal(10, 12_000), AT, shift=1.0), 8000, shift=-2.0)
     alerts = feed(Monitor(make_config()), values)
-    opened = [(i, a.incident_id) for i, a in alerts if a.kind == "opened"]
-    assert opened == [(3035, "amount/__all__/1-3035000"), (8018, "amount/__all__/2-8018000")]
-    assert [a.kind for _, a in alerts].count("closed") == 2
-
-
-def test_gradual_drift_stays_one_incident_until_it_stops() -> None:
-    # the mean rises by 3 sd over 6000 values, then stays
-    values = [x + min(max(i - AT, 0), 6000) / 6000 * 3.0 for i, x in enumerate(normal(8, 16_000))]
-    alerts = feed(Monitor(make_config()), values)
-    got = [(i, a.kind, a.reason) for i, a in alerts]
-    assert got == [
-        (3580, "opened", "detected"),
-        (5579, "updated", "still_moving"),
-        (7578, "updated", "still_moving"),
-        (9577, "updated", "still_moving"),
-        (11576, "closed", "stable"),
+    assert [(i, a.kind, a.reason, a.incident_id) for i, a in alerts] == [
+        (3035, "opened", "detected", "amount/__all__/1-3035000"),
+        (3098, "updated", "escalated", "amount/__all__/1-3035000"),
+        (6635, "closed", "accepted", "amount/__all__/1-3035000"),
+        (8016, "opened", "detected", "amount/__all__/2-8016000"),  # against the accepted +1
+        (11616, "closed", "accepted", "amount/__all__/2-8016000"),
     ]
 
 
-def test_a_short_blip_closes_on_a_clean_reference() -> None:
+def test_gradual_drift_is_one_incident_for_its_whole_ramp() -> None:
+    # the mean rises by 3 sd over 6000 values, then stays
+    values = [x + min(max(i - AT, 0), 6000) / 6000 * 3.0 for i, x in enumerate(normal(8, 16_000))]
+    monitor = Monitor(make_config(accept_after=None))
+    alerts = feed(monitor, values)
+    assert [(i, a.kind, a.reason) for i, a in alerts] == [
+        (3580, "opened", "detected"),
+        (5800, "updated", "escalated"),
+    ]
+    assert monitor.incident_open  # it never fitted the baseline again
+
+
+def test_a_short_blip_closes_when_the_stream_is_back_at_the_baseline() -> None:
     values = [x + (3.0 if AT <= i < AT + 100 else 0.0) for i, x in enumerate(normal(9, 8000))]
     monitor = Monitor(make_config())
     alerts = feed(monitor, values)
     assert [(i, a.kind, a.reason) for i, a in alerts] == [
         (3009, "opened", "detected"),
-        (5008, "updated", "still_moving"),  # the first fresh reference held the blip's tail
-        (7007, "closed", "stable"),
+        (4115, "closed", "recovered"),  # 1,000 quiet values that fit the baseline
     ]
     reference = monitor.reference_stats
-    assert reference is not None and abs(reference.mean) < 0.1
+    assert reference is not None and reference.n == 1000 and abs(reference.mean) < 0.1
+    assert feed(monitor, values, start=4116) == []
 
 
 def test_alert_content() -> None:
-    values = shifted(normal(1, 6000), AT, shift=1.0)
+    values = shifted(normal(1, 8000), AT, shift=1.0)
     alerts = feed(Monitor(make_config()), values)
     (_, opened), (_, updated), (_, closed) = alerts
     assert (opened.monitor, opened.source, opened.field, opened.segment) == (
@@ -161,15 +197,17 @@ def test_alert_content() -> None:
     assert (opened.event_time_ms, opened.value_index) == (3_047_000, 3048)
     assert (opened.first_offset, opened.last_offset) == (3047, 3047)
     assert (updated.first_offset, updated.last_offset) == (3047, 3115)
-    assert (closed.first_offset, closed.last_offset, closed.value_index) == (3047, 5046, 5047)
+    assert (closed.first_offset, closed.last_offset, closed.value_index) == (3047, 6647, 6648)
     assert closed.opened_value_index == opened.opened_value_index == 3048
     assert abs(opened.change_start_index - (AT + 1)) <= 15
     assert opened.reference.n == 1000
     assert abs(opened.reference.mean) < 0.1 and abs(opened.reference.std - 1) < 0.1
+    assert closed.reference == opened.reference  # the baseline, for the whole incident
     assert opened.current.n == 3048 - opened.change_start_index + 1
     assert opened.mean_shift_sd is not None and 0.7 < opened.mean_shift_sd < 1.3
     assert updated.mean_shift_sd is not None and updated.mean_shift_sd >= 1.0
     assert closed.current.n == 500  # recent_window
+    assert closed.mean_shift_sd is not None and 0.8 < closed.mean_shift_sd < 1.2
     assert closed.sd_ratio is not None and abs(closed.sd_ratio - 1) < 0.15
 
 

@@ -19,7 +19,11 @@ from driftline.drift.detector_state import model_state, restore_model
 from driftline.drift.detectors import build_model
 from tests.unit.drift.streams import feed, make_config, normal, shifted
 
-VALUES = shifted(normal(1, 7000), 3000, shift=1.0)  # opened 3047, updated 3115, closed 5046
+VALUES = shifted(normal(1, 7000), 3000, shift=1.0)
+#: opened 3047, updated 3115, accepted 3647 (10 minutes of event time later),
+#: relearning until the 601 values since the detection and 399 more make a
+#: fresh reference (value 4046)
+CONFIG = {"accept_after": "10m"}
 
 
 def _dicts(alerts: list[tuple[int, Any]]) -> list[tuple[int, dict[str, Any]]]:
@@ -28,7 +32,13 @@ def _dicts(alerts: list[tuple[int, Any]]) -> list[tuple[int, dict[str, Any]]]:
 
 @pytest.fixture(scope="module")
 def uninterrupted() -> list[tuple[int, dict[str, Any]]]:
-    return _dicts(feed(Monitor(make_config()), VALUES))
+    alerts = feed(Monitor(make_config(**CONFIG)), VALUES)
+    assert [(i, a.kind, a.reason) for i, a in alerts] == [
+        (3047, "opened", "detected"),
+        (3115, "updated", "escalated"),
+        (3647, "closed", "accepted"),
+    ]
+    return _dicts(alerts)
 
 
 @pytest.mark.parametrize(
@@ -36,17 +46,19 @@ def uninterrupted() -> list[tuple[int, dict[str, Any]]]:
     [
         (500, "warmup"),
         (2000, "monitoring"),
-        (3048, "relearning"),  # right after the incident opened
-        (3100, "relearning"),
-        (4500, "settling"),
-        (5046, "settling"),  # the next value closes the incident
+        (3048, "incident"),  # right after the incident opened
+        (3100, "incident"),
+        (3647, "incident"),  # the next value accepts the change
+        (3648, "relearning"),
+        (4046, "relearning"),  # the next value completes the fresh reference
+        (4047, "monitoring"),
         (6000, "monitoring"),
     ],
 )
 def test_restart_continues_exactly(
     cut: int, phase: str, uninterrupted: list[tuple[int, dict[str, Any]]]
 ) -> None:
-    config = make_config()
+    config = make_config(**CONFIG)
     first = Monitor(config)
     before = feed(first, VALUES[:cut])
     assert first.phase == phase
@@ -66,7 +78,7 @@ def test_restart_continues_exactly(
 
 
 def test_restart_neither_loses_nor_reraises_an_open_incident() -> None:
-    config = make_config()
+    config = make_config(**CONFIG)
     monitor = Monitor(config)
     feed(monitor, VALUES[:3100])
     state = monitor.to_state()
@@ -76,7 +88,7 @@ def test_restart_neither_loses_nor_reraises_an_open_incident() -> None:
         kinds = [(i, a.kind, a.incident_id) for i, a in feed(restored, VALUES, start=3100)]
         assert kinds == [
             (3115, "updated", "amount/__all__/1-3047000"),
-            (5046, "closed", "amount/__all__/1-3047000"),
+            (3647, "closed", "amount/__all__/1-3047000"),
         ]
 
 
@@ -113,8 +125,8 @@ def test_a_checkpoint_is_a_versioned_json_document_of_data_only() -> None:
     monitor = Monitor(make_config())
     feed(monitor, VALUES[:3100])
     document = orjson.loads(monitor.to_state())
-    assert document["format"] == "driftline.monitor/2"
-    assert document["phase"] == "relearning"
+    assert document["format"] == "driftline.monitor/3"
+    assert document["phase"] == "incident"
     assert [(c["detector"], c["statistic"]) for c in document["channels"]] == [
         ("page_hinkley", "location"),
         ("page_hinkley", "scale"),
@@ -126,7 +138,7 @@ def test_a_checkpoint_is_a_versioned_json_document_of_data_only() -> None:
         "n_detections", "drift_detected", "rows",
     }  # fmt: skip
     segmented = orjson.loads(SegmentedMonitor(make_config()).to_state())
-    assert segmented["format"] == "driftline.segmented-monitor/2"
+    assert segmented["format"] == "driftline.segmented-monitor/3"
 
 
 @pytest.mark.parametrize("detector", ["page_hinkley", "adwin"])
@@ -181,7 +193,8 @@ def test_garbage_wrong_version_and_truncated_checkpoints_are_refused() -> None:
         (b"hello", "not a drift monitor checkpoint", "unreadable"),
         (b"[1, 2]", "not a drift monitor checkpoint", "unreadable"),
         (b'{"format": "something/1"}', "not a drift monitor checkpoint", "unreadable"),
-        (state.replace(b"monitor/2", b"monitor/99"), "format '99' is not supported", "format"),
+        (state.replace(b"monitor/3", b"monitor/99"), "format '99' is not supported", "format"),
+        (state.replace(b"monitor/3", b"monitor/2"), "format '2' is not supported", "format"),
         (state[:200], "not a drift monitor checkpoint", "unreadable"),
         (
             SegmentedMonitor(make_config()).to_state(),
