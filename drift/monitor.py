@@ -68,7 +68,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any, Literal, cast
@@ -223,6 +223,30 @@ class Monitor:
         """Raw stats of the reference in force (the baseline during an incident);
         None while warming up or relearning."""
         return self._reference.stats if self._reference else None
+
+    @property
+    def reference_sample(self) -> Sequence[float]:
+        """The reference in force, sorted (the baseline during an incident); empty if none."""
+        return self._reference.sample if self._reference else ()
+
+    @property
+    def recent_values(self) -> Sequence[float]:
+        """The last ``recent_window`` values, oldest first."""
+        return tuple(self._recent)
+
+    @property
+    def incident_summary(self) -> dict[str, Any] | None:
+        """The open incident: id, opened at (event time ms), severity, detections; or None."""
+        incident = self._incident
+        if incident is None:
+            return None
+        return {
+            "incident_id": incident.incident_id,
+            "opened_event_time_ms": incident.opened_event_time_ms,
+            "severity": incident.severity,
+            "detections": incident.detections,
+            "detectors": sorted(incident.labels),
+        }
 
     @property
     def recent_stats(self) -> Stats:

@@ -8,6 +8,12 @@ one JSON document per monitor and partition batch::
 
     {"m": monitor name, "s": source, "p": partition, "v": [[offset, time, value, segment], ...]}
 
+An operator's acceptance of an incident travels the same topic, keyed by the
+monitor too, so it reaches the monitor's owner in order with its values
+(:func:`accept_doc`, :func:`decode_accept`)::
+
+    {"m": monitor name, "accept": {"segment": name or null, "at_ms": wall time, "by": who}}
+
 :func:`sample_docs` encodes (split so no record nears the broker's size limit),
 :func:`decode_samples` decodes and refuses anything else.  Field monitors sample
 the events (:func:`sample_records`); feature monitors sample a few entities per
@@ -18,7 +24,7 @@ applied (:func:`feature_samples`).  Pure: no Kafka, no Redis.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -130,6 +136,45 @@ def decode_samples(value: bytes | None) -> tuple[str, str, int, list[Sample]] | 
             return None
         samples.append((offset, event_time_ms, float(number), segment))
     return name, source, partition, samples
+
+
+class AcceptRequest(NamedTuple):
+    """An operator's acceptance of a monitor's open incident(s) as the new normal."""
+
+    monitor: str
+    #: a segment name, or None: every segment with an open incident
+    segment: str | None
+    at_ms: int
+    by: str
+
+
+#: ``by`` is a label for the log and the alert trail, not an identity: cut like segments
+MAX_BY_CHARS = 200
+
+
+def accept_doc(request: AcceptRequest) -> tuple[bytes, bytes]:
+    """The values-topic record (key, value) of an acceptance."""
+    body = {"segment": request.segment, "at_ms": request.at_ms, "by": request.by[:MAX_BY_CHARS]}
+    return request.monitor.encode(), orjson.dumps({"m": request.monitor, "accept": body})
+
+
+def decode_accept(value: bytes | None) -> AcceptRequest | None:
+    """An acceptance record, or None if the record is not one."""
+    try:
+        doc = orjson.loads(value or b"")
+        name, body = doc["m"], doc["accept"]
+        segment, at_ms, by = body["segment"], body["at_ms"], body["by"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if not (
+        isinstance(name, str)
+        and (segment is None or isinstance(segment, str))
+        and isinstance(at_ms, int)
+        and not isinstance(at_ms, bool)
+        and isinstance(by, str)
+    ):
+        return None
+    return AcceptRequest(name, segment, at_ms, by[:MAX_BY_CHARS])
 
 
 def sampled_entities(

@@ -107,6 +107,20 @@ class SegmentedMonitor:
         """Feed one value of segment value ``segment`` (ignored without ``segment_by``)."""
         return self.monitor_for(segment).update(value, event_time_ms=event_time_ms, offset=offset)
 
+    def accept(self, segment: str | None, *, event_time_ms: int) -> list[Alert]:
+        """Accept the open incident of ``segment`` (a segment name), or of every segment.
+
+        Returns the ``closed`` alerts (reason ``accepted``); none when nothing
+        is open.  An unknown segment name accepts nothing.
+        """
+        if segment is None:
+            chosen = list(self._monitors.values())
+        else:
+            one = self._monitors.get(segment)
+            chosen = [one] if one is not None else []
+        alerts = [m.accept(event_time_ms=event_time_ms) for m in chosen]
+        return [a for a in alerts if a is not None]
+
     def update_event(
         self, event: Mapping[str, Any], *, event_time_ms: int, offset: int | None = None
     ) -> list[Alert]:

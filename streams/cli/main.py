@@ -196,6 +196,47 @@ def offsets_reset(config: Path, source_names: tuple[str, ...], partitions: tuple
         click.echo(f"{name}: forgot the stored offsets of {removed} partition(s)")
 
 
+@main.group()
+def monitors() -> None:
+    """Drift monitors: their state, and accepting an incident as the new normal."""
+
+
+@monitors.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON (per monitor, its segments)")
+@user_errors
+def monitors_list(config: Path, as_json: bool) -> None:
+    """Each monitor's phase, open incident, and baseline against current values."""
+    from driftline.streams.cli.monitors import list_monitors
+
+    click.echo(list_monitors(_load(config), str(config), as_json=as_json))
+
+
+@monitors.command("accept")
+@config_option
+@click.option("--segment", default=None, help="only this segment (default: every open one)")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="seconds to wait for the monitor's owner to apply it (0: do not wait)",
+)
+@click.argument("name")
+@user_errors
+def monitors_accept(config: Path, segment: str | None, wait_s: float, name: str) -> None:
+    """Accept monitor NAME's open incident as the new normal.
+
+    The incident closes (alert reason "accepted") and the newest values become
+    the monitor's reference.  Sent to the worker that owns the monitor, which
+    applies it in order with the monitor's values.
+    """
+    from driftline.streams.cli.monitors import accept
+
+    click.echo(accept(_load(config), str(config), name, segment, wait_s=wait_s))
+
+
 def _register_serving_commands() -> None:
     from driftline.streams.serve import cli as serve_cli
 

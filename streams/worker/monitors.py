@@ -22,8 +22,12 @@ which at River's ~4 µs per value is far from a bottleneck.
 
 Each sample carries its source offset; the checkpoint keeps the highest
 offset per source partition it contains, and samples at or below it are
-skipped.  So a replay (of the source or of the values topic) neither feeds a
-value twice nor re-raises an alert.  Alerts are published before the
+skipped.  An operator's acceptance of an incident (``driftline monitors
+accept``) is a record of the same topic and key, so it reaches the owner in
+order with the values; the checkpoint keeps the values-topic offset of the
+last one applied (``ACCEPT_MARK``).  So a replay (of the source or of the
+values topic) neither feeds a value twice, nor applies an acceptance twice,
+nor re-raises an alert.  Alerts are published before the
 checkpoint is saved: a crash between the two re-publishes the same alert
 (same ``incident_id`` and ``kind``) rather than losing it.
 """
@@ -39,7 +43,7 @@ from dataclasses import dataclass
 
 from driftline.drift import Alert, MonitorConfig, SegmentedMonitor
 from driftline.drift.exceptions import DriftStateError
-from driftline.drift.samples import decode_samples
+from driftline.drift.samples import AcceptRequest, decode_accept, decode_samples
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.sinks.monitor_store import MonitorCheckpoint, monitor_key
 from driftline.streams.worker.ports import KafkaSink, MonitorStore
@@ -47,6 +51,10 @@ from driftline.streams.worker.records import RawRecord
 from driftline.streams.worker.retry import Backoff, EffectTracker, T, until_done
 
 log = logging.getLogger(__name__)
+
+#: The checkpoint's high-water key for acceptances: the values-topic offset of the
+#: last one applied (source partitions are keyed "source/partition": no clash).
+ACCEPT_MARK = "accept@values-topic"
 
 
 @dataclass
@@ -118,6 +126,13 @@ class MonitorRunner:
         touched: dict[str, _Held] = {}
         for record in records:
             decoded = decode_samples(record.value)
+            if decoded is None and (request := decode_accept(record.value)) is not None:
+                if request.monitor in self.configs:
+                    held = await self._hold(request.monitor)
+                    self._partition_of[request.monitor] = record.partition
+                    alerts += self._accept(held, request, record.offset)
+                    touched[request.monitor] = held
+                continue
             if decoded is None:
                 log.error(
                     "values topic record %s/%d@%d is not a sample batch; skipped",
@@ -167,6 +182,32 @@ class MonitorRunner:
                 ).inc()
                 self.metrics.drift_last_detection.labels(monitor=alert.monitor).set(time.time())
         return alerts
+
+    @staticmethod
+    def _accept(held: _Held, request: AcceptRequest, offset: int) -> list[Alert]:
+        """Apply an acceptance once (replays of the values topic skip it)."""
+        marks = held.checkpoint.high_water
+        if offset <= marks.get(ACCEPT_MARK, -1):
+            return []
+        marks[ACCEPT_MARK] = offset
+        closed = held.monitor.accept(request.segment, event_time_ms=request.at_ms)
+        which = "every segment" if request.segment is None else f"segment {request.segment!r}"
+        if closed:
+            log.warning(
+                "monitor %s: %d incident(s) accepted as the new normal by %s (%s)",
+                request.monitor,
+                len(closed),
+                request.by or "-",
+                which,
+            )
+        else:
+            log.info(
+                "monitor %s: acceptance by %s (%s): no open incident",
+                request.monitor,
+                request.by or "-",
+                which,
+            )
+        return closed
 
     async def _save(self, name: str, held: _Held) -> None:
         held.checkpoint.state = held.monitor.to_state()

@@ -1,7 +1,8 @@
 """Drift end to end: a known shift in a stream gives one alert record and moves Prometheus.
 
 Then a restart: the monitor's state is restored from its checkpoint, so the
-open incident is neither lost nor raised again.
+open incident is neither lost nor raised again; ``driftline monitors list``
+shows it against its baseline, and ``driftline monitors accept`` closes it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from aiokafka import AIOKafkaConsumer
 from jsonschema import Draft202012Validator
 
 from tests.e2e.test_worker_e2e import e2e_config, json_source_only, produce
-from tests.worker_process import CONTRACTS, WorkerProcess
+from tests.worker_process import CONTRACTS, WorkerProcess, run_cli
 
 pytestmark = pytest.mark.slow
 ALERT_SCHEMA = Draft202012Validator(
@@ -113,10 +114,38 @@ def test_shift_raises_one_alert_and_survives_restart(
             time.sleep(0.3)
         assert again.metric_sum("driftline_drift_warming_up", monitor="amount") == 0
         assert again.metric_sum("driftline_drift_alerts_total", kind="opened") == 0
+
+        # an operator looks, then accepts the change as the new normal
+        cfg = str(again.config_path)
+        listed = run_cli("monitors", "list", "-c", cfg, "--json")
+        assert listed.returncode == 0, listed.stderr
+        [segment] = orjson.loads(listed.stdout)["amount"]
+        assert segment["phase"] == "incident"
+        assert segment["incident"]["incident_id"] == opened[0]["incident_id"]
+        assert 95 < segment["baseline"]["mean"] < 105 < segment["current"]["mean"]
+        text = run_cli("monitors", "list", "-c", cfg).stdout
+        assert "INCIDENT " + opened[0]["incident_id"] in text and "baseline" in text
+        accepted = run_cli("monitors", "accept", "amount", "-c", cfg, "--wait", "60")
+        assert accepted.returncode == 0, accepted.stderr
+        assert "monitor amount: accepted" in accepted.stdout
+        deadline = time.monotonic() + 30
+        while again.metric_sum("driftline_drift_incident_open", monitor="amount") != 0:
+            assert time.monotonic() < deadline, again.log()
+            time.sleep(0.3)
+        again_accept = run_cli("monitors", "accept", "amount", "-c", cfg)
+        assert again_accept.returncode == 0 and "nothing to accept" in again_accept.stdout
+        wrong = run_cli("monitors", "accept", "amont", "-c", cfg)
+        assert wrong.returncode == 2 and "did you mean 'amount'" in wrong.stderr
+        assert "Traceback" not in wrong.stderr
     finally:
         again.stop()
     after = asyncio.run(read_alerts(kafka_bootstrap, f"alerts-{suffix}", 3))
     assert [a for a in after if a["kind"] == "opened"] == opened
+    closed = [a for a in after if a["kind"] == "closed"]
+    assert [(a["reason"], a["incident_id"]) for a in closed] == [
+        ("accepted", opened[0]["incident_id"])
+    ]
+    ALERT_SCHEMA.validate(closed[0])
 
 
 def test_a_feature_monitor_watches_each_entity_feature_after_its_batch(

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from driftline.drift import ALL_SEGMENT, MonitorConfig
-from driftline.drift.samples import sample_docs
+from driftline.drift.samples import AcceptRequest, accept_doc, sample_docs
 from driftline.sinks.kafka_sink import MemoryKafkaSink
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.sinks.monitor_store import MemoryMonitorStore
@@ -122,3 +122,53 @@ async def test_an_unreachable_store_is_retried_and_counted() -> None:
         "driftline_effect_errors_total", {"source": "tx", "target": "redis"}
     )
     assert errors == 2 and store.checkpoints["a"].high_water == {"tx/0": 2}
+
+
+def accept_record(offset: int, segment: str | None = None) -> RawRecord:
+    key, value = accept_doc(AcceptRequest("a", segment, 5_000_000, "oncall@example"))
+    return RawRecord("values", 0, offset, 0, key, value, ())
+
+
+async def test_an_acceptance_closes_the_incident_once_and_replays_skip_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, alerts, registry = MemoryMonitorStore(), MemoryKafkaSink(), CollectorRegistry()
+    runner = runner_on(store, alerts, registry)
+    rng = random.Random(7)
+    await runner.process(batch(0, [rng.gauss(0, 1) for _ in range(200)]))
+    await runner.process(batch(200, [rng.gauss(6, 1) for _ in range(200)]))
+    labels = {"monitor": "a", "segment": ALL_SEGMENT}
+    assert registry.get_sample_value("driftline_drift_incident_open", labels) == 1
+    with caplog.at_level(logging.WARNING, logger="driftline.streams.worker.monitors"):
+        closed = await runner.process([accept_record(1_000)])
+    assert [(a.kind, a.reason, a.event_time_ms) for a in closed] == [
+        ("closed", "accepted", 5_000_000)
+    ]
+    assert any(
+        "accepted as the new normal by oncall@example" in r.getMessage() for r in caplog.records
+    )
+    assert orjson.loads(alerts.written[-1][2] or b"{}")["reason"] == "accepted"
+    assert registry.get_sample_value("driftline_drift_incident_open", labels) == 0
+    assert store.checkpoints["a"].high_water["accept@values-topic"] == 1_000
+    # a new owner replaying the values topic applies neither the values nor the acceptance again
+    resumed_registry = CollectorRegistry()
+    resumed = runner_on(store, MemoryKafkaSink(), resumed_registry)
+    assert await resumed.process([*batch(200, [6.0] * 10), accept_record(1_000)]) == []
+    # an acceptance with nothing open changes nothing, and is not an error
+    assert await resumed.process([accept_record(1_001)]) == []
+    assert store.checkpoints["a"].high_water["accept@values-topic"] == 1_001
+
+
+async def test_an_acceptance_of_an_unknown_monitor_or_segment_is_skipped() -> None:
+    store, alerts = MemoryMonitorStore(), MemoryKafkaSink()
+    runner = runner_on(store, alerts, CollectorRegistry())
+    key, value = accept_doc(AcceptRequest("gone", None, 1, "x"))
+    assert await runner.process([RawRecord("values", 0, 0, 0, key, value, ())]) == []
+    assert store.checkpoints == {}
+    rng = random.Random(7)
+    await runner.process(batch(0, [rng.gauss(0, 1) for _ in range(200)]))
+    await runner.process(batch(200, [rng.gauss(6, 1) for _ in range(200)]))
+    assert await runner.process([accept_record(5, segment="nope")]) == []
+    assert [a.reason for a in await runner.process([accept_record(6, segment=ALL_SEGMENT)])] == [
+        "accepted"
+    ]
