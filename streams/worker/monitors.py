@@ -89,6 +89,12 @@ class MonitorRunner:
         self._held: dict[str, _Held] = {}
         #: values-topic partition each held monitor's records come from
         self._partition_of: dict[str, int] = {}
+        # every alert counter exists from the start at 0: Prometheus's increase() sees
+        # the first incident (a series born at 1 has no increase), so the rule on opened
+        # incidents pages even for the first, short one
+        for name in self.configs:
+            for kind in ("opened", "updated", "closed"):
+                metrics.drift_alerts.labels(monitor=name, kind=kind)
 
     async def _hold(self, name: str) -> _Held:
         held = self._held.get(name)

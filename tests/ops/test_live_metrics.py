@@ -11,6 +11,8 @@ a shift of 1.5 reference sd, as in ``tests/e2e/test_drift_e2e.py``).
   worker every second with the rules loaded; every dashboard and rule query
   must evaluate without error, every selector in them must match a series, and
   after the shift DriftIncidentOpen must be pending or firing.
+* DriftIncidentOpen then stays firing until ``driftline monitors accept``
+  closes the incident, and DriftIncidentOpened follows it.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from tests.ops.support import (
     rule_queries,
     selectors,
 )
-from tests.worker_process import CONTRACTS, WorkerProcess
+from tests.worker_process import CONTRACTS, WorkerProcess, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -305,6 +307,14 @@ def drift_alert_states(api: PrometheusAPI) -> set[str]:
     }
 
 
+def alert_states(api: PrometheusAPI, name: str) -> set[str]:
+    return {
+        a["state"]
+        for a in api.alerts()
+        if a["labels"].get("alertname") == name and a["labels"].get("monitor") == "scores"
+    }
+
+
 def test_prometheus_evaluates_every_query_and_raises_the_drift_alert(
     live: LiveWorker, tmp_path: Path
 ) -> None:
@@ -367,6 +377,24 @@ def test_prometheus_evaluates_every_query_and_raises_the_drift_alert(
         ]
         assert sum(len(g["rules"]) for g in rules) == len(rule_queries())
         assert not unhealthy, unhealthy
+
+        # the incident is judged against the baseline: the alert does not go away by itself
+        api.wait("DriftIncidentOpen firing", lambda: "firing" in drift_alert_states(api))
+        seen = []
+        for _ in range(10):
+            seen.append(frozenset(drift_alert_states(api)))
+            time.sleep(0.5)
+        assert set(seen) == {frozenset({"firing"})}, seen
+        assert not alert_states(api, "DriftIncidentOpened")  # open: DriftIncidentOpen's job
+        accepted = run_cli("monitors", "accept", "scores", "-c", str(live.worker.config_path))
+        assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+        api.wait("DriftIncidentOpen resolved", lambda: not drift_alert_states(api))
+        # opened within 10 minutes and closed: the short-incident rule pages instead (the
+        # counter of opened incidents starts at 0, so Prometheus sees its increase)
+        api.wait(
+            "DriftIncidentOpened firing",
+            lambda: "firing" in alert_states(api, "DriftIncidentOpened"),
+        )
 
 
 def test_dashboards_and_rules_use_only_exported_metrics(live: LiveWorker) -> None:

@@ -35,6 +35,7 @@ EXPECTED_ALERTS = {
     "WorkerRestarting",
     "FeatureFreshnessTooOld",
     "DriftIncidentOpen",
+    "DriftIncidentOpened",
     "DataQualityMissingRateHigh",
     "DataQualityViolationsHigh",
     "DuplicateEventsHigh",
