@@ -92,7 +92,9 @@ class WorkerProcess:
             return 0, ""
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        status, text = self.get("/metrics")
+        token = self.env.get("DRIFTLINE_METRICS__TOKEN")
+        auth = {"Authorization": f"Bearer {token}"} if token else None
+        status, text = self.get("/metrics", auth)
         assert status == 200, text
         out = {}
         for family in text_string_to_metric_families(text):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import faust
 from faust.types import StreamT
 
+from driftline.drift.samples import AcceptRequest, accept_doc
 from driftline.schemas import SchemaError
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.kafka_sink import BufferedKafkaSink
@@ -309,11 +311,20 @@ def create_app(
                 f"{exc.strerror or exc} (another worker on this port? "
                 "set DRIFTLINE_METRICS__PORT, or 0 to disable)"
             ) from None
+
+        async def send_accept(name: str, segment: str | None, who: str) -> int:
+            request = AcceptRequest(name, segment, int(time.time() * 1000), who)
+            key, value = accept_doc(request)
+            metadata = await (await send(settings.values_topic, key, value, ()))
+            return int(metadata.offset)
+
         holder.web = WebService(
             sock=sock,
             metrics=metrics,
             readiness=readiness,
             token=token,
+            monitors=all_monitors,
+            accept=send_accept,
         )
         app.web_server(holder.web)
 

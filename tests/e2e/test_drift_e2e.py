@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,21 @@ async def read_alerts(bootstrap: str, topic: str, wait_s: float) -> list[dict[st
     return out
 
 
+TOKEN = "drift-acceptance-token"
+
+
+def post(worker: WorkerProcess, path: str, token: str | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(f"{worker.base}{path}", data=b"", method="POST")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, orjson.loads(raw) if raw.startswith(b"{") else raw.decode()
+
+
 def test_shift_raises_one_alert_and_survives_restart(
     tmp_path: Path, kafka_bootstrap: str, redis_url: str
 ) -> None:
@@ -88,6 +105,8 @@ def test_shift_raises_one_alert_and_survives_restart(
         assert worker.metric_sum("driftline_drift_incident_open", monitor="amount") == 1
         assert worker.metric_sum("driftline_drift_detections_total", monitor="amount") >= 1
         assert worker.metric_sum("driftline_drift_warming_up", monitor="amount") == 0
+        # accepting over HTTP changes state: off without a token
+        assert post(worker, "/v1/monitors/amount/accept")[0] == 403
         assert worker.stop() == 0
     finally:
         worker.kill()
@@ -104,7 +123,7 @@ def test_shift_raises_one_alert_and_survives_restart(
     assert alert["first_offset"] is not None
 
     # restart: state comes back from the checkpoint, the incident stays open, no second "opened"
-    again = WorkerProcess(tmp_path, config).start()
+    again = WorkerProcess(tmp_path, config, env={"DRIFTLINE_METRICS__TOKEN": TOKEN}).start()
     try:
         asyncio.run(produce(kafka_bootstrap, topic, stream(200, 115.0, 3, now + 2000)))
         again.wait_for("driftline_events_valid_total", 200, source="tx")
@@ -125,9 +144,13 @@ def test_shift_raises_one_alert_and_survives_restart(
         assert 95 < segment["baseline"]["mean"] < 105 < segment["current"]["mean"]
         text = run_cli("monitors", "list", "-c", cfg).stdout
         assert "INCIDENT " + opened[0]["incident_id"] in text and "baseline" in text
-        accepted = run_cli("monitors", "accept", "amount", "-c", cfg, "--wait", "60")
-        assert accepted.returncode == 0, accepted.stderr
-        assert "monitor amount: accepted" in accepted.stdout
+        assert post(again, "/v1/monitors/amount/accept")[0] == 401
+        assert post(again, "/v1/monitors/amont/accept", TOKEN) == (
+            404,
+            {"error": "no monitor named 'amont' (monitors: amount)", "status": 404},
+        )
+        status, body = post(again, "/v1/monitors/amount/accept", TOKEN)
+        assert status == 202 and body["sent"] is True and body["values_topic_offset"] >= 0
         deadline = time.monotonic() + 30
         while again.metric_sum("driftline_drift_incident_open", monitor="amount") != 0:
             assert time.monotonic() < deadline, again.log()
