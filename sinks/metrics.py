@@ -181,6 +181,19 @@ class WorkerMetrics:
             ["monitor", "kind"],
             registry=r,
         )
+        self.drift_order_pending = Gauge(
+            "driftline_drift_order_pending",
+            "Values of a monitor waiting for the other source partitions to reach their "
+            "event time.",
+            ["monitor"],
+            registry=r,
+        )
+        self.drift_order_forced = Counter(
+            "driftline_drift_order_forced",
+            "Values fed before the event-time watermark reached them (the wait buffer was full).",
+            ["monitor"],
+            registry=r,
+        )
         self.drift_detections = Counter(
             "driftline_drift_detections",
             "Drift detections that opened or escalated an incident.",

@@ -231,6 +231,18 @@ class DriftSettings(_Section):
     values_partitions: int = Field(
         1, ge=1, description="partitions of the values topic when driftline creates it"
     )
+    order_idle_after_s: float = Field(
+        5.0,
+        ge=0,
+        description="a monitor feeds its values in event-time order across the source's "
+        "partitions; a partition silent this long (arrival time) stops holding the others back",
+    )
+    order_max_buffered: int = Field(
+        20_000,
+        ge=1,
+        description="values a monitor keeps waiting for event-time order at most; beyond, "
+        "the oldest are fed anyway (counted in driftline_drift_order_forced_total)",
+    )
 
 
 class SchemaRegistrySettings(_Section):

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,9 +123,36 @@ def _make_agent(
     return ingest
 
 
+class _ValuesAcks:
+    """Values-topic batches, acknowledged once none of their values waits for event-time order.
+
+    A value the runner holds back (:meth:`MonitorRunner.committable`) is only
+    in memory: its record must stay uncommitted, so a crash reads it again.
+    """
+
+    def __init__(self, app: BatchApp, runner: MonitorRunner) -> None:
+        self.app = app
+        self.runner = runner
+        self.held: dict[int, deque[RecordBatch]] = {}
+
+    def hold(self, batch: RecordBatch) -> None:
+        self.held.setdefault(batch.tp.partition, deque()).append(batch)
+        self.release()
+
+    def release(self) -> None:
+        for partition, batches in self.held.items():
+            waiting = self.runner.committable(partition)
+            while batches:
+                records = batches[0].records
+                if waiting is not None and records and records[-1].offset >= waiting:
+                    break
+                self.app.ack_batch(batches.popleft())
+
+
 def _make_monitor_agent(
-    app: BatchApp, runner: MonitorRunner, health: WorkerHealth, metrics: WorkerMetrics
-) -> Callable[[StreamT[RecordBatch]], Coroutine[Any, Any, None]]:
+    app: BatchApp, runner: MonitorRunner, acks: _ValuesAcks, health: WorkerHealth,
+    metrics: WorkerMetrics,
+) -> Callable[[StreamT[RecordBatch]], Coroutine[Any, Any, None]]:  # fmt: skip
     async def monitor(stream: StreamT[RecordBatch]) -> None:
         async for batch in stream:
             try:
@@ -132,7 +160,7 @@ def _make_monitor_agent(
             except Exception as exc:
                 await _fail_loudly(app, health, metrics, "drift monitors", exc)
                 return
-            app.ack_batch(batch)
+            acks.hold(batch)
 
     return monitor
 
@@ -237,11 +265,25 @@ def create_app(
             metrics=metrics,
             backoff=Backoff(worker.retry_backoff_initial_s, worker.retry_backoff_max_s),
             tracker=health.tracker,
+            order_idle_after_s=settings.drift.order_idle_after_s,
+            order_max_buffered=settings.drift.order_max_buffered,
         )
         values = app.batch_channel(settings.values_topic)
+        acks = _ValuesAcks(app, runner)
         app.agent(values, name="driftline.monitors")(
-            _make_monitor_agent(app, runner, health, metrics)
+            _make_monitor_agent(app, runner, acks, health, metrics)
         )
+        ticking = runner
+
+        @app.timer(1.0)  # type: ignore[untyped-decorator]
+        async def _release_waiting_values() -> None:
+            # values held for event-time order whose wait ended (a partition went idle)
+            try:
+                await ticking.tick()
+            except Exception as exc:
+                await _fail_loudly(app, health, metrics, "drift monitors", exc)
+                return
+            acks.release()
 
     app.lag_gauge = metrics.consumer_lag
     app.fetch_max_wait_ms = int(kafka.fetch_max_wait_s * 1000)

@@ -22,14 +22,18 @@ which at River's ~4 µs per value is far from a bottleneck.
 
 Each sample carries its source offset; the checkpoint keeps the highest
 offset per source partition it contains, and samples at or below it are
-skipped.  An operator's acceptance of an incident (``driftline monitors
-accept``) is a record of the same topic and key, so it reaches the owner in
-order with the values; the checkpoint keeps the values-topic offset of the
-last one applied (``ACCEPT_MARK``).  So a replay (of the source or of the
-values topic) neither feeds a value twice, nor applies an acceptance twice,
-nor re-raises an alert.  Alerts are published before the
-checkpoint is saved: a crash between the two re-publishes the same alert
-(same ``incident_id`` and ``kind``) rather than losing it.
+skipped.  Values are fed in event-time order across the source's partitions
+(:mod:`driftline.drift.ordering`): a value may wait in memory for the other
+partitions to reach its event time, and the records of waiting values are
+not committed (:meth:`MonitorRunner.committable`), so a crash replays them.
+An operator's acceptance of an incident (``driftline monitors accept``) is
+a record of the same topic and key, so it reaches the owner in order with
+the values; the checkpoint keeps the values-topic offset of the last one
+applied (``ACCEPT_MARK``).  So a replay (of the source or of the values
+topic) neither feeds a value twice, nor applies an acceptance twice, nor
+re-raises an alert.  Alerts are published before the checkpoint is saved: a
+crash between the two re-publishes the same alert (same ``incident_id`` and
+``kind``) rather than losing it.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from dataclasses import dataclass
 
 from driftline.drift import Alert, MonitorConfig, SegmentedMonitor
 from driftline.drift.exceptions import DriftStateError
+from driftline.drift.ordering import EventTimeMerger
 from driftline.drift.samples import AcceptRequest, decode_accept, decode_samples
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.sinks.monitor_store import MonitorCheckpoint, monitor_key
@@ -61,6 +66,11 @@ ACCEPT_MARK = "accept@values-topic"
 class _Held:
     monitor: SegmentedMonitor
     checkpoint: MonitorCheckpoint
+    merger: EventTimeMerger
+    #: per source partition, the highest offset received (fed, or waiting in the merger)
+    seen: dict[str, int]
+    #: forced releases already counted in the metric
+    forced_counted: int = 0
 
 
 class MonitorRunner:
@@ -77,7 +87,15 @@ class MonitorRunner:
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         tracker: EffectTracker | None = None,
+        order_idle_after_s: float = 5.0,
+        order_max_buffered: int = 20_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.order_idle_after_ms = int(order_idle_after_s * 1000)
+        self.order_max_buffered = order_max_buffered
+        self._clock = clock
+        #: process() and tick() take turns: both feed monitors and save checkpoints
+        self._lock = asyncio.Lock()
         self.tracker = tracker
         self.configs = dict(monitors)
         self.store = store
@@ -124,10 +142,61 @@ class MonitorRunner:
                 self.metrics.monitor_checkpoint_rejected.labels(
                     monitor=name, reason=exc.reason
                 ).inc()
-        held = self._held[name] = _Held(monitor, checkpoint)
+        merger = EventTimeMerger(
+            idle_after_ms=self.order_idle_after_ms,
+            max_buffered=self.order_max_buffered,
+            now_ms=self._now_ms(),
+        )
+        held = self._held[name] = _Held(monitor, checkpoint, merger, dict(checkpoint.high_water))
         return held
 
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def committable(self, partition: int) -> int | None:
+        """The lowest values-topic offset of ``partition`` with a value still waiting.
+
+        Records from there on must not be committed: their values live only in
+        memory until fed.  None: nothing waits, every record can be committed.
+        """
+        waiting = [
+            low
+            for name, held in self._held.items()
+            if self._partition_of.get(name) == partition
+            and (low := held.merger.lowest_origin()) is not None
+        ]
+        return min(waiting) if waiting else None
+
     async def process(self, records: Sequence[RawRecord]) -> list[Alert]:
+        async with self._lock:
+            return await self._process(records)
+
+    async def tick(self) -> list[Alert]:
+        """Feed what the watermark released since (partitions gone idle); call every second."""
+        async with self._lock:
+            waiting = {n: h for n, h in self._held.items() if h.merger}
+            alerts: list[Alert] = []
+            for held in waiting.values():
+                alerts += self._feed(held)
+            if waiting:
+                await self._publish(alerts, waiting)
+            return alerts
+
+    def _feed(self, held: _Held) -> list[Alert]:
+        """Feed what the merger releases; the high-water marks cover fed values only."""
+        alerts: list[Alert] = []
+        marks = held.checkpoint.high_water
+        for key, (offset, event_time_ms, value, segment) in held.merger.release(
+            now_ms=self._now_ms()
+        ):
+            alerts += held.monitor.update(
+                value, segment=segment, event_time_ms=event_time_ms, offset=offset
+            )
+            if offset > marks.get(key, -1):
+                marks[key] = offset
+        return alerts
+
+    async def _process(self, records: Sequence[RawRecord]) -> list[Alert]:
         alerts: list[Alert] = []
         touched: dict[str, _Held] = {}
         for record in records:
@@ -153,16 +222,19 @@ class MonitorRunner:
             held = await self._hold(name)
             self._partition_of[name] = record.partition
             key = f"{source}/{partition}"
-            high = held.checkpoint.high_water.get(key, -1)
-            for offset, event_time_ms, value, segment in samples:
-                if offset <= high:
-                    continue
-                alerts += held.monitor.update(
-                    value, segment=segment, event_time_ms=event_time_ms, offset=offset
-                )
-                high = offset
-            held.checkpoint.high_water[key] = high
+            high = held.seen.get(key, -1)
+            fresh = [s for s in samples if s[0] > high]
+            if fresh:
+                held.merger.add(key, record.offset, fresh, now_ms=self._now_ms())
+                held.seen[key] = max(s[0] for s in fresh)
             touched[name] = held
+        for held in touched.values():
+            alerts += self._feed(held)
+        await self._publish(alerts, touched)
+        return alerts
+
+    async def _publish(self, alerts: list[Alert], touched: Mapping[str, _Held]) -> None:
+        """Alerts to the topic, then the checkpoints and gauges of ``touched``, then the log."""
         for alert in alerts:
             self.alerts.add(self.alerts_topic, alert.monitor.encode(), alert.to_json(), [])
         sources = {self.configs[n].source for n in touched} or {"-"}
@@ -170,6 +242,12 @@ class MonitorRunner:
         for name, held in touched.items():
             await self._save(name, held)
             self._export(name, held.monitor)
+            self.metrics.drift_order_pending.labels(monitor=name).set(held.merger.buffered)
+            if held.merger.forced > held.forced_counted:
+                self.metrics.drift_order_forced.labels(monitor=name).inc(
+                    held.merger.forced - held.forced_counted
+                )
+                held.forced_counted = held.merger.forced
         for alert in alerts:
             log.warning(
                 "drift %s: monitor %s segment %s (%s on %s, severity %s, incident %s)",
@@ -187,7 +265,6 @@ class MonitorRunner:
                     monitor=alert.monitor, detector=alert.detector
                 ).inc()
                 self.metrics.drift_last_detection.labels(monitor=alert.monitor).set(time.time())
-        return alerts
 
     @staticmethod
     def _accept(held: _Held, request: AcceptRequest, offset: int) -> list[Alert]:

@@ -63,6 +63,7 @@ async def test_a_foreign_checkpoint_is_refused_counted_and_replaced(
     )
     key = monitor_key(prefix, "a")
     runner = MonitorRunner(
+        order_idle_after_s=0,  # one source partition: no wait for order
         monitors={"a": config},
         store=RedisMonitorStore(client, prefix=prefix),
         alerts=MemoryKafkaSink(),

@@ -54,6 +54,7 @@ async def test_monitors_moved_away_stop_exporting_and_resume_from_checkpoint(
 
     def runner() -> MonitorRunner:
         return MonitorRunner(
+            order_idle_after_s=0,  # one source partition: no wait for order
             monitors=configs,
             store=store,
             alerts=MemoryKafkaSink(),
@@ -141,6 +142,7 @@ async def test_failed_monitor_effects_are_retried_and_counted(redis_url: str) ->
         delays.append(delay)
 
     runner = MonitorRunner(
+        order_idle_after_s=0,  # one source partition: no wait for order
         monitors={
             "a": MonitorConfig.from_config(
                 {"name": "a", "source": "tx", "field": "amount", "warmup": 100}

@@ -1,0 +1,145 @@
+"""Event-time order for a monitor that hears from many source partitions.
+
+A monitor's values come from every partition of its source, each read by
+whichever worker owns it and at its own pace.  Live, the partitions advance
+together; on a backlog one runs ahead (a worker with less to do, a partition
+with fewer events covers the same event time in fewer records), so values
+from before and after a change arrive interleaved and one change looks like
+many.  The runner therefore feeds a monitor through an :class:`EventTimeMerger`:
+
+* samples are kept per source partition, in the order they came (a
+  partition's own samples come in offset order);
+* the **watermark** is the lowest, over the partitions heard from lately, of
+  the newest event time each has sent; samples at or below it are released
+  in event-time order (ties by partition, then offset): the order one stream
+  would have had;
+* a new merger releases nothing for ``idle_after_ms``: the partitions it will
+  hear from have that long to report, so the first partition to arrive does
+  not run ahead of the others;
+* a partition silent for ``idle_after_ms`` (arrival time, the runner's clock)
+  stops holding the watermark back until it sends again: an idle partition
+  (a quiet shard, a worker that died) must not stop detection; its late
+  values are released as they come;
+* at most ``max_buffered`` samples wait: beyond, the oldest are released
+  anyway (counted in :attr:`forced`), so memory stays bounded whatever the
+  skew.
+
+Each sample carries an ``origin`` (the values-topic offset of the record it
+came in): :meth:`lowest_origin` is the oldest record whose samples are not
+all released, which the worker must not commit yet, so that samples waiting
+here are read again after a crash rather than lost.  Pure: no Kafka, no clock
+of its own.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: ``(source offset, event time ms, value, segment)``, as in :mod:`driftline.drift.samples`
+Sample = tuple[int, int, float, Any]
+
+
+@dataclass
+class _Lane:
+    #: ``(origin, sample)`` in arrival order
+    samples: deque[tuple[int, Sample]] = field(default_factory=deque)
+    #: newest event time this partition has sent (released or not)
+    newest_ms: int | None = None
+    #: arrival clock (ms) of its last samples
+    heard_at_ms: int = 0
+
+
+class EventTimeMerger:
+    """Per-partition buffers released in event-time order behind a watermark."""
+
+    def __init__(self, *, idle_after_ms: int, max_buffered: int, now_ms: int) -> None:
+        if idle_after_ms < 0 or max_buffered < 1:
+            raise ValueError("idle_after_ms >= 0 and max_buffered >= 1")
+        self.idle_after_ms = idle_after_ms
+        self.max_buffered = max_buffered
+        self._lanes: dict[str, _Lane] = {}
+        self._buffered = 0
+        self._opens_at_ms = now_ms + idle_after_ms
+        #: samples released before the watermark reached them (the buffer was full)
+        self.forced = 0
+
+    @property
+    def buffered(self) -> int:
+        return self._buffered
+
+    def __bool__(self) -> bool:
+        return self._buffered > 0
+
+    def add(self, partition: str, origin: int, samples: Iterable[Sample], *, now_ms: int) -> None:
+        """Samples of one source partition that came in record ``origin``, at ``now_ms``."""
+        lane = self._lanes.setdefault(partition, _Lane())
+        for sample in samples:
+            lane.samples.append((origin, sample))
+            self._buffered += 1
+            if lane.newest_ms is None or sample[1] > lane.newest_ms:
+                lane.newest_ms = sample[1]
+        lane.heard_at_ms = now_ms
+
+    def watermark(self, *, now_ms: int) -> int | None:
+        """The event time every partition heard from lately has reached; None if none was."""
+        active = [
+            lane.newest_ms
+            for lane in self._lanes.values()
+            if lane.newest_ms is not None and now_ms - lane.heard_at_ms < self.idle_after_ms
+        ]
+        return min(active) if active else None
+
+    def lowest_origin(self) -> int | None:
+        """The oldest origin with a sample still waiting; None when nothing waits."""
+        heads = [lane.samples[0][0] for lane in self._lanes.values() if lane.samples]
+        return min(heads) if heads else None
+
+    def release(self, *, now_ms: int) -> list[tuple[str, Sample]]:
+        """``(partition, sample)`` of the samples that may be fed now, in event-time order."""
+        if now_ms < self._opens_at_ms:
+            return self._take_oldest(self._buffered - self.max_buffered)
+        # no watermark: every partition is idle, nothing can still come before what waits
+        out = self._take(self.watermark(now_ms=now_ms))
+        return out + self._take_oldest(self._buffered - self.max_buffered)
+
+    def _take(self, mark: int | None) -> list[tuple[str, Sample]]:
+        """Merge the lanes' heads with event time <= ``mark`` (all if None), in order."""
+        heads = []
+        for name, lane in self._lanes.items():
+            if lane.samples and (mark is None or lane.samples[0][1][1] <= mark):
+                heads.append(_key(name, lane.samples[0][1]))
+        heapq.heapify(heads)
+        out: list[tuple[str, Sample]] = []
+        while heads:
+            _, name, _ = heapq.heappop(heads)
+            lane = self._lanes[name]
+            out.append((name, lane.samples.popleft()[1]))
+            if lane.samples and (mark is None or lane.samples[0][1][1] <= mark):
+                heapq.heappush(heads, _key(name, lane.samples[0][1]))
+        self._buffered -= len(out)
+        return out
+
+    def _take_oldest(self, count: int) -> list[tuple[str, Sample]]:
+        """The ``count`` oldest waiting samples (by event time), counted as forced."""
+        if count <= 0:
+            return []
+        heads = [_key(n, lane.samples[0][1]) for n, lane in self._lanes.items() if lane.samples]
+        heapq.heapify(heads)
+        out: list[tuple[str, Sample]] = []
+        while heads and len(out) < count:
+            _, name, _ = heapq.heappop(heads)
+            lane = self._lanes[name]
+            out.append((name, lane.samples.popleft()[1]))
+            if lane.samples:
+                heapq.heappush(heads, _key(name, lane.samples[0][1]))
+        self._buffered -= len(out)
+        self.forced += len(out)
+        return out
+
+
+def _key(name: str, sample: Sample) -> tuple[int, str, int]:
+    return sample[1], name, sample[0]
