@@ -130,6 +130,13 @@ class MonitorConfig(BaseModel):
         description="values in a row without a detection whose scores fit the baseline "
         "(the reference from before the incident): the stream recovered, the incident closes",
     )
+    skip_first: str | None = Field(
+        None,
+        description="event time after a segment's first value during which values are "
+        "neither learned nor scored; feature monitors default to the feature's window, so "
+        "they learn from windows that have filled (a 1h mean in its first hour is a partial "
+        "mean that only rises); 0s: monitor from the first value",
+    )
     accept_after: str | None = Field(
         "1h",
         description="event time after which an open incident's distribution is accepted "
@@ -146,12 +153,17 @@ class MonitorConfig(BaseModel):
     page_hinkley: PageHinkleyParams = PageHinkleyParams()
     adwin: AdwinParams = AdwinParams()
 
-    @field_validator("accept_after")
+    @field_validator("accept_after", "skip_first")
     @classmethod
     def _duration(cls, value: str | None) -> str | None:
         if value is not None:
             parse_duration(value)  # raises ValueError with the reason
         return value
+
+    @property
+    def skip_first_ms(self) -> int:
+        """:attr:`skip_first` in ms (0: none)."""
+        return 0 if self.skip_first is None else parse_duration(self.skip_first)
 
     @property
     def accept_after_ms(self) -> int | None:

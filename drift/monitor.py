@@ -186,6 +186,9 @@ class Monitor:
         self._stable = 0
         self._settle_sums = [0.0, 0.0]  # location, scale
         self._candidate: deque[float] = deque(maxlen=config.warmup)
+        # skip_first: the event time of the segment's first value, and values skipped since
+        self._first_event_ms: int | None = None
+        self._filling = 0
 
     # -- reading -------------------------------------------------------------
 
@@ -212,6 +215,11 @@ class Monitor:
     def n_values(self) -> int:
         """Finite values seen (the ``value_index`` of the last one)."""
         return self._n
+
+    @property
+    def n_filling(self) -> int:
+        """Values skipped within ``skip_first`` of the first one (windows still filling)."""
+        return self._filling
 
     @property
     def n_skipped(self) -> int:
@@ -265,6 +273,13 @@ class Monitor:
         if not math.isfinite(value):
             self._skipped += 1
             return []
+        skip_ms = self.config.skip_first_ms
+        if skip_ms:
+            if self._first_event_ms is None:
+                self._first_event_ms = event_time_ms
+            if event_time_ms < self._first_event_ms + skip_ms:
+                self._filling += 1
+                return []
         self._n += 1
         self._recent.append(value)
         reference = self._reference
@@ -543,6 +558,8 @@ class Monitor:
             "stable": self._stable,
             "settle_sums": [encode_number(s) for s in self._settle_sums],
             "candidate": pack_floats(self._candidate),
+            "first_event_ms": self._first_event_ms,
+            "filling": self._filling,
         }
 
     @classmethod
@@ -613,3 +630,5 @@ class Monitor:
         self._stable = f.integer("stable")
         self._settle_sums = [sums.number("location"), sums.number("scale")]
         self._candidate.extend(f.floats("candidate", limit=config.warmup))
+        self._first_event_ms = f.integer("first_event_ms", low=None, nullable=True)
+        self._filling = f.integer("filling")

@@ -209,7 +209,10 @@ def build_monitors(
             known = ", ".join(sorted(sources))
             raise ConfigError(f"{label}.source: unknown source {monitor.source!r} (known: {known})")
         if monitor.feature is not None:
-            _check_feature(label, monitor, source.name, groups or {})
+            window = _check_feature(label, monitor, source.name, groups or {})
+            if monitor.skip_first is None and window is not None:
+                # learn from windows that have filled: a partial window is no reference
+                monitor = monitor.model_copy(update={"skip_first": window})
         declared = _declared_fields(parsers[source.name])
         for key, field in (("field", monitor.field), ("segment_by", monitor.segment_by)):
             if field is not None and declared and field not in declared:
@@ -260,8 +263,11 @@ def _check_feature(
     monitor: MonitorConfig,
     source: str,
     groups: Mapping[str, Sequence[FeatureGroup]],
-) -> None:
-    """A feature monitor names a feature of a group computed from the monitor's source."""
+) -> str | None:
+    """A feature monitor names a feature of a group computed from the monitor's source.
+
+    Returns the feature's window (e.g. ``"1h"``), None for a feature without one.
+    """
     by_name = {g.name: g for gs in groups.values() for g in gs}
     group = by_name.get(str(monitor.feature_group))
     if group is None:
@@ -282,11 +288,13 @@ def _check_feature(
             f"{label}.feature: group {group.name!r} has no feature {monitor.feature_name!r}{hint}"
         )
     kinds = {spec.name: spec for spec in group.layout.features}
-    if kinds[str(monitor.feature_name)].kind == "last":
+    spec = kinds[str(monitor.feature_name)]
+    if spec.kind == "last":
         raise ConfigError(
             f"{label}.feature: {monitor.feature_name!r} is a last value; monitor the event "
             "field itself instead (field: ...)"
         )
+    return spec.window.name if spec.window is not None else None
 
 
 def source_info(settings: Settings, parsers: Mapping[str, EventParser]) -> dict[str, SourceInfo]:

@@ -186,6 +186,7 @@ def test_a_feature_monitor_watches_each_entity_feature_after_its_batch(
             "feature": "spend.amount_sum_24h",
             "warmup": 100,
             "max_entities_per_batch": 1000,
+            "skip_first": "0s",  # every value, not only once the 24 h window has filled
         }
     ]
     rng = random.Random(9)

@@ -152,6 +152,20 @@ feature_groups:
 """
 
 
+def test_a_feature_monitor_may_monitor_partial_windows_when_told(tmp_path: Path) -> None:
+    from driftline.streams.sources import build_feature_groups, build_monitors, build_parsers
+
+    monitors = (
+        "monitors:\n  - {name: m, source: tx, feature: spend.amount_mean_1h, skip_first: 0s}\n"
+    )
+    s = load(tmp_path, FEATURES + monitors)
+    parsers = build_parsers(s)
+    [monitor] = build_monitors(s, parsers, "c.yaml", build_feature_groups(s, parsers, "c.yaml"))[
+        "tx"
+    ]
+    assert monitor.skip_first_ms == 0
+
+
 @pytest.mark.parametrize(
     ("feature", "message"),
     [
@@ -173,6 +187,8 @@ def test_feature_monitors_name_a_feature_of_their_source(
     if message is None:
         [monitor] = build_monitors(s, parsers, "c.yaml", groups)["tx"]
         assert monitor.watched == feature
+        # it learns from full windows only: skip the window's length after the first value
+        assert (monitor.skip_first, monitor.skip_first_ms) == ("1h", 3_600_000)
         return
     with pytest.raises(ConfigError) as info:
         build_monitors(s, parsers, "c.yaml", groups)

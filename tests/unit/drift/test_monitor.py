@@ -211,6 +211,36 @@ def test_alert_content() -> None:
     assert closed.sd_ratio is not None and abs(closed.sd_ratio - 1) < 0.15
 
 
+def test_skip_first_neither_learns_nor_scores_the_first_stretch_of_event_time() -> None:
+    # a rising partial window (its first 10 s), then the stationary stream
+    values = [i / 100 for i in range(100)] + normal(3, 4000)
+    monitor = Monitor(make_config(skip_first="10s"))
+    alerts = [a for i, v in enumerate(values) for a in monitor.update(v, event_time_ms=100 * i)]
+    assert (monitor.n_filling, monitor.n_values) == (100, 4000)
+    assert alerts == []
+    reference = monitor.reference_stats
+    assert reference is not None and abs(reference.mean) < 0.1  # learned from the filled part
+    # the same stream monitored from the first value learns the ramp into its reference
+    plain = Monitor(make_config())
+    for i, v in enumerate(values):
+        plain.update(v, event_time_ms=100 * i)
+    assert plain.n_filling == 0 and plain.n_values == 4100
+
+
+def test_skip_first_restarts_exactly_mid_way() -> None:
+    values = [i / 100 for i in range(100)] + normal(3, 2000)
+    config = make_config(skip_first="10s")
+    first = Monitor(config)
+    for i, v in enumerate(values[:50]):
+        first.update(v, event_time_ms=100 * i)
+    restored = Monitor.from_state(first.to_state(), config=config)
+    for monitor in (first, restored):
+        for i, v in enumerate(values[50:], start=50):
+            monitor.update(v, event_time_ms=100 * i)
+    assert restored.to_state() == first.to_state()
+    assert (restored.n_filling, restored.n_values) == (100, 2000)
+
+
 def test_non_finite_values_are_skipped_and_counted() -> None:
     values = shifted(normal(1, 4000), AT, shift=1.0)
     with_gaps: list[float] = []
