@@ -214,13 +214,32 @@ class WorkerMetrics:
         )
         self.drift_reference_mean = Gauge(
             "driftline_drift_reference_mean",
-            "Mean of the monitor's reference sample.",
+            "Mean of the monitor's reference sample (the baseline during an incident).",
             drift_labels,
             registry=r,
         )
         self.drift_recent_mean = Gauge(
             "driftline_drift_recent_mean",
             "Mean of the monitor's recent values.",
+            drift_labels,
+            registry=r,
+        )
+        self.drift_reference_sd = Gauge(
+            "driftline_drift_reference_sd",
+            "Standard deviation of the monitor's reference sample (the baseline during an "
+            "incident).",
+            drift_labels,
+            registry=r,
+        )
+        self.drift_recent_sd = Gauge(
+            "driftline_drift_recent_sd",
+            "Standard deviation of the monitor's recent values.",
+            drift_labels,
+            registry=r,
+        )
+        self.drift_mean_shift_sd = Gauge(
+            "driftline_drift_mean_shift_sd",
+            "(recent mean - reference mean) / reference sd: the shift in baseline sd units.",
             drift_labels,
             registry=r,
         )

@@ -338,6 +338,9 @@ class MonitorRunner:
                     self.metrics.drift_warming_up,
                     self.metrics.drift_reference_mean,
                     self.metrics.drift_recent_mean,
+                    self.metrics.drift_reference_sd,
+                    self.metrics.drift_recent_sd,
+                    self.metrics.drift_mean_shift_sd,
                 ):
                     with contextlib.suppress(KeyError):
                         gauge.remove(name, segment)
@@ -352,6 +355,11 @@ class MonitorRunner:
             reference = single.reference_stats
             if reference is not None:
                 m.drift_reference_mean.labels(**labels).set(reference.mean)
+                m.drift_reference_sd.labels(**labels).set(reference.std)
             recent = single.recent_stats
             if recent.n:
                 m.drift_recent_mean.labels(**labels).set(recent.mean)
+                m.drift_recent_sd.labels(**labels).set(recent.std)
+            if reference is not None and recent.n and reference.std > 0:
+                shift = (recent.mean - reference.mean) / reference.std
+                m.drift_mean_shift_sd.labels(**labels).set(shift)
