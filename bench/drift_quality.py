@@ -34,7 +34,7 @@ scores: their alarms are counted from the same index as ours).
 LIFECYCLE (``--lifecycle-only``: 5 streams of 200,000 values per kind, one value
 per second of event time; 2026-12-01, the baseline lifecycle):
 
-| stream | incidents per stream | alert records per 100k | opened / updated / closed | closed by | open at the end |
+| stream | incidents/stream | records/100k | opened/updated/closed | closed by | open at end |
 |---|---|---|---|---|---|
 | i.i.d. normal | 0.0 | 0.0 | 0 / 0 / 0 | - | 0 |
 | step +1 sd at 50 % | 1.2 | 1.3 | 6 / 1 / 6 | accepted 5, recovered 1 | 0 |
