@@ -130,6 +130,13 @@ class MonitorConfig(BaseModel):
         description="values in a row without a detection whose scores fit the baseline "
         "(the reference from before the incident): the stream recovered, the incident closes",
     )
+    season: str | None = Field(
+        None,
+        description="the field's cycle in event time (e.g. 1d, 7d): the monitor learns the "
+        "mean and sd of each phase over the first cycle, then monitors each value's "
+        "residual against its phase (see driftline.drift.season)",
+    )
+    season_bins: int = Field(96, ge=1, le=10_000, description="phases of the season")
     skip_first: str | None = Field(
         None,
         description="event time after a segment's first value during which values are "
@@ -153,12 +160,17 @@ class MonitorConfig(BaseModel):
     page_hinkley: PageHinkleyParams = PageHinkleyParams()
     adwin: AdwinParams = AdwinParams()
 
-    @field_validator("accept_after", "skip_first")
+    @field_validator("accept_after", "skip_first", "season")
     @classmethod
     def _duration(cls, value: str | None) -> str | None:
         if value is not None:
             parse_duration(value)  # raises ValueError with the reason
         return value
+
+    @property
+    def season_ms(self) -> int | None:
+        """:attr:`season` in ms; None: not seasonal."""
+        return None if self.season is None else parse_duration(self.season)
 
     @property
     def skip_first_ms(self) -> int:

@@ -78,6 +78,7 @@ from driftline.drift.config import DETECTORS, STATISTICS, MonitorConfig
 from driftline.drift.detector_state import model_state, restore_model
 from driftline.drift.detectors import Channel, build_channels
 from driftline.drift.reference import Reference
+from driftline.drift.season import SeasonProfile
 from driftline.drift.state import (
     MONITOR_FORMAT,
     Fields,
@@ -189,6 +190,8 @@ class Monitor:
         # skip_first: the event time of the segment's first value, and values skipped since
         self._first_event_ms: int | None = None
         self._filling = 0
+        season_ms = config.season_ms
+        self._season = SeasonProfile(season_ms, config.season_bins) if season_ms else None
 
     # -- reading -------------------------------------------------------------
 
@@ -280,6 +283,17 @@ class Monitor:
             if event_time_ms < self._first_event_ms + skip_ms:
                 self._filling += 1
                 return []
+        season = self._season
+        if season is not None:
+            if season.learning(event_time_ms):
+                season.learn(value, event_time_ms)
+                self._filling += 1
+                return []
+            residual = season.residual(value, event_time_ms)
+            if residual is None:  # a phase the first cycle did not see enough of
+                self._skipped += 1
+                return []
+            value = residual
         self._n += 1
         self._recent.append(value)
         reference = self._reference
@@ -560,6 +574,7 @@ class Monitor:
             "candidate": pack_floats(self._candidate),
             "first_event_ms": self._first_event_ms,
             "filling": self._filling,
+            "season": self._season.to_dict() if self._season is not None else None,
         }
 
     @classmethod
@@ -632,3 +647,15 @@ class Monitor:
         self._candidate.extend(f.floats("candidate", limit=config.warmup))
         self._first_event_ms = f.integer("first_event_ms", low=None, nullable=True)
         self._filling = f.integer("filling")
+        season = f.get("season")
+        if (season is None) != (self._season is None):
+            raise f.fail("season", "a season profile exactly when the monitor has a season")
+        if self._season is not None:
+            if not isinstance(season, dict):
+                raise f.fail("season", "a season profile")
+            try:
+                self._season = SeasonProfile.from_dict(
+                    season, self._season.season_ms, self._season.bins
+                )
+            except ValueError as exc:
+                raise f.fail("season", str(exc)) from None
