@@ -246,6 +246,11 @@ class Monitor:
         return tuple(self._recent)
 
     @property
+    def incident_change_start(self) -> int | None:
+        """The open incident's estimated first changed value (a value index), or None."""
+        return self._incident.change_start_index if self._incident is not None else None
+
+    @property
     def incident_summary(self) -> dict[str, Any] | None:
         """The open incident: id, opened at (event time ms), severity, detections; or None."""
         incident = self._incident

@@ -212,6 +212,28 @@ def monitors_list(config: Path, as_json: bool) -> None:
     click.echo(list_monitors(_load(config), str(config), as_json=as_json))
 
 
+@monitors.command("report")
+@config_option
+@click.option(
+    "--html",
+    "path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="file to write (default: NAME-drift.html)",
+)
+@click.argument("name")
+@user_errors
+def monitors_report(config: Path, path: Path | None, name: str) -> None:
+    """Write an HTML page of monitor NAME: baseline against current, per segment.
+
+    Self-contained (plots embedded, no network needed to open it); needs
+    plotly (pip install 'driftline[report]').
+    """
+    from driftline.streams.cli.monitors import report
+
+    click.echo(report(_load(config), str(config), name, path))
+
+
 @monitors.command("accept")
 @config_option
 @click.option("--segment", default=None, help="only this segment (default: every open one)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -183,6 +184,31 @@ def accept(
     still = [] if isinstance(after, str) else [r for r in after if r["incident"] is not None]
     done = f"monitor {name}: accepted ({which}); the newest values are its new reference"
     return done + (f"; still open: {', '.join(str(r['segment']) for r in still)}" if still else "")
+
+
+def report(settings: Settings, origin: str, name: str, path: Path | None) -> str:
+    """Write monitor ``name``'s HTML report (default ``<name>-drift.html``)."""
+    from driftline.streams.cli.report import report_html, write_report
+
+    config = _known(configured(settings, origin), name, origin)
+
+    async def load() -> bytes | None:
+        client = redis_client(settings)
+        try:
+            return (
+                await RedisMonitorStore(client, prefix=settings.redis.key_prefix).load(name)
+            ).state
+        finally:
+            await client.aclose()
+
+    state = asyncio.run(_guarded(load()))
+    if state is None:
+        raise DriftlineError(f"monitor {name}: no checkpoint yet (no worker has fed it values)")
+    try:
+        monitor = SegmentedMonitor.from_state(state, config=config)
+    except DriftStateError as exc:
+        raise DriftlineError(f"monitor {name}: its checkpoint is not usable ({exc})") from None
+    return write_report(path or Path(f"{name}-drift.html"), report_html(name, config, monitor))
 
 
 def _who() -> str:

@@ -144,6 +144,11 @@ def test_shift_raises_one_alert_and_survives_restart(
         assert 95 < segment["baseline"]["mean"] < 105 < segment["current"]["mean"]
         text = run_cli("monitors", "list", "-c", cfg).stdout
         assert "INCIDENT " + opened[0]["incident_id"] in text and "baseline" in text
+        page_path = tmp_path / "amount.html"
+        written = run_cli("monitors", "report", "amount", "-c", cfg, "--html", str(page_path))
+        assert written.returncode == 0, written.stderr
+        page = page_path.read_text()
+        assert opened[0]["incident_id"] in page and "baseline vs current" in page
         assert post(again, "/v1/monitors/amount/accept")[0] == 401
         assert post(again, "/v1/monitors/amont/accept", TOKEN) == (
             404,
