@@ -246,6 +246,11 @@ class Monitor:
         return tuple(self._recent)
 
     @property
+    def n_incidents(self) -> int:
+        """Incidents opened so far."""
+        return self._incidents
+
+    @property
     def incident_change_start(self) -> int | None:
         """The open incident's estimated first changed value (a value index), or None."""
         return self._incident.change_start_index if self._incident is not None else None

@@ -16,6 +16,12 @@ from driftline.drift.stats import Stats
 
 #: The quantiles shown of the baseline and of the current values.
 QUANTILES = (0.05, 0.5, 0.95)
+#: Incidents per 100k values from which ``monitors list`` asks whether the field
+#: cycles: stationary fields give well under 1 (``bench/drift_quality.py``), a
+#: daily cycle as large as the noise about 10 without ``season``.
+CYCLE_HINT_PER_100K = 5.0
+#: ... once the monitor has seen this many values (a rate of a few values is noise).
+CYCLE_HINT_MIN_VALUES = 20_000
 
 
 def quantile(ordered: Sequence[float], q: float) -> float | None:
@@ -37,12 +43,28 @@ def distribution(values: Sequence[float]) -> dict[str, Any]:
     return summary
 
 
+def cycle_hint(monitor: Monitor) -> str | None:
+    """Why the field may follow a cycle the monitor is not told about, or None."""
+    n = monitor.n_values
+    if monitor.config.season is not None or n < CYCLE_HINT_MIN_VALUES:
+        return None
+    rate = monitor.n_incidents / n * 1e5
+    if rate < CYCLE_HINT_PER_100K:
+        return None
+    return (
+        f"{monitor.n_incidents} incidents in {n} values ({rate:.0f} per 100k): if the field "
+        "follows a daily or weekly cycle, set season (e.g. season: 1d)"
+    )
+
+
 def monitor_status(monitor: Monitor) -> dict[str, Any]:
     """One segment's state, JSON-ready."""
     return {
         "segment": monitor.segment,
         "phase": monitor.phase,
         "values": monitor.n_values,
+        "incidents": monitor.n_incidents,
+        "hint": cycle_hint(monitor),
         "incident": monitor.incident_summary,
         "baseline": distribution(monitor.reference_sample) if monitor.reference_sample else None,
         "current": distribution(monitor.recent_values),
@@ -74,6 +96,8 @@ def describe(name: str, rows: Sequence[dict[str, Any]]) -> list[str]:
                 f"{incident['opened_event_time_ms']} ms"
             )
         lines.append(head)
+        if row.get("hint"):
+            lines.append(f"  hint     {row['hint']}")
         for label in ("baseline", "current"):
             d = row[label]
             if d is None:
