@@ -34,7 +34,9 @@ Life of a monitor
   - ``accepted``: the new distribution is the new normal, said by an operator
     (:meth:`Monitor.accept`, ``driftline monitors accept``) or by the clock,
     ``accept_after`` of event time after the incident opened (default 1 h, so
-    the alert rules fire and stay firing while people look).  The newest
+    the alert rules fire and stay firing while people look) and once the
+    stream has stopped moving (the newest ``warmup`` values agree with the
+    ``warmup`` before them: a ramp is accepted when it ends).  The newest
     ``warmup`` values become the reference; an incident shorter than that
     relearns first (**relearning**, no detection, like the warm-up).
 
@@ -186,7 +188,9 @@ class Monitor:
         # baseline, and the newest values (the reference if the change is accepted)
         self._stable = 0
         self._settle_sums = [0.0, 0.0]  # location, scale
-        self._candidate: deque[float] = deque(maxlen=config.warmup)
+        # (twice the warm-up: the newest half becomes the reference if the change is
+        # accepted, the older half tells whether the stream has stopped moving)
+        self._candidate: deque[float] = deque(maxlen=2 * config.warmup)
         # skip_first: the event time of the segment's first value, and values skipped since
         self._first_event_ms: int | None = None
         self._filling = 0
@@ -353,9 +357,33 @@ class Monitor:
                 self._stable = 0  # not back yet: judge the next window
                 self._settle_sums = [0.0, 0.0]
         after = self.config.accept_after_ms
-        if after is not None and event_time_ms - incident.opened_event_time_ms >= after:
+        if (
+            after is not None
+            and event_time_ms - incident.opened_event_time_ms >= after
+            and self._settled()
+        ):
             alerts.append(self._accept(incident, event_time_ms))
         return alerts
+
+    def _settled(self) -> bool:
+        """Has the stream stopped moving?  The newest ``warmup`` values against those before.
+
+        The clock accepts a change once it is over: a ramp still rising when
+        ``accept_after`` has passed would otherwise be accepted part way and
+        opened again.  The two blocks' means must be within 4 standard errors;
+        blocks of ``warmup`` values keep a ramp far outside that (a ramp of
+        3 sd over 5,000 values moves 0.6 sd between them: 13 standard errors),
+        so checking every value does not let it through by chance.  An
+        incident too short to hold two blocks is accepted as it is.
+        """
+        warmup = self.config.warmup
+        values = self._candidate
+        if len(values) < 2 * warmup:
+            return True
+        older = Stats.of(list(itertools.islice(values, 0, warmup)))
+        newer = Stats.of(list(itertools.islice(values, warmup, None)))
+        spread = math.sqrt((older.std**2 + newer.std**2) / warmup)
+        return spread == 0 or abs(newer.mean - older.mean) <= _STABLE_Z * spread
 
     def accept(self, *, event_time_ms: int) -> Alert | None:
         """Accept the open incident's distribution as the new normal (an operator's call).
@@ -454,7 +482,7 @@ class Monitor:
         current = self._since_change(incident)
         _, shift, ratio = self._assess(incident.reference, current)
         alert = self._alert(incident, "closed", "accepted", event_time_ms, current, shift, ratio)
-        newest = list(self._candidate)
+        newest = list(self._candidate)[-self.config.warmup :]
         self._incident = None
         self._quiet()
         self._reference = None
@@ -654,7 +682,7 @@ class Monitor:
         self._incidents = f.integer("incidents")
         self._stable = f.integer("stable")
         self._settle_sums = [sums.number("location"), sums.number("scale")]
-        self._candidate.extend(f.floats("candidate", limit=config.warmup))
+        self._candidate.extend(f.floats("candidate", limit=2 * config.warmup))
         self._first_event_ms = f.integer("first_event_ms", low=None, nullable=True)
         self._filling = f.integer("filling")
         season = f.get("season")

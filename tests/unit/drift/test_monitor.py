@@ -171,6 +171,20 @@ def test_gradual_drift_is_one_incident_for_its_whole_ramp() -> None:
     assert monitor.incident_open  # it never fitted the baseline again
 
 
+def test_the_clock_accepts_a_ramp_once_it_has_ended_not_half_way() -> None:
+    # the same ramp with the default accept_after (1 h = 3,600 values here): it is
+    # accepted only once the newest 1,000 values agree with the 1,000 before them
+    values = [x + min(max(i - AT, 0), 6000) / 6000 * 3.0 for i, x in enumerate(normal(8, 16_000))]
+    monitor = Monitor(make_config())
+    assert [(i, a.kind, a.reason) for i, a in feed(monitor, values)] == [
+        (3580, "opened", "detected"),
+        (5800, "updated", "escalated"),
+        (10345, "closed", "accepted"),  # the ramp ended at 9000
+    ]
+    reference = monitor.reference_stats
+    assert reference is not None and reference.mean == pytest.approx(3.0, abs=0.1)
+
+
 def test_a_short_blip_closes_when_the_stream_is_back_at_the_baseline() -> None:
     values = [x + (3.0 if AT <= i < AT + 100 else 0.0) for i, x in enumerate(normal(9, 8000))]
     monitor = Monitor(make_config())
