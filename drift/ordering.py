@@ -106,15 +106,17 @@ class EventTimeMerger:
         out = self._take(self.watermark(now_ms=now_ms))
         return out + self._take_oldest(self._buffered - self.max_buffered)
 
-    def _take(self, mark: int | None) -> list[tuple[str, Sample]]:
-        """Merge the lanes' heads with event time <= ``mark`` (all if None), in order."""
-        heads = []
-        for name, lane in self._lanes.items():
-            if lane.samples and (mark is None or lane.samples[0][1][1] <= mark):
-                heads.append(_key(name, lane.samples[0][1]))
+    def _take(self, mark: int | None, limit: int | None = None) -> list[tuple[str, Sample]]:
+        """Merge the lanes' heads in event-time order: those at or below ``mark`` (all if
+        None), at most ``limit`` of them."""
+        heads = [
+            _key(name, lane.samples[0][1])
+            for name, lane in self._lanes.items()
+            if lane.samples and (mark is None or lane.samples[0][1][1] <= mark)
+        ]
         heapq.heapify(heads)
         out: list[tuple[str, Sample]] = []
-        while heads:
+        while heads and (limit is None or len(out) < limit):
             _, name, _ = heapq.heappop(heads)
             lane = self._lanes[name]
             out.append((name, lane.samples.popleft()[1]))
@@ -127,16 +129,7 @@ class EventTimeMerger:
         """The ``count`` oldest waiting samples (by event time), counted as forced."""
         if count <= 0:
             return []
-        heads = [_key(n, lane.samples[0][1]) for n, lane in self._lanes.items() if lane.samples]
-        heapq.heapify(heads)
-        out: list[tuple[str, Sample]] = []
-        while heads and len(out) < count:
-            _, name, _ = heapq.heappop(heads)
-            lane = self._lanes[name]
-            out.append((name, lane.samples.popleft()[1]))
-            if lane.samples:
-                heapq.heappush(heads, _key(name, lane.samples[0][1]))
-        self._buffered -= len(out)
+        out = self._take(None, count)
         self.forced += len(out)
         return out
 

@@ -63,13 +63,13 @@ def _known(monitors: dict[str, MonitorConfig], name: str, origin: str) -> Monito
     return config
 
 
-async def monitor_states(
+async def load_monitors(
     settings: Settings, monitors: dict[str, MonitorConfig]
-) -> dict[str, list[dict[str, Any]] | str]:
-    """Per monitor: its segments' status, or why there is none."""
+) -> dict[str, SegmentedMonitor | str]:
+    """Per monitor: its state from the checkpoint in Redis, or why there is none."""
     client = redis_client(settings)
     store = RedisMonitorStore(client, prefix=settings.redis.key_prefix)
-    out: dict[str, list[dict[str, Any]] | str] = {}
+    out: dict[str, SegmentedMonitor | str] = {}
     try:
         for name, config in monitors.items():
             checkpoint = await store.load(name)
@@ -77,14 +77,20 @@ async def monitor_states(
                 out[name] = "no checkpoint yet: no worker has fed it values"
                 continue
             try:
-                monitor = SegmentedMonitor.from_state(checkpoint.state, config=config)
+                out[name] = SegmentedMonitor.from_state(checkpoint.state, config=config)
             except DriftStateError as exc:
                 out[name] = f"checkpoint not usable ({exc.reason}): the worker will relearn it"
-                continue
-            out[name] = segmented_status(monitor)
     finally:
         await client.aclose()
     return out
+
+
+async def monitor_states(
+    settings: Settings, monitors: dict[str, MonitorConfig]
+) -> dict[str, list[dict[str, Any]] | str]:
+    """Per monitor: its segments' status, or why there is none."""
+    loaded = await load_monitors(settings, monitors)
+    return {n: m if isinstance(m, str) else segmented_status(m) for n, m in loaded.items()}
 
 
 def list_monitors(settings: Settings, origin: str, *, as_json: bool) -> str:
@@ -192,22 +198,9 @@ def report(settings: Settings, origin: str, name: str, path: Path | None) -> str
 
     config = _known(configured(settings, origin), name, origin)
 
-    async def load() -> bytes | None:
-        client = redis_client(settings)
-        try:
-            return (
-                await RedisMonitorStore(client, prefix=settings.redis.key_prefix).load(name)
-            ).state
-        finally:
-            await client.aclose()
-
-    state = asyncio.run(_guarded(load()))
-    if state is None:
-        raise DriftlineError(f"monitor {name}: no checkpoint yet (no worker has fed it values)")
-    try:
-        monitor = SegmentedMonitor.from_state(state, config=config)
-    except DriftStateError as exc:
-        raise DriftlineError(f"monitor {name}: its checkpoint is not usable ({exc})") from None
+    monitor = asyncio.run(_guarded(load_monitors(settings, {name: config})))[name]
+    if isinstance(monitor, str):
+        raise DriftlineError(f"monitor {name}: {monitor}")
     return write_report(path or Path(f"{name}-drift.html"), report_html(name, config, monitor))
 
 
