@@ -262,7 +262,9 @@ class DevStack:
             _say(f"  | {line}")
         return code if 0 < code < 256 else 1
 
-    async def watch(self, redis_url: str, stop: asyncio.Event, log_path: Path) -> int:
+    async def watch(
+        self, bootstrap: str, redis_url: str, stop: asyncio.Event, log_path: Path
+    ) -> int:
         base = f"http://127.0.0.1:{self.metrics_port}"
         started = time.monotonic()
         while True:
@@ -292,6 +294,15 @@ class DevStack:
                     if self.options.drift_after > 0 and self.options.rate > 0
                     else ""
                 )
+            )
+            env = (
+                f"DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS={redact(bootstrap)} "
+                f"DRIFTLINE_REDIS__URL={redact(redis_url)}"
+            )
+            _say(f"  incidents    {env} driftline monitors list -c {self.config_path}")
+            _say(
+                f"               a change that is the new normal: {env} "
+                f"driftline monitors accept NAME -c {self.config_path}"
             )
         _say(f"  worker log   {log_path}")
         _say("Ctrl-C stops everything.")
@@ -327,7 +338,7 @@ async def _main(stack: DevStack, bootstrap: str, redis_url: str, log_path: Path)
     if stack.options.duration is not None:
         loop.call_later(stack.options.duration, stop.set)
     producer = asyncio.create_task(stack.produce(bootstrap, stop))
-    code = await stack.watch(redis_url, stop, log_path)
+    code = await stack.watch(bootstrap, redis_url, stop, log_path)
     stop.set()
     await producer
     return code

@@ -67,7 +67,9 @@ def test_a_worker_that_died_is_reported_with_its_log_not_the_other_ones_readines
     log_path.write_text("\n".join(lines) + "\n")
     assert stack.worker is not None
     stack.worker.wait()
-    code = asyncio.run(stack.watch("redis://127.0.0.1:1/0", asyncio.Event(), log_path))
+    code = asyncio.run(
+        stack.watch("127.0.0.1:1", "redis://127.0.0.1:1/0", asyncio.Event(), log_path)
+    )
     out = capsys.readouterr().out
     assert code == 2
     assert "worker ready" not in out
@@ -84,7 +86,7 @@ def test_readiness_counts_only_from_a_listener_of_our_worker(
     async def watch_for_a_while() -> int:
         stop = asyncio.Event()
         asyncio.get_running_loop().call_later(2.0, stop.set)
-        return await stack.watch("redis://127.0.0.1:1/0", stop, log_path)
+        return await stack.watch("127.0.0.1:1", "redis://127.0.0.1:1/0", stop, log_path)
 
     assert asyncio.run(watch_for_a_while()) == 0  # stopped while waiting
     assert "worker ready" not in capsys.readouterr().out
