@@ -13,7 +13,11 @@ changes nothing and answers the stored offset.  Arguments, per call::
           per entity: newest event ms, L last values, L x ('l:' field, event ms, JSON),
                       R ring blobs (binary, see :mod:`driftline.features.codec`; '' for none)
 
-The merge (Chan et al.'s parallel summaries, KMV sketches capped at 33 hashes) mirrors
+Rings are merged as a merge join over the two blobs (both in ascending bucket
+id, as every writer writes them): a stored bucket the batch does not touch is
+copied as bytes, never unpacked, so a script's cost follows the buckets a batch
+touches, not the buckets the entities hold.  The merge (Chan et al.'s parallel
+summaries, KMV sketches capped at 33 hashes) mirrors
 :func:`driftline.features.engine.apply_delta`, the reference implementation it
 is tested against on a real Redis.  :data:`TOUCH` records a group version's
 last write time, never moving it backwards.
@@ -35,33 +39,6 @@ local now = ARGV[5]
 local ngroups = tonumber(ARGV[6])
 local a = 7
 local k = 2
-
-local function read_ring(blob, V, D)
-  local ring, ids = {}, {}
-  local pos, len = 1, #blob
-  while pos <= len do
-    local id
-    id, pos = struct.unpack('<d', blob, pos)
-    local sums, sketches = {}, {}
-    for v = 1, V do
-      local n, mean, m2, mn, mx
-      n, mean, m2, mn, mx, pos = struct.unpack('<ddddd', blob, pos)
-      sums[v] = {n, mean, m2, mn, mx}
-    end
-    for d = 1, D do
-      local cnt
-      cnt, pos = struct.unpack('<d', blob, pos)
-      local hs = {}
-      for j = 1, cnt do
-        hs[j], pos = struct.unpack('<d', blob, pos)
-      end
-      sketches[d] = hs
-    end
-    ring[id] = {sums, sketches}
-    ids[#ids + 1] = id
-  end
-  return ring, ids
-end
 
 local function merge_summary(x, y)
   if y[1] == 0 then return x end
@@ -88,24 +65,100 @@ local function merge_kmv(x, y)
   return out
 end
 
-local function write_ring(ring, V, D)
-  local ids = {}
-  for id, _ in pairs(ring) do ids[#ids + 1] = id end
-  table.sort(ids)
-  local parts = {}
-  for _, id in ipairs(ids) do
-    local b = ring[id]
-    parts[#parts + 1] = struct.pack('<d', id)
-    for v = 1, V do
-      local s = b[1][v]
-      parts[#parts + 1] = struct.pack('<ddddd', s[1], s[2], s[3], s[4], s[5])
+-- the position just after the bucket that starts at pos (fixed size without sketches)
+local function bucket_end(blob, pos, V, D)
+  local p = pos + 8 + 40 * V
+  for _ = 1, D do
+    local cnt = struct.unpack('<d', blob, p)
+    p = p + 8 + 8 * cnt
+  end
+  return p
+end
+
+-- one bucket's summaries and sketches, from pos (just after its id)
+local function read_bucket(blob, pos, V, D)
+  local sums, sketches = {}, {}
+  for v = 1, V do
+    local n, mean, m2, mn, mx
+    n, mean, m2, mn, mx, pos = struct.unpack('<ddddd', blob, pos)
+    sums[v] = {n, mean, m2, mn, mx}
+  end
+  for d = 1, D do
+    local cnt
+    cnt, pos = struct.unpack('<d', blob, pos)
+    local hs = {}
+    for j = 1, cnt do
+      hs[j], pos = struct.unpack('<d', blob, pos)
     end
-    for d = 1, D do
-      local hs = b[2][d]
-      parts[#parts + 1] = struct.pack('<d', #hs)
-      for _, h in ipairs(hs) do parts[#parts + 1] = struct.pack('<d', h) end
+    sketches[d] = hs
+  end
+  return sums, sketches
+end
+
+local function merged_bucket(id, old, opos, blob, dpos, V, D)
+  local os, ok = read_bucket(old, opos + 8, V, D)
+  local ds, dk = read_bucket(blob, dpos + 8, V, D)
+  local parts = {struct.pack('<d', id)}
+  for v = 1, V do
+    local s = merge_summary(os[v], ds[v])
+    parts[#parts + 1] = struct.pack('<ddddd', s[1], s[2], s[3], s[4], s[5])
+  end
+  for d = 1, D do
+    local hs = merge_kmv(ok[d], dk[d])
+    parts[#parts + 1] = struct.pack('<d', #hs)
+    for _, h in ipairs(hs) do parts[#parts + 1] = struct.pack('<d', h) end
+  end
+  return table.concat(parts)
+end
+
+-- The ring blob after merging a delta blob into a stored one and dropping ids <= cutoff.
+-- Both blobs hold buckets in ascending id (as every writer writes them), so this is a
+-- merge join: stored buckets the delta does not touch are copied as bytes (runs of
+-- them as one substring), and only buckets in both are unpacked and merged.
+local function merge_ring(old, blob, cutoff, V, D)
+  local parts = {}
+  local olen, dlen = #old, #blob
+  local opos, dpos = 1, 1
+  local oid, did, oend, dend
+  while opos <= olen do
+    oid = struct.unpack('<d', old, opos)
+    if oid > cutoff then break end
+    opos = bucket_end(old, opos, V, D)
+    oid = nil
+  end
+  if opos > olen then oid = nil end
+  while dpos <= dlen do
+    did = struct.unpack('<d', blob, dpos)
+    if did > cutoff then break end
+    dpos = bucket_end(blob, dpos, V, D)
+    did = nil
+  end
+  if dpos > dlen then did = nil end
+  local run = opos  -- start of the stored buckets not yet copied
+  while oid ~= nil or did ~= nil do
+    if did == nil then
+      break  -- the rest of the stored ring is kept as it is
+    end
+    dend = bucket_end(blob, dpos, V, D)
+    if oid ~= nil and oid < did then
+      opos = bucket_end(old, opos, V, D)
+      if opos <= olen then oid = struct.unpack('<d', old, opos) else oid = nil end
+    else
+      if opos > run then parts[#parts + 1] = string.sub(old, run, opos - 1) end
+      if oid ~= nil and oid == did then
+        oend = bucket_end(old, opos, V, D)
+        parts[#parts + 1] = merged_bucket(did, old, opos, blob, dpos, V, D)
+        opos = oend
+        if opos <= olen then oid = struct.unpack('<d', old, opos) else oid = nil end
+      else
+        parts[#parts + 1] = string.sub(blob, dpos, dend - 1)
+      end
+      run = opos
+      dpos = dend
+      if dpos <= dlen then did = struct.unpack('<d', blob, dpos) else did = nil end
     end
   end
+  if run <= olen then parts[#parts + 1] = string.sub(old, run, olen) end
   return table.concat(parts)
 end
 
@@ -117,59 +170,49 @@ for _ = 1, ngroups do
   for r = 1, R do
     res[r] = tonumber(ARGV[a]); nb[r] = tonumber(ARGV[a + 1]); a = a + 2
   end
+  local rfields = {}
+  for r = 1, R do rfields[r] = 'r' .. res[r] end
   local nentities = tonumber(ARGV[a]); a = a + 1
   for _ = 1, nentities do
+    -- three calls per entity: one HMGET of everything the merge reads, one HSET
+    -- of everything that changed, one PEXPIRE (each call from Lua has a cost
+    -- comparable to merging a bucket)
     local key = KEYS[k]; k = k + 1
-    local delta_newest = tonumber(ARGV[a]); a = a + 1
-    local old_newest = tonumber(redis.call('HGET', key, '_n') or '')
+    local delta_newest = tonumber(ARGV[a])
+    local nlast = tonumber(ARGV[a + 1])
+    local la = a + 2                       -- first last value
+    local ra = la + 3 * nlast              -- first ring blob
+    a = ra + R
+    local wanted = {'_n'}
+    for r = 1, R do wanted[1 + r] = rfields[r] end
+    for j = 0, nlast - 1 do wanted[2 + R + j] = ARGV[la + 3 * j] end
+    local held = redis.call('HMGET', key, unpack(wanted))
+    local old_newest = tonumber(held[1] or '')
     local newest = delta_newest
     if old_newest and old_newest > newest then newest = old_newest end
-    redis.call('HSET', key, '_n', string.format('%.0f', newest), '_u', now)
-    local nlast = tonumber(ARGV[a]); a = a + 1
-    for _ = 1, nlast do
-      local field, t, value = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
-      a = a + 3
-      local held = redis.call('HGET', key, field)
-      local held_t = held and tonumber(string.match(held, '^(-?%d+)|'))
-      if (not held_t) or t >= held_t then
-        redis.call('HSET', key, field, ARGV[a - 2] .. '|' .. value)
+    local set = {'_n', string.format('%.0f', newest), '_u', now}
+    for j = 0, nlast - 1 do
+      local old = held[2 + R + j]
+      local old_t = old and tonumber(string.match(old, '^(-?%d+)|'))
+      if (not old_t) or tonumber(ARGV[la + 3 * j + 1]) >= old_t then
+        set[#set + 1] = ARGV[la + 3 * j]
+        set[#set + 1] = ARGV[la + 3 * j + 1] .. '|' .. ARGV[la + 3 * j + 2]
       end
     end
+    local gone = nil
     for r = 1, R do
-      local blob = ARGV[a]; a = a + 1
-      local field = 'r' .. res[r]
+      local old = held[1 + r]
       local cutoff = math.floor(newest / res[r]) - nb[r]
-      local old = redis.call('HGET', key, field)
-      local ring = {}
-      if old then
-        local oring = read_ring(old, V, D)
-        for id, b in pairs(oring) do
-          if id > cutoff then ring[id] = b end
-        end
-      end
-      if #blob > 0 then
-        local dring = read_ring(blob, V, D)
-        for id, b in pairs(dring) do
-          if id > cutoff then
-            local cur = ring[id]
-            if cur == nil then
-              ring[id] = b
-            else
-              local sums, sketches = {}, {}
-              for v = 1, V do sums[v] = merge_summary(cur[1][v], b[1][v]) end
-              for d = 1, D do sketches[d] = merge_kmv(cur[2][d], b[2][d]) end
-              ring[id] = {sums, sketches}
-            end
-          end
-        end
-      end
-      local out = write_ring(ring, V, D)
+      local out = merge_ring(old or '', ARGV[ra + r - 1], cutoff, V, D)
       if #out > 0 then
-        redis.call('HSET', key, field, out)
+        if out ~= old then set[#set + 1] = rfields[r]; set[#set + 1] = out end
       elseif old then
-        redis.call('HDEL', key, field)
+        gone = gone or {}
+        gone[#gone + 1] = rfields[r]
       end
     end
+    redis.call('HSET', key, unpack(set))
+    if gone then redis.call('HDEL', key, unpack(gone)) end
     if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
   end
 end

@@ -7,11 +7,15 @@ import random
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from driftline.features.codec import encode_ring
 from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import apply_delta, build_deltas, read_features
+from driftline.features.state import EntityState
 from driftline.schemas import ParsedEvent
-from driftline.sinks.feature_store import FeatureVersionConflict, RedisFeatureStore
+from driftline.sinks.feature_store import FeatureVersionConflict, RedisFeatureStore, entity_key
 from driftline.sinks.redis_client import connect_redis
 
 GROUP = {
@@ -175,5 +179,72 @@ async def test_touch_keeps_the_latest_write_time(redis_url: str) -> None:
         assert await client.hget(key, "v1:last_write_ms") == b"2000"
         await store.touch(group, 3_000)
         assert await client.hget(key, "v1:last_write_ms") == b"3000"
+    finally:
+        await client.aclose()
+
+
+VALUES_ONLY = {
+    "name": "plain",
+    "version": 1,
+    "source": "tx",
+    "entity_key": "user_id",
+    "values": {"amount": ["count", "mean", "std"]},
+    "windows": ["30s", "2m"],
+}
+
+
+@pytest.mark.parametrize("config", [GROUP, VALUES_ONLY], ids=["sketches", "values-only"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+async def test_stored_rings_are_the_reference_rings_byte_for_byte(
+    redis_url: str, config: dict[str, object], data: st.DataObject
+) -> None:
+    """The script's merge join keeps, drops and merges exactly the reference's buckets.
+
+    Batches jump forward (pruning whole rings), go back in time (delta buckets
+    before, between and after the stored ones, some already pruned) and repeat
+    buckets, so every branch of the join runs; the stored blobs must be the
+    encoding of the reference state, bit for bit.
+    """
+    group = FeatureGroup.from_config(config)
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    rng = random.Random(seed)
+    client = connect_redis(redis_url)
+    store = RedisFeatureStore(client, prefix=f"it-{uuid.uuid4().hex[:6]}")
+    reference: dict[str, EntityState] = {}
+    offset = -1
+    t = 1_700_000_000_000
+    try:
+        for _ in range(data.draw(st.integers(1, 12), label="batches")):
+            t += rng.choice([0, 500, 3_000, 70_000, 4_000_000])
+            batch = []
+            for _ in range(rng.randint(1, 30)):
+                user = f"u{rng.randint(0, 3)}"
+                when = t - rng.choice([0, 0, 200, 5_000, 20_000, 90_000, 400_000])
+                amount = rng.choice([rng.uniform(-5, 50), 3.0, None])
+                row = {"user_id": user, "amount": amount, "qty": rng.randint(1, 3)}
+                row["category"] = rng.choice(["a", "b", None] + [f"x{i}" for i in range(50)])
+                batch.append(ParsedEvent(user, when, row))
+            deltas = build_deltas(group, batch)
+            for entity, delta in deltas.items():
+                reference[entity] = apply_delta(group, reference.get(entity), delta)
+            ok, offset = await store.apply(
+                "tx",
+                0,
+                expected_offset=offset,
+                new_offset=offset + len(batch),
+                watermark_ms=None,
+                deltas=[(group, deltas)],
+            )
+            assert ok
+        for entity, want in reference.items():
+            stored = await client.hgetall(entity_key(store.prefix, group, entity))
+            for r in group.layout.resolutions:
+                ring = want.rings.get(r)
+                blob = stored.get(f"r{r}".encode())
+                if ring:
+                    assert blob == encode_ring(group, ring), (entity, r)
+                else:
+                    assert blob is None, (entity, r)
     finally:
         await client.aclose()
