@@ -39,6 +39,9 @@ class JsonEventDecoder:
     def __init__(self, contract: JsonSchemaContract | AvroContract) -> None:
         self.contract = contract
         self._validate = contract.validate
+        #: msgspec's one-pass accept check of the bytes, when the contract is in its
+        #: subset (``True``: valid, the validator is skipped; ``False``: it decides)
+        self._fast = contract.fast_check if isinstance(contract, JsonSchemaContract) else None
 
     def decode(self, value: bytes) -> dict[str, Any]:
         obj = decode_json(value)
@@ -46,7 +49,9 @@ class JsonEventDecoder:
             raise reject(
                 "not_an_object", f"an event must be a JSON object, got {type(obj).__name__}"
             )
-        self._validate(obj)
+        fast = self._fast
+        if fast is None or not fast(value):
+            self._validate(obj)
         return obj
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import logging.config
 import time
@@ -102,4 +103,23 @@ def run_worker(settings: Settings, sources: Sources, *, origin: str = "") -> Non
         quiet=True,
         redirect_stdouts=False,
     )
+    tune_gc()
     worker.execute_from_commandline()
+
+
+#: gc thresholds of the worker (CPython's default: 700, 10, 10).  A batch makes a
+#: few tracked objects per event (its dict, its tuple) that live until the batch is
+#: durable; with 700 the young generation is collected ~50 times per batch of
+#: 7,500 events and every survivor is scanned again in the older ones.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Freeze what start-up made (modules, the app) and collect the young less often.
+
+    Frozen objects are out of the collector's reach, so a full collection
+    scans only what batches allocate.  Reference cycles are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
