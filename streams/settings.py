@@ -208,6 +208,14 @@ class WorkerSettings(_Section):
     batch_max_events: int = Field(
         10000, ge=1, description="records fetched per poll (max.poll.records); bounds a batch"
     )
+    batches_in_flight: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="batches of a source in work at once (of different partitions; effects "
+        "are written one batch at a time): the next batch's CPU work overlaps the previous "
+        "one's wait on Redis and the broker; 1: one batch at a time",
+    )
     data_dir: Path | None = Field(None, description="Faust data dir; default: a temp dir")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"

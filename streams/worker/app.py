@@ -103,21 +103,65 @@ async def _fail_loudly(
 
 
 def _make_agent(
-    app: BatchApp, pipeline: SourcePipeline, health: WorkerHealth, metrics: WorkerMetrics
+    app: BatchApp,
+    pipeline: SourcePipeline,
+    health: WorkerHealth,
+    metrics: WorkerMetrics,
+    in_flight: int = 2,
 ) -> Callable[[StreamT[RecordBatch]], Coroutine[Any, Any, None]]:
+    """The agent of one source: up to ``in_flight`` batches in work at once.
+
+    They are of different partitions (a partition's batches run one after the
+    other, in order) and their effects are written one batch at a time
+    (:meth:`SourcePipeline.process`), so this only lets the next batch's CPU
+    work (decode, validate, aggregate) run while the previous one waits on the
+    broker and Redis.  Each batch is acknowledged once its effects are durable.
+    """
+
     async def ingest(stream: StreamT[RecordBatch]) -> None:
-        async for batch in stream:
+        slots = asyncio.Semaphore(in_flight)
+        newest: dict[int, asyncio.Task[bool]] = {}  # partition -> its newest batch's task
+        failed = False
+
+        async def run(batch: RecordBatch, before: asyncio.Task[bool] | None) -> bool:
+            nonlocal failed
             try:
-                await pipeline.process(batch.records)
-            except Exception as exc:  # EffectFailed, or a bug: never spin, never go quiet
-                await _fail_loudly(app, health, metrics, f"source {pipeline.source}", exc)
-                return
-            if not app.ack_batch(batch):
-                log.info(
-                    "partition %s/%d moved during a batch; its new owner replays it",
-                    batch.tp.topic,
-                    batch.tp.partition,
-                )
+                if before is not None and not await before:
+                    return False  # the batch before it failed: the worker is stopping
+                try:
+                    await pipeline.process(batch.records)
+                except Exception as exc:  # EffectFailed, or a bug: never spin, never go quiet
+                    failed = True
+                    await _fail_loudly(app, health, metrics, f"source {pipeline.source}", exc)
+                    return False
+                if not app.ack_batch(batch):
+                    log.info(
+                        "partition %s/%d moved during a batch; its new owner replays it",
+                        batch.tp.topic,
+                        batch.tp.partition,
+                    )
+                return True
+            finally:
+                slots.release()
+
+        try:
+            async for batch in stream:
+                await slots.acquire()
+                if failed:
+                    slots.release()
+                    return
+                partition = batch.tp.partition
+                newest[partition] = asyncio.ensure_future(run(batch, newest.get(partition)))
+                for p in [p for p, t in newest.items() if t.done()]:
+                    del newest[p]
+            await asyncio.gather(*newest.values())  # the stream ended: finish what is in work
+        finally:
+            # stopping (or a rebalance restarting the agent): nothing in flight was
+            # acknowledged, so cancelling it only means its records are read again
+            pending = [t for t in newest.values() if not t.done()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     ingest.__name__ = f"ingest_{pipeline.source.replace('-', '_').replace('.', '_')}"
     return ingest
@@ -251,7 +295,7 @@ def create_app(
         pipelines[source.name] = pipeline
         channel = app.batch_channel(source.topic)
         app.agent(channel, name=f"driftline.ingest.{source.name}")(
-            _make_agent(app, pipeline, health, metrics)
+            _make_agent(app, pipeline, health, metrics, settings.worker.batches_in_flight)
         )
 
     all_monitors = {m.name: m for ms in monitors.values() for m in ms}

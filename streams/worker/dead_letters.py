@@ -22,7 +22,7 @@ from driftline.schemas.deadletter import (
 )
 from driftline.schemas.deadletter import PREFIX as DEAD_LETTER_PREFIX
 from driftline.sinks.kafka_sink import Record
-from driftline.streams.worker.ports import KafkaSink
+from driftline.streams.worker.ports import RecordBuffer
 from driftline.streams.worker.records import RawRecord
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def shrink_dead_letter(record: Record) -> Record | None:
 
 
 def add_dead_letters(
-    sink: KafkaSink,
+    sink: RecordBuffer,
     topic: str,
     rejected: Sequence[tuple[RawRecord, Rejection]],
     *,

@@ -66,6 +66,29 @@ log = logging.getLogger(__name__)
 TOUCH_EVERY_S = 60.0
 
 
+class _Outbox:
+    """The records a batch will write (dead letters, monitor values), until its turn to flush."""
+
+    __slots__ = ("records",)
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]] = []
+
+    def add(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> None:
+        self.records.append((topic, key, value, headers))
+
+    def move_to(self, sink: KafkaSink) -> None:
+        for record in self.records:
+            sink.add(*record)
+        self.records = []
+
+
 class SourcePipeline:
     def __init__(
         self,
@@ -115,6 +138,7 @@ class SourcePipeline:
         self._touched_at = 0.0
         decoder = parser.decoder
         self._registry_decoder = decoder if isinstance(decoder, ConfluentAvroDecoder) else None
+        self._effects = asyncio.Lock()
 
     def release(self, partition: int) -> None:
         """Forget what this worker held for a partition that moved to another worker."""
@@ -168,58 +192,19 @@ class SourcePipeline:
         while True:
             state = await self._partition_state(partition)
             fresh = records if state is None else [r for r in records if r.offset > state.offset]
-            result = classify(self.parser, fresh)
+            outbox = _Outbox()
+            result, watermark, deltas = await self._compute(partition, state, fresh, outbox)
             result.replayed = len(records) - len(fresh)
-            if self.quality is not None and result.valid:
-                self._check_quality(partition, result)
-            deltas: list[tuple[FeatureGroup, Mapping[str, EntityState]]] = []
-            watermark = state.watermark_ms if state is not None else None
-            if state is not None and fresh:
-                judged = judge_event_time(
-                    result.valid,
-                    result.valid_records,
-                    watermark,
-                    allowed_lateness_ms=self.allowed_lateness_ms,
-                    future_tolerance_ms=self.future_tolerance_ms,
-                )
-                if judged.rejected:
-                    refused = {r.offset for r, _ in judged.rejected}
-                    kept = [
-                        (e, r)
-                        for e, r in zip(result.valid, result.valid_records, strict=True)
-                        if r.offset not in refused
-                    ]
-                    result.valid = [e for e, _ in kept]
-                    result.valid_records = [r for _, r in kept]
-                    result.rejected = sorted(
-                        result.rejected + judged.rejected, key=lambda p: p[0].offset
-                    )
-                watermark = judged.watermark_ms
-                # judged.accepted is result.valid: the events each group aggregates,
-                # keyed as the group is (once per group, shared with its monitors)
-                keyed = {group: self._keyed(group, result) for group in self.groups}
-                deltas = [(group, build_deltas(group, keyed[group][0])) for group in self.groups]
-                if self.feature_monitors and result.valid:
-                    await self._sample_features(partition, keyed, dict(deltas))
-            add_dead_letters(
-                self.dead_letters,
-                self.dead_letter_topic,
-                result.rejected,
-                source=self.source,
-                max_bytes=self.dead_letter_max_bytes,
-                on_truncated=self._count_truncated,
-            )
-            if self.monitors and result.valid:
-                # Values for the drift monitors ride in the same flush: durable
-                # before the batch is acknowledged, deduplicated by offset downstream.
-                for key, value in sample_records(
-                    self.monitors, self.source, partition, result.valid, result.valid_records
-                ):
-                    self.dead_letters.add(self.values_topic, key, value, [])
-            await self._until_done("dead_letter", self.dead_letters.flush)
-            if state is None or not fresh:
-                return result
-            applied = await self._apply(partition, state, fresh[-1].offset, watermark, deltas)
+            # The effects of one batch at a time: the CPU work above of another
+            # partition's batch runs while this one waits on the broker and Redis,
+            # but buffers are flushed by one batch only (a flush must wait for
+            # exactly its own records).
+            async with self._effects:
+                outbox.move_to(self.dead_letters)
+                await self._until_done("dead_letter", self.dead_letters.flush)
+                if state is None or not fresh:
+                    return result
+                applied = await self._apply(partition, state, fresh[-1].offset, watermark, deltas)
             if applied:
                 return result
             # Another writer moved the partition's offset (a replay raced a
@@ -229,6 +214,63 @@ class SourcePipeline:
                 self.source,
                 partition,
             )
+
+    async def _compute(
+        self,
+        partition: int,
+        state: PartitionState | None,
+        fresh: list[RawRecord],
+        outbox: _Outbox,
+    ) -> tuple[Classified, int | None, list[tuple[FeatureGroup, Mapping[str, EntityState]]]]:
+        """Verdicts and deltas of the fresh records; what the batch writes goes to ``outbox``."""
+        result = classify(self.parser, fresh)
+        if self.quality is not None and result.valid:
+            self._check_quality(partition, result)
+        deltas: list[tuple[FeatureGroup, Mapping[str, EntityState]]] = []
+        watermark = state.watermark_ms if state is not None else None
+        if state is not None and fresh:
+            judged = judge_event_time(
+                result.valid,
+                result.valid_records,
+                watermark,
+                allowed_lateness_ms=self.allowed_lateness_ms,
+                future_tolerance_ms=self.future_tolerance_ms,
+            )
+            if judged.rejected:
+                refused = {r.offset for r, _ in judged.rejected}
+                kept = [
+                    (e, r)
+                    for e, r in zip(result.valid, result.valid_records, strict=True)
+                    if r.offset not in refused
+                ]
+                result.valid = [e for e, _ in kept]
+                result.valid_records = [r for _, r in kept]
+                result.rejected = sorted(
+                    result.rejected + judged.rejected, key=lambda p: p[0].offset
+                )
+            watermark = judged.watermark_ms
+            # judged.accepted is result.valid: the events each group aggregates,
+            # keyed as the group is (once per group, shared with its monitors)
+            keyed = {group: self._keyed(group, result) for group in self.groups}
+            deltas = [(group, build_deltas(group, keyed[group][0])) for group in self.groups]
+            if self.feature_monitors and result.valid:
+                await self._sample_features(partition, keyed, dict(deltas), outbox)
+        add_dead_letters(
+            outbox,
+            self.dead_letter_topic,
+            result.rejected,
+            source=self.source,
+            max_bytes=self.dead_letter_max_bytes,
+            on_truncated=self._count_truncated,
+        )
+        if self.monitors and result.valid:
+            # Values for the drift monitors ride in the same flush: durable
+            # before the batch is acknowledged, deduplicated by offset downstream.
+            for key, value in sample_records(
+                self.monitors, self.source, partition, result.valid, result.valid_records
+            ):
+                outbox.add(self.values_topic, key, value, [])
+        return result, watermark, deltas
 
     def _keyed(
         self, group: FeatureGroup, result: Classified
@@ -250,6 +292,7 @@ class SourcePipeline:
         partition: int,
         keyed: Mapping[FeatureGroup, tuple[list[ParsedEvent], list[RawRecord]]],
         deltas: Mapping[FeatureGroup, Mapping[str, EntityState]],
+        outbox: _Outbox,
     ) -> None:
         """Queue the feature monitors' samples of this batch on the values topic."""
         assert self.store is not None
@@ -261,7 +304,7 @@ class SourcePipeline:
             stored = await self._until_done("redis", read)
             samples = feature_samples(monitor, group, chosen, stored, deltas[group])
             for key, value in sample_docs(monitor.name, self.source, partition, samples):
-                self.dead_letters.add(self.values_topic, key, value, [])
+                outbox.add(self.values_topic, key, value, [])
 
     def _check_quality(self, partition: int, result: Classified) -> None:
         """Count the batch's data-quality findings; move routed violations to ``rejected``."""

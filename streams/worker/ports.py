@@ -25,7 +25,7 @@ from driftline.features.state import EntityState
 from driftline.sinks.feature_store import PartitionState
 from driftline.sinks.monitor_store import MonitorCheckpoint
 
-__all__ = ["FeatureStore", "KafkaSink", "MonitorStore"]
+__all__ = ["FeatureStore", "KafkaSink", "MonitorStore", "RecordBuffer"]
 
 
 class FeatureStore(Protocol):
@@ -57,8 +57,8 @@ class FeatureStore(Protocol):
     async def touch(self, group: FeatureGroup, now_ms: int) -> None: ...
 
 
-class KafkaSink(Protocol):
-    """Buffered output: ``add`` records, ``flush`` returns once the broker has them all."""
+class RecordBuffer(Protocol):
+    """Somewhere to ``add`` records for Kafka (written later, by a flush)."""
 
     def add(
         self,
@@ -67,6 +67,10 @@ class KafkaSink(Protocol):
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]],
     ) -> None: ...
+
+
+class KafkaSink(RecordBuffer, Protocol):
+    """Buffered output: ``add`` records, ``flush`` returns once the broker has them all."""
 
     async def flush(self) -> None: ...
 
