@@ -111,11 +111,50 @@ local function merged_bucket(id, old, opos, blob, dpos, V, D)
   return table.concat(parts)
 end
 
+-- Without sketches every bucket has the same size, so the stored ring is an array:
+-- the index of the first bucket with an id above x is found by bisection, and a
+-- batch that touches the newest buckets of a long ring reads a few ids, not all.
+local function first_above(blob, n, size, x, lo)
+  local hi = n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if struct.unpack('<d', blob, 1 + mid * size) > x then hi = mid else lo = mid + 1 end
+  end
+  return lo
+end
+
+local function merge_fixed(old, blob, cutoff, V)
+  local size = 8 + 40 * V
+  local n = #old / size
+  local parts = {}
+  local k = first_above(old, n, size, cutoff, 0)  -- stored buckets [k, n) are kept
+  local run = k
+  local dpos, dlen = 1, #blob
+  while dpos <= dlen do
+    local did = struct.unpack('<d', blob, dpos)
+    if did > cutoff then
+      local at = first_above(old, n, size, did - 1, k)  -- first stored id >= did
+      if at > run then parts[#parts + 1] = string.sub(old, 1 + run * size, at * size) end
+      if at < n and struct.unpack('<d', old, 1 + at * size) == did then
+        parts[#parts + 1] = merged_bucket(did, old, 1 + at * size, blob, dpos, V, 0)
+        at = at + 1
+      else
+        parts[#parts + 1] = string.sub(blob, dpos, dpos + size - 1)
+      end
+      run, k = at, at
+    end
+    dpos = dpos + size
+  end
+  if run < n then parts[#parts + 1] = string.sub(old, 1 + run * size, n * size) end
+  return table.concat(parts)
+end
+
 -- The ring blob after merging a delta blob into a stored one and dropping ids <= cutoff.
 -- Both blobs hold buckets in ascending id (as every writer writes them), so this is a
 -- merge join: stored buckets the delta does not touch are copied as bytes (runs of
 -- them as one substring), and only buckets in both are unpacked and merged.
 local function merge_ring(old, blob, cutoff, V, D)
+  if D == 0 then return merge_fixed(old, blob, cutoff, V) end
   local parts = {}
   local olen, dlen = #old, #blob
   local opos, dpos = 1, 1
