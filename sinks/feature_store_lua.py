@@ -132,6 +132,13 @@ local function merge_fixed(old, blob, cutoff, V)
   local dpos, dlen = 1, #blob
   while dpos <= dlen do
     local did = struct.unpack('<d', blob, dpos)
+    if did > cutoff and (k >= n or did > struct.unpack('<d', old, 1 + (n - 1) * size)) then
+      -- past the newest stored bucket (the usual case: time moves on): this
+      -- delta bucket and all after it are new, as they are
+      if n > run then parts[#parts + 1] = string.sub(old, 1 + run * size, n * size) end
+      parts[#parts + 1] = string.sub(blob, dpos)
+      return table.concat(parts)
+    end
     if did > cutoff then
       local at = first_above(old, n, size, did - 1, k)  -- first stored id >= did
       if at > run then parts[#parts + 1] = string.sub(old, 1 + run * size, at * size) end
