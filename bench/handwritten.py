@@ -9,8 +9,9 @@ the first batch was durable, records in it) and ``end`` (monotonic time the
 last batch was durable, totals), then waits for stdin to close before it
 stops its clients, so the parent reads its CPU while it still runs.
 
-What it does, per ``getmany(max_records=10000)`` (the worker's
-``batch_max_events``), with large fetch sizes:
+What it does, per ``getmany(max_records=...)`` (``--max-records``;
+``bench/pipelines.py`` passes the worker's default ``batch_max_events``), with
+large fetch sizes:
 
 * ``orjson.loads`` + a fastjsonschema validator compiled from the contract
   (``bench/contracts/pipelines.schema.json``); an invalid event is counted and

@@ -118,6 +118,7 @@ from bench.features import (
 )
 from driftline.streams.local.embedded import create_topics
 from driftline.streams.processes import child_preexec
+from driftline.streams.settings import WorkerSettings
 
 BENCH = ROOT / "bench"
 CONTRACT = BENCH / "contracts" / "pipelines.schema.json"
@@ -132,7 +133,10 @@ COUNTRIES = ("DE", "FR", "GB", "NL", "ES", "IT", "PL", "SE")
 SHORT_LABELS = {"driftline1": "driftline, 1 process", "driftline2": "driftline --processes 2"}
 ALERTS_TOPIC = "driftline.alerts"
 REL_TOL = 1e-9
-FAUST_BATCH = 10_000  # broker_max_poll_records, as the worker's batch_max_events
+#: The worker's default batch (``worker.batch_max_events``, max.poll.records): the
+#: hand-written pipeline's ``getmany(max_records=...)`` and Faust's poll get the same.
+WORKER_BATCH = WorkerSettings().batch_max_events
+FAUST_BATCH = WORKER_BATCH
 
 ROW_LABELS = {
     "raw": "raw: aiokafka `getmany(max_records=100000)` + orjson only",
@@ -380,6 +384,7 @@ def handwritten_argv(env: Env, n: int) -> list[str]:
         *("--bootstrap", env.bootstrap, "--topic", env.topic, "--redis-url", env.redis_url),
         *("--prefix", f"bench-hw-{suffix}", "--group", f"bench-hw-{suffix}"),
         *("--events", str(n), "--contract", str(CONTRACT)),
+        *("--max-records", str(WORKER_BATCH)),
     ]
 
 

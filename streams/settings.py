@@ -206,7 +206,17 @@ class ServeSettings(_Section):
 
 class WorkerSettings(_Section):
     batch_max_events: int = Field(
-        10000, ge=1, description="records fetched per poll (max.poll.records); bounds a batch"
+        40_000,
+        ge=1,
+        description="records fetched per poll (max.poll.records); bounds a batch (a batch "
+        "is one partition's share of a poll); under a backlog, larger batches write each "
+        "busy entity's state to Redis less often",
+    )
+    max_entities_per_write: int = Field(
+        5_000,
+        ge=1,
+        description="a batch is applied to Redis in scripts of at most this many distinct "
+        "record keys (entities): a script blocks Redis, and serving's reads, while it runs",
     )
     batches_in_flight: int = Field(
         2,

@@ -291,6 +291,7 @@ def create_app(
             backoff=Backoff(worker.retry_backoff_initial_s, worker.retry_backoff_max_s),
             dead_letter_max_bytes=kafka.max_request_size,
             tracker=health.tracker,
+            max_keys_per_write=worker.max_entities_per_write,
         )
         pipelines[source.name] = pipeline
         channel = app.batch_channel(source.topic)

@@ -66,6 +66,34 @@ log = logging.getLogger(__name__)
 TOUCH_EVERY_S = 60.0
 
 
+def split_by_keys(records: list[RawRecord], max_keys: int) -> list[list[RawRecord]]:
+    """A partition batch cut into runs of at most ``max_keys`` distinct record keys.
+
+    One Redis script applies a run: it blocks Redis (and the feature reads of
+    serving) while it runs, for a time that grows with the entities it
+    writes.  A batch of a few busy entities stays whole (its entities' states
+    are written once); a backlog of many distinct entities is written in
+    several scripts, each with its own offset fence, as smaller batches would
+    be.  Record keys stand for entities (a record without a key counts as
+    one of its own).
+    """
+    if len(records) <= max_keys:
+        return [records]
+    runs: list[list[RawRecord]] = []
+    start = 0
+    keys: set[bytes | int] = set()
+    for i, record in enumerate(records):
+        key: bytes | int = record.key if record.key is not None else i
+        if key not in keys:
+            if len(keys) == max_keys:
+                runs.append(records[start:i])
+                start = i
+                keys = set()
+            keys.add(key)
+    runs.append(records[start:])
+    return runs
+
+
 class _Outbox:
     """The records a batch will write (dead letters, monitor values), until its turn to flush."""
 
@@ -109,8 +137,10 @@ class SourcePipeline:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         dead_letter_max_bytes: int = 1_000_000,
         tracker: EffectTracker | None = None,
+        max_keys_per_write: int = 5_000,
     ) -> None:
         self.source = source
+        self.max_keys_per_write = max_keys_per_write
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.tracker = tracker if tracker is not None else EffectTracker()
         self.dead_letter_topic = dead_letter_topic
@@ -173,8 +203,12 @@ class SourcePipeline:
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
         total = Classified()
-        for partition, recs in by_partition.items():
-            result = await self._process_partition(partition, recs)
+        results = [
+            await self._process_partition(partition, chunk)
+            for partition, recs in by_partition.items()
+            for chunk in split_by_keys(recs, self.max_keys_per_write)
+        ]
+        for result in results:
             total.valid += result.valid
             total.valid_records += result.valid_records
             total.rejected += result.rejected

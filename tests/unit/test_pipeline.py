@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,7 +23,7 @@ from driftline.sinks.feature_store import MemoryFeatureStore
 from driftline.sinks.kafka_sink import MemoryKafkaSink
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.streams.local.demo import INVALID_KINDS, DemoEvents
-from driftline.streams.worker.pipeline import SourcePipeline
+from driftline.streams.worker.pipeline import SourcePipeline, split_by_keys
 from driftline.streams.worker.records import RawRecord, classify
 from driftline.streams.worker.retry import Backoff
 
@@ -511,3 +513,52 @@ def test_rekey_keeps_events_with_a_usable_key() -> None:
     keyed, kept = rekey(events, "m")
     assert [(e.entity, e.event_time_ms) for e in keyed] == [("a", 1), ("7", 2)]
     assert kept == [0, 1]
+
+
+@given(
+    keys=st.lists(
+        st.one_of(st.none(), st.sampled_from([b"a", b"b", b"c", b"d", b"e"])), max_size=40
+    ),
+    most=st.integers(1, 6),
+)
+def test_a_batch_is_cut_into_runs_of_few_distinct_keys(keys: list[bytes | None], most: int) -> None:
+    records = [record(b"{}", offset=i, key=k) for i, k in enumerate(keys)]
+    runs = split_by_keys(records, most)
+    assert [r for run in runs for r in run] == records  # in order, nothing lost or repeated
+    assert all(run for run in runs) or records == []
+
+    def distinct(run: list[RawRecord]) -> int:
+        return len({r.key if r.key is not None else ("none", r.offset) for r in run})
+
+    assert all(distinct(run) <= most for run in runs)
+    # each cut is where one more key would not fit: runs are as long as they can be
+    for run, after in itertools.pairwise(runs):
+        assert distinct([*run, after[0]]) > most
+
+
+def test_a_batch_of_many_entities_is_applied_in_several_fenced_writes() -> None:
+    store = MemoryFeatureStore()
+    pipeline, _ = make_pipeline(store=store)
+    pipeline.max_keys_per_write = 3
+    now = 500  # before the records' timestamps (1,000): nothing is from the future
+    events = [
+        {
+            "event_id": f"e{i}",
+            "user_id": f"u{i % 7}",
+            "amount": 1.0 + i,
+            "category": "fuel",
+            "event_time": now + i,
+        }
+        for i in range(20)
+    ]
+    records = [
+        record(orjson.dumps(e), offset=100 + i, key=str(e["user_id"]).encode())
+        for i, e in enumerate(events)
+    ]
+    result = asyncio.run(pipeline.process(records))
+    assert len(result.valid) == 20
+    assert store.applied_batches == len(split_by_keys(records, 3)) > 1
+    assert asyncio.run(store.partition_state("transactions", 1)).offset == 119
+    # every event counted once, whichever write carried it
+    [vector] = asyncio.run(store.get(GROUP, ["u0"], as_of_ms=now + 100))
+    assert vector.values["amount_count_1m"] == len([e for e in events if e["user_id"] == "u0"])
