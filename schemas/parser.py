@@ -113,12 +113,10 @@ class EventParser:
             )
         data = self.decoder.decode(value)
         entity = data.get(self.entity_key)
-        if (
-            entity is None
-            or entity == ""
-            or isinstance(entity, bool)
-            or not isinstance(entity, str | int)
-        ):
+        kind = type(entity)  # exact types: a bool is not an int here
+        if kind is int:
+            entity = str(entity)
+        elif kind is not str or not entity:
             raise reject(
                 "missing_entity_key",
                 f"$.{self.entity_key}: entity key is missing or not a string/integer",
@@ -127,6 +125,12 @@ class EventParser:
         raw_time = data.get(field) if field is not None else None
         if raw_time is None:
             event_time = record_timestamp_ms
+        elif (
+            type(raw_time) is int
+            and self.event_time_unit == "ms"
+            and -MAX_EVENT_TIME_MS <= raw_time <= MAX_EVENT_TIME_MS
+        ):
+            event_time = raw_time  # the common case, without the general checks
         else:
             event_time = _event_time_ms(raw_time, self.event_time_unit, field or "")
-        return ParsedEvent(str(entity), event_time, data)
+        return ParsedEvent(entity, event_time, data)
