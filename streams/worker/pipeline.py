@@ -23,6 +23,7 @@ acknowledged half-done and never dropped.
       │ accepted
       ▼
     build_deltas per feature group ──► Redis: one atomic script per partition batch
+                                        (per run of at most max_keys_per_write keys)
                                         (bucket merges + new offset + watermark,
                                          only if the stored offset is unchanged)
 
