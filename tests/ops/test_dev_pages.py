@@ -188,14 +188,31 @@ def test_the_dev_demo_shift_fires_and_stays_firing_until_accepted(tmp_path: Path
                 argv = [name if word == "NAME" else word for word in accept_argv]
                 accepted = run(accept_env, argv, tmp_path)
                 assert accepted.returncode == 0, accepted.stdout + accepted.stderr
-            api.wait(
-                "DriftIncidentOpen resolved after accept",
-                lambda: not any(s & {"pending", "firing"} for s in drift_states(api).values()),
-                timeout=120,
-            )
+            # the accepted monitors' alerts resolve (a monitor that opens an incident
+            # of its own later, such as the feature monitor learning after the
+            # shift, is another incident: not what this test is about)
+            accepted_names = set(incidents)
+
+            def resolved() -> bool:
+                states = drift_states(api)
+                return not any(states.get(n, set()) & {"pending", "firing"} for n in accepted_names)
+
+            deadline = time.monotonic() + 180
+            while not resolved():
+                if time.monotonic() > deadline:
+                    listed = run(env, [*list_argv, "--json"], tmp_path)
+                    dev.drain()
+                    tail = "\n".join(dev.lines[-40:])
+                    pytest.fail(
+                        f"DriftIncidentOpen of {sorted(accepted_names)} not resolved after 180s: "
+                        f"alerts {drift_states(api)}\nmonitors list: {listed.stdout[-3000:]}"
+                        f"\n{listed.stderr[-1000:]}\ndev output:\n{tail}"
+                    )
+                time.sleep(1)
             after = run(env, [*list_argv, "--json"], tmp_path)
             assert after.returncode == 0, after.stdout + after.stderr
-            assert not open_incidents(orjson.loads(after.stdout)), after.stdout
+            still = open_incidents(orjson.loads(after.stdout))
+            assert not set(still) & accepted_names, after.stdout
         assert dev.proc.poll() is None, dev.output()
     finally:
         code = dev.stop()
