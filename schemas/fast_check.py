@@ -45,7 +45,7 @@ import msgspec
 
 #: Keywords that do not constrain a value (2020-12 annotations, and ``format``,
 #: which both engines treat as one).
-_ANNOTATIONS = frozenset(
+ANNOTATIONS = frozenset(
     {
         "title",
         "description",
@@ -58,10 +58,10 @@ _ANNOTATIONS = frozenset(
         "format",
     }
 )
-_TOP = _ANNOTATIONS | {"$schema", "$id", "type", "properties", "required", "additionalProperties"}
+_TOP = ANNOTATIONS | {"$schema", "$id", "type", "properties", "required", "additionalProperties"}
 _STRING = frozenset({"minLength", "maxLength", "pattern"})
 _NUMBER = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
-_PROPERTY = _ANNOTATIONS | _STRING | _NUMBER | {"type", "enum", "const"}
+_PROPERTY = ANNOTATIONS | _STRING | _NUMBER | {"type", "enum", "const"}
 _EXACT = 2**53
 
 FastCheck = Callable[[bytes], bool]
@@ -99,15 +99,9 @@ def _struct(schema: Any) -> type[msgspec.Struct]:
     properties = schema.get("properties", {})
     required = schema.get("required", [])
     extra = schema.get("additionalProperties", True)
-    if (
-        not isinstance(properties, dict)
-        or not isinstance(required, list)
-        or extra
-        not in (
-            True,
-            False,
-        )
-    ):
+    if not isinstance(properties, dict) or not isinstance(required, list):
+        raise _Unsupported
+    if extra is not True and extra is not False:  # a schema for the others: not ours
         raise _Unsupported
     if any(not isinstance(name, str) for name in required) or set(required) - set(properties):
         raise _Unsupported  # a required name without a property rule: leave it to the validator
@@ -122,7 +116,7 @@ def _struct(schema: Any) -> type[msgspec.Struct]:
         else:
             fields.append((attr, kind, msgspec.UNSET))
     # required fields first: a struct's fields without default must precede the others
-    fields.sort(key=lambda f: len(f))
+    fields.sort(key=len)
     return msgspec.defstruct(
         "Contract", fields, rename=rename, forbid_unknown_fields=extra is False
     )
@@ -136,7 +130,7 @@ def _property_type(rule: Any) -> Any:
     if "enum" in rule or "const" in rule:
         return _choices(rule)
     if "type" not in rule:
-        if set(rule) - _ANNOTATIONS:
+        if set(rule) - ANNOTATIONS:
             raise _Unsupported  # constraints without a type apply to some types only
         return Any
     names = rule["type"] if isinstance(rule["type"], list) else [rule["type"]]
@@ -216,7 +210,7 @@ def _bounds(rule: dict[str, Any], *, integer: bool) -> dict[str, Any]:
 
 def _choices(rule: dict[str, Any]) -> Any:
     """``enum`` / ``const`` of strings (and null), with no other constraint but ``type``."""
-    if set(rule) - _ANNOTATIONS - {"enum", "const", "type"} or ("enum" in rule and "const" in rule):
+    if set(rule) - ANNOTATIONS - {"enum", "const", "type"} or ("enum" in rule and "const" in rule):
         raise _Unsupported
     allowed = rule["enum"] if "enum" in rule else [rule["const"]]
     if not isinstance(allowed, list) or not allowed:
@@ -235,4 +229,4 @@ def _choices(rule: dict[str, Any]) -> Any:
     return kind | None if nullable else kind
 
 
-__all__ = ["FastCheck", "compile_fast_check"]
+__all__ = ["ANNOTATIONS", "FastCheck", "compile_fast_check"]

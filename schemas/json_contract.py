@@ -38,27 +38,18 @@ from jsonschema.exceptions import SchemaError as JsonSchemaSchemaError
 from jsonschema.exceptions import ValidationError, best_match
 
 from driftline.schemas.exceptions import InvalidEvent, SchemaError, reject, short_json
-from driftline.schemas.fast_check import FastCheck, compile_fast_check
+from driftline.schemas.fast_check import ANNOTATIONS, FastCheck, compile_fast_check
 
 #: Keywords whose semantics are identical in drafts 2019-09 and 2020-12 and
 #: which fastjsonschema implements.  ``items`` is safe only in its single-schema
 #: form (checked separately).
-FAST_SAFE_KEYWORDS = frozenset(
+FAST_SAFE_KEYWORDS = ANNOTATIONS | frozenset(
     {
         "$schema",
         "$id",
-        "$comment",
         "$defs",
         "definitions",
         "$ref",
-        "title",
-        "description",
-        "default",
-        "examples",
-        "deprecated",
-        "readOnly",
-        "writeOnly",
-        "format",
         "type",
         "enum",
         "const",

@@ -156,6 +156,12 @@ local function merge_fixed(old, blob, cutoff, V)
   return table.concat(parts)
 end
 
+-- the id of the bucket at pos, or nil past the end
+local function id_at(blob, pos)
+  if pos <= #blob then return (struct.unpack('<d', blob, pos)) end
+  return nil
+end
+
 -- The ring blob after merging a delta blob into a stored one and dropping ids <= cutoff.
 -- Both blobs hold buckets in ascending id (as every writer writes them), so this is a
 -- merge join: stored buckets the delta does not touch are copied as bytes (runs of
@@ -163,48 +169,32 @@ end
 local function merge_ring(old, blob, cutoff, V, D)
   if D == 0 then return merge_fixed(old, blob, cutoff, V) end
   local parts = {}
-  local olen, dlen = #old, #blob
   local opos, dpos = 1, 1
-  local oid, did, oend, dend
-  while opos <= olen do
-    oid = struct.unpack('<d', old, opos)
-    if oid > cutoff then break end
-    opos = bucket_end(old, opos, V, D)
-    oid = nil
+  local oid, did = id_at(old, 1), id_at(blob, 1)
+  while oid ~= nil and oid <= cutoff do
+    opos = bucket_end(old, opos, V, D); oid = id_at(old, opos)
   end
-  if opos > olen then oid = nil end
-  while dpos <= dlen do
-    did = struct.unpack('<d', blob, dpos)
-    if did > cutoff then break end
-    dpos = bucket_end(blob, dpos, V, D)
-    did = nil
+  while did ~= nil and did <= cutoff do
+    dpos = bucket_end(blob, dpos, V, D); did = id_at(blob, dpos)
   end
-  if dpos > dlen then did = nil end
   local run = opos  -- start of the stored buckets not yet copied
-  while oid ~= nil or did ~= nil do
-    if did == nil then
-      break  -- the rest of the stored ring is kept as it is
-    end
-    dend = bucket_end(blob, dpos, V, D)
+  while did ~= nil do  -- once the delta is used up, the rest of the stored ring is kept
     if oid ~= nil and oid < did then
-      opos = bucket_end(old, opos, V, D)
-      if opos <= olen then oid = struct.unpack('<d', old, opos) else oid = nil end
+      opos = bucket_end(old, opos, V, D); oid = id_at(old, opos)
     else
       if opos > run then parts[#parts + 1] = string.sub(old, run, opos - 1) end
-      if oid ~= nil and oid == did then
-        oend = bucket_end(old, opos, V, D)
+      local dend = bucket_end(blob, dpos, V, D)
+      if oid == did then
         parts[#parts + 1] = merged_bucket(did, old, opos, blob, dpos, V, D)
-        opos = oend
-        if opos <= olen then oid = struct.unpack('<d', old, opos) else oid = nil end
+        opos = bucket_end(old, opos, V, D); oid = id_at(old, opos)
       else
         parts[#parts + 1] = string.sub(blob, dpos, dend - 1)
       end
       run = opos
-      dpos = dend
-      if dpos <= dlen then did = struct.unpack('<d', blob, dpos) else did = nil end
+      dpos = dend; did = id_at(blob, dpos)
     end
   end
-  if run <= olen then parts[#parts + 1] = string.sub(old, run, olen) end
+  if run <= #old then parts[#parts + 1] = string.sub(old, run) end
   return table.concat(parts)
 end
 

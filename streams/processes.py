@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import gc
 import os
 import queue
 import signal
@@ -30,11 +31,31 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["SPAWNER", "Spawner", "child_preexec", "pdeathsig_preexec", "signal_tree"]
+__all__ = [
+    "SPAWNER",
+    "Spawner",
+    "child_preexec",
+    "freeze_startup",
+    "pdeathsig_preexec",
+    "signal_tree",
+]
 
 T = TypeVar("T")
 
 _PR_SET_PDEATHSIG = 1
+
+
+def freeze_startup(thresholds: tuple[int, int, int]) -> None:
+    """Freeze what start-up made and collect the young generation less often.
+
+    For a long-running program (the worker, ``driftline serve``): the objects
+    of start-up (modules, the app) live until exit, so frozen they are out of
+    the collector's reach and a full collection scans only what the work
+    allocates.  Reference cycles are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
 
 
 def _load_prctl() -> Callable[..., int] | None:

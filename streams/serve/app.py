@@ -44,7 +44,6 @@ every kind of answer against the served document instead
 
 # No ``from __future__ import annotations``: FastAPI reads the routes'
 # annotations at run time, and they name types local to build_app.
-import gc
 import logging
 import logging.config
 import signal
@@ -66,6 +65,7 @@ from driftline.sinks.registry_store import RedisRegistryStore
 from driftline.streams.clients import redis_client
 from driftline.streams.errors import DriftlineError
 from driftline.streams.logs import logging_config
+from driftline.streams.processes import freeze_startup
 from driftline.streams.serve.api import FeatureApi
 from driftline.streams.serve.edge import Edge, install_error_handlers
 from driftline.streams.serve.models import (
@@ -326,13 +326,9 @@ def run_serve(settings: Settings, catalog: Catalog) -> None:
             timeout_graceful_shutdown=5,
         )
     )
-    # The objects of start-up (modules, the app, the catalog) live until exit:
-    # move them out of the collector's reach so a full collection during a
-    # request scans only what requests allocate (a latency tail, measured by
-    # bench/serving.py), and collect the young generation less often.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    # A full collection during a request scans only what requests allocate (a
+    # latency tail, measured by bench/serving.py).
+    freeze_startup(GC_THRESHOLDS)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal
     # to the handlers it found: a stop that was asked for is a clean exit (0)
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -53,6 +53,7 @@ from driftline.features.state import EntityState
 from driftline.schemas import REASONS, EventParser, ParsedEvent, Rejection
 from driftline.schemas.wire import ConfluentAvroDecoder
 from driftline.sinks.feature_store import PartitionState
+from driftline.sinks.kafka_sink import Record
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.streams.worker.dead_letters import add_dead_letters
 from driftline.streams.worker.event_time import judge_event_time
@@ -101,7 +102,7 @@ class _Outbox:
     __slots__ = ("records",)
 
     def __init__(self) -> None:
-        self.records: list[tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]] = []
+        self.records: list[Record] = []
 
     def add(
         self,

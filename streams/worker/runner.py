@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import logging.config
 import time
@@ -18,6 +17,7 @@ from driftline.sinks.feature_store import FeatureVersionConflict, RedisFeatureSt
 from driftline.streams.clients import redis_client
 from driftline.streams.errors import ConfigError, DriftlineError
 from driftline.streams.logs import logging_config
+from driftline.streams.processes import freeze_startup
 from driftline.streams.settings import Settings
 from driftline.streams.sources import Sources, source_info
 from driftline.streams.topics import ensure_topics, topics_for, wait_for_broker
@@ -66,6 +66,13 @@ async def register_feature_groups(
         await client.aclose()
 
 
+#: gc thresholds of the worker (CPython's default: 700, 10, 10).  A batch makes a
+#: few tracked objects per event (its dict, its tuple) that live until the batch is
+#: durable; with 700 the young generation is collected ~50 times per batch of
+#: 7,500 events and every survivor is scanned again in the older ones.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
 def run_worker(settings: Settings, sources: Sources, *, origin: str = "") -> None:
     """Build the app and run it until SIGTERM/SIGINT; returns after a graceful stop.
 
@@ -103,23 +110,5 @@ def run_worker(settings: Settings, sources: Sources, *, origin: str = "") -> Non
         quiet=True,
         redirect_stdouts=False,
     )
-    tune_gc()
+    freeze_startup(GC_THRESHOLDS)
     worker.execute_from_commandline()
-
-
-#: gc thresholds of the worker (CPython's default: 700, 10, 10).  A batch makes a
-#: few tracked objects per event (its dict, its tuple) that live until the batch is
-#: durable; with 700 the young generation is collected ~50 times per batch of
-#: 7,500 events and every survivor is scanned again in the older ones.
-GC_THRESHOLDS = (50_000, 20, 20)
-
-
-def tune_gc() -> None:
-    """Freeze what start-up made (modules, the app) and collect the young less often.
-
-    Frozen objects are out of the collector's reach, so a full collection
-    scans only what batches allocate.  Reference cycles are still collected.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
