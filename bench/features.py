@@ -1112,6 +1112,8 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("Redis apply: script arguments", ("feature_store.py",)),
     ("redis-py: send, read reply", ("redis/",)),
     ("pipeline bookkeeping", ("pipeline.py", "dead_letters.py", "observe.py", "samples.py")),
+    ("data-quality checks", ("drift/quality.py", "drift/recent_ids.py")),
+    ("drift monitor (values topic, River)", ("drift/", "river/", "worker/monitors.py")),
     ("prometheus_client", ("prometheus_client",)),
     ("aiokafka: fetch, record objects", ("aiokafka/",)),
     ("driftline transport (batching)", ("transport.py",)),

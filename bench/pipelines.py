@@ -56,7 +56,8 @@ Redis write, Lua time inside Redis from ``INFO commandstats``) and how long
 after the features the drift monitor's checkpoint covered every value (its
 ``hw`` offsets in ``{prefix}:monitor:amount``; values wait for the slower
 partitions, then ``drift.order_idle_after_s``), which the rate does not
-include.
+include.  ``--profile FILE`` runs py-spy on the first 1-process driftline
+row (``bench/features.py``'s breakdown by stage; that row's rate is lower).
 
 **Exactness**: after each driftline row, ``--check-users`` users (the 10 most
 active and a seeded sample of the rest) are read with
@@ -114,6 +115,7 @@ from bench.features import (
     log,
     produce_bulk,
     redis_cpu,
+    summarize_profile,
     wait_applied,
 )
 from driftline.streams.local.embedded import create_topics
@@ -528,7 +530,9 @@ async def monitor_covered(
     return math.nan
 
 
-async def driftline_row(env: Env, work: Workload, processes: int, check_users: int) -> Measured:
+async def driftline_row(
+    env: Env, work: Workload, processes: int, check_users: int, profile: Path | None = None
+) -> Measured:
     row = f"driftline{processes}"
     suffix = uuid.uuid4().hex[:8]
     config = driftline_config(env, suffix)
@@ -538,6 +542,8 @@ async def driftline_row(env: Env, work: Workload, processes: int, check_users: i
     worker.start()
     try:
         ready_s = await worker.wait_ready()
+        if profile is not None:
+            worker.start_profiler(profile)
         snaps: list[Snap] = []
 
         async def on_first() -> None:
@@ -554,6 +560,8 @@ async def driftline_row(env: Env, work: Workload, processes: int, check_users: i
         )
         end = await env.snap(worker.pid)
         end.metrics = await asyncio.to_thread(worker_metrics, worker)
+        if profile is not None:
+            worker.stop_profiler()
         result = measured(row, n - applied.at_first, applied.t_first, applied.t_end, snaps[0], end)
         lag = await monitor_covered(env.client, worker.prefix, work.produced.last_offsets)
         result.notes += driftline_notes(result, applied.at_first, ready_s, snaps[0], end, lag)
@@ -847,7 +855,11 @@ async def run(
                 elif row == "faust":
                     m = await child_row(env, row, faust_argv(env, n))
                 else:
-                    m = await driftline_row(env, work, int(row[-1]), args.check_users)
+                    processes = int(row[-1])
+                    profile = args.profile if processes == 1 and run_i == 0 else None
+                    m = await driftline_row(env, work, processes, args.check_users, profile)
+                    if profile is not None:
+                        extra.extend(summarize_profile(profile))
                 m.row = row
                 results.setdefault(row, []).append(m)
                 log(
@@ -892,6 +904,13 @@ def main() -> None:
     )
     ap.add_argument("--bootstrap", default=None, help="use this broker instead of the embedded one")
     ap.add_argument("--redis-url", default=None, help="use this Redis instead of the embedded one")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="run py-spy on the first 1-process driftline row, write its raw samples here",
+    )
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

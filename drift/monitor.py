@@ -196,6 +196,9 @@ class Monitor:
         self._filling = 0
         season_ms = config.season_ms
         self._season = SeasonProfile(season_ms, config.season_bins) if season_ms else None
+        # parsed once: update() reads them per value
+        self._skip_ms = config.skip_first_ms
+        self._accept_after_ms = config.accept_after_ms
 
     # -- reading -------------------------------------------------------------
 
@@ -290,7 +293,7 @@ class Monitor:
         if not math.isfinite(value):
             self._skipped += 1
             return []
-        skip_ms = self.config.skip_first_ms
+        skip_ms = self._skip_ms
         if skip_ms:
             if self._first_event_ms is None:
                 self._first_event_ms = event_time_ms
@@ -356,7 +359,7 @@ class Monitor:
                     return alerts
                 self._stable = 0  # not back yet: judge the next window
                 self._settle_sums = [0.0, 0.0]
-        after = self.config.accept_after_ms
+        after = self._accept_after_ms
         if (
             after is not None
             and event_time_ms - incident.opened_event_time_ms >= after

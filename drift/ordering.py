@@ -33,7 +33,11 @@ of its own.
 
 from __future__ import annotations
 
+import bisect
+import collections
 import heapq
+import itertools
+import operator
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -77,11 +81,13 @@ class EventTimeMerger:
     def add(self, partition: str, origin: int, samples: Iterable[Sample], *, now_ms: int) -> None:
         """Samples of one source partition that came in record ``origin``, at ``now_ms``."""
         lane = self._lanes.setdefault(partition, _Lane())
-        for sample in samples:
-            lane.samples.append((origin, sample))
-            self._buffered += 1
-            if lane.newest_ms is None or sample[1] > lane.newest_ms:
-                lane.newest_ms = sample[1]
+        batch = list(samples)
+        if batch:
+            lane.samples.extend(zip(itertools.repeat(origin), batch, strict=False))
+            self._buffered += len(batch)
+            newest = max(map(_event_time, batch))
+            if lane.newest_ms is None or newest > lane.newest_ms:
+                lane.newest_ms = newest
         lane.heard_at_ms = now_ms
 
     def watermark(self, *, now_ms: int) -> int | None:
@@ -109,6 +115,50 @@ class EventTimeMerger:
     def _take(self, mark: int | None, limit: int | None = None) -> list[tuple[str, Sample]]:
         """Merge the lanes' heads in event-time order: those at or below ``mark`` (all if
         None), at most ``limit`` of them."""
+        fast = self._take_sorted(mark, limit)
+        return fast if fast is not None else self._take_heads(mark, limit)
+
+    def _take_sorted(self, mark: int | None, limit: int | None) -> list[tuple[str, Sample]] | None:
+        """:meth:`_take` when every lane is in event-time order (the usual case), with C
+        loops: merging sorted lanes by their heads is sorting their union by the same
+        key, and the first ``limit`` of it hold a prefix of each lane.  None (nothing
+        taken) when a lane is out of order."""
+        keyed: list[tuple[int, str, int, int, Sample]] = []
+        eligible: dict[str, _Lane] = {}
+        seq = itertools.count()  # never compare samples themselves
+        for name, lane in self._lanes.items():
+            if not lane.samples:
+                continue
+            samples = list(map(_sample, lane.samples))
+            times = list(map(_event_time, samples))
+            if not all(map(operator.le, times, times[1:])):
+                return None
+            k = len(times) if mark is None else bisect.bisect_right(times, mark)
+            if k:
+                keyed += zip(
+                    times[:k],
+                    itertools.repeat(name),
+                    map(_source_offset, samples[:k]),
+                    seq,
+                    samples[:k],
+                    strict=False,
+                )
+                eligible[name] = lane
+        keyed.sort()
+        if limit is not None:
+            del keyed[limit:]
+        names = list(map(_name, keyed))
+        for name, k in collections.Counter(names).items():
+            lane = eligible[name]
+            if k == len(lane.samples):
+                lane.samples.clear()
+            else:
+                lane.samples = deque(itertools.islice(lane.samples, k, None))
+        self._buffered -= len(keyed)
+        return list(zip(names, map(_last, keyed), strict=True))
+
+    def _take_heads(self, mark: int | None, limit: int | None) -> list[tuple[str, Sample]]:
+        """:meth:`_take` by popping the smallest head, one sample at a time."""
         heads = [
             _key(name, lane.samples[0][1])
             for name, lane in self._lanes.items()
@@ -136,3 +186,10 @@ class EventTimeMerger:
 
 def _key(name: str, sample: Sample) -> tuple[int, str, int]:
     return sample[1], name, sample[0]
+
+
+_sample = operator.itemgetter(1)  # of an (origin, sample) entry
+_event_time = operator.itemgetter(1)  # of a sample
+_source_offset = operator.itemgetter(0)  # of a sample
+_name = operator.itemgetter(1)  # of a (time, name, offset, seq, sample) key
+_last = operator.itemgetter(4)

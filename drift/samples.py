@@ -4,9 +4,18 @@ Detection needs a monitor's whole stream, so the worker that reads a source
 partition sends its monitored values over the values topic to the one worker
 that owns the monitor (:mod:`driftline.streams.worker.monitors`).  A sample is
 ``(source offset, event time ms, value, segment)``; a values-topic record is
-one JSON document per monitor and partition batch::
+one JSON document per monitor and partition batch, by columns (a list per
+part of the samples, so encoding and checking them are a few C loops, not
+Python code per value; ``g`` is left out when no sample has a segment)::
 
-    {"m": monitor name, "s": source, "p": partition, "v": [[offset, time, value, segment], ...]}
+    {"m": monitor name, "s": source, "p": partition,
+     "o": [offset, ...], "t": [time, ...], "x": [value, ...], "g": [segment, ...]}
+
+Offsets ascend strictly within a record.  A value that is NaN or infinite
+(possible in Avro) is written as ``null`` and read back as NaN, which the
+monitor counts as skipped.  The row form of earlier versions,
+``"v": [[offset, time, value, segment], ...]``, is still read (records of a
+worker not yet upgraded).
 
 An operator's acceptance of an incident travels the same topic, keyed by the
 monitor too, so it reaches the monitor's owner in order with its values
@@ -23,6 +32,9 @@ applied (:func:`feature_samples`).  Pure: no Kafka, no Redis.
 
 from __future__ import annotations
 
+import itertools
+import math
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -68,15 +80,31 @@ def sample_records(
         if field is None:
             continue  # a feature monitor: see feature_samples
         segment_by = monitor.segment_by
-        samples: list[tuple[int, int, float, Any]] = []
+        offsets: list[int] = []
+        times: list[int] = []
+        values: list[float] = []
+        segments: list[Any] = []
         for event, record in zip(events, records, strict=True):
-            raw = event.data.get(field)
-            if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raw: Any = event.data.get(field)
+            kind = type(raw)
+            if kind is float:
+                values.append(raw)
+            elif kind is int or (kind is not bool and isinstance(raw, int | float)):
+                values.append(float(raw))
+            else:
                 continue
-            segment = segment_of(event, segment_by)
-            samples.append((record.offset, event.event_time_ms, float(raw), segment))
-        out += sample_docs(monitor.name, source, partition, samples)
+            offsets.append(record.offset)
+            times.append(event.event_time_ms)
+            if segment_by:
+                segments.append(segment_of(event, segment_by))
+        columns = _Columns(offsets, times, values, segments if any_segment(segments) else None)
+        out += _docs(monitor.name, source, partition, columns)
     return out
+
+
+def any_segment(segments: Sequence[Any]) -> bool:
+    """Does any sample have a segment (not None)?"""
+    return segments.count(None) != len(segments)
 
 
 def segment_of(event: ParsedEvent, segment_by: str | None) -> Any:
@@ -91,19 +119,64 @@ def segment_of(event: ParsedEvent, segment_by: str | None) -> Any:
     return segment
 
 
+class _Columns(NamedTuple):
+    offsets: list[int]
+    times: list[int]
+    values: list[float]
+    segments: list[Any] | None  # None: no sample has one
+
+    def cut(self, lo: int, hi: int) -> _Columns:
+        seg = self.segments
+        return _Columns(
+            self.offsets[lo:hi],
+            self.times[lo:hi],
+            self.values[lo:hi],
+            seg[lo:hi] if seg is not None else None,
+        )
+
+
 def sample_docs(
     monitor: str, source: str, partition: int, samples: list[tuple[int, int, float, Any]]
 ) -> list[tuple[bytes, bytes]]:
     """Values-topic records for ``samples``, split so none exceeds MAX_SAMPLE_RECORD_BYTES."""
     if not samples:
         return []
-    value = orjson.dumps({"m": monitor, "s": source, "p": partition, "v": samples})
-    if len(value) <= MAX_SAMPLE_RECORD_BYTES or len(samples) == 1:
+    offsets, times, values, segments = (list(c) for c in zip(*samples, strict=True))
+    columns = _Columns(offsets, times, values, segments if any_segment(segments) else None)
+    return _docs(monitor, source, partition, columns)
+
+
+def _docs(
+    monitor: str, source: str, partition: int, columns: _Columns
+) -> list[tuple[bytes, bytes]]:
+    n = len(columns.offsets)
+    if not n:
+        return []
+    doc: dict[str, Any] = {
+        "m": monitor,
+        "s": source,
+        "p": partition,
+        "o": columns.offsets,
+        "t": columns.times,
+        "x": columns.values,
+    }
+    if columns.segments is not None:
+        doc["g"] = columns.segments
+    value = orjson.dumps(doc)
+    if len(value) <= MAX_SAMPLE_RECORD_BYTES or n == 1:
         return [(monitor.encode(), value)]
-    half = len(samples) // 2
-    return sample_docs(monitor, source, partition, samples[:half]) + sample_docs(
-        monitor, source, partition, samples[half:]
-    )
+    # pieces of about 3/4 of the limit each (a piece still too large is cut again)
+    pieces = min(n, -(-4 * len(value) // (3 * MAX_SAMPLE_RECORD_BYTES)))
+    step = -(-n // pieces)
+    out: list[tuple[bytes, bytes]] = []
+    for lo in range(0, n, step):
+        out += _docs(monitor, source, partition, columns.cut(lo, lo + step))
+    return out
+
+
+_INT = {int}
+_NUMBER = {int, float, type(None)}
+_SEGMENT = {type(None), str, int, float, bool}
 
 
 def decode_samples(value: bytes | None) -> tuple[str, str, int, list[Sample]] | None:
@@ -114,11 +187,52 @@ def decode_samples(value: bytes | None) -> tuple[str, str, int, list[Sample]] | 
     """
     try:
         doc = orjson.loads(value or b"")
-        name, source, partition, raw = doc["m"], doc["s"], doc["p"], doc["v"]
+        name, source, partition = doc["m"], doc["s"], doc["p"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
-    if not (isinstance(name, str) and isinstance(source, str) and isinstance(partition, int)):
+    if not (isinstance(name, str) and isinstance(source, str) and type(partition) is int):
         return None
+    if "v" in doc:
+        samples = _rows(doc["v"])
+    else:
+        samples = _columns(doc.get("o"), doc.get("t"), doc.get("x"), doc.get("g", _NO_SEGMENTS))
+    if samples is None:
+        return None
+    return name, source, partition, samples
+
+
+_NO_SEGMENTS: Any = object()
+
+
+def _columns(offsets: Any, times: Any, values: Any, segments: Any) -> list[Sample] | None:
+    """The samples of the column form, or None if it is not one (type checks are C loops)."""
+    if not (type(offsets) is list and type(times) is list and type(values) is list):
+        return None
+    n = len(offsets)
+    if len(times) != n or len(values) != n:
+        return None
+    if not set(map(type, offsets)) <= _INT or not set(map(type, times)) <= _INT:
+        return None
+    if not _ascending(offsets):
+        return None
+    kinds = set(map(type, values))
+    if not kinds <= _NUMBER:
+        return None
+    if type(None) in kinds:  # NaN or an infinity (from Avro), which JSON writes as null
+        values = [math.nan if v is None else float(v) for v in values]
+    elif int in kinds:
+        values = list(map(float, values))
+    if segments is _NO_SEGMENTS:
+        return list(zip(offsets, times, values, itertools.repeat(None, n), strict=False))
+    if type(segments) is not list or len(segments) != n:
+        return None
+    if not set(map(type, segments)) <= _SEGMENT:
+        return None
+    return list(zip(offsets, times, values, segments, strict=True))
+
+
+def _rows(raw: Any) -> list[Sample] | None:
+    """The samples of the row form of earlier versions, or None if it is not one."""
     if not isinstance(raw, list):
         return None
     samples: list[Sample] = []
@@ -135,7 +249,12 @@ def decode_samples(value: bytes | None) -> tuple[str, str, int, list[Sample]] | 
         ):
             return None
         samples.append((offset, event_time_ms, float(number), segment))
-    return name, source, partition, samples
+    return samples if _ascending([s[0] for s in samples]) else None
+
+
+def _ascending(offsets: list[int]) -> bool:
+    """Strictly ascending: a record of driftline's always is (so a lane stays in order)."""
+    return all(map(operator.lt, offsets, offsets[1:]))
 
 
 class AcceptRequest(NamedTuple):

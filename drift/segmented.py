@@ -23,7 +23,7 @@ first seen after that shares one extra monitor, ``__other__`` (so at most
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -106,6 +106,25 @@ class SegmentedMonitor:
     ) -> list[Alert]:
         """Feed one value of segment value ``segment`` (ignored without ``segment_by``)."""
         return self.monitor_for(segment).update(value, event_time_ms=event_time_ms, offset=offset)
+
+    def update_samples(self, samples: Iterable[tuple[int, int, float, Any]]) -> list[Alert]:
+        """Feed ``(offset, event_time_ms, value, segment)`` samples in order, as
+        :meth:`update` one by one would; the worker's path (one call per batch)."""
+        alerts: list[Alert] = []
+        if self.config.segment_by is None:
+            update = self.monitor_for(None).update
+            for offset, event_time_ms, value, _ in samples:
+                out = update(value, event_time_ms=event_time_ms, offset=offset)
+                if out:
+                    alerts += out
+            return alerts
+        for offset, event_time_ms, value, segment in samples:
+            out = self.monitor_for(segment).update(
+                value, event_time_ms=event_time_ms, offset=offset
+            )
+            if out:
+                alerts += out
+        return alerts
 
     def accept(self, segment: str | None, *, event_time_ms: int) -> list[Alert]:
         """Accept the open incident of ``segment`` (a segment name), or of every segment.

@@ -39,6 +39,7 @@ crash between the two re-publishes the same alert (same ``incident_id`` and
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
@@ -48,7 +49,7 @@ from dataclasses import dataclass
 from driftline.drift import Alert, MonitorConfig, SegmentedMonitor
 from driftline.drift.exceptions import DriftStateError
 from driftline.drift.ordering import EventTimeMerger
-from driftline.drift.samples import AcceptRequest, decode_accept, decode_samples
+from driftline.drift.samples import AcceptRequest, Sample, decode_accept, decode_samples
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.sinks.monitor_store import MonitorCheckpoint, monitor_key
 from driftline.streams.worker.ports import KafkaSink, MonitorStore
@@ -60,6 +61,10 @@ log = logging.getLogger(__name__)
 #: The checkpoint's high-water key for acceptances: the values-topic offset of the
 #: last one applied (source partitions are keyed "source/partition": no clash).
 ACCEPT_MARK = "accept@values-topic"
+
+
+def _offset(sample: Sample) -> int:
+    return sample[0]
 
 
 @dataclass
@@ -184,14 +189,14 @@ class MonitorRunner:
 
     def _feed(self, held: _Held) -> list[Alert]:
         """Feed what the merger releases; the high-water marks cover fed values only."""
-        alerts: list[Alert] = []
+        released = held.merger.release(now_ms=self._now_ms())
+        if not released:
+            return []
+        alerts = held.monitor.update_samples([sample for _, sample in released])
         marks = held.checkpoint.high_water
-        for key, (offset, event_time_ms, value, segment) in held.merger.release(
-            now_ms=self._now_ms()
-        ):
-            alerts += held.monitor.update(
-                value, segment=segment, event_time_ms=event_time_ms, offset=offset
-            )
+        # a lane releases its samples in source-offset order: the last one per key is its highest
+        newest = {key: sample[0] for key, sample in released}
+        for key, offset in newest.items():
             if offset > marks.get(key, -1):
                 marks[key] = offset
         return alerts
@@ -223,10 +228,11 @@ class MonitorRunner:
             self._partition_of[name] = record.partition
             key = f"{source}/{partition}"
             high = held.seen.get(key, -1)
-            fresh = [s for s in samples if s[0] > high]
+            # a record's samples ascend by offset (decode_samples checks it)
+            fresh = samples[bisect.bisect_right(samples, high, key=_offset) :]
             if fresh:
                 held.merger.add(key, record.offset, fresh, now_ms=self._now_ms())
-                held.seen[key] = max(s[0] for s in fresh)
+                held.seen[key] = fresh[-1][0]
             touched[name] = held
         for held in touched.values():
             alerts += self._feed(held)

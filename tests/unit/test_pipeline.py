@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from driftline.drift import MonitorConfig
 from driftline.drift.quality import QualityChecker, QualityConfig
+from driftline.drift.samples import decode_samples
 from driftline.features.definitions import FeatureGroup
 from driftline.schemas import REASONS, InvalidEvent, ParsedEvent, build_parser
 from driftline.schemas.deadletter import parse_dead_letter_headers
@@ -368,6 +369,12 @@ def value_records(dlq: MemoryKafkaSink) -> list[dict[str, object]]:
     return [orjson.loads(v) for t, _, v, _ in dlq.written if t == "values"]
 
 
+def samples_of(doc: dict[str, object]) -> list[tuple[int, int, float, object]]:
+    decoded = decode_samples(orjson.dumps(doc))
+    assert decoded is not None
+    return decoded[3]
+
+
 async def test_feature_monitors_get_each_entity_feature_after_the_batch() -> None:
     store = MemoryFeatureStore()
     dlq = MemoryKafkaSink()
@@ -393,9 +400,9 @@ async def test_feature_monitors_get_each_entity_feature_after_the_batch() -> Non
     first, second = value_records(dlq)
     assert first["m"] == "spend-sum" and first["p"] == 0
     # one sample per entity: (offset of its last event, its newest event time, value, segment)
-    assert first["v"] == [[0, 1_000, 5.0, "fuel"], [1, 1_500, 1.0, "fuel"]]
+    assert samples_of(first) == [(0, 1_000, 5.0, "fuel"), (1, 1_500, 1.0, "fuel")]
     # u1's sum covers the stored 5.0 and this batch's 2.0 + 3.0: the value once applied
-    assert second["v"] == [[3, 2_100, 4.0, "grocery"], [4, 2_500, 10.0, "fuel"]]
+    assert samples_of(second) == [(3, 2_100, 4.0, "grocery"), (4, 2_500, 10.0, "fuel")]
     [u1] = await store.get(GROUP, ["u1"], as_of_ms=2_500)
     assert u1.values["amount_sum_1h"] == 10.0
 
