@@ -1107,7 +1107,10 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("parse: entity key, event time", ("schemas/parser.py",)),
     ("classify loop", ("classify (records.py",)),
     ("event-time judging (late/future)", ("event_time.py", "watermark.py")),
-    ("build_deltas (window engine)", ("features/engine.py", "features/stats.py")),
+    (
+        "window engine (build_deltas, batch form)",
+        ("features/engine.py", "features/stats.py", "features/batch.py", "numpy/"),
+    ),
     ("Redis apply: encode rings", ("features/codec.py",)),
     ("Redis apply: script arguments", ("feature_store.py",)),
     ("redis-py: send, read reply", ("redis/",)),

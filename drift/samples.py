@@ -41,9 +41,10 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 
 from driftline.drift.config import MonitorConfig
+from driftline.features.codec import decode_delta
 from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import apply_delta, read_features
-from driftline.features.state import EntityState
+from driftline.features.state import Delta, EntityState
 from driftline.schemas import ParsedEvent
 
 #: ``(source offset, event time ms, value, segment)``
@@ -319,7 +320,7 @@ def feature_samples(
     group: FeatureGroup,
     chosen: Sequence[tuple[str, int, ParsedEvent]],
     stored: Sequence[EntityState | None],
-    deltas: Mapping[str, EntityState],
+    deltas: Mapping[str, Delta],
 ) -> list[tuple[int, int, float, Any]]:
     """One sample per chosen entity: its feature value once this batch is applied.
 
@@ -334,7 +335,9 @@ def feature_samples(
     out: list[tuple[int, int, float, Any]] = []
     for (entity, offset, event), state in zip(chosen, stored, strict=True):
         delta = deltas.get(entity)
-        merged = apply_delta(group, state, delta) if delta is not None else state
+        merged = (
+            apply_delta(group, state, decode_delta(group, delta)) if delta is not None else state
+        )
         if merged is None or merged.newest_event_ms is None:
             continue
         value = read_features(group, merged, merged.newest_event_ms).values.get(name)

@@ -7,7 +7,8 @@
     split_by_time(events, watermark, …)     watermark.py     late / future / accepted
             │ accepted events
     build_deltas(group, events)             engine.py        one pass: a delta per entity
-            │ {entity: EntityState}
+    build_encoded(group, events)            batch.py         the same with numpy, rings
+            │ {entity: EntityState}                          already encoded (EncodedDelta)
     apply_delta(group, state, delta)        engine.py        merge + prune (Redis: Lua)
             │                               codec.py         ring <-> bytes for the Lua side
     read_features(group, state, as_of_ms)   engine.py        FeatureVector

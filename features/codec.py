@@ -46,7 +46,7 @@ import orjson
 from driftline.features.definitions import FeatureGroup
 from driftline.features.exceptions import CodecError
 from driftline.features.sketch import CAPACITY, HASH_MASK, Kmv
-from driftline.features.state import BucketStats, LastValue, Ring
+from driftline.features.state import BucketStats, Delta, EncodedDelta, EntityState, LastValue, Ring
 from driftline.features.stats import EMPTY, Summary
 
 _MAX_EXACT = 2**53
@@ -139,6 +139,18 @@ def _integral(x: float, what: str, at: int) -> int:
     if not x.is_integer():
         raise CodecError(f"{what} at double {at} is not an integer: {x!r}")
     return int(x)
+
+
+def decode_delta(group: FeatureGroup, delta: Delta) -> EntityState:
+    """An :class:`~driftline.features.state.EncodedDelta` as the
+    :class:`~driftline.features.state.EntityState` it stands for (an EntityState as it is)."""
+    if not isinstance(delta, EncodedDelta):
+        return delta
+    blobs = delta.blobs
+    rings = {
+        r: decode_ring(group, blobs[r]) if r in blobs else {} for r in group.layout.resolutions
+    }
+    return EntityState(rings, dict(delta.last), delta.newest_event_ms, dict(delta.skipped))
 
 
 def encode_last(last: Mapping[str, tuple[int, LastValue]]) -> bytes:

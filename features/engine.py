@@ -99,6 +99,7 @@ __all__ = [
     "FeatureVector",
     "apply_delta",
     "build_deltas",
+    "collect_last",
     "read_features",
     "rekey",
 ]
@@ -128,7 +129,9 @@ def build_deltas(group: FeatureGroup, events: Sequence[ParsedEvent]) -> dict[str
     counts.  Deltas are not pruned: :func:`apply_delta` does that against the
     entity's newest event time.
 
-    This is the worker's per-event hot path.  Per event it only appends to
+    The worker uses it for groups with distinct fields; for the others it
+    uses the batch form, :func:`driftline.features.batch.build_encoded`, whose
+    reference this is.  Per event it only appends to
     one flat list per entity: ``[t, x_1 .. x_V, h_1 .. h_D, t, …]`` (the
     usable float of each value field or ``None``, the hash of each distinct
     field or ``None``).  Bucketing happens once per entity at the end, where
@@ -182,25 +185,8 @@ def build_deltas(group: FeatureGroup, events: Sequence[ParsedEvent]) -> dict[str
                     else:
                         v = hash_text(text)
             row.append(v)
-        if lfields:
-            last = lasts.get(entity)
-            if last is None:
-                last = lasts[entity] = {}
-            for f in lfields:
-                v = data.get(f)
-                if v is None:
-                    continue
-                tv = type(v)
-                if tv is float:
-                    ok = -_FLOAT_MAX <= v <= _FLOAT_MAX  # NaN and inf are not JSON
-                else:
-                    ok = tv is str or tv is bool or _is_last_value(v)
-                if not ok:
-                    _skip(skipped, entity, f)
-                    continue
-                cur = last.get(f)
-                if cur is None or t >= cur[0]:
-                    last[f] = (t, v)
+    if lfields:
+        lasts = collect_last(lfields, events, skipped)
 
     resolutions = layout.resolutions
     out: dict[str, EntityState] = {}
@@ -214,6 +200,39 @@ def build_deltas(group: FeatureGroup, events: Sequence[ParsedEvent]) -> dict[str
             state.skipped = counts
         out[entity] = state
     return out
+
+
+def collect_last(
+    fields: Sequence[str],
+    events: Sequence[ParsedEvent],
+    skipped: dict[str, dict[str, int]],
+) -> dict[str, dict[str, tuple[int, LastValue]]]:
+    """Per entity, the ``last`` values of a batch; unusable values counted in ``skipped``.
+
+    Per field the newest event by event time wins, on a tie the later one in
+    the batch.  Usable: a string, a boolean, an int64 or a finite float.
+    """
+    lasts: dict[str, dict[str, tuple[int, LastValue]]] = {}
+    for entity, t, data in events:
+        last = lasts.get(entity)
+        if last is None:
+            last = lasts[entity] = {}
+        for f in fields:
+            v = data.get(f)
+            if v is None:
+                continue
+            tv = type(v)
+            if tv is float:
+                ok = -_FLOAT_MAX <= v <= _FLOAT_MAX  # NaN and inf are not JSON
+            else:
+                ok = tv is str or tv is bool or _is_last_value(v)
+            if not ok:
+                _skip(skipped, entity, f)
+                continue
+            cur = last.get(f)
+            if cur is None or t >= cur[0]:
+                last[f] = (t, v)
+    return lasts
 
 
 def rekey(events: Sequence[ParsedEvent], field: str) -> tuple[list[ParsedEvent], list[int]]:

@@ -10,6 +10,8 @@
     ├── newest_event_ms: newest event time ever merged (drives pruning)
     └── skipped: {field: count}   deltas only: present but unusable values
 
+    EncodedDelta   a delta whose rings are already blobs (features/batch.py)
+
 The same type carries a *delta* (what one batch adds for one entity) and the
 *state* (what is stored); :func:`~driftline.features.engine.apply_delta` merges one into
 the other.  Nothing here is mutated after construction: the engine builds
@@ -65,6 +67,27 @@ class EntityState:
 
     def bucket_count(self) -> int:
         return sum(len(ring) for ring in self.rings.values())
+
+
+@dataclass(slots=True)
+class EncodedDelta:
+    """One batch's delta for one entity with its rings already in the store's blob form.
+
+    What :func:`~driftline.features.batch.build_encoded` makes: ``blobs`` maps a
+    resolution to its ring blob (:mod:`driftline.features.codec`); a resolution
+    without buckets is absent.  :func:`~driftline.features.codec.decode_delta`
+    turns it into the :class:`EntityState` that
+    :func:`~driftline.features.engine.build_deltas` would have made.
+    """
+
+    blobs: dict[int, bytes]
+    last: dict[str, tuple[int, LastValue]]
+    newest_event_ms: int
+    skipped: dict[str, int]
+
+
+#: What a batch hands the store per entity: either form of a delta.
+Delta = EntityState | EncodedDelta
 
 
 class FeatureVector(NamedTuple):

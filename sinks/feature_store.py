@@ -41,12 +41,12 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from driftline.features.codec import decode_ring, encode_ring
+from driftline.features.codec import decode_delta, decode_ring, encode_ring
 from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import apply_delta, read_features
 from driftline.features.reader import Reading, read_rings
 from driftline.features.registry import version_record
-from driftline.features.state import EntityState, FeatureVector
+from driftline.features.state import Delta, EncodedDelta, EntityState, FeatureVector
 from driftline.sinks import feature_store_lua as lua
 from driftline.sinks.exceptions import PermanentError
 
@@ -128,7 +128,7 @@ class RedisFeatureStore:
         expected_offset: int,
         new_offset: int,
         watermark_ms: int | None,
-        deltas: Sequence[tuple[FeatureGroup, Mapping[str, EntityState]]],
+        deltas: Sequence[tuple[FeatureGroup, Mapping[str, Delta]]],
     ) -> tuple[bool, int]:
         """Apply one partition batch atomically; ``(False, stored)`` when the offset moved."""
         keys: list[str] = [offsets_key(self.prefix, source)]
@@ -158,6 +158,10 @@ class RedisFeatureStore:
                 args.append(len(delta.last))
                 for field, (t, value) in delta.last.items():
                     args += [f"l:{field}", t, orjson.dumps(value)]
+                if isinstance(delta, EncodedDelta):  # rings already in blob form
+                    blobs = delta.blobs
+                    args += [blobs.get(r, b"") for r in resolutions]
+                    continue
                 for r in resolutions:
                     ring = delta.rings.get(r)
                     args.append(encode_ring(group, ring) if ring else b"")
@@ -295,7 +299,7 @@ class MemoryFeatureStore:
         expected_offset: int,
         new_offset: int,
         watermark_ms: int | None,
-        deltas: Sequence[tuple[FeatureGroup, Mapping[str, EntityState]]],
+        deltas: Sequence[tuple[FeatureGroup, Mapping[str, Delta]]],
     ) -> tuple[bool, int]:
         if self.fail_next:
             self.fail_next -= 1
@@ -306,7 +310,9 @@ class MemoryFeatureStore:
         for group, entities in deltas:
             for entity, delta in entities.items():
                 key = (group.name, group.version, entity)
-                self.states[key] = apply_delta(group, self.states.get(key), delta)
+                self.states[key] = apply_delta(
+                    group, self.states.get(key), decode_delta(group, delta)
+                )
         self.partitions[(source, partition)] = PartitionState(new_offset, watermark_ms)
         self.applied_batches += 1
         return True, new_offset

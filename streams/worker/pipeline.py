@@ -47,9 +47,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from driftline.drift.config import MonitorConfig
 from driftline.drift.quality import QualityChecker, QualityReport
 from driftline.drift.samples import feature_samples, sample_docs, sample_records, sampled_entities
+from driftline.features.batch import build_encoded
 from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import build_deltas, rekey
-from driftline.features.state import EntityState
+from driftline.features.state import Delta
 from driftline.schemas import REASONS, EventParser, ParsedEvent, Rejection
 from driftline.schemas.wire import ConfluentAvroDecoder
 from driftline.sinks.feature_store import PartitionState
@@ -94,6 +95,12 @@ def split_by_keys(records: list[RawRecord], max_keys: int) -> list[list[RawRecor
             keys.add(key)
     runs.append(records[start:])
     return runs
+
+
+def _deltas(group: FeatureGroup, events: Sequence[ParsedEvent]) -> Mapping[str, Delta]:
+    """The batch's deltas: with numpy and already encoded where the group allows it."""
+    encoded = build_encoded(group, events)
+    return encoded if encoded is not None else build_deltas(group, events)
 
 
 class _Outbox:
@@ -257,12 +264,12 @@ class SourcePipeline:
         state: PartitionState | None,
         fresh: list[RawRecord],
         outbox: _Outbox,
-    ) -> tuple[Classified, int | None, list[tuple[FeatureGroup, Mapping[str, EntityState]]]]:
+    ) -> tuple[Classified, int | None, list[tuple[FeatureGroup, Mapping[str, Delta]]]]:
         """Verdicts and deltas of the fresh records; what the batch writes goes to ``outbox``."""
         result = classify(self.parser, fresh)
         if self.quality is not None and result.valid:
             self._check_quality(partition, result)
-        deltas: list[tuple[FeatureGroup, Mapping[str, EntityState]]] = []
+        deltas: list[tuple[FeatureGroup, Mapping[str, Delta]]] = []
         watermark = state.watermark_ms if state is not None else None
         if state is not None and fresh:
             judged = judge_event_time(
@@ -288,7 +295,7 @@ class SourcePipeline:
             # judged.accepted is result.valid: the events each group aggregates,
             # keyed as the group is (once per group, shared with its monitors)
             keyed = {group: self._keyed(group, result) for group in self.groups}
-            deltas = [(group, build_deltas(group, keyed[group][0])) for group in self.groups]
+            deltas = [(group, _deltas(group, keyed[group][0])) for group in self.groups]
             if self.feature_monitors and result.valid:
                 await self._sample_features(partition, keyed, dict(deltas), outbox)
         add_dead_letters(
@@ -327,7 +334,7 @@ class SourcePipeline:
         self,
         partition: int,
         keyed: Mapping[FeatureGroup, tuple[list[ParsedEvent], list[RawRecord]]],
-        deltas: Mapping[FeatureGroup, Mapping[str, EntityState]],
+        deltas: Mapping[FeatureGroup, Mapping[str, Delta]],
         outbox: _Outbox,
     ) -> None:
         """Queue the feature monitors' samples of this batch on the values topic."""
@@ -381,7 +388,7 @@ class SourcePipeline:
         state: PartitionState,
         new_offset: int,
         watermark: int | None,
-        deltas: list[tuple[FeatureGroup, Mapping[str, EntityState]]],
+        deltas: list[tuple[FeatureGroup, Mapping[str, Delta]]],
     ) -> bool:
         assert self.store is not None
         store = self.store

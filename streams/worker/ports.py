@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from driftline.features.definitions import FeatureGroup
-from driftline.features.state import EntityState
+from driftline.features.state import Delta, EntityState
 from driftline.sinks.feature_store import PartitionState
 from driftline.sinks.monitor_store import MonitorCheckpoint
 
@@ -41,7 +41,7 @@ class FeatureStore(Protocol):
         expected_offset: int,
         new_offset: int,
         watermark_ms: int | None,
-        deltas: Sequence[tuple[FeatureGroup, Mapping[str, EntityState]]],
+        deltas: Sequence[tuple[FeatureGroup, Mapping[str, Delta]]],
     ) -> tuple[bool, int]:
         """Apply one partition batch if the stored offset is ``expected_offset``.
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import math
 import random
 import uuid
+from collections.abc import Mapping
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from driftline.features.codec import encode_ring
+from driftline.features.batch import build_encoded
+from driftline.features.codec import decode_delta, encode_ring
 from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import apply_delta, build_deltas, read_features
-from driftline.features.state import EntityState
+from driftline.features.state import Delta, EntityState
 from driftline.schemas import ParsedEvent
 from driftline.sinks.feature_store import FeatureVersionConflict, RedisFeatureStore, entity_key
 from driftline.sinks.redis_client import connect_redis
@@ -193,18 +195,23 @@ VALUES_ONLY = {
 }
 
 
-@pytest.mark.parametrize("config", [GROUP, VALUES_ONLY], ids=["sketches", "values-only"])
+@pytest.mark.parametrize(
+    ("config", "encoded"),
+    [(GROUP, False), (VALUES_ONLY, False), (VALUES_ONLY, True)],
+    ids=["sketches", "values-only", "values-only-batch-form"],
+)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 async def test_stored_rings_are_the_reference_rings_byte_for_byte(
-    redis_url: str, config: dict[str, object], data: st.DataObject
+    redis_url: str, config: dict[str, object], encoded: bool, data: st.DataObject
 ) -> None:
     """The script's merge join keeps, drops and merges exactly the reference's buckets.
 
     Batches jump forward (pruning whole rings), go back in time (delta buckets
     before, between and after the stored ones, some already pruned) and repeat
     buckets, so every branch of the join runs; the stored blobs must be the
-    encoding of the reference state, bit for bit.
+    encoding of the reference state, bit for bit.  ``encoded``: the worker's
+    batch form (features/batch.py) hands the script blobs it made with numpy.
     """
     group = FeatureGroup.from_config(config)
     seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
@@ -225,9 +232,15 @@ async def test_stored_rings_are_the_reference_rings_byte_for_byte(
                 row = {"user_id": user, "amount": amount, "qty": rng.randint(1, 3)}
                 row["category"] = rng.choice(["a", "b", None] + [f"x{i}" for i in range(50)])
                 batch.append(ParsedEvent(user, when, row))
-            deltas = build_deltas(group, batch)
+            deltas: Mapping[str, Delta] = build_deltas(group, batch)
+            if encoded:
+                batch_form = build_encoded(group, batch)
+                assert batch_form is not None
+                deltas = batch_form
             for entity, delta in deltas.items():
-                reference[entity] = apply_delta(group, reference.get(entity), delta)
+                reference[entity] = apply_delta(
+                    group, reference.get(entity), decode_delta(group, delta)
+                )
             ok, offset = await store.apply(
                 "tx",
                 0,
