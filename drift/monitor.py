@@ -368,6 +368,75 @@ class Monitor:
             alerts.append(self._accept(incident, event_time_ms))
         return alerts
 
+    def update_many(self, samples: Sequence[tuple[int, int, float, Any]]) -> list[Alert]:
+        """Feed ``(offset, event_time_ms, value, segment)`` samples in order, as :meth:`update`
+        one by one would (``tests/unit/drift/test_monitor.py`` checks alerts and state).
+
+        The worker's path.  While a reference is set, no incident is open and
+        the field is not seasonal (nearly always), a run of values takes a
+        tight loop: their scores are computed at once
+        (:meth:`~driftline.drift.reference.Reference.scores_many`, bit for bit
+        :meth:`~driftline.drift.reference.Reference.scores`) and only the
+        detectors are fed value by value.  The value that opens an incident
+        ends the run; everything else goes through :meth:`update`.
+        """
+        alerts: list[Alert] = []
+        i = 0
+        n = len(samples)
+        while i < n:
+            if self._reference is None or self._incident is not None or self._season is not None:
+                offset, event_time_ms, value, _ = samples[i]
+                out = self.update(value, event_time_ms=event_time_ms, offset=offset)
+                if out:
+                    alerts += out
+                i += 1
+            else:
+                i = self._run(samples, i, alerts)
+        return alerts
+
+    def _run(
+        self, samples: Sequence[tuple[int, int, float, Any]], start: int, alerts: list[Alert]
+    ) -> int:
+        """:meth:`update_many` from ``start`` while nothing is open; the next index to feed."""
+        reference = self._reference
+        assert reference is not None and self._incident is None and self._season is None
+        run = samples[start:]
+        values = [s[2] for s in run]
+        location, scale = reference.scores_many(values)
+        feeds = [
+            (c.model.update, c.model, location if c.index == 0 else scale, c)
+            for c in self._channels
+        ]
+        skip_ms = self._skip_ms
+        recent = self._recent.append
+        isfinite = math.isfinite
+        for k, value in enumerate(values):
+            if not isfinite(value):
+                self._skipped += 1
+                continue
+            if skip_ms:
+                event_time_ms = run[k][1]
+                if self._first_event_ms is None:
+                    self._first_event_ms = event_time_ms
+                if event_time_ms < self._first_event_ms + skip_ms:
+                    self._filling += 1
+                    continue
+            self._n += 1
+            recent(value)
+            fired: list[Channel] | None = None
+            for update, model, scores, channel in feeds:
+                update(scores[k])
+                if model.drift_detected:
+                    if fired is None:
+                        fired = []
+                    fired.append(channel)
+            if fired:
+                offset, event_time_ms, _, _ = run[k]
+                alerts.append(self._open(fired, event_time_ms, offset))
+                self._candidate.append(value)
+                return start + k + 1
+        return start + len(run)
+
     def _settled(self) -> bool:
         """Has the stream stopped moving?  The newest ``warmup`` values against those before.
 

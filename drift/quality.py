@@ -248,7 +248,7 @@ class QualityChecker:
         datas = [e.data for e in events]
         missing = report.missing
         for name in self.completeness:
-            n = sum(1 for d in datas if d.get(name) is None)
+            n = [d.get(name) for d in datas].count(None)
             if n:
                 missing[name] = n
         refused: dict[int, tuple[str, str]] = {}

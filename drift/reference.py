@@ -40,8 +40,10 @@ import itertools
 import math
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from statistics import NormalDist
+
+import numpy as np
 
 from driftline.drift.stats import Stats
 
@@ -107,6 +109,42 @@ class Reference:
         z0 = self._zs[i - 1]
         s0 = self._sc[i - 1]
         return z0 + f * (self._zs[i] - z0), s0 + f * (self._sc[i] - s0)
+
+
+    def scores_many(self, values: Sequence[float]) -> tuple[list[float], list[float]]:
+        """:meth:`scores` of each value, as two lists (location, scale), computed at once.
+
+        The same IEEE operations in the same order as :meth:`scores`, elementwise
+        with numpy, so every score is bit for bit the one :meth:`scores` gives
+        (``tests/unit/drift/test_reference.py``).  Non-finite values get some
+        number: the monitor skips them before it reads their scores.
+        """
+        xs = np.frombuffer(self._xs, dtype=np.float64)
+        size = len(xs)
+        if size < 2:  # one distinct reference value: no interval to interpolate in
+            pairs = [self.scores(x) for x in values]
+            return [p[0] for p in pairs], [p[1] for p in pairs]
+        x = np.asarray(values, dtype=np.float64)
+        i = np.searchsorted(xs, x, side="right")  # bisect_right
+        right = np.clip(i, 1, size - 1)
+        left = right - 1
+        x0 = xs[left]
+        below = i == 0
+        above = i == size
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            f = (x - x0) / (xs[right] - x0)
+        exact = x == xs[np.maximum(i - 1, 0)]
+        out: list[list[float]] = []
+        for k, knots in enumerate((self._zs, self._sc)):
+            zs = np.frombuffer(knots, dtype=np.float64)
+            z0 = zs[left]
+            with np.errstate(invalid="ignore", over="ignore"):
+                z = z0 + f * (zs[right] - z0)
+            z = np.where(exact & ~below, zs[np.maximum(i - 1, 0)], z)
+            z = np.where(above & ~exact, self._hi[k], z)
+            z = np.where(below, self._lo[k], z)
+            out.append(z.tolist())
+        return out[0], out[1]
 
 
 def _weighted_moments(values: list[float], weights: list[int]) -> tuple[float, float]:

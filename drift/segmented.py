@@ -112,12 +112,7 @@ class SegmentedMonitor:
         :meth:`update` one by one would; the worker's path (one call per batch)."""
         alerts: list[Alert] = []
         if self.config.segment_by is None:
-            update = self.monitor_for(None).update
-            for offset, event_time_ms, value, _ in samples:
-                out = update(value, event_time_ms=event_time_ms, offset=offset)
-                if out:
-                    alerts += out
-            return alerts
+            return self.monitor_for(None).update_many(list(samples))
         for offset, event_time_ms, value, segment in samples:
             out = self.monitor_for(segment).update(
                 value, event_time_ms=event_time_ms, offset=offset

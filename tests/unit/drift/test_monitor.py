@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from driftline.drift import Monitor
 from tests.unit.drift.streams import feed, lognormal, make_config, normal, shifted, student_t3
@@ -299,3 +301,50 @@ def test_recent_stats_and_accessors() -> None:
     recent = monitor.recent_stats
     assert (recent.n, recent.mean) == (100, 1149.5)
     assert recent.std == pytest.approx(math.sqrt(100 * 101 / 12))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 10_000),
+    st.sampled_from([None, "20s"]),
+    st.sampled_from([None, "300s"]),
+    st.sampled_from([None, "1000s"]),
+    st.lists(st.integers(1, 400), min_size=1, max_size=12),
+    st.lists(st.integers(0, 2_999), max_size=5),
+)
+def test_a_batch_feeds_a_monitor_exactly_as_values_one_by_one(
+    seed: int,
+    skip_first: str | None,
+    accept_after: str | None,
+    season: str | None,
+    chunks: list[int],
+    gaps: list[int],
+) -> None:
+    """update_many (the worker's path) against update: the same alerts and the same state,
+    through warm-up, detections, incidents, recoveries, acceptances and skipped values."""
+    config = make_config(
+        warmup=100,
+        stable_after=150,
+        skip_first=skip_first,
+        accept_after=accept_after,
+        season=season,
+        season_bins=4,
+    )
+    values = shifted(normal(seed, 3_000), 1_200, shift=1.5)
+    values = shifted(values, 2_100, shift=-1.0, scale=3.0)
+    for i in gaps:
+        values[i] = math.nan
+    samples = [(i, 1000 * i, x, None) for i, x in enumerate(values)]
+    one_by_one, batched = Monitor(config), Monitor(config)
+    want = [a for o, t, x, _ in samples for a in one_by_one.update(x, event_time_ms=t, offset=o)]
+    got = []
+    i = 0
+    k = 0
+    while i < len(samples):
+        size = chunks[k % len(chunks)]
+        got += batched.update_many(samples[i : i + size])
+        i += size
+        k += 1
+    assert got == want
+    assert batched.to_state() == one_by_one.to_state()
+    assert want, "the stream must open incidents for this test to mean something"

@@ -7,6 +7,8 @@ import statistics
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from driftline.drift.reference import Reference
 from tests.unit.drift.streams import lognormal, normal, student_t3
@@ -83,3 +85,28 @@ def test_a_reference_rebuilt_from_its_sample_gives_identical_scores() -> None:
 def test_empty_reference_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one value"):
         Reference([])
+
+
+_VALUES = st.one_of(
+    st.floats(-50, 50, allow_nan=False),
+    st.sampled_from([0.0, 1.0, -1.0, 2.5]),
+    st.integers(-3, 3).map(float),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_VALUES, min_size=1, max_size=40),
+    st.lists(
+        st.one_of(_VALUES, st.sampled_from([math.inf, -math.inf, 1e300])), min_size=1, max_size=60
+    ),
+)
+def test_scores_of_a_batch_are_the_scores_one_by_one_bit_for_bit(
+    sample: list[float], values: list[float]
+) -> None:
+    """Values below, above, between and on the knots (ties included), and one-knot references."""
+    reference = Reference(sample)
+    values += sample[:5]  # exactly on knots
+    location, scale = reference.scores_many(values)
+    for x, z, s in zip(values, location, scale, strict=True):
+        assert (z, s) == reference.scores(x), x
