@@ -110,7 +110,6 @@ class Reference:
         s0 = self._sc[i - 1]
         return z0 + f * (self._zs[i] - z0), s0 + f * (self._sc[i] - s0)
 
-
     def scores_many(self, values: Sequence[float]) -> tuple[list[float], list[float]]:
         """:meth:`scores` of each value, as two lists (location, scale), computed at once.
 
