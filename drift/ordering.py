@@ -55,6 +55,8 @@ class _Lane:
     newest_ms: int | None = None
     #: arrival clock (ms) of its last samples
     heard_at_ms: int = 0
+    #: the waiting samples are in event-time order (the usual case: see _take_sorted)
+    in_order: bool = True
 
 
 class EventTimeMerger:
@@ -83,9 +85,13 @@ class EventTimeMerger:
         lane = self._lanes.setdefault(partition, _Lane())
         batch = list(samples)
         if batch:
+            times = list(map(_event_time, batch))
+            if lane.in_order:
+                tail = lane.samples[-1][1][1] if lane.samples else times[0]
+                lane.in_order = tail <= times[0] and all(map(operator.le, times, times[1:]))
             lane.samples.extend(zip(itertools.repeat(origin), batch, strict=False))
             self._buffered += len(batch)
-            newest = max(map(_event_time, batch))
+            newest = max(times)
             if lane.newest_ms is None or newest > lane.newest_ms:
                 lane.newest_ms = newest
         lane.heard_at_ms = now_ms
@@ -123,24 +129,27 @@ class EventTimeMerger:
         loops: merging sorted lanes by their heads is sorting their union by the same
         key, and the first ``limit`` of it hold a prefix of each lane.  None (nothing
         taken) when a lane is out of order."""
+        lanes = [(name, lane) for name, lane in self._lanes.items() if lane.samples]
+        if not all(lane.in_order for _, lane in lanes):
+            return None
         keyed: list[tuple[int, str, int, int, Sample]] = []
         eligible: dict[str, _Lane] = {}
         seq = itertools.count()  # never compare samples themselves
-        for name, lane in self._lanes.items():
-            if not lane.samples:
-                continue
-            samples = list(map(_sample, lane.samples))
-            times = list(map(_event_time, samples))
-            if not all(map(operator.le, times, times[1:])):
-                return None
-            k = len(times) if mark is None else bisect.bisect_right(times, mark)
+        for name, lane in lanes:
+            # only what is released is looked at: the rest may be a long backlog
+            waiting = lane.samples
+            if mark is None:
+                k = len(waiting)
+            else:
+                k = bisect.bisect_right(waiting, mark, key=_entry_time)
             if k:
+                samples = list(map(_sample, itertools.islice(waiting, k)))
                 keyed += zip(
-                    times[:k],
+                    map(_event_time, samples),
                     itertools.repeat(name),
-                    map(_source_offset, samples[:k]),
+                    map(_source_offset, samples),
                     seq,
-                    samples[:k],
+                    samples,
                     strict=False,
                 )
                 eligible[name] = lane
@@ -149,11 +158,13 @@ class EventTimeMerger:
             del keyed[limit:]
         names = list(map(_name, keyed))
         for name, k in collections.Counter(names).items():
-            lane = eligible[name]
-            if k == len(lane.samples):
-                lane.samples.clear()
+            waiting = eligible[name].samples
+            if k == len(waiting):
+                waiting.clear()
             else:
-                lane.samples = deque(itertools.islice(lane.samples, k, None))
+                pop = waiting.popleft
+                for _ in range(k):
+                    pop()
         self._buffered -= len(keyed)
         return list(zip(names, map(_last, keyed), strict=True))
 
@@ -170,6 +181,8 @@ class EventTimeMerger:
             _, name, _ = heapq.heappop(heads)
             lane = self._lanes[name]
             out.append((name, lane.samples.popleft()[1]))
+            if not lane.samples:
+                lane.in_order = True
             if lane.samples and (mark is None or lane.samples[0][1][1] <= mark):
                 heapq.heappush(heads, _key(name, lane.samples[0][1]))
         self._buffered -= len(out)
@@ -189,6 +202,12 @@ def _key(name: str, sample: Sample) -> tuple[int, str, int]:
 
 
 _sample = operator.itemgetter(1)  # of an (origin, sample) entry
+
+
+def _entry_time(entry: tuple[int, Sample]) -> int:
+    return entry[1][1]
+
+
 _event_time = operator.itemgetter(1)  # of a sample
 _source_offset = operator.itemgetter(0)  # of a sample
 _name = operator.itemgetter(1)  # of a (time, name, offset, seq, sample) key

@@ -123,3 +123,43 @@ def test_the_sorted_fast_path_takes_what_popping_heads_takes(
         assert got == want
     assert fast.buffered == slow.buffered and fast.lowest_origin() == slow.lowest_origin()
     assert fast.release(now_ms=1) == slow.release(now_ms=1)
+
+
+class HeadsOnly(EventTimeMerger):
+    """The merger without its fast path: the reference for it."""
+
+    def _take_sorted(self, mark: int | None, limit: int | None) -> None:
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["tx/0", "tx/1", "tx/2"]),
+            st.lists(st.integers(0, 40), max_size=8),  # event times of one record's samples
+            st.integers(0, 3),  # clock steps before releasing
+        ),
+        max_size=30,
+    ),
+    st.integers(1, 30),
+)
+def test_a_merger_with_the_fast_path_behaves_as_one_without(
+    steps: list[tuple[str, list[int], int]], max_buffered: int
+) -> None:
+    """Records arrive on lanes in or out of order, lanes empty and fill again, the buffer
+    overflows: every release is the same as the reference's."""
+    fast = EventTimeMerger(idle_after_ms=2, max_buffered=max_buffered, now_ms=0)
+    slow = HeadsOnly(idle_after_ms=2, max_buffered=max_buffered, now_ms=0)
+    offsets = dict.fromkeys(["tx/0", "tx/1", "tx/2"], 0)
+    now = 0
+    for origin, (lane, times, wait) in enumerate(steps):
+        samples = [(offsets[lane] + i, t, float(t), None) for i, t in enumerate(times)]
+        offsets[lane] += len(times)
+        for merger in (fast, slow):
+            merger.add(lane, origin, samples, now_ms=now)
+        now += wait
+        assert fast.release(now_ms=now) == slow.release(now_ms=now)
+        assert fast.buffered == slow.buffered and fast.forced == slow.forced
+        assert fast.lowest_origin() == slow.lowest_origin()
+    assert fast.release(now_ms=now + 10) == slow.release(now_ms=now + 10)
