@@ -34,7 +34,6 @@ of its own.
 from __future__ import annotations
 
 import bisect
-import collections
 import heapq
 import itertools
 import operator
@@ -42,6 +41,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 #: ``(source offset, event time ms, value, segment)``, as in :mod:`driftline.drift.samples`
 Sample = tuple[int, int, float, Any]
@@ -132,9 +133,12 @@ class EventTimeMerger:
         lanes = [(name, lane) for name, lane in self._lanes.items() if lane.samples]
         if not all(lane.in_order for _, lane in lanes):
             return None
-        keyed: list[tuple[int, str, int, int, Sample]] = []
-        eligible: dict[str, _Lane] = {}
-        seq = itertools.count()  # never compare samples themselves
+        # lanes by name, each in offset order: a stable sort by event time alone then
+        # breaks ties by (partition, offset), as the heads merge does
+        lanes.sort(key=_lane_name)
+        pairs: list[tuple[str, Sample]] = []
+        times: list[int] = []
+        taken: list[tuple[_Lane, int]] = []
         for name, lane in lanes:
             # only what is released is looked at: the rest may be a long backlog
             waiting = lane.samples
@@ -144,29 +148,29 @@ class EventTimeMerger:
                 k = bisect.bisect_right(waiting, mark, key=_entry_time)
             if k:
                 samples = list(map(_sample, itertools.islice(waiting, k)))
-                keyed += zip(
-                    map(_event_time, samples),
-                    itertools.repeat(name),
-                    map(_source_offset, samples),
-                    seq,
-                    samples,
-                    strict=False,
-                )
-                eligible[name] = lane
-        keyed.sort()
-        if limit is not None:
-            del keyed[limit:]
-        names = list(map(_name, keyed))
-        for name, k in collections.Counter(names).items():
-            waiting = eligible[name].samples
+                pairs += zip(itertools.repeat(name), samples, strict=False)
+                times += map(_event_time, samples)
+                taken.append((lane, k))
+        if not pairs:
+            return []
+        order = np.argsort(np.array(times, dtype=np.int64), kind="stable")
+        if limit is not None and limit < len(order):
+            order = order[:limit]
+            bounds = np.cumsum([k for _, k in taken])
+            counts = np.bincount(np.searchsorted(bounds, order, side="right"), minlength=len(taken))
+            taken = [(lane, int(c)) for (lane, _), c in zip(taken, counts.tolist(), strict=True)]
+        for lane, k in taken:
+            waiting = lane.samples
             if k == len(waiting):
                 waiting.clear()
             else:
                 pop = waiting.popleft
                 for _ in range(k):
                     pop()
-        self._buffered -= len(keyed)
-        return list(zip(names, map(_last, keyed), strict=True))
+        self._buffered -= len(order)
+        if len(order) == 1:
+            return [pairs[int(order[0])]]
+        return list(operator.itemgetter(*order.tolist())(pairs))
 
     def _take_heads(self, mark: int | None, limit: int | None) -> list[tuple[str, Sample]]:
         """:meth:`_take` by popping the smallest head, one sample at a time."""
@@ -209,6 +213,4 @@ def _entry_time(entry: tuple[int, Sample]) -> int:
 
 
 _event_time = operator.itemgetter(1)  # of a sample
-_source_offset = operator.itemgetter(0)  # of a sample
-_name = operator.itemgetter(1)  # of a (time, name, offset, seq, sample) key
-_last = operator.itemgetter(4)
+_lane_name = operator.itemgetter(0)  # of a (name, lane) pair
