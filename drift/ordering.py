@@ -168,8 +168,8 @@ class EventTimeMerger:
                 for _ in range(k):
                     pop()
         self._buffered -= len(order)
-        if len(order) == 1:
-            return [pairs[int(order[0])]]
+        if len(order) <= 1:  # itemgetter wants at least one index
+            return [pairs[i] for i in order.tolist()]
         return list(operator.itemgetter(*order.tolist())(pairs))
 
     def _take_heads(self, mark: int | None, limit: int | None) -> list[tuple[str, Sample]]:

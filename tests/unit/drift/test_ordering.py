@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from driftline.drift.ordering import EventTimeMerger, Sample
@@ -100,6 +100,8 @@ def test_a_full_buffer_releases_the_oldest_and_counts_them() -> None:
     st.one_of(st.none(), st.integers(0, 30)),
     st.one_of(st.none(), st.integers(0, 40)),
 )
+@example({"tx/0": [1, 2]}, None, 0)  # a limit of nothing
+@example({"tx/0": [1, 2], "tx/1": [1]}, 1, 1)  # one sample taken
 def test_the_sorted_fast_path_takes_what_popping_heads_takes(
     times: dict[str, list[int]], mark: int | None, limit: int | None
 ) -> None:
