@@ -1,4 +1,4 @@
-"""Throughput of the window engine's per-event hot path, ``build_deltas``.
+"""Throughput of the window engine's batch step: ``build_deltas`` and its batch form.
 
     python bench/window_engine.py [--events 100000] [--entities 10000] [--repeat 5]
 
@@ -9,12 +9,18 @@ max, std) over 3 windows (1m, 5m, 1h at 60 buckets: 3 rings).
 
 Scenarios (best of ``--repeat``; events/s = events / seconds in ``build_deltas``):
 
-* ``stream``   the worker's case: batches of 5,000 events (``batch_max_events``)
-               of a live stream at 1,000 events/s, up to 2 s out of order;
+* ``stream``   the worker's case: batches of 10,000 events (a partition's share
+               of a 40,000-record poll over 4 partitions) of a live stream at
+               1,000 events/s, up to 2 s out of order;
 * ``backfill`` one batch of all events spread over 24 h (every entity's events
                fall into many buckets: the slow path);
 * ``full``     the stream scenario with the README group (plus distinct
                ``category`` and last ``amount``, ``category``; 4 windows).
+
+The ``6 aggs x 3 windows`` scenarios run twice more as the worker writes them:
+``build_deltas`` then ``encode_ring`` of each ring (the reference path), and
+``build_encoded`` (``features/batch.py``: numpy, rings written as blobs); the
+``full`` group has a distinct field, which only the reference path takes.
 
 Each scenario runs twice: with the interpreter's default garbage collector
 settings, and with the pre-generated input moved out of the collector's reach
@@ -39,7 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from driftline.features import FeatureGroup, apply_delta, build_deltas, read_features
+from driftline.features import FeatureGroup, apply_delta, build_deltas, encode_ring, read_features
+from driftline.features.batch import build_encoded
 from driftline.features.state import EntityState
 from driftline.schemas.parser import ParsedEvent
 
@@ -102,11 +109,25 @@ def run_batches(group: FeatureGroup, batches: list[list[ParsedEvent]]) -> None:
         build_deltas(group, batch)
 
 
+def encode_reference(group: FeatureGroup, batches: list[list[ParsedEvent]]) -> None:
+    """What the worker wrote before the batch form: deltas, then each ring's blob."""
+    for batch in batches:
+        for delta in build_deltas(group, batch).values():
+            for ring in delta.rings.values():
+                if ring:
+                    encode_ring(group, ring)
+
+
+def encode_batch(group: FeatureGroup, batches: list[list[ParsedEvent]]) -> None:
+    for batch in batches:
+        assert build_encoded(group, batch) is not None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--entities", type=int, default=10_000)
-    ap.add_argument("--batch", type=int, default=5_000)
+    ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     n = args.events
@@ -122,6 +143,10 @@ def main() -> None:
         ("stream   6 aggs x 3 windows", lambda: run_batches(six, batches)),
         ("backfill 6 aggs x 3 windows", lambda: build_deltas(six, backfill)),
         ("full     + distinct + last, 4 windows", lambda: run_batches(full, batches)),
+        ("stream   6x3, build_deltas + encode_ring", lambda: encode_reference(six, batches)),
+        ("stream   6x3, build_encoded (batch form)", lambda: encode_batch(six, batches)),
+        ("backfill 6x3, build_deltas + encode_ring", lambda: encode_reference(six, [backfill])),
+        ("backfill 6x3, build_encoded (batch form)", lambda: encode_batch(six, [backfill])),
     ]
     print(f"  {'build_deltas':<50} {'default gc':>14} {'input frozen':>14}  events/s")
     results = {}
