@@ -484,28 +484,3 @@ def test_long_segment_strings_are_cut() -> None:
     event = ParsedEvent("u", 0, {"country": "x" * 1_000_000, "n": [1]})
     assert segment_of(event, "country") == "x" * MAX_SEGMENT_CHARS
     assert segment_of(event, "n") is None and segment_of(event, None) is None
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        b"",
-        b"[]",
-        b'{"m": ["a"], "s": "tx", "p": 0, "v": []}',
-        b'{"m": "a", "s": "tx", "p": 0, "v": [[1, 2]]}',
-        b'{"m": "a", "s": "tx", "p": 0, "v": [["1", 2, 3.0, null]]}',
-        b'{"m": "a", "s": "tx", "p": 0, "v": [[1, 2, true, null]]}',
-        b'{"m": "a", "s": "tx", "p": 0, "v": [[1, 2, 3.0, {"x": 1}]]}',
-    ],
-)
-def test_foreign_values_topic_records_are_not_sample_batches(value: bytes) -> None:
-    from driftline.drift.samples import decode_samples
-
-    assert decode_samples(value) is None
-
-
-def test_a_sample_batch_decodes() -> None:
-    from driftline.drift.samples import decode_samples
-
-    doc = b'{"m": "a", "s": "tx", "p": 3, "v": [[1, 2, 3, "DE"], [2, 3, 4.5, null]]}'
-    assert decode_samples(doc) == ("a", "tx", 3, [(1, 2, 3.0, "DE"), (2, 3, 4.5, None)])

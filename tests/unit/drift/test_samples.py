@@ -108,6 +108,16 @@ def test_the_row_form_of_earlier_versions_is_still_read() -> None:
 @pytest.mark.parametrize(
     "value",
     [
+        b"",
+        b"[]",
+        # the row form of earlier versions
+        b'{"m": ["a"], "s": "tx", "p": 0, "v": []}',
+        b'{"m": "a", "s": "tx", "p": 0, "v": [[1, 2]]}',
+        b'{"m": "a", "s": "tx", "p": 0, "v": [["1", 2, 3.0, null]]}',
+        b'{"m": "a", "s": "tx", "p": 0, "v": [[1, 2, true, null]]}',
+        b'{"m": "a", "s": "tx", "p": 0, "v": [[1, 2, 3.0, {"x": 1}]]}',
+        b'{"m": "a", "s": "tx", "p": 0, "v": [[2, 1, 1.0, null], [1, 1, 1.0, null]]}',
+        # the column form
         b'{"m": "a", "s": "tx", "p": 0, "o": [1, 2], "t": [1], "x": [1.0, 2.0]}',
         b'{"m": "a", "s": "tx", "p": 0, "o": [2, 1], "t": [1, 2], "x": [1.0, 2.0]}',
         b'{"m": "a", "s": "tx", "p": 0, "o": [1, 1], "t": [1, 2], "x": [1.0, 2.0]}',
@@ -120,8 +130,7 @@ def test_the_row_form_of_earlier_versions_is_still_read() -> None:
         b'{"m": "a", "s": "tx", "p": 0, "o": [1], "t": [1]}',
         b'{"m": "a", "s": "tx", "p": 0, "o": {"1": 1}, "t": [1], "x": [1.0]}',
         b'{"m": "a", "s": "tx", "p": true, "o": [1], "t": [1], "x": [1.0]}',
-        b'{"m": "a", "s": "tx", "p": 0, "v": [[2, 1, 1.0, null], [1, 1, 1.0, null]]}',
     ],
 )
-def test_anything_else_is_not_a_sample_batch(value: bytes) -> None:
+def test_foreign_values_topic_records_are_not_sample_batches(value: bytes) -> None:
     assert decode_samples(value) is None

@@ -24,28 +24,27 @@ from driftline.features.sketch import canonical_text, hash_text, kmv_estimate
 from driftline.features.state import EntityState
 from driftline.schemas.parser import ParsedEvent
 
-GROUP = FeatureGroup.from_config(
-    {
-        "name": "engine_test",
-        "version": 1,
-        "source": "events",
-        "entity_key": "user_id",
-        "values": {"amount": list(AGGREGATIONS), "qty": ["count", "sum", "max"]},
-        "distinct": ["category"],
-        "last": ["amount", "category"],
-        # rings: 100 ms (1s), 1 s (10s and 30s share it), 1.5 s (not a multiple
-        # of 1 s), 6 s (1m), 30 s (2m): both ways _finish derives coarse rings
-        "windows": [
-            "1s",
-            "10s",
-            "1m",
-            {"window": "30s", "resolution": "1s"},
-            {"window": "45s", "resolution": "1500ms"},
-            {"window": "2m", "resolution": "30s"},
-        ],
-        "buckets_per_window": 10,
-    }
-)
+GROUP_CONFIG: dict[str, Any] = {
+    "name": "engine_test",
+    "version": 1,
+    "source": "events",
+    "entity_key": "user_id",
+    "values": {"amount": list(AGGREGATIONS), "qty": ["count", "sum", "max"]},
+    "distinct": ["category"],
+    "last": ["amount", "category"],
+    # rings: 100 ms (1s), 1 s (10s and 30s share it), 1.5 s (not a multiple
+    # of 1 s), 6 s (1m), 30 s (2m): both ways _finish derives coarse rings
+    "windows": [
+        "1s",
+        "10s",
+        "1m",
+        {"window": "30s", "resolution": "1s"},
+        {"window": "45s", "resolution": "1500ms"},
+        {"window": "2m", "resolution": "30s"},
+    ],
+    "buckets_per_window": 10,
+}
+GROUP = FeatureGroup.from_config(GROUP_CONFIG)
 T = TypeVar("T")
 T0 = 1_700_000_000_000
 ABSENT: Any = object()

@@ -18,27 +18,12 @@ from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import build_deltas
 from driftline.features.state import EncodedDelta, EntityState
 from driftline.schemas.parser import ParsedEvent
-from tests.unit.features.reference import GROUP, event_streams
+from tests.unit.features.reference import GROUP, GROUP_CONFIG, event_streams
 
-#: the reference test group without its distinct field (sketches take the reference path)
+#: the reference test group (its rings derive from each other both ways) without its
+#: distinct field: sketches take the reference path
 VALUES_GROUP = FeatureGroup.from_config(
-    {
-        "name": "batch_test",
-        "version": 1,
-        "source": "events",
-        "entity_key": "user_id",
-        "values": {"amount": ["count", "sum", "mean", "min", "max", "std"], "qty": ["sum"]},
-        "last": ["amount", "category"],
-        "windows": [
-            "1s",
-            "10s",
-            "1m",
-            {"window": "30s", "resolution": "1s"},
-            {"window": "45s", "resolution": "1500ms"},
-            {"window": "2m", "resolution": "30s"},
-        ],
-        "buckets_per_window": 10,
-    }
+    {k: v for k, v in GROUP_CONFIG.items() if k != "distinct"} | {"name": "batch_test"}
 )
 
 #: values a producer may send for a value field, the unusable ones included
