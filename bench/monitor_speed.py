@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import random
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from driftline.drift import Monitor, MonitorConfig
-from tests.unit.drift.streams import normal
 
 
 def config(statistics: list[str]) -> MonitorConfig:
@@ -47,7 +47,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.values < 2_000 or args.repeat < 1:
         ap.error("--values must be at least 2,000 and --repeat at least 1")
-    samples = [(i, 1000 * i, x, None) for i, x in enumerate(normal(3, args.values))]
+    rng = random.Random(3)
+    samples = [(i, 1000 * i, rng.gauss(100.0, 10.0), None) for i in range(args.values)]
     gc.freeze()  # the input is not the monitor's garbage
 
     def best(statistics: list[str], batched: bool) -> float:
