@@ -21,7 +21,9 @@ straight in the blob layout, so no per-bucket object is ever made::
 
 Same buckets, same counts, minima, maxima, newest event time, ``last`` values
 and skipped counts as :func:`~driftline.features.engine.build_deltas`; means
-and m2 agree to float rounding (the order of summation differs), which
+and m2 agree to float rounding relative to the bucket's magnitude (the
+reference sums with ``math.fsum``, this in order, so ``1e100 - 1e100 + 0.01``
+cancels differently), which
 ``tests/unit/features/test_batch.py`` checks with hypothesis against the
 reference, and the stored result stays the one the engine's own property tests
 describe.
