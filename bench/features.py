@@ -1109,7 +1109,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("event-time judging (late/future)", ("event_time.py", "watermark.py")),
     (
         "window engine (build_deltas, batch form)",
-        ("features/engine.py", "features/stats.py", "features/batch.py", "numpy/"),
+        ("features/engine.py", "features/stats.py", "features/batch.py"),
     ),
     ("Redis apply: encode rings", ("features/codec.py",)),
     ("Redis apply: script arguments", ("feature_store.py",)),

@@ -293,13 +293,8 @@ class Monitor:
         if not math.isfinite(value):
             self._skipped += 1
             return []
-        skip_ms = self._skip_ms
-        if skip_ms:
-            if self._first_event_ms is None:
-                self._first_event_ms = event_time_ms
-            if event_time_ms < self._first_event_ms + skip_ms:
-                self._filling += 1
-                return []
+        if self._skip_ms and self._filling_at(event_time_ms):
+            return []
         season = self._season
         if season is not None:
             if season.learning(event_time_ms):
@@ -330,11 +325,7 @@ class Monitor:
 
         incident = self._incident
         if incident is None:
-            if not fired:
-                return []
-            opened = self._open(fired, event_time_ms, offset)
-            self._candidate.append(value)
-            return [opened]
+            return [self._open_at(fired, value, event_time_ms, offset)] if fired else []
 
         alerts: list[Alert] = []
         self._candidate.append(value)
@@ -414,13 +405,8 @@ class Monitor:
             if not isfinite(value):
                 self._skipped += 1
                 continue
-            if skip_ms:
-                event_time_ms = run[k][1]
-                if self._first_event_ms is None:
-                    self._first_event_ms = event_time_ms
-                if event_time_ms < self._first_event_ms + skip_ms:
-                    self._filling += 1
-                    continue
+            if skip_ms and self._filling_at(run[k][1]):
+                continue
             self._n += 1
             recent(value)
             fired: list[Channel] | None = None
@@ -432,10 +418,26 @@ class Monitor:
                     fired.append(channel)
             if fired:
                 offset, event_time_ms, _, _ = run[k]
-                alerts.append(self._open(fired, event_time_ms, offset))
-                self._candidate.append(value)
+                alerts.append(self._open_at(fired, value, event_time_ms, offset))
                 return start + k + 1
         return start + len(run)
+
+    def _filling_at(self, event_time_ms: int) -> bool:
+        """``skip_first``: is a value at this time within it (counted as filling)?"""
+        if self._first_event_ms is None:
+            self._first_event_ms = event_time_ms
+        if event_time_ms < self._first_event_ms + self._skip_ms:
+            self._filling += 1
+            return True
+        return False
+
+    def _open_at(
+        self, fired: list[Channel], value: float, event_time_ms: int, offset: int | None
+    ) -> Alert:
+        """The value that ``fired`` opens an incident: the alert; it is the first candidate."""
+        opened = self._open(fired, event_time_ms, offset)
+        self._candidate.append(value)
+        return opened
 
     def _settled(self) -> bool:
         """Has the stream stopped moving?  The newest ``warmup`` values against those before.

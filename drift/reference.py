@@ -132,15 +132,17 @@ class Reference:
         above = i == size
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             f = (x - x0) / (xs[right] - x0)
-        exact = x == xs[np.maximum(i - 1, 0)]
+        at = np.maximum(i - 1, 0)  # the knot at or below x (the first one below them all)
+        exact = (x == xs[at]) & ~below
+        on_top = above & ~exact
         out: list[list[float]] = []
         for k, knots in enumerate((self._zs, self._sc)):
             zs = np.frombuffer(knots, dtype=np.float64)
             z0 = zs[left]
             with np.errstate(invalid="ignore", over="ignore"):
                 z = z0 + f * (zs[right] - z0)
-            z = np.where(exact & ~below, zs[np.maximum(i - 1, 0)], z)
-            z = np.where(above & ~exact, self._hi[k], z)
+            z = np.where(exact, zs[at], z)
+            z = np.where(on_top, self._hi[k], z)
             z = np.where(below, self._lo[k], z)
             out.append(z.tolist())
         return out[0], out[1]

@@ -98,12 +98,12 @@ def sample_records(
             times.append(event.event_time_ms)
             if segment_by:
                 segments.append(segment_of(event, segment_by))
-        columns = _Columns(offsets, times, values, segments if any_segment(segments) else None)
+        columns = _Columns(offsets, times, values, segments if _any_segment(segments) else None)
         out += _docs(monitor.name, source, partition, columns)
     return out
 
 
-def any_segment(segments: Sequence[Any]) -> bool:
+def _any_segment(segments: Sequence[Any]) -> bool:
     """Does any sample have a segment (not None)?"""
     return segments.count(None) != len(segments)
 
@@ -143,7 +143,7 @@ def sample_docs(
     if not samples:
         return []
     offsets, times, values, segments = (list(c) for c in zip(*samples, strict=True))
-    columns = _Columns(offsets, times, values, segments if any_segment(segments) else None)
+    columns = _Columns(offsets, times, values, segments if _any_segment(segments) else None)
     return _docs(monitor, source, partition, columns)
 
 

@@ -110,9 +110,9 @@ class SegmentedMonitor:
     def update_samples(self, samples: Iterable[tuple[int, int, float, Any]]) -> list[Alert]:
         """Feed ``(offset, event_time_ms, value, segment)`` samples in order, as
         :meth:`update` one by one would; the worker's path (one call per batch)."""
-        alerts: list[Alert] = []
         if self.config.segment_by is None:
             return self.monitor_for(None).update_many(list(samples))
+        alerts: list[Alert] = []
         for offset, event_time_ms, value, segment in samples:
             out = self.monitor_for(segment).update(
                 value, event_time_ms=event_time_ms, offset=offset

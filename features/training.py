@@ -56,7 +56,7 @@ def point_in_time(
     wanted: dict[str, list[tuple[int, int]]] = {}
     for i, (entity, as_of_ms) in enumerate(rows):
         wanted.setdefault(entity, []).append((as_of_ms, i))
-    out: list[FeatureVector | None] = [None] * len(rows)
+    out: dict[int, FeatureVector] = {}
     for entity, asks in wanted.items():
         mine = sorted(by_entity.get(entity, ()), key=_time)  # stable: ties keep their order
         times = [e.event_time_ms for e in mine]
@@ -69,5 +69,4 @@ def point_in_time(
                 state = apply_delta(group, state, delta)
                 folded = upto
             out[i] = read_features(group, state, as_of_ms)
-    assert all(v is not None for v in out)
-    return out  # type: ignore[return-value]
+    return [out[i] for i in range(len(rows))]
