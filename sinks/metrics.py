@@ -377,3 +377,57 @@ class ServeMetrics:
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, method=method, status=str(status)).inc()
         self.seconds.labels(route=route).observe(seconds)
+
+
+class ArchiveMetrics:
+    """Metrics of ``driftline archive``: events written to the offline log, its commits, errors.
+
+    ``driftline_archive_offset`` is the last offset the log holds per partition;
+    the group's committed offsets (``<app_id>.archive``) give the same for lag tools.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        self.events = Counter(
+            "driftline_archive_events",
+            "Accepted events committed to the offline log.",
+            ["source"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "driftline_archive_rejected",
+            "Records not archived: invalid, late, future or routed away by a quality check.",
+            ["source"],
+            registry=self.registry,
+        )
+        self.commits = Counter(
+            "driftline_archive_commits",
+            "Commits to the offline log.",
+            ["source"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "driftline_archive_errors",
+            "Failed attempts to read or write the offline log (each is retried with backoff).",
+            ["source"],
+            registry=self.registry,
+        )
+        self.fenced = Counter(
+            "driftline_archive_fenced",
+            "Commits refused because another archiver wrote the partition first (rebalances).",
+            ["source"],
+            registry=self.registry,
+        )
+        self.offset = Gauge(
+            "driftline_archive_offset",
+            "Last offset the offline log holds, per partition.",
+            ["source", "partition"],
+            registry=self.registry,
+        )
+        self.commit_seconds = Histogram(
+            "driftline_archive_commit_seconds",
+            "Time of one commit to the offline log.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )

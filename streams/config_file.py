@@ -30,6 +30,7 @@ from driftline.streams.settings import (
     DriftSettings,
     KafkaSettings,
     MetricsSettings,
+    OfflineSettings,
     RedisSettings,
     SchemaRegistrySettings,
     ServeSettings,
@@ -70,6 +71,7 @@ _FIELDS_BY_SECTION: dict[str, type[BaseModel]] = {
     "schema_registry": SchemaRegistrySettings,
     "drift": DriftSettings,
     "serve": ServeSettings,
+    "offline": OfflineSettings,
 }
 
 

@@ -190,6 +190,26 @@ class MetricsSettings(_Section):
     token: SecretStr | None = Field(None, description="bearer token required by /metrics")
 
 
+class OfflineSettings(_Section):
+    """The offline event log that ``driftline archive`` writes and training sets read."""
+
+    path: str = Field(
+        "driftline-log",
+        min_length=1,
+        description="root of the log: a directory (relative: to the working directory) or an "
+        "s3://, gs:// or az:// URL (credentials from the environment, as deltalake reads them)",
+    )
+    sources: tuple[str, ...] | None = Field(
+        None, description="sources to archive; default: every source a feature group reads"
+    )
+    flush_interval_s: float = Field(
+        5.0, gt=0, description="longest time accepted events wait before they are committed"
+    )
+    flush_max_events: int = Field(
+        100_000, ge=1, description="events that make the archiver commit at once"
+    )
+
+
 class ServeSettings(_Section):
     """``driftline serve``: the feature-serving HTTP API (a process of its own)."""
 
@@ -352,6 +372,7 @@ class Settings(BaseSettings):
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
     drift: DriftSettings = DriftSettings()
     serve: ServeSettings = ServeSettings()
+    offline: OfflineSettings = OfflineSettings()
     sources: tuple[SourceSettings, ...] = Field(min_length=1)
     #: Feature group definitions, validated by
     #: :func:`driftline.streams.sources.build_feature_groups`
@@ -378,6 +399,10 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"source {s.name}: dead-letter topic {s.dlq_topic} is a source topic"
                 )
+        if self.offline.sources is not None:
+            unknown = sorted(set(self.offline.sources) - set(names))
+            if unknown:
+                raise ValueError(f"offline.sources names unknown sources: {', '.join(unknown)}")
         return self
 
     @classmethod

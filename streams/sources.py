@@ -131,7 +131,7 @@ def build_feature_groups(
                     f"{label}: field(s) {', '.join(unknown)} are not declared in the contract "
                     f"{source.schema_file.name} of source {source.name}"
                 )
-        types = _declared_types(parsers[source.name])
+        types = declared_types(parsers[source.name])
         for fname in group.values:
             _check_numeric(
                 f"{label}.values.{fname}",
@@ -157,7 +157,7 @@ def _declared_fields(parser: EventParser) -> frozenset[str]:
     return frozenset(contract.top_level_properties)
 
 
-def _declared_types(parser: EventParser) -> dict[str, list[str]]:
+def declared_types(parser: EventParser) -> dict[str, list[str]]:
     """Each field's declared type, one entry per contract of the source."""
     contract = getattr(parser.decoder, "contract", None)
     contracts = (
@@ -224,7 +224,7 @@ def build_monitors(
             _check_numeric(
                 f"{label}.field",
                 monitor.field,
-                _declared_types(parsers[source.name]),
+                declared_types(parsers[source.name]),
                 f"{source.schema_file.name} of source {source.name}",
                 "a monitor watches numbers (number or integer), so it would never see a value; "
                 "monitor a numeric field",

@@ -102,6 +102,34 @@ def worker(config: Path, processes: int) -> None:
     run_worker(settings, sources, origin=str(config))
 
 
+@main.command()
+@config_option
+@user_errors
+def archive(config: Path) -> None:
+    """Write the accepted events of each source to the offline event log (offline.path).
+
+    Its own consumer group; exactly once into Delta Lake tables, one per source.
+    """
+    from driftline.streams.archive.app import run_archive
+    from driftline.streams.logs import logging_config
+    from driftline.streams.sources import build_sources
+    from driftline.streams.topics import wait_for_broker
+
+    settings = _load(config)
+    sources = build_sources(settings, str(config))
+    logging.config.dictConfig(logging_config(settings.worker.log_level, settings.worker.log_format))
+
+    async def run() -> None:
+        await wait_for_broker(
+            settings.kafka.aiokafka_kwargs(),
+            timeout_s=settings.kafka.startup_timeout_s,
+            origin=str(config),
+        )
+        await run_archive(settings, sources)
+
+    asyncio.run(run())
+
+
 @main.group()
 def features() -> None:
     """Read online features from Redis."""

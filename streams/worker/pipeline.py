@@ -51,17 +51,17 @@ from driftline.features.batch import build_encoded
 from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import build_deltas, rekey
 from driftline.features.state import Delta
-from driftline.schemas import REASONS, EventParser, ParsedEvent, Rejection
+from driftline.schemas import EventParser, ParsedEvent
 from driftline.schemas.wire import ConfluentAvroDecoder
 from driftline.sinks.feature_store import PartitionState
 from driftline.sinks.kafka_sink import Record
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.streams.worker.dead_letters import add_dead_letters
-from driftline.streams.worker.event_time import judge_event_time
 from driftline.streams.worker.observe import BatchObserver
 from driftline.streams.worker.ports import FeatureStore, KafkaSink
-from driftline.streams.worker.records import Classified, RawRecord, classify
+from driftline.streams.worker.records import Classified, RawRecord
 from driftline.streams.worker.retry import Backoff, EffectTracker, T, until_done
+from driftline.streams.worker.verdicts import judge
 
 log = logging.getLogger(__name__)
 
@@ -266,32 +266,19 @@ class SourcePipeline:
         outbox: _Outbox,
     ) -> tuple[Classified, int | None, list[tuple[FeatureGroup, Mapping[str, Delta]]]]:
         """Verdicts and deltas of the fresh records; what the batch writes goes to ``outbox``."""
-        result = classify(self.parser, fresh)
-        if self.quality is not None and result.valid:
-            self._check_quality(partition, result)
-        deltas: list[tuple[FeatureGroup, Mapping[str, Delta]]] = []
         watermark = state.watermark_ms if state is not None else None
+        result, watermark = judge(
+            self.parser,
+            self.quality,
+            partition,
+            fresh,
+            watermark,
+            judge_time=state is not None,
+            allowed_lateness_ms=self.allowed_lateness_ms,
+            future_tolerance_ms=self.future_tolerance_ms,
+        )
+        deltas: list[tuple[FeatureGroup, Mapping[str, Delta]]] = []
         if state is not None and fresh:
-            judged = judge_event_time(
-                result.valid,
-                result.valid_records,
-                watermark,
-                allowed_lateness_ms=self.allowed_lateness_ms,
-                future_tolerance_ms=self.future_tolerance_ms,
-            )
-            if judged.rejected:
-                refused = {r.offset for r, _ in judged.rejected}
-                kept = [
-                    (e, r)
-                    for e, r in zip(result.valid, result.valid_records, strict=True)
-                    if r.offset not in refused
-                ]
-                result.valid = [e for e, _ in kept]
-                result.valid_records = [r for _, r in kept]
-                result.rejected = sorted(
-                    result.rejected + judged.rejected, key=lambda p: p[0].offset
-                )
-            watermark = judged.watermark_ms
             # judged.accepted is result.valid: the events each group aggregates,
             # keyed as the group is (once per group, shared with its monitors)
             keyed = {group: self._keyed(group, result) for group in self.groups}
@@ -348,26 +335,6 @@ class SourcePipeline:
             samples = feature_samples(monitor, group, chosen, stored, deltas[group])
             for key, value in sample_docs(monitor.name, self.source, partition, samples):
                 outbox.add(self.values_topic, key, value, [])
-
-    def _check_quality(self, partition: int, result: Classified) -> None:
-        """Count the batch's data-quality findings; move routed violations to ``rejected``."""
-        assert self.quality is not None
-        records = result.valid_records
-        report = self.quality.check(partition, result.valid, [r.offset for r in records])
-        result.quality = report
-        if not report.refused:
-            return
-        refused = {i for i, _, _ in report.refused}
-        result.rejected = sorted(
-            result.rejected
-            + [
-                (records[i], Rejection(REASONS[reason], reason, message, "QualityCheck"))
-                for i, reason, message in report.refused
-            ],
-            key=lambda pair: pair[0].offset,
-        )
-        result.valid = [e for i, e in enumerate(result.valid) if i not in refused]
-        result.valid_records = [r for i, r in enumerate(records) if i not in refused]
 
     async def _partition_state(self, partition: int) -> PartitionState | None:
         if self.store is None:

@@ -1,0 +1,1 @@
+"""``driftline archive``: accepted events into the offline event log (see :mod:`.app`)."""
