@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from driftline.features.engine import read_features
-from driftline.features.training import point_in_time
+from driftline.features.training import PointInTimeJoin, point_in_time
 from driftline.schemas.parser import ParsedEvent
 from tests.unit.features.reference import GROUP, T0, assert_matches, event_streams, reference
 
@@ -61,3 +62,49 @@ def test_an_event_after_the_row_never_leaks_in() -> None:
     assert row.values["amount_max_1m"] == 1.0
     assert row.values["amount_last"] == 1.0
     assert row.values["category_distinct_count_1m"] == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(event_streams(max_size=60), st.data())
+def test_a_join_fed_in_chunks_folding_early_matches_the_reference(
+    events: list[ParsedEvent], data: st.DataObject
+) -> None:
+    """As the training-set builder feeds it: a day at a time, entities folded every few events."""
+    ordered = sorted(events, key=lambda e: e.event_time_ms)
+    times = [e.event_time_ms for e in ordered]
+    rows = data.draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["a", "b", "c", "nobody"]),
+                st.integers(min(times, default=T0) - 5_000, max(times, default=T0) + 300_000),
+            ),
+            max_size=12,
+        )
+    )
+    join = PointInTimeJoin(GROUP, rows, fold_every=data.draw(st.integers(1, 5)))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(ordered)), max_size=4)))
+    start = 0
+    for cut in [*cuts, len(ordered)]:
+        join.feed(ordered[start:cut])
+        start = max(start, cut)
+    got = join.finish()
+    for (entity, t), vector in zip(rows, got, strict=True):
+        seen = [e for e in ordered if e.event_time_ms <= t]
+        assert_matches(vector.values, reference(GROUP, seen, entity, t))
+
+
+def test_a_join_refuses_events_out_of_event_time_order() -> None:
+    join = PointInTimeJoin(GROUP, [("a", T0)])
+    join.feed([ParsedEvent("a", T0, {"amount": 1.0})])
+    with pytest.raises(ValueError, match="event-time order"):
+        join.feed([ParsedEvent("a", T0 - 1, {"amount": 1.0})])
+
+
+def test_a_join_forgets_an_entity_after_its_last_row() -> None:
+    rows = [("a", T0), ("b", T0 + 10_000)]
+    join = PointInTimeJoin(GROUP, rows)
+    join.feed([ParsedEvent("a", T0, {"amount": 1.0}), ParsedEvent("b", T0 + 1, {"amount": 2.0})])
+    join.feed([ParsedEvent("a", T0 + 2, {"amount": 3.0})])  # after a's only row: not kept
+    assert join.entities == frozenset({"b"})
+    a, b = join.finish()
+    assert a.values["amount_count_1m"] == 1 and b.values["amount_count_1m"] == 1
