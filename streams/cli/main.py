@@ -130,6 +130,55 @@ def archive(config: Path) -> None:
     asyncio.run(run())
 
 
+@main.command("training-set")
+@config_option
+@click.option(
+    "--entities",
+    "rows_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="label rows (Parquet or CSV): an entity, a timestamp, any label columns",
+)
+@click.option(
+    "--features",
+    "features",
+    required=True,
+    help="comma-separated group:feature (or group for all of it), e.g. user_spend:amount_mean_5m",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="output file: Parquet (.parquet) or CSV",
+)
+@click.option("--entity-column", default=None, help="default: the group's entity key, or entity")
+@click.option("--time-column", default="timestamp", show_default=True)
+@user_errors
+def training_set_command(
+    config: Path,
+    rows_path: Path,
+    features: str,
+    out: Path,
+    entity_column: str | None,
+    time_column: str,
+) -> None:
+    """Each row's features as of its timestamp, from the offline log (no event after it counts)."""
+    from driftline.streams.training import read_rows, training_set, write_rows
+
+    rows = read_rows(rows_path)
+    frame = training_set(
+        config,
+        rows,
+        features.split(","),
+        entity_column=entity_column,
+        time_column=time_column,
+        progress=True,
+    )
+    write_rows(frame, out)
+    click.echo(f"{frame.height} rows, {frame.width - rows.width} features -> {out}")
+
+
 @main.group()
 def features() -> None:
     """Read online features from Redis."""

@@ -1,0 +1,284 @@
+"""Training sets: each label row's features as of its time, from the offline event log.
+
+``driftline training-set`` and :func:`training_set` (also ``driftline.training_set``)
+read the rows (entity, timestamp, any label columns), then the log of every
+source a requested feature reads, one event date at a time in event-time
+order, and answer each row with :class:`~driftline.features.training.PointInTimeJoin`:
+the worker's own window engine over the events at or before the row's time.
+
+Rows: the entity column is the group's entity key (``user_id``), or
+``entity``, unless named; the time column is ``timestamp`` unless named, as a
+datetime (naive means UTC), epoch milliseconds, or ISO-8601 text.
+Features: ``group:feature`` or ``group`` (all of it).  A feature's column is
+its name, or ``group:feature`` when two requested groups share the name.
+
+Memory: the rows, the window states of entities whose rows are not all
+answered, and one event date of the requested columns of the log.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from tqdm import tqdm
+
+from driftline.features.definitions import FeatureGroup
+from driftline.features.engine import rekey
+from driftline.features.training import PointInTimeJoin
+from driftline.sinks.offline_log import LogLayout, OfflineLog
+from driftline.streams.errors import ConfigError
+from driftline.streams.settings import Settings, load_settings
+from driftline.streams.sources import Sources, build_sources, declared_types
+
+__all__ = ["read_rows", "training_set", "write_rows"]
+
+#: Events handed to the joins at once (the progress bar moves this often).
+_SLICE = 50_000
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    group: FeatureGroup
+    features: tuple[str, ...]
+
+
+def _parse_features(specs: Sequence[str], groups: Sequence[FeatureGroup]) -> list[_Wanted]:
+    by_name = {g.name: g for g in groups}
+    chosen: dict[str, list[str]] = {}
+    for raw in specs:
+        spec = raw.strip()
+        if not spec:
+            continue
+        name, _, feature = spec.partition(":")
+        group = by_name.get(name)
+        if group is None:
+            close = difflib.get_close_matches(name, list(by_name), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(
+                f"--features {spec}: no feature group {name!r}{hint}; "
+                f"the config has {', '.join(sorted(by_name)) or 'none'}"
+            )
+        names = group.feature_names()
+        if not feature:
+            picked = list(names)
+        elif feature in names:
+            picked = [feature]
+        else:
+            close = difflib.get_close_matches(feature, list(names), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"--features {spec}: group {name} has no feature {feature!r}{hint}")
+        have = chosen.setdefault(name, [])
+        have += [f for f in picked if f not in have]
+    if not chosen:
+        raise ConfigError("--features: name at least one feature (group:feature or group)")
+    return [_Wanted(by_name[n], tuple(fs)) for n, fs in chosen.items()]
+
+
+def _column_names(wanted: Sequence[_Wanted]) -> dict[tuple[str, str], str]:
+    counts: dict[str, int] = {}
+    for w in wanted:
+        for f in w.features:
+            counts[f] = counts.get(f, 0) + 1
+    return {
+        (w.group.name, f): (f if counts[f] == 1 else f"{w.group.name}:{f}")
+        for w in wanted
+        for f in w.features
+    }
+
+
+def read_rows(path: Path) -> pl.DataFrame:
+    """A labels file: Parquet (``.parquet``, ``.pq``) or CSV (anything else)."""
+    if not path.exists():
+        raise ConfigError(f"--entities {path}: no such file")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pl.read_parquet(path)
+        return pl.read_csv(path, try_parse_dates=True)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise ConfigError(f"--entities {path}: cannot be read: {exc}") from None
+
+
+def write_rows(frame: pl.DataFrame, path: Path) -> None:
+    """Parquet for ``.parquet``/``.pq``, CSV otherwise."""
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame.write_parquet(path)
+        else:
+            frame.write_csv(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise ConfigError(f"--out {path}: cannot be written: {exc}") from None
+
+
+def _times_ms(frame: pl.DataFrame, column: str) -> list[int]:
+    series = frame[column]
+    dtype = series.dtype
+    if dtype == pl.String:
+        try:
+            series = series.str.to_datetime(time_zone="UTC")
+        except pl.exceptions.PolarsError:
+            raise ConfigError(
+                f"time column {column!r}: not ISO-8601 times (e.g. 2026-12-02T10:00:00Z)"
+            ) from None
+        dtype = series.dtype
+    if isinstance(dtype, pl.Datetime):
+        if dtype.time_zone is None:
+            series = series.dt.replace_time_zone("UTC")
+        ms = series.dt.epoch("ms")
+    elif dtype.is_integer():
+        ms = series
+    else:
+        raise ConfigError(
+            f"time column {column!r} is {dtype}: give datetimes, epoch ms or ISO-8601 text"
+        )
+    if ms.null_count():
+        raise ConfigError(f"time column {column!r} has {ms.null_count()} empty values")
+    return [int(v) for v in ms.to_list()]
+
+
+def _as_polars(rows: Any) -> tuple[pl.DataFrame, bool]:
+    """The rows as polars, and whether they came as pandas (then pandas goes back)."""
+    if isinstance(rows, pl.DataFrame):
+        return rows, False
+    if isinstance(rows, str | Path):
+        return read_rows(Path(rows)), False
+    module = type(rows).__module__
+    if module.startswith("pandas"):
+        return pl.from_pandas(rows), True
+    if module.startswith("pyarrow"):
+        frame = pl.from_arrow(rows)
+        assert isinstance(frame, pl.DataFrame)
+        return frame, False
+    raise ConfigError(
+        f"rows: give a polars or pandas DataFrame, a pyarrow Table or a file, not {module}"
+    )
+
+
+def training_set(
+    config: str | Path | Settings,
+    rows: Any,
+    features: Sequence[str],
+    *,
+    entity_column: str | None = None,
+    time_column: str = "timestamp",
+    progress: bool = False,
+    sources: Sources | None = None,
+) -> Any:
+    """Each row of ``rows`` with the requested features as of its time (see the module doc).
+
+    ``rows``: a polars or pandas DataFrame, a pyarrow Table, or a Parquet/CSV
+    path.  Returns a polars DataFrame (pandas when ``rows`` is pandas): the
+    rows' columns, in their order, then one column per feature.
+    """
+    if isinstance(config, Settings):
+        settings, origin = config, "config"
+    else:
+        settings, origin = load_settings(config), str(config)
+    if sources is None:
+        sources = build_sources(settings, origin)
+    frame, pandas_out = _as_polars(rows)
+    wanted = _parse_features(features, sources.all_groups())
+    keys = {w.group.entity_key for w in wanted}
+    if entity_column is None:
+        entity_column = next(iter(keys)) if len(keys) == 1 else "entity"
+        if entity_column not in frame.columns and "entity" in frame.columns:
+            entity_column = "entity"
+    for label, column in (("entity", entity_column), ("time", time_column)):
+        if column not in frame.columns:
+            raise ConfigError(
+                f"the rows have no {label} column {column!r} (columns: {', '.join(frame.columns)})"
+                f"; name it with --{label}-column"
+            )
+    if frame[entity_column].null_count():
+        raise ConfigError(f"entity column {entity_column!r} has empty values")
+    entities = [str(e) for e in frame[entity_column].cast(pl.String).to_list()]
+    times = _times_ms(frame, time_column)
+    row_keys = list(zip(entities, times, strict=True))
+    log = OfflineLog(settings.offline.path)
+    results: dict[tuple[str, str], list[Any]] = {}
+    by_source: dict[str, list[_Wanted]] = {}
+    for w in wanted:
+        by_source.setdefault(w.group.source, []).append(w)
+    for source, ws in by_source.items():
+        joins = [PointInTimeJoin(w.group, row_keys) for w in ws]
+        _feed_source(log, settings, sources, source, ws, joins, max(times, default=0), progress)
+        for w, join in zip(ws, joins, strict=True):
+            vectors = join.finish()
+            for f in w.features:
+                results[(w.group.name, f)] = [v.values[f] for v in vectors]
+    names = _column_names(wanted)
+    clash = sorted(set(names.values()) & set(frame.columns))
+    if clash:
+        raise ConfigError(f"the rows already have columns named like features: {clash}")
+    out = frame.with_columns(
+        [pl.Series(names[key], values, strict=False) for key, values in results.items()]
+    )
+    return out.to_pandas() if pandas_out else out
+
+
+def _feed_source(
+    log: OfflineLog,
+    settings: Settings,
+    sources: Sources,
+    source: str,
+    wanted: Sequence[_Wanted],
+    joins: Sequence[PointInTimeJoin],
+    until_ms: int,
+    progress: bool,
+) -> None:
+    """Feed the joins the log of ``source`` up to ``until_ms``, a date at a time, in time order."""
+    if not log.exists(source):
+        raise ConfigError(
+            f"no offline log of source {source} at {log.table_uri(source)}: run "
+            "`driftline archive` (it writes offline.path), or point offline.path at the log"
+        )
+    layout = LogLayout.from_declared(declared_types(sources.parsers[source]))
+    source_key = sources.parsers[source].entity_key
+    fields: set[str] = set()
+    rekeyed: dict[str, list[int]] = {}
+    for i, w in enumerate(wanted):
+        g = w.group.layout
+        fields |= set(g.value_fields) | set(g.distinct_fields) | set(g.last_fields)
+        if w.group.entity_key != source_key:
+            fields.add(w.group.entity_key)
+            rekeyed.setdefault(w.group.entity_key, []).append(i)
+    plain = [i for i, w in enumerate(wanted) if w.group.entity_key == source_key]
+    lf = log.scan(source)
+    have = set(lf.collect_schema().names())
+    columns = [n for n, _ in layout.fields if n in fields and n in have]
+    columns += ["_entity", "_event_time", "_partition", "_offset", "_extra"]
+    until = pl.lit(until_ms).cast(pl.Datetime("ms", "UTC"))
+    lf = lf.filter(pl.col("_event_time") <= until)
+    if not rekeyed:
+        lf = lf.filter(pl.col("_entity").is_in(list(joins[0].entities)))
+    counts = lf.group_by("event_date").agg(pl.len().alias("n")).sort("event_date").collect()
+    total = int(counts["n"].sum()) if counts.height else 0
+    with tqdm(
+        total=total,
+        unit="ev",
+        desc=f"{source}",
+        file=sys.stderr,
+        disable=not progress or None,
+    ) as bar:
+        for day in counts["event_date"].to_list():
+            chunk = (
+                lf.filter(pl.col("event_date") == day)
+                .select(columns)
+                .sort(["_event_time", "_partition", "_offset"], maintain_order=True)
+                .collect()
+            )
+            for start in range(0, chunk.height, _SLICE):
+                piece = chunk.slice(start, _SLICE)
+                events = list(layout.events(piece.to_arrow()))
+                for i in plain:
+                    joins[i].feed(events)
+                for key, idx in rekeyed.items():
+                    keyed, _ = rekey(events, key)
+                    for i in idx:
+                        joins[i].feed(keyed)
+                bar.update(piece.height)
