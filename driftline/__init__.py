@@ -37,6 +37,10 @@ def __getattr__(name: str) -> Any:
         from driftline.sinks import feature_client
 
         return getattr(feature_client, name)
+    if name == "training_set":
+        from driftline.streams.training import training_set
+
+        return training_set
     raise AttributeError(f"module 'driftline' has no attribute {name!r}")
 
 
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
         FeatureClientError,
         OnlineFeatures,
     )
+    from driftline.streams.training import training_set
 
 __all__ = [
     "AsyncFeatureClient",
@@ -54,4 +59,5 @@ __all__ = [
     "FeatureClientError",
     "OnlineFeatures",
     "__version__",
+    "training_set",
 ]

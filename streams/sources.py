@@ -324,3 +324,10 @@ def source_info(settings: Settings, parsers: Mapping[str, EventParser]) -> dict[
             field_types=field_types(schema_doc, kind),
         )
     return out
+
+
+def archived_sources(settings: Settings, sources: Sources) -> list[str]:
+    """The sources the config archives: ``offline.sources``, or every one a group reads."""
+    if settings.offline.sources is not None:
+        return list(settings.offline.sources)
+    return [s.name for s in settings.sources if sources.groups.get(s.name)]

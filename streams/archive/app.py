@@ -51,7 +51,7 @@ from driftline.sinks.offline_log import LogFenceError, LogLayout, OfflineLog
 from driftline.streams.errors import ConfigError
 from driftline.streams.security import bearer_matches
 from driftline.streams.settings import Settings
-from driftline.streams.sources import Sources, declared_types
+from driftline.streams.sources import Sources, archived_sources, declared_types
 from driftline.streams.worker.records import RawRecord
 from driftline.streams.worker.retry import Backoff, until_done
 from driftline.streams.worker.verdicts import judge
@@ -80,13 +80,6 @@ class _Held:
     watermark_ms: int | None
     events: list[ParsedEvent] = field(default_factory=list)
     records: list[RawRecord] = field(default_factory=list)
-
-
-def archived_sources(settings: Settings, sources: Sources) -> list[str]:
-    """The sources the config archives: ``offline.sources``, or every one a group reads."""
-    if settings.offline.sources is not None:
-        return list(settings.offline.sources)
-    return [s.name for s in settings.sources if sources.groups.get(s.name)]
 
 
 class Archiver:

@@ -42,7 +42,7 @@ from driftline.streams.local.status import scrape, status_line
 from driftline.streams.processes import child_preexec
 from driftline.streams.settings import Settings, load_settings
 from driftline.streams.sockets import bind_socket
-from driftline.streams.sources import build_sources
+from driftline.streams.sources import archived_sources, build_sources
 from driftline.streams.topics import ensure_topics, topics_for
 
 DEFAULT_CONFIG = Path(__file__).parents[1] / "defaults" / "dev.yaml"
@@ -126,9 +126,18 @@ class DevStack:
         self.broker: embedded.EmbeddedBroker | None = None
         self.redis: embedded.EmbeddedRedis | None = None
         self.worker: subprocess.Popen[bytes] | None = None
+        self.archiver: subprocess.Popen[bytes] | None = None
         self.config_path = options.config or DEFAULT_CONFIG
         self.settings: Settings = load_settings(self.config_path)
-        self.groups = build_sources(self.settings, str(self.config_path)).all_groups()
+        sources = build_sources(self.settings, str(self.config_path))
+        self.groups = sources.all_groups()
+        self.archived = archived_sources(self.settings, sources)
+        #: the offline log: kept after exit.  An embedded broker's topics start
+        #: empty every run, so each run gets a log of its own.
+        self.offline_path = self.settings.offline.path
+        if options.bootstrap is None and "://" not in self.offline_path:
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            self.offline_path = str(Path(self.offline_path) / f"dev-{stamp}-{os.getpid()}")
 
     # -- start / stop ------------------------------------------------------
 
@@ -184,7 +193,56 @@ class DevStack:
         log_file.close()
         return log_path
 
+    def start_archive(self, bootstrap: str) -> Path | None:
+        """``driftline archive`` as a child: the accepted events into the offline log."""
+        if not self.archived:
+            return None
+        env = dict(os.environ)
+        env.update(
+            {
+                "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+                "DRIFTLINE_METRICS__PORT": str(find_free_port()),
+                "DRIFTLINE_METRICS__HOST": "127.0.0.1",
+                "DRIFTLINE_OFFLINE__PATH": self.offline_path,
+            }
+        )
+        log_path = self.run_dir / "archive.log"
+        with log_path.open("wb") as log_file:
+            self.archiver = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "driftline.streams.cli",
+                    "archive",
+                    "-c",
+                    str(self.config_path),
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                preexec_fn=child_preexec(os.getpid()),
+            )
+        return log_path
+
+    def training_hint(self) -> str:
+        group = next((g for g in self.groups if g.source in self.archived), None)
+        feature = f"{group.name}:{group.feature_names()[0]}" if group else "GROUP:FEATURE"
+        return (
+            f"DRIFTLINE_OFFLINE__PATH={self.offline_path} driftline training-set "
+            f"-c {self.config_path} --entities labels.csv --features {feature} --out train.parquet"
+        )
+
     def stop(self) -> None:
+        # the archiver first: it commits what waits while the broker still answers
+        if self.archiver is not None and self.archiver.poll() is None:
+            self.archiver.send_signal(signal.SIGTERM)
+            try:
+                self.archiver.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.archiver.kill()
+                self.archiver.wait()
         if self.worker is not None and self.worker.poll() is None:
             self.worker.send_signal(signal.SIGTERM)
             try:
@@ -304,6 +362,10 @@ class DevStack:
                 f"               a change that is the new normal: {env} "
                 f"driftline monitors accept NAME -c {self.config_path}"
             )
+        if self.archiver is not None:
+            _say(f"  offline log  {self.offline_path} (Delta Lake; kept after exit)")
+            _say(f"  training set {self.training_hint()}")
+            _say("               (labels.csv: user_id,timestamp[,label...])")
         _say(f"  worker log   {log_path}")
         _say("Ctrl-C stops everything.")
         client = connect_redis(redis_url)
@@ -355,6 +417,7 @@ def run_dev(options: DevOptions) -> int:
         kafka_kwargs = dict(stack.settings.kafka.aiokafka_kwargs(), bootstrap_servers=bootstrap)
         asyncio.run(ensure_topics(kafka_kwargs, topics_for(stack.settings)))
         log_path = stack.start_worker(bootstrap, redis_url)
+        stack.start_archive(bootstrap)
         _say(
             f"  worker   pid {stack.worker.pid if stack.worker else '?'}; "
             "waiting for partitions ..."
@@ -367,9 +430,12 @@ def run_dev(options: DevOptions) -> int:
         _keep_logs(stack.run_dir)
         raise
     finally:
-        _say("stopping: worker, redis, broker ...")
+        _say("stopping: archive, worker, redis, broker ...")
         stack.stop()
     _say(f"stopped everything (ran {time.monotonic() - t0:.0f}s).")
+    if stack.archiver is not None:
+        _say(f"the offline log stays in {stack.offline_path}; a training set from it:")
+        _say(f"  {stack.training_hint()}")
     if code == 0:
         shutil.rmtree(stack.run_dir, ignore_errors=True)  # logs and the worker's data dir
     else:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from driftline.streams.local.dev import DEFAULT_METRICS_PORT
+from driftline.streams.local.dev import DEFAULT_CONFIG, DEFAULT_METRICS_PORT
 from driftline.streams.local.ports import find_free_port
 from tests.worker_process import ROOT
 
@@ -59,6 +59,23 @@ def test_dev_runs_the_demo_pipeline_and_stops_everything(tmp_path: Path) -> None
     assert "malformed_json=" in last and "duplicate=" in last, last
     assert re.search(r"quality: [1-9]\d* dup, missing country", last), last
     assert "stopped everything" in out
+    # the archiver wrote the offline log, which outlives the run: a training set from it
+    log_dir = re.search(r"offline log  (\S+)", out).group(1)  # type: ignore[union-attr]
+    assert f"DRIFTLINE_OFFLINE__PATH={log_dir} driftline training-set" in out
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"user_id,timestamp\nuser-00000,{int(time.time() * 1000)}\nnobody,0\n")
+    train = subprocess.run(
+        [
+            sys.executable, "-m", "driftline.streams.cli", "training-set",
+            "--entities", str(labels), "--features", "user_spend:amount_count_5m",
+            "--out", str(tmp_path / "train.csv"), "-c", str(DEFAULT_CONFIG),
+        ],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "DRIFTLINE_OFFLINE__PATH": log_dir},
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    counts = (tmp_path / "train.csv").read_text().splitlines()[1:]
+    assert int(counts[0].split(",")[-1]) > 0 and counts[1].endswith(",0"), counts
     # a clean stop leaves no files behind (logs are kept only when something failed)
     run_dir = re.search(r"files in (\S+)", out).group(1)  # type: ignore[union-attr]
     assert not Path(run_dir).exists(), run_dir

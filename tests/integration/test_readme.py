@@ -17,12 +17,17 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import build_deltas
 from driftline.schemas import ParsedEvent
 from driftline.sinks.feature_store import RedisFeatureStore
+from driftline.sinks.offline_log import LogLayout, OfflineLog
 from driftline.sinks.redis_client import connect_redis
+from driftline.streams.settings import load_settings
+from driftline.streams.sources import build_sources, declared_types
+from driftline.streams.worker.records import RawRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -66,10 +71,38 @@ def test_the_readme_and_the_reading_page_have_python_examples() -> None:
     assert {"README.md", "docs/features.md"} <= where, where
 
 
+def seed_offline_log(where: Path) -> None:
+    """``driftline.yaml`` in ``where`` and its offline log, holding the seeded event."""
+    config = {
+        "offline": {"path": "driftline-log"},
+        "sources": [
+            {
+                "name": "transactions",
+                "topic": "transactions",
+                "schema": str(ROOT / "schemas" / "contracts" / "transactions.schema.json"),
+                "entity_key": "user_id",
+                "event_time": "event_time",
+            }
+        ],
+        "feature_groups": [{k: v for k, v in USER_SPEND.items() if k != "entity_key"}],
+    }
+    (where / "driftline.yaml").write_text(yaml.safe_dump(config))
+    settings = load_settings(where / "driftline.yaml")
+    parser = build_sources(settings, "readme").parsers["transactions"]
+    layout = LogLayout.from_declared(declared_types(parser))
+    event = ParsedEvent("user-00042", 1_700_000_000_000, {"user_id": "user-00042", "amount": 3.0})
+    record = RawRecord("transactions", 0, 0, 1_700_000_000_000, None, None, ())
+    OfflineLog(str(where / "driftline-log")).append(
+        "transactions", layout.to_table([event], [record]), {("transactions", 0): (-1, 0)}
+    )
+
+
 @pytest.mark.parametrize("code", list(EXAMPLES.values()), ids=list(EXAMPLES))
 def test_a_python_example_of_the_docs_runs(code: str, redis_url: str, tmp_path: Path) -> None:
     prefix = f"readme-{uuid.uuid4().hex[:8]}"
     asyncio.run(seed(redis_url, prefix))
+    if "training_set" in code:
+        seed_offline_log(tmp_path)
     script = tmp_path / "example.py"
     code = code.replace("redis://127.0.0.1:6379/0", redis_url)
     script.write_text(code.replace('prefix="driftline"', f'prefix="{prefix}"'))
