@@ -33,7 +33,7 @@ i.e. exactly what the online features counted.  Pure: no Kafka, no Redis.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from driftline.features.definitions import FeatureGroup
@@ -54,9 +54,16 @@ class PointInTimeJoin:
     """The features of each row, from events fed in event-time order (see the module doc)."""
 
     def __init__(
-        self, group: FeatureGroup, rows: Sequence[tuple[str, int]], fold_every: int = FOLD_EVERY
+        self,
+        group: FeatureGroup,
+        rows: Sequence[tuple[str, int]],
+        fold_every: int = FOLD_EVERY,
+        on_row: Callable[[int, FeatureVector], None] | None = None,
     ) -> None:
+        """``on_row(i, vector)``, when given, takes each row's features as it is answered
+        (in time order) instead of :meth:`finish` returning them all."""
         self.group = group
+        self._on_row = on_row
         self.fold_every = fold_every
         #: row indices by (time, index): answered in this order
         self._order = sorted(range(len(rows)), key=lambda i: (rows[i][1], i))
@@ -68,7 +75,7 @@ class PointInTimeJoin:
         self._states: dict[str, EntityState | None] = {}
         self._pending: dict[str, list[ParsedEvent]] = {}
         self._newest: int | None = None
-        self.results: list[FeatureVector | None] = [None] * len(rows)
+        self.results: list[FeatureVector | None] = [None] * (0 if on_row else len(rows))
 
     @property
     def entities(self) -> frozenset[str]:
@@ -104,7 +111,8 @@ class PointInTimeJoin:
                     self._fold(entity)
 
     def finish(self) -> list[FeatureVector]:
-        """Answer the rows after the last event; the features of every row, in row order."""
+        """Answer the rows after the last event; the features of every row, in row order
+        (none with ``on_row``)."""
         while self._next < len(self._order):
             self._answer(self._order[self._next])
             self._next += 1
@@ -121,7 +129,11 @@ class PointInTimeJoin:
     def _answer(self, i: int) -> None:
         entity, as_of_ms = self._rows[i]
         self._fold(entity)
-        self.results[i] = read_features(self.group, self._states.get(entity), as_of_ms)
+        vector = read_features(self.group, self._states.get(entity), as_of_ms)
+        if self._on_row is None:
+            self.results[i] = vector
+        else:
+            self._on_row(i, vector)
         left = self._left[entity] - 1
         if left:
             self._left[entity] = left

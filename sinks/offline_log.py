@@ -222,19 +222,20 @@ class LogLayout:
 
         names = set(table.schema.names)
         wanted = [(name, kind) for name, kind in self.fields if name in names]
-        cols = [(name, kind == "json", table.column(name).to_pylist()) for name, kind in wanted]
+        fields = [name for name, _ in wanted]
+        json_fields = [name for name, kind in wanted if kind == "json"]
+        cols = [table.column(name).to_pylist() for name in fields]
         extra = table.column("_extra").to_pylist() if "_extra" in names else None
         entities = table.column("_entity").to_pylist()
-        times = table.column("_event_time").cast(pa.int64()).to_pylist()
-        for i, entity in enumerate(entities):
-            data: dict[str, Any] = {}
-            for name, is_json, values in cols:
-                v = values[i]
-                if v is not None:
-                    data[name] = _loads(v) if is_json else v
+        times = [t // 1000 for t in table.column("_event_time").cast(pa.int64()).to_pylist()]
+        for i, row in enumerate(zip(*cols, strict=True) if cols else ((),) * len(entities)):
+            data = {f: v for f, v in zip(fields, row, strict=True) if v is not None}
+            for name in json_fields:
+                if name in data:
+                    data[name] = _loads(data[name])
             if extra is not None and extra[i] is not None:
                 data.update(_loads(extra[i]))
-            yield ParsedEvent(entity, times[i] // 1000, data)
+            yield ParsedEvent(entities[i], times[i], data)
 
 
 def day_of(ms: int) -> dt.date:

@@ -18,18 +18,22 @@ answered, and one event date of the requested columns of the log.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import gc
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from tqdm import tqdm
 
 from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import rekey
+from driftline.features.state import FeatureVector
 from driftline.features.training import PointInTimeJoin
 from driftline.sinks.offline_log import LogLayout, OfflineLog
 from driftline.streams.errors import ConfigError
@@ -200,25 +204,85 @@ def training_set(
     times = _times_ms(frame, time_column)
     row_keys = list(zip(entities, times, strict=True))
     log = OfflineLog(settings.offline.path)
-    results: dict[tuple[str, str], list[Any]] = {}
+    results: dict[tuple[str, str], pl.Series] = {}
     by_source: dict[str, list[_Wanted]] = {}
     for w in wanted:
         by_source.setdefault(w.group.source, []).append(w)
     for source, ws in by_source.items():
-        joins = [PointInTimeJoin(w.group, row_keys) for w in ws]
-        _feed_source(log, settings, sources, source, ws, joins, max(times, default=0), progress)
-        for w, join in zip(ws, joins, strict=True):
-            vectors = join.finish()
+        collectors = [_Columns(w, len(row_keys)) for w in ws]
+        joins = [
+            PointInTimeJoin(w.group, row_keys, on_row=c)
+            for w, c in zip(ws, collectors, strict=True)
+        ]
+        with _few_collections():
+            _feed_source(log, settings, sources, source, ws, joins, max(times, default=0), progress)
+        for w, join, collected in zip(ws, joins, collectors, strict=True):
+            join.finish()
             for f in w.features:
-                results[(w.group.name, f)] = [v.values[f] for v in vectors]
+                results[(w.group.name, f)] = collected.series(f)
     names = _column_names(wanted)
     clash = sorted(set(names.values()) & set(frame.columns))
     if clash:
         raise ConfigError(f"the rows already have columns named like features: {clash}")
-    out = frame.with_columns(
-        [pl.Series(names[key], values, strict=False) for key, values in results.items()]
-    )
+    out = frame.with_columns([series.alias(names[key]) for key, series in results.items()])
     return out.to_pandas() if pandas_out else out
+
+
+class _Columns:
+    """The requested features of every row, by column: numbers in numpy arrays (8 bytes
+    a value, not a Python object each: a million rows of 20 features stay ~160 MB)."""
+
+    def __init__(self, wanted: _Wanted, n: int) -> None:
+        specs = {s.name: s for s in wanted.group.layout.features}
+        self.ints: dict[str, np.ndarray[Any, Any]] = {}
+        self.floats: dict[str, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
+        self.objects: dict[str, list[Any]] = {}
+        for f in wanted.features:
+            spec = specs[f]
+            if spec.kind == "last":
+                self.objects[f] = [None] * n
+            elif spec.kind == "distinct" or spec.aggregation == "count":
+                self.ints[f] = np.zeros(n, dtype=np.int64)
+            else:
+                self.floats[f] = (np.zeros(n, dtype=np.float64), np.zeros(n, dtype=bool))
+
+    def __call__(self, i: int, vector: FeatureVector) -> None:
+        values = vector.values
+        for f, ints in self.ints.items():
+            ints[i] = values[f]
+        for f, (floats, present) in self.floats.items():
+            v = values[f]
+            if v is not None:
+                floats[i] = v
+                present[i] = True
+        for f, objects in self.objects.items():
+            objects[i] = values[f]
+
+    def series(self, f: str) -> pl.Series:
+        if f in self.ints:
+            return pl.Series(f, self.ints[f])
+        if f in self.floats:
+            floats, present = self.floats[f]
+            return pl.Series(f, floats).set(pl.Series(~present), None)
+        return pl.Series(f, self.objects[f], strict=False)
+
+
+@contextlib.contextmanager
+def _few_collections() -> Iterator[None]:
+    """Fewer garbage collections while millions of small, acyclic objects come and go.
+
+    The events, deltas and states the join makes hold no reference cycles;
+    the collector's default thresholds rescan the long-lived states every few
+    hundred allocations, which tripled the time of building events.
+    """
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 def _feed_source(
