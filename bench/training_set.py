@@ -24,8 +24,8 @@ time, CPU seconds and peak RSS:
                  ``last`` is left out.
 
 ``--memory-check`` runs driftline again on a log of half the days (half the
-events, same rows per day): memory that does not grow with the events held in
-the log shows as two peaks alike.  Machines are shared and noisy: compare
+events, the same number of rows): memory that does not grow with the events
+held in the log shows as two peaks alike.  Machines are shared and noisy: compare
 figures of the same run.
 """
 
@@ -226,7 +226,7 @@ def main() -> None:
     runs = [("full", args.events, args.rows, args.days)]
     if args.memory_check:
         half = args.days // 2
-        runs.append(("half", args.events * half // args.days, args.rows * half // args.days, half))
+        runs.append(("half", args.events * half // args.days, args.rows, half))
     try:
         results = {}
         for label, events, rows, days in runs:

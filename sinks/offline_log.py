@@ -78,6 +78,7 @@ _ARROW: dict[Kind, pa.DataType] = {
     "json": pa.string(),
 }
 _US = pa.timestamp("us", tz="UTC")
+_EXACT_INT = 1 << 53
 _DAY_MS = 86_400_000
 _EPOCH = dt.date(1970, 1, 1)
 
@@ -120,7 +121,8 @@ def _kind(declared: Sequence[str]) -> Kind:
 def _fits(kind: Kind, v: Any) -> bool:
     t = type(v)
     if kind == "float":
-        return t is float or (t is int and abs(v) < 1e300)
+        # an int a double holds exactly; a larger one goes to _extra, unchanged
+        return t is float or (t is int and abs(v) <= _EXACT_INT)
     if kind == "int":
         return t is int and _INT64[0] <= v <= _INT64[1]
     if kind == "string":
@@ -190,6 +192,8 @@ class LogLayout:
                     odd[name] = v
                 elif kind == "json":
                     columns[name].append(_dumps(v))
+                elif kind == "float":
+                    columns[name].append(float(v))
                 else:
                     columns[name].append(v)
             for name, v in data.items():
@@ -340,6 +344,19 @@ class OfflineLog:
             raise PermanentError(f"offline log {self.table_uri(source)}: {exc}") from exc
         except (DeltaError, OSError) as exc:  # the store: a full disk, a network error
             raise TransientError(f"offline log {self.table_uri(source)}: {exc}") from exc
+
+    def dates(self, source: str) -> list[tuple[dt.date, int]]:
+        """The event dates the table holds, oldest first, with their rows (from the
+        commit log's file statistics: no data is read)."""
+        table = self._table(source)
+        if table is None:
+            return []
+        actions = pa.table(table.get_add_actions(flatten=True))
+        rows: dict[dt.date, int] = {}
+        days = actions.column(f"partition.{PARTITION_COLUMN}").to_pylist()
+        for day, n in zip(days, actions.column("num_records").to_pylist(), strict=True):
+            rows[day] = rows.get(day, 0) + (n or 0)
+        return sorted(rows.items())
 
     def scan(self, source: str) -> pl.LazyFrame:
         """The table as a polars lazy frame (filters and column choices are pushed down)."""

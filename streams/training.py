@@ -35,7 +35,7 @@ from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import rekey
 from driftline.features.state import FeatureVector
 from driftline.features.training import PointInTimeJoin
-from driftline.sinks.offline_log import LogLayout, OfflineLog
+from driftline.sinks.offline_log import LogLayout, OfflineLog, day_of
 from driftline.streams.errors import ConfigError
 from driftline.streams.settings import Settings, load_settings
 from driftline.streams.sources import Sources, build_sources, declared_types
@@ -320,8 +320,9 @@ def _feed_source(
     lf = lf.filter(pl.col("_event_time") <= until)
     if not rekeyed:
         lf = lf.filter(pl.col("_entity").is_in(list(joins[0].entities)))
-    counts = lf.group_by("event_date").agg(pl.len().alias("n")).sort("event_date").collect()
-    total = int(counts["n"].sum()) if counts.height else 0
+    last_day = day_of(until_ms)
+    days = [(day, n) for day, n in log.dates(source) if day <= last_day]
+    total = sum(n for _, n in days)  # at most: events after until_ms are not read
     with tqdm(
         total=total,
         unit="ev",
@@ -329,7 +330,7 @@ def _feed_source(
         file=sys.stderr,
         disable=not progress or None,
     ) as bar:
-        for day in counts["event_date"].to_list():
+        for day, _ in days:
             chunk = (
                 lf.filter(pl.col("event_date") == day)
                 .select(columns)

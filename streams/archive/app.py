@@ -222,9 +222,10 @@ class Archiver:
             if not done:
                 # another archiver wrote one of these partitions: start again from the log
                 self.metrics.fenced.labels(source=name).inc()
+                self.release(tps)
                 if self.consumer is not None:
-                    self.release(tps)
-                    await self.adopt(self.consumer, tps)
+                    owned = self.consumer.assignment()
+                    await self.adopt(self.consumer, [tp for tp in tps if tp in owned])
                 continue
             for tp in tps:
                 held = self.held[tp]
@@ -279,7 +280,10 @@ class Archiver:
 
         class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-                await archiver.flush()
+                try:
+                    await archiver.flush()
+                except Exception as exc:  # raised from the loop, not inside aiokafka
+                    adopt_error.append(exc)
                 archiver.release(revoked)
 
             async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
