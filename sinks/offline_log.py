@@ -221,7 +221,10 @@ class LogLayout:
 
     def events(self, table: pa.Table | pa.RecordBatch) -> Iterator[ParsedEvent]:
         """The events of rows read back (any subset of the fields' columns, plus
-        ``_entity`` and ``_event_time``; ``_extra`` if present), in row order."""
+        ``_entity`` and ``_event_time``; ``_extra`` if present), in row order.
+
+        A null may come back as an absent field or as a ``None`` value: the
+        window engine reads both as absent."""
         from driftline.schemas.parser import ParsedEvent
 
         names = set(table.schema.names)
@@ -232,6 +235,13 @@ class LogLayout:
         extra = table.column("_extra").to_pylist() if "_extra" in names else None
         entities = table.column("_entity").to_pylist()
         times = [t // 1000 for t in table.column("_event_time").cast(pa.int64()).to_pylist()]
+        if not json_fields and (extra is None or not any(extra)):
+            # the common case, at C speed: a null stays a None value, which the
+            # window engine reads as absent (it asks data.get(field))
+            rows = zip(*cols, strict=True) if cols else ((),) * len(entities)
+            for entity, t, row in zip(entities, times, rows, strict=True):
+                yield ParsedEvent(entity, t, dict(zip(fields, row, strict=True)))
+            return
         for i, row in enumerate(zip(*cols, strict=True) if cols else ((),) * len(entities)):
             data = {f: v for f, v in zip(fields, row, strict=True) if v is not None}
             for name in json_fields:

@@ -151,8 +151,10 @@ class Archiver:
             self.held[tp] = _Held(committed, committed, watermark)
             if committed >= 0:
                 consumer.seek(tp, committed + 1)
-            else:
+            elif self.settings.kafka.auto_offset_reset == "earliest":
                 await consumer.seek_to_beginning(tp)
+            else:  # where a worker of this config starts too
+                await consumer.seek_to_end(tp)
             self.metrics.offset.labels(source=source.name, partition=str(tp.partition)).set(
                 committed
             )
