@@ -118,6 +118,18 @@ def metrics_port_for(requested: int | None) -> tuple[int, str | None]:
     return requested, None
 
 
+def _terminate(child: subprocess.Popen[bytes] | None, *, timeout: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if child is None or child.poll() is not None:
+        return
+    child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
 class DevStack:
     def __init__(self, options: DevOptions) -> None:
         self.options = options
@@ -172,26 +184,31 @@ class DevStack:
                 "DRIFTLINE_WORKER__DATA_DIR": str(self.run_dir / "worker-data"),
             }
         )
-        log_path = self.run_dir / "worker.log"
-        log_file = log_path.open("wb")
-        self.worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "driftline.streams.cli",
-                "worker",
-                "-c",
-                str(self.config_path),
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-            preexec_fn=child_preexec(os.getpid()),
-        )
-        log_file.close()
+        self.worker, log_path = self._spawn("worker", env)
         return log_path
+
+    def _spawn(self, command: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+        """``driftline COMMAND -c CONFIG`` as a child in its own session, dying with us;
+        its output in ``<run dir>/COMMAND.log``."""
+        log_path = self.run_dir / f"{command}.log"
+        with log_path.open("wb") as log_file:
+            child = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "driftline.streams.cli",
+                    command,
+                    "-c",
+                    str(self.config_path),
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                preexec_fn=child_preexec(os.getpid()),
+            )
+        return child, log_path
 
     def start_archive(self, bootstrap: str) -> Path | None:
         """``driftline archive`` as a child: the accepted events into the offline log."""
@@ -206,24 +223,7 @@ class DevStack:
                 "DRIFTLINE_OFFLINE__PATH": self.offline_path,
             }
         )
-        log_path = self.run_dir / "archive.log"
-        with log_path.open("wb") as log_file:
-            self.archiver = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "driftline.streams.cli",
-                    "archive",
-                    "-c",
-                    str(self.config_path),
-                ],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-                preexec_fn=child_preexec(os.getpid()),
-            )
+        self.archiver, log_path = self._spawn("archive", env)
         return log_path
 
     def training_hint(self) -> str:
@@ -236,20 +236,8 @@ class DevStack:
 
     def stop(self) -> None:
         # the archiver first: it commits what waits while the broker still answers
-        if self.archiver is not None and self.archiver.poll() is None:
-            self.archiver.send_signal(signal.SIGTERM)
-            try:
-                self.archiver.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.archiver.kill()
-                self.archiver.wait()
-        if self.worker is not None and self.worker.poll() is None:
-            self.worker.send_signal(signal.SIGTERM)
-            try:
-                self.worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.worker.kill()
-                self.worker.wait()
+        _terminate(self.archiver, timeout=30)
+        _terminate(self.worker, timeout=20)
         for server in (self.redis, self.broker):
             if server is not None:
                 server.stop()
