@@ -368,6 +368,22 @@ class OfflineLog:
             rows[day] = rows.get(day, 0) + (n or 0)
         return sorted(rows.items())
 
+    def compact(self, source: str) -> tuple[int, int]:
+        """Rewrite each event date's small files into few large ones (Delta's optimize);
+        returns (files removed, files added).  Rows, and the offsets each partition is
+        at, are unchanged; appends may go on meanwhile.  The files replaced stay
+        until a vacuum (``DeltaTable.vacuum``) removes them."""
+        from deltalake.exceptions import DeltaError
+
+        table = self._table(source)
+        if table is None:
+            return 0, 0
+        try:
+            metrics = table.optimize.compact()
+        except (DeltaError, OSError) as exc:
+            raise TransientError(f"offline log {self.table_uri(source)}: {exc}") from exc
+        return int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"])
+
     def scan(self, source: str) -> pl.LazyFrame:
         """The table as a polars lazy frame (filters and column choices are pushed down)."""
         import polars as pl

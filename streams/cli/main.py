@@ -104,19 +104,32 @@ def worker(config: Path, processes: int) -> None:
 
 @main.command()
 @config_option
+@click.option(
+    "--compact",
+    is_flag=True,
+    help="instead: rewrite the log's small files into large ones, then exit (run it daily)",
+)
 @user_errors
-def archive(config: Path) -> None:
+def archive(config: Path, compact: bool) -> None:
     """Write the accepted events of each source to the offline event log (offline.path).
 
     Its own consumer group; exactly once into Delta Lake tables, one per source.
     """
     from driftline.streams.archive.app import run_archive
     from driftline.streams.logs import logging_config
-    from driftline.streams.sources import build_sources
+    from driftline.streams.sources import archived_sources, build_sources
     from driftline.streams.topics import wait_for_broker
 
     settings = _load(config)
     sources = build_sources(settings, str(config))
+    if compact:
+        from driftline.sinks.offline_log import OfflineLog
+
+        log = OfflineLog(settings.offline.path)
+        for name in archived_sources(settings, sources):
+            removed, added = log.compact(name)
+            click.echo(f"{log.table_uri(name)}: {removed} files rewritten into {added}")
+        return
     logging.config.dictConfig(logging_config(settings.worker.log_level, settings.worker.log_format))
 
     async def run() -> None:

@@ -21,6 +21,7 @@ from driftline.sinks.exceptions import PermanentError
 from driftline.sinks.offline_log import LogFenceError, LogLayout, OfflineLog, day_of
 
 T0 = 1_764_633_600_000  # 2025-12-02T00:00Z
+DAY = 86_400_000
 LAYOUT = LogLayout.from_declared(
     {
         "amount": ["number"],
@@ -158,3 +159,26 @@ def test_a_commit_racing_another_of_the_same_partition_is_refused(tmp_path: Path
 def test_contract_fields_named_like_the_logs_own_columns_are_refused() -> None:
     with pytest.raises(PermanentError, match="_offset"):
         LogLayout.from_declared({"_offset": ["integer"], "amount": ["number"]})
+
+
+def test_compaction_keeps_the_rows_and_where_each_partition_stands(tmp_path: Path) -> None:
+    log = OfflineLog(str(tmp_path))
+    for i in range(12):  # twelve small commits over two dates, as a live archiver makes them
+        events = [
+            ParsedEvent("a", T0 + i, {"amount": float(i)}),
+            ParsedEvent("b", T0 + DAY + i, {}),
+        ]
+        log.append(
+            "tx", LAYOUT.to_table(events, recs(2, start=2 * i)), {("tx", 0): (2 * i - 1, 2 * i + 1)}
+        )
+    before = log.scan("tx").sort("_offset").collect()
+    files = len(DeltaTable(str(tmp_path / "tx")).file_uris())
+    removed, added = log.compact("tx")
+    assert (removed, added) == (files, 2)  # one file per date
+    assert len(DeltaTable(str(tmp_path / "tx")).file_uris()) == 2
+    assert log.scan("tx").sort("_offset").collect().equals(before)
+    assert log.positions("tx", "tx", [0]) == {0: 23}
+    # and appends go on after it, fenced as before
+    with pytest.raises(LogFenceError):
+        log.append("tx", LAYOUT.to_table([], []), {("tx", 0): (20, 30)})
+    log.append("tx", LAYOUT.to_table([], []), {("tx", 0): (23, 30)})

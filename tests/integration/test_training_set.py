@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -210,6 +211,17 @@ def test_the_command_reads_and_writes_files_and_explains_mistakes(
     frame = pl.read_parquet(out)
     assert frame.columns == ["user_id", "timestamp", "churned", "amount_mean_24h", "category_last"]
     assert frame["amount_mean_24h"].null_count() == 0
+    # compacting the log changes no value
+    compacted = run_cli("archive", "-c", str(config), "--compact")
+    rewritten = re.search(r"(\d+) files rewritten into 3\b", compacted.stdout)  # a file a date
+    assert compacted.returncode == 0 and rewritten, compacted.stdout + compacted.stderr
+    assert int(rewritten.group(1)) > 3
+    again = tmp_path / "again.parquet"
+    done = run_cli(
+        "training-set", "-c", str(config), "--entities", str(labels),
+        "--features", "spend:amount_mean_24h,spend:category_last", "--out", str(again),
+    )  # fmt: skip
+    assert done.returncode == 0 and pl.read_parquet(again).equals(frame), done.stderr
     csv_out = tmp_path / "train.csv"
     done = run_cli(
         "training-set", "-c", str(config), "--entities", str(labels),
