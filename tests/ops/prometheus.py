@@ -72,7 +72,7 @@ def rules_for_test(tmp_path: Path, drift_for: str = "1s") -> Path:
 
 @contextmanager
 def prometheus_server(
-    tmp_path: Path, worker_port: int, drift_for: str = "1s"
+    tmp_path: Path, worker_port: int, drift_for: str = "1s", archive_port: int | None = None
 ) -> Iterator[PrometheusAPI]:
     binary = require_tool("prometheus")
     config = {
@@ -82,6 +82,13 @@ def prometheus_server(
             {"job_name": "driftline", "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]}
         ],
     }
+    if archive_port is not None:  # the job name the archive rules select
+        config["scrape_configs"].append(
+            {
+                "job_name": "driftline-archive",
+                "static_configs": [{"targets": [f"127.0.0.1:{archive_port}"]}],
+            }
+        )
     config_path = tmp_path / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
     port = find_free_port()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from driftline.sinks.metrics import WorkerMetrics
+from driftline.sinks.metrics import ArchiveMetrics, WorkerMetrics
 from tests.ops.support import (
     COMPOSE_FILE,
     DASHBOARDS_DIR,
@@ -79,9 +79,10 @@ ON_DASHBOARDS = {
 
 
 def exported_names() -> set[str]:
-    """Sample names the worker can export, from the catalogue (none observed yet)."""
+    """Sample names the worker and the archiver can export, from the catalogue (none observed yet)."""
     registry = CollectorRegistry()
     WorkerMetrics(["source"], registry=registry)
+    ArchiveMetrics(registry=registry)
     suffixes = {
         "counter": ["_total"],
         "gauge": [""],

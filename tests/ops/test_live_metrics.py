@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.test_archive import ArchiveProcess
 from tests.e2e.test_drift_e2e import stream
 from tests.e2e.test_worker_e2e import produce
 from tests.ops import conftest
@@ -57,6 +59,7 @@ RANGE_FUNCTIONS = ("rate(", "increase(")
 @dataclass
 class LiveWorker:
     worker: WorkerProcess
+    archive: ArchiveProcess
     bootstrap: str
     tx_topic: str
     scores_topic: str
@@ -154,10 +157,13 @@ def live(
 ) -> Iterator[LiveWorker]:
     suffix = uuid.uuid4().hex[:8]
     config = live_config(kafka_bootstrap, redis_url, suffix)
+    config["offline"] = {"path": str(tmp_path_factory.mktemp("live-log")), "flush_interval_s": 0.5}
     worker = WorkerProcess(tmp_path_factory.mktemp("live-worker"), config).start()
+    archive = ArchiveProcess(tmp_path_factory.mktemp("live-archive"), config).start()
     try:
         handle = LiveWorker(
             worker=worker,
+            archive=archive,
             bootstrap=kafka_bootstrap,
             tx_topic=config["sources"][0]["topic"],
             scores_topic=config["sources"][1]["topic"],
@@ -171,8 +177,11 @@ def live(
         worker.wait_for("driftline_events_valid_total", 1500, source="scores")
         yield handle
         assert worker.stop() == 0, worker.log()
+        assert archive.stop() == 0, archive.log()
     finally:
         worker.kill()
+        if archive.proc is not None and archive.proc.poll() is None:
+            archive.kill()
 
 
 def evaluate(api: PrometheusAPI, queries: list[Query]) -> tuple[list[str], list[Query]]:
@@ -207,10 +216,14 @@ def alert_states(api: PrometheusAPI, name: str) -> set[str]:
 def test_prometheus_evaluates_every_query_and_raises_the_drift_alert(
     live: LiveWorker, tmp_path: Path
 ) -> None:
-    with prometheus_server(tmp_path, live.worker.port) as api:
+    with prometheus_server(tmp_path, live.worker.port, archive_port=live.archive.port) as api:
         api.wait(
             "worker scraped 3 times",
             lambda: api.value('count_over_time(up{job="driftline"}[1m])') >= 3,
+        )
+        api.wait(
+            "archive scraped 3 times",
+            lambda: api.value('count_over_time(up{job="driftline-archive"}[1m])') >= 3,
         )
         assert api.value('up{job="driftline"}') == 1
         # traffic while Prometheus watches, so rates are not all zero
@@ -290,7 +303,14 @@ def test_dashboards_and_rules_use_only_exported_metrics(live: LiveWorker) -> Non
     live.shift()  # drift counters and the last-detection gauge exist only after a detection
     status, text = live.worker.get("/metrics")
     assert status == 200, text
-    exported = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    with urllib.request.urlopen(f"http://127.0.0.1:{live.archive.port}/metrics") as response:
+        archive_text = response.read().decode()
+    exported = {
+        s.name
+        for t in (text, archive_text)
+        for f in text_string_to_metric_families(t)
+        for s in f.samples
+    }
     for queries, what in ((dashboard_queries(), "dashboards"), (rule_queries(), "alert rules")):
         used = metric_names(queries)
         assert used, what

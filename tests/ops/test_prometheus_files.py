@@ -41,6 +41,7 @@ EXPECTED_ALERTS = {
     "DuplicateEventsHigh",
     "DuplicateCheckMemoryFull",
     "EventTimeLagHigh",
+    "ArchiveStalled",
 }
 SEVERITIES = {"critical", "warning"}
 #: The runbook: a section per alert, which its `runbook` annotation links to.
@@ -77,6 +78,7 @@ def test_scrape_config_targets_the_worker_job() -> None:
     config = load_yaml(PROMETHEUS_CONFIG)
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert "driftline" in jobs, "the alert rules select job=driftline"
+    assert "driftline-archive" in jobs, "the archive's rules select job=driftline-archive"
     assert jobs["driftline"].get("metrics_path", "/metrics") == "/metrics"
     rule_files = [PROMETHEUS_DIR / pattern for pattern in config["rule_files"]]
     matched = {p for pattern in rule_files for p in pattern.parent.glob(pattern.name)}
@@ -101,7 +103,9 @@ def test_every_rule_is_annotated_and_has_a_severity() -> None:
         assert link == RUNBOOK and anchor == name.lower() and anchor in anchors, (
             f"{name}: runbook {annotations['runbook']!r} is not its section of {RUNBOOK}"
         )
-        assert 'job="driftline"' in rule["expr"], f"{name}: select job=driftline"
+        # each rule selects the job of the program it watches (as prometheus.yml names them)
+        job = "driftline-archive" if name.startswith("Archive") else "driftline"
+        assert f'job="{job}"' in rule["expr"], f"{name}: select job={job}"
 
 
 def test_unit_tests_cover_firing_and_not_firing_for_every_rule() -> None:
