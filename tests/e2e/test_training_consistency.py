@@ -2,7 +2,8 @@
 
 Events stream through ``driftline worker`` and ``driftline archive`` in
 phases; after each phase the online store is read as of the phase's end (it
-then holds exactly the events up to that time).  The worker is SIGKILLed in
+then holds exactly the events up to that time), through the serving API
+(``driftline serve``, HTTP) and straight from Redis.  The worker is SIGKILLed in
 the middle of one phase and the archiver in another.  Then the training set
 for those (entity, time) rows, built from the offline log, must give every
 value the online read gave, to 1e-9 relative, and invalid or late events
@@ -14,20 +15,26 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
+import orjson
 import polars as pl
 import pytest
+import yaml
 
 from driftline.sinks.offline_log import OfflineLog
+from driftline.streams.local.ports import find_free_port
 from driftline.streams.training import training_set
 from tests.e2e.test_archive import ArchiveProcess
 from tests.e2e.test_exactly_once import Producer, stored_offsets
 from tests.e2e.test_worker_e2e import e2e_config, read_features
-from tests.worker_process import WorkerProcess
+from tests.worker_process import ROOT, WorkerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -103,6 +110,47 @@ def wait_archived(
     raise AssertionError(f"archive behind {offsets}\n{archiver.log()}")
 
 
+class Serve:
+    """``driftline serve`` on the test's config, on a free loopback port."""
+
+    def __init__(self, tmp_path: Path, config: dict[str, Any]) -> None:
+        self.port = find_free_port()
+        path = tmp_path / f"serve-{self.port}.yaml"
+        path.write_text(
+            yaml.safe_dump({**config, "serve": {"host": "127.0.0.1", "port": self.port}})
+        )
+        self.log = tmp_path / f"serve-{self.port}.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "driftline.streams.cli", "serve", "-c", str(path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, self.log.read_text()
+                time.sleep(0.2)
+
+    def features(self, user: str, as_of: int) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.port}/v1/features/spend/{user}?as_of={as_of}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            doc = orjson.loads(response.read())
+        assert doc["as_of_ms"] == as_of
+        features: dict[str, Any] = doc["features"]
+        return features
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
 def same(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float):
         return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
@@ -121,6 +169,8 @@ def test_training_set_from_the_log_equals_the_online_reads_after_kills(
     base = int(time.time() * 1000) - (PHASES + 2) * PHASE_MS
     worker = WorkerProcess(tmp_path, config).start()
     archiver = ArchiveProcess(tmp_path, config).start()
+    serve = Serve(tmp_path, config)
+    served: list[dict[str, Any]] = []
     offsets: dict[int, int] = {}
     users = [f"u{i:02d}" for i in range(USERS + 2)]  # two without events
     readings: list[tuple[str, int, dict[str, Any]]] = []
@@ -150,10 +200,12 @@ def test_training_set_from_the_log_equals_the_online_reads_after_kills(
                 read_features(redis_url, prefix, config, "spend", users, as_of_ms=as_of)
             )
             readings += [(u, as_of, v.values) for u, v in zip(users, vectors, strict=True)]
+            served += [serve.features(u, as_of) for u in users]
         wait_archived(root, topic, offsets, archiver)
     finally:
         worker.stop()
         archiver.stop()
+        serve.stop()
     config_path = worker.config_path.parent / "training.yaml"
     config_path.write_text(archiver.config_path.read_text())
     rows = pl.DataFrame(
@@ -168,6 +220,14 @@ def test_training_set_from_the_log_equals_the_online_reads_after_kills(
         if not same(out[name][i], online[name])
     ]
     assert not mismatches, f"{len(mismatches)} differ, e.g. {mismatches[:5]}"
+    # and what the serving API answered then (JSON: floats and ints as sent)
+    apart = [
+        (readings[i][0], readings[i][1], name, out[name][i], doc[name])
+        for i, doc in enumerate(served)
+        for name in names
+        if not same(out[name][i], doc[name])
+    ]
+    assert not apart, f"{len(apart)} differ from the serving API, e.g. {apart[:5]}"
     # the comparison has teeth: most rows have data, and nothing late or invalid counted
     assert sum(1 for _, _, v in readings if v["amount_count_5m"]) > len(readings) // 2
     assert max(out["amount_max_1h"].drop_nulls()) < 1e6
