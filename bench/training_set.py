@@ -14,6 +14,8 @@ time, CPU seconds and peak RSS:
 
 * ``driftline``  ``training_set(config, rows, ["spend"])``: the log read a
                  date at a time, the worker's window engine per row;
+* ``driftline-jN`` the same with ``jobs=N`` (``--jobs``, default 2): N processes,
+                 each for a share of the entities;
 * ``duckdb``     a straightforward SQL over the same Delta table
                  (its current Parquet files, as ``DeltaTable.file_uris()``
                  lists them; DuckDB's ``delta_scan`` needs an extension
@@ -138,13 +140,13 @@ def make_rows(path: Path, rows: int, entities: int, days: int, seed: int) -> Non
     ).write_parquet(path)
 
 
-def run_driftline(config: Path, rows_path: Path) -> dict[str, float]:
+def run_driftline(config: Path, rows_path: Path, jobs: int = 1) -> dict[str, float]:
     import polars as pl
 
     from driftline.streams.training import training_set
 
     rows = pl.read_parquet(rows_path)
-    out = training_set(config, rows, ["spend"], progress=True)
+    out = training_set(config, rows, ["spend"], progress=True, jobs=jobs)
     return {"rows": out.height, "nonzero_24h": int((out["amount_count_24h"] > 0).sum())}
 
 
@@ -184,12 +186,19 @@ def run_duckdb(config: Path, rows_path: Path) -> dict[str, float]:
 
 def child(which: str, config: Path, rows_path: Path) -> None:
     started, cpu0 = time.perf_counter(), time.process_time()
-    result = (run_driftline if which == "driftline" else run_duckdb)(config, rows_path)
+    if which == "duckdb":
+        result = run_duckdb(config, rows_path)
+    else:  # driftline or driftline-jN
+        jobs = int(which.partition("-j")[2] or 1)
+        result = run_driftline(config, rows_path, jobs)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     report = {
         **result,
         "seconds": time.perf_counter() - started,
-        "cpu_s": time.process_time() - cpu0,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cpu_s": time.process_time() - cpu0 + kids.ru_utime + kids.ru_stime,
+        # the largest process (with --jobs: the largest of the parent and its shards)
+        "peak_rss_mib": max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, kids.ru_maxrss)
+        / 1024,
     }
     print("RESULT " + json.dumps(report), flush=True)
 
@@ -216,6 +225,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", type=Path, default=None, help="build (or reuse) the log here")
     parser.add_argument("--memory-check", action="store_true")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="also run driftline with this many processes (1: not)"
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -241,6 +253,8 @@ def main() -> None:
                 make_rows(rows_path, rows, args.entities, days, args.seed)
                 print(f"  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
             which = ["driftline", "duckdb"] if label == "full" else ["driftline"]
+            if label == "full" and args.jobs > 1:
+                which.insert(1, f"driftline-j{args.jobs}")
             for w in which:
                 print(f"{label}: {w} ...", file=sys.stderr, flush=True)
                 results[(label, w)] = measure(w, config, rows_path)

@@ -21,7 +21,10 @@ from __future__ import annotations
 import contextlib
 import difflib
 import gc
+import subprocess
 import sys
+import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,12 +175,14 @@ def training_set(
     time_column: str = "timestamp",
     progress: bool = False,
     sources: Sources | None = None,
+    jobs: int = 1,
 ) -> Any:
     """Each row of ``rows`` with the requested features as of its time (see the module doc).
 
     ``rows``: a polars or pandas DataFrame, a pyarrow Table, or a Parquet/CSV
     path.  Returns a polars DataFrame (pandas when ``rows`` is pandas): the
-    rows' columns, in their order, then one column per feature.
+    rows' columns, in their order, then one column per feature.  ``jobs`` > 1
+    (with ``config`` a file) splits the entities over that many processes.
     """
     if isinstance(config, Settings):
         settings, origin = config, "config"
@@ -203,11 +208,32 @@ def training_set(
     entities = [str(e) for e in frame[entity_column].cast(pl.String).to_list()]
     times = _times_ms(frame, time_column)
     row_keys = list(zip(entities, times, strict=True))
+    if jobs > 1 and not isinstance(config, Settings) and len(row_keys) > 1:
+        results = _compute_in_shards(Path(config), features, row_keys, jobs, progress)
+    else:
+        results = _compute(settings, sources, wanted, row_keys, progress)
+    names = _column_names(wanted)
+    clash = sorted(set(names.values()) & set(frame.columns))
+    if clash:
+        raise ConfigError(f"the rows already have columns named like features: {clash}")
+    out = frame.with_columns([series.alias(names[key]) for key, series in results.items()])
+    return out.to_pandas() if pandas_out else out
+
+
+def _compute(
+    settings: Settings,
+    sources: Sources,
+    wanted: Sequence[_Wanted],
+    row_keys: Sequence[tuple[str, int]],
+    progress: bool,
+) -> dict[tuple[str, str], pl.Series]:
+    """Every requested feature of every row, by (group, feature), in row order."""
     log = OfflineLog(settings.offline.path)
     results: dict[tuple[str, str], pl.Series] = {}
     by_source: dict[str, list[_Wanted]] = {}
     for w in wanted:
         by_source.setdefault(w.group.source, []).append(w)
+    until = max((t for _, t in row_keys), default=0)
     for source, ws in by_source.items():
         collectors = [_Columns(w, len(row_keys)) for w in ws]
         joins = [
@@ -215,17 +241,85 @@ def training_set(
             for w, c in zip(ws, collectors, strict=True)
         ]
         with _few_collections():
-            _feed_source(log, settings, sources, source, ws, joins, max(times, default=0), progress)
+            _feed_source(log, settings, sources, source, ws, joins, until, progress)
         for w, join, collected in zip(ws, joins, collectors, strict=True):
             join.finish()
             for f in w.features:
                 results[(w.group.name, f)] = collected.series(f)
-    names = _column_names(wanted)
-    clash = sorted(set(names.values()) & set(frame.columns))
-    if clash:
-        raise ConfigError(f"the rows already have columns named like features: {clash}")
-    out = frame.with_columns([series.alias(names[key]) for key, series in results.items()])
-    return out.to_pandas() if pandas_out else out
+    return results
+
+
+def _compute_in_shards(
+    config: Path,
+    features: Sequence[str],
+    row_keys: Sequence[tuple[str, int]],
+    jobs: int,
+    progress: bool,
+) -> dict[tuple[str, str], pl.Series]:
+    """:func:`_compute` in ``jobs`` child processes, each for the rows of a share of the
+    entities (by CRC-32 of the entity, so an entity's rows stay together).
+
+    Rows go to the children and features come back as Parquet files (no pickle
+    crosses the process boundary); a child's failure is raised with its message.
+    """
+    shard_of = [zlib.crc32(e.encode()) % jobs for e, _ in row_keys]
+    with tempfile.TemporaryDirectory(prefix="driftline-training-") as tmp:
+        children = []
+        for k in range(jobs):
+            mine = [i for i, s in enumerate(shard_of) if s == k]
+            if not mine:
+                continue
+            rows_path, out_path = Path(tmp) / f"rows-{k}.parquet", Path(tmp) / f"out-{k}.parquet"
+            pl.DataFrame(
+                {
+                    "_row": mine,
+                    "entity": [row_keys[i][0] for i in mine],
+                    "t": pl.Series([row_keys[i][1] for i in mine], dtype=pl.Int64),
+                }
+            ).write_parquet(rows_path)
+            command = [
+                sys.executable, "-m", "driftline.streams.training", str(config),
+                str(rows_path), ",".join(features), str(out_path),
+            ]  # fmt: skip
+            child = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+            children.append((child, out_path))
+        parts = []
+        with tqdm(
+            total=len(children), unit="shard", desc="entities", file=sys.stderr,
+            disable=not progress or None,
+        ) as bar:  # fmt: skip
+            for child, out_path in children:
+                _, err = child.communicate()
+                if child.returncode != 0:
+                    for other, _ in children:
+                        other.kill()
+                    raise ConfigError(f"a training-set process failed: {err.strip()[-2000:]}")
+                parts.append(pl.read_parquet(out_path))
+                bar.update(1)
+    merged = pl.concat(parts).sort("_row")
+    results: dict[tuple[str, str], pl.Series] = {}
+    for name in merged.columns:
+        if name != "_row":
+            group, _, feature = name.partition(":")
+            results[(group, feature)] = merged[name]
+    return results
+
+
+def _shard_main(argv: Sequence[str]) -> None:
+    """A child of :func:`_compute_in_shards`: CONFIG ROWS FEATURES OUT."""
+    config, rows_path, features, out_path = argv
+    settings = load_settings(config)
+    sources = build_sources(settings, config)
+    wanted = _parse_features(features.split(","), sources.all_groups())
+    rows = pl.read_parquet(rows_path)
+    row_keys = list(zip(rows["entity"].to_list(), rows["t"].to_list(), strict=True))
+    results = _compute(settings, sources, wanted, row_keys, progress=False)
+    out = pl.DataFrame({"_row": rows["_row"]}).with_columns(
+        [series.alias(f"{g}:{f}") for (g, f), series in results.items()]
+    )
+    out.write_parquet(out_path)
 
 
 class _Columns:
@@ -347,3 +441,11 @@ def _feed_source(
                     for i in idx:
                         joins[i].feed(keyed)
                 bar.update(piece.height)
+
+
+if __name__ == "__main__":  # a shard of _compute_in_shards
+    try:
+        _shard_main(sys.argv[1:])
+    except Exception as exc:  # the parent shows it
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import logging.config
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -167,6 +168,13 @@ def archive(config: Path, compact: bool) -> None:
 )
 @click.option("--entity-column", default=None, help="default: the group's entity key, or entity")
 @click.option("--time-column", default="timestamp", show_default=True)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="processes, each for a share of the entities (default: one per core from "
+    "50,000 rows on, else 1)",
+)
 @user_errors
 def training_set_command(
     config: Path,
@@ -175,11 +183,14 @@ def training_set_command(
     out: Path,
     entity_column: str | None,
     time_column: str,
+    jobs: int | None,
 ) -> None:
     """Each row's features as of its timestamp, from the offline log (no event after it counts)."""
     from driftline.streams.training import read_rows, training_set, write_rows
 
     rows = read_rows(rows_path)
+    if jobs is None:
+        jobs = min(os.cpu_count() or 1, 8) if rows.height >= 50_000 else 1
     frame = training_set(
         config,
         rows,
@@ -187,6 +198,7 @@ def training_set_command(
         entity_column=entity_column,
         time_column=time_column,
         progress=True,
+        jobs=jobs,
     )
     write_rows(frame, out)
     click.echo(f"{frame.height} rows, {frame.width - rows.width} features -> {out}")

@@ -173,6 +173,23 @@ def test_the_training_set_equals_the_pure_join_over_the_same_events(
     assert before["amount_count_24h"].to_list() == [0]
 
 
+def test_processes_for_shares_of_the_entities_give_the_same_training_set(
+    logged: tuple[Path, list[tuple[ParsedEvent, Rec]]],
+) -> None:
+    config, _ = logged
+    rng = random.Random(5)
+    rows = pl.DataFrame(
+        {
+            "user_id": [f"u{rng.randrange(22):02d}" for _ in range(300)],
+            "timestamp": [rng.randint(T0, T0 + 3 * DAY) for _ in range(300)],
+        }
+    )
+    features = ["spend"]
+    one = training_set(config, rows, features)
+    three = training_set(config, rows, features, jobs=3)
+    assert three.equals(one)
+
+
 def test_a_group_keyed_by_another_field_reads_its_own_entities(
     logged: tuple[Path, list[tuple[ParsedEvent, Rec]]],
 ) -> None:
@@ -246,8 +263,10 @@ def test_the_command_reads_and_writes_files_and_explains_mistakes(
     assert bad.returncode == 2 and "no time column 'ts'" in bad.stderr, bad.stderr
     empty = tmp_path / "empty.yaml"
     empty.write_text(config.read_text().replace(str(tmp_path / "log"), str(tmp_path / "nolog")))
-    bad = run_cli(
-        "training-set", "-c", str(empty), "--entities", str(labels),
-        "--features", "spend", "--out", str(out),
-    )  # fmt: skip
-    assert bad.returncode == 2 and "driftline archive" in bad.stderr, bad.stderr
+    for jobs in ("1", "2"):  # said by the process itself, or by one of its shards
+        bad = run_cli(
+            "training-set", "-c", str(empty), "--entities", str(labels),
+            "--features", "spend", "--out", str(out), "--jobs", jobs,
+        )  # fmt: skip
+        assert bad.returncode == 2 and "driftline archive" in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr
