@@ -298,13 +298,16 @@ class OfflineLog:
             return None
         import polars as pl
 
-        newest = (
-            self.scan(source)
-            .filter((pl.col("_topic") == topic) & (pl.col("_partition") == partition))
-            .select(pl.col("_event_time").dt.epoch("ms").max())
-            .collect()
-            .item()
-        )
+        try:
+            newest = (
+                self.scan(source)
+                .filter((pl.col("_topic") == topic) & (pl.col("_partition") == partition))
+                .select(pl.col("_event_time").dt.epoch("ms").max())
+                .collect()
+                .item()
+            )
+        except (pl.exceptions.PolarsError, OSError) as exc:  # the store: unreachable, a file gone
+            raise TransientError(f"offline log {self.table_uri(source)}: {exc}") from exc
         return None if newest is None else int(newest)
 
     def append(

@@ -123,6 +123,7 @@ class Archiver:
         )
         self._pending = 0
         self._last_flush = time.monotonic()
+        self._flushing = asyncio.Lock()
         self.consumer: AIOKafkaConsumer | None = None
 
     # -- where each partition stands ------------------------------------------
@@ -143,8 +144,14 @@ class Archiver:
                 on_error=self.metrics.errors.labels(source=source.name).inc,
             )
             committed = position[tp.partition]
-            watermark = await asyncio.to_thread(
-                self.log.watermark, source.name, tp.topic, tp.partition
+            watermark = await until_done(
+                functools.partial(
+                    asyncio.to_thread, self.log.watermark, source.name, tp.topic, tp.partition
+                ),
+                what=f"offline log of {source.name} (reading its watermark)",
+                backoff=self.backoff,
+                sleep=asyncio.sleep,
+                on_error=self.metrics.errors.labels(source=source.name).inc,
             )
             if source.quality is not None:
                 source.quality.release(tp.partition)
@@ -207,7 +214,15 @@ class Archiver:
         )
 
     async def flush(self) -> None:
-        """Commit what waits, one Delta commit per source; then Kafka's offsets (for lag)."""
+        """Commit what waits, one Delta commit per source; then Kafka's offsets (for lag).
+
+        One flush at a time: a rebalance's flush (the listener) waits for the
+        loop's, instead of committing the same events again.
+        """
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         self._last_flush = time.monotonic()
         by_source: dict[str, list[TopicPartition]] = {}
         for tp, held in self.held.items():
