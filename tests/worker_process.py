@@ -84,7 +84,7 @@ class WorkerProcess:
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
         request = urllib.request.Request(self.base + path, headers=headers or {})
         try:
-            with urllib.request.urlopen(request, timeout=2) as response:
+            with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
@@ -94,8 +94,15 @@ class WorkerProcess:
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         token = self.env.get("DRIFTLINE_METRICS__TOKEN")
         auth = {"Authorization": f"Bearer {token}"} if token else None
+        # a busy machine can keep the answer longer than one request's timeout:
+        # try again until a generous deadline rather than fail on the first
+        deadline = time.monotonic() + 60
         status, text = self.get("/metrics", auth)
-        assert status == 200, text
+        while status == 0 and time.monotonic() < deadline:
+            assert self.proc is None or self.proc.poll() is None, f"worker died:\n{self.log()}"
+            time.sleep(0.5)
+            status, text = self.get("/metrics", auth)
+        assert status == 200, f"/metrics answered {status}: {text[:500]}\n{self.log()}"
         out = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:
