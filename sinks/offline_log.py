@@ -292,23 +292,29 @@ class OfflineLog:
             out[p] = -1 if version is None else int(version)
         return out
 
-    def watermark(self, source: str, topic: str, partition: int) -> int | None:
-        """The newest event time written for a partition (its watermark), or ``None``."""
-        if not self.exists(source):
-            return None
+    def watermarks(
+        self, source: str, topic: str, partitions: Sequence[int]
+    ) -> dict[int, int | None]:
+        """The newest event time written per partition (its watermark; ``None``: none),
+        from one scan of the table's event times."""
+        out: dict[int, int | None] = dict.fromkeys(partitions)
+        if not partitions or not self.exists(source):
+            return out
         import polars as pl
 
         try:
             newest = (
                 self.scan(source)
-                .filter((pl.col("_topic") == topic) & (pl.col("_partition") == partition))
-                .select(pl.col("_event_time").dt.epoch("ms").max())
+                .filter((pl.col("_topic") == topic) & pl.col("_partition").is_in(list(partitions)))
+                .group_by("_partition")
+                .agg(pl.col("_event_time").dt.epoch("ms").max())
                 .collect()
-                .item()
             )
         except (pl.exceptions.PolarsError, OSError) as exc:  # the store: unreachable, a file gone
             raise TransientError(f"offline log {self.table_uri(source)}: {exc}") from exc
-        return None if newest is None else int(newest)
+        for p, t in newest.iter_rows():
+            out[int(p)] = None if t is None else int(t)
+        return out
 
     def append(
         self, source: str, table: pa.Table, written: Mapping[tuple[str, int], tuple[int, int]]

@@ -390,7 +390,8 @@ def _feed_source(
     progress: bool,
 ) -> None:
     """Feed the joins the log of ``source`` up to ``until_ms``, a date at a time, in time order."""
-    if not log.exists(source):
+    held = log.dates(source)  # the table's dates from its commit log (none: no table)
+    if not held and not log.exists(source):
         raise ConfigError(
             f"no offline log of source {source} at {log.table_uri(source)}: run "
             "`driftline archive` (it writes offline.path), or point offline.path at the log"
@@ -415,7 +416,7 @@ def _feed_source(
     if not rekeyed:
         lf = lf.filter(pl.col("_entity").is_in(list(joins[0].entities)))
     last_day = day_of(until_ms)
-    days = [(day, n) for day, n in log.dates(source) if day <= last_day]
+    days = [(day, n) for day, n in held if day <= last_day]
     total = sum(n for _, n in days)  # at most: events after until_ms are not read
     with tqdm(
         total=total,

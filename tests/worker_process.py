@@ -34,6 +34,12 @@ def run_cli(
 
 
 class WorkerProcess:
+    """``driftline COMMAND -c FILE`` as a subprocess (``worker`` here), ready once
+    ``ready_path`` on its metrics port answers 200."""
+
+    command = "worker"
+    ready_path = "/readyz"
+
     def __init__(
         self, tmp_path: Path, config: dict[str, Any], env: dict[str, str] | None = None
     ) -> None:
@@ -44,7 +50,7 @@ class WorkerProcess:
         }
         self.config_path = tmp_path / f"driftline-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.log_path = tmp_path / f"worker-{self.port}.log"
+        self.log_path = tmp_path / f"{self.command}-{self.port}.log"
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -59,7 +65,7 @@ class WorkerProcess:
                     sys.executable,
                     "-m",
                     "driftline.streams.cli",
-                    "worker",
+                    self.command,
                     "-c",
                     str(self.config_path),
                 ],
@@ -72,11 +78,13 @@ class WorkerProcess:
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
-            if self.get("/readyz")[0] == 200:
+                raise AssertionError(
+                    f"{self.command} exited with {self.proc.returncode}:\n{self.log()}"
+                )
+            if self.get(self.ready_path)[0] == 200:
                 return self
             time.sleep(0.2)
-        raise AssertionError(f"worker not ready after {ready_timeout}s:\n{self.log()}")
+        raise AssertionError(f"{self.command} not ready after {ready_timeout}s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]

@@ -35,7 +35,7 @@ import functools
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -53,7 +53,7 @@ from driftline.streams.security import bearer_matches
 from driftline.streams.settings import Settings
 from driftline.streams.sources import Sources, archived_sources, declared_types
 from driftline.streams.worker.records import RawRecord
-from driftline.streams.worker.retry import Backoff, until_done
+from driftline.streams.worker.retry import Backoff, T, until_done
 from driftline.streams.worker.verdicts import judge
 
 log = logging.getLogger(__name__)
@@ -129,49 +129,54 @@ class Archiver:
     # -- where each partition stands ------------------------------------------
 
     async def adopt(self, consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]) -> None:
-        """Start each partition after the last offset the log holds for it."""
-        if not tps:
-            return
+        """Start each partition after the last offset the log holds for it.
+
+        One read of the positions and one of the watermarks per topic, for all
+        of its partitions assigned at once.
+        """
+        by_topic: dict[str, list[int]] = {}
         for tp in tps:
-            source = self.by_topic[tp.topic]
-            position = await until_done(
-                functools.partial(
-                    asyncio.to_thread, self.log.positions, source.name, tp.topic, [tp.partition]
-                ),
-                what=f"offline log of {source.name} (reading positions)",
-                backoff=self.backoff,
-                sleep=asyncio.sleep,
-                on_error=self.metrics.errors.labels(source=source.name).inc,
-            )
-            committed = position[tp.partition]
-            watermark = await until_done(
-                functools.partial(
-                    asyncio.to_thread, self.log.watermark, source.name, tp.topic, tp.partition
-                ),
-                what=f"offline log of {source.name} (reading its watermark)",
-                backoff=self.backoff,
-                sleep=asyncio.sleep,
-                on_error=self.metrics.errors.labels(source=source.name).inc,
-            )
-            if source.quality is not None:
-                source.quality.release(tp.partition)
-            self.held[tp] = _Held(committed, committed, watermark)
-            if committed >= 0:
-                consumer.seek(tp, committed + 1)
-            elif self.settings.kafka.auto_offset_reset == "earliest":
-                await consumer.seek_to_beginning(tp)
-            else:  # where a worker of this config starts too
-                await consumer.seek_to_end(tp)
-            self.metrics.offset.labels(source=source.name, partition=str(tp.partition)).set(
-                committed
-            )
-            log.info(
-                "archive %s/%d from offset %d (watermark %s)",
-                tp.topic,
-                tp.partition,
-                committed + 1,
-                watermark,
-            )
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        for topic, partitions in by_topic.items():
+            source = self.by_topic[topic]
+            positions = await self._read_log(source.name, self.log.positions, topic, partitions)
+            watermarks = await self._read_log(source.name, self.log.watermarks, topic, partitions)
+            for p in partitions:
+                tp = TopicPartition(topic, p)
+                committed = positions[p]
+                if source.quality is not None:
+                    source.quality.release(p)
+                self.held[tp] = _Held(committed, committed, watermarks[p])
+                if committed >= 0:
+                    consumer.seek(tp, committed + 1)
+                elif self.settings.kafka.auto_offset_reset == "earliest":
+                    await consumer.seek_to_beginning(tp)
+                else:  # where a worker of this config starts too
+                    await consumer.seek_to_end(tp)
+                self.metrics.offset.labels(source=source.name, partition=str(p)).set(committed)
+                log.info(
+                    "archive %s/%d from offset %d (watermark %s)",
+                    topic,
+                    p,
+                    committed + 1,
+                    watermarks[p],
+                )
+
+    async def _read_log(
+        self,
+        source: str,
+        read: Callable[[str, str, list[int]], dict[int, T]],
+        topic: str,
+        partitions: list[int],
+    ) -> dict[int, T]:
+        """A read of the log, retried with backoff (and counted) while it fails."""
+        return await until_done(
+            functools.partial(asyncio.to_thread, read, source, topic, partitions),
+            what=f"offline log of {source} (reading where {topic} stands)",
+            backoff=self.backoff,
+            sleep=asyncio.sleep,
+            on_error=self.metrics.errors.labels(source=source).inc,
+        )
 
     def release(self, tps: Sequence[TopicPartition]) -> None:
         for tp in tps:

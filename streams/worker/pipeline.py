@@ -279,8 +279,8 @@ class SourcePipeline:
         )
         deltas: list[tuple[FeatureGroup, Mapping[str, Delta]]] = []
         if state is not None and fresh:
-            # judged.accepted is result.valid: the events each group aggregates,
-            # keyed as the group is (once per group, shared with its monitors)
+            # result.valid holds what the verdicts accepted: the events each group
+            # aggregates, keyed as the group is (once per group, shared with its monitors)
             keyed = {group: self._keyed(group, result) for group in self.groups}
             deltas = [(group, _deltas(group, keyed[group][0])) for group in self.groups]
             if self.feature_monitors and result.valid:

@@ -9,80 +9,27 @@ none invalid, none late, with its topic, partition and offset.
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import yaml
 
 from driftline.sinks.offline_log import OfflineLog
-from driftline.streams.local.ports import find_free_port
 from tests.e2e.test_exactly_once import Producer
 from tests.e2e.test_worker_e2e import e2e_config
-from tests.worker_process import ROOT
+from tests.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.slow
 
 
-class ArchiveProcess:
+class ArchiveProcess(WorkerProcess):
     """``driftline archive -c FILE`` as a subprocess, ready once its /healthz answers."""
 
-    def __init__(self, tmp_path: Path, config: dict[str, Any]) -> None:
-        self.port = find_free_port()
-        config = {**config, "metrics": {"host": "127.0.0.1", "port": self.port}}
-        self.config_path = tmp_path / f"archive-{self.port}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
-        self.log_path = tmp_path / f"archive-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60) -> ArchiveProcess:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "driftline.streams.cli",
-                    "archive",
-                    "-c",
-                    str(self.config_path),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=ROOT,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"archive exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
-                    return self
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError(f"archive not up after {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self, timeout: float = 30) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=timeout)
-        return self.proc.returncode
+    command = "archive"
+    ready_path = "/healthz"
 
 
 def archive_config(kafka: str, redis_url: str, suffix: str, root: Path) -> dict[str, Any]:

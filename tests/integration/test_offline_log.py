@@ -116,7 +116,7 @@ def test_rows_read_back_are_the_events_written(
 def test_positions_and_watermarks_come_from_the_commits(tmp_path: Path) -> None:
     log = OfflineLog(str(tmp_path))
     assert not log.exists("tx") and log.positions("tx", "tx", [0, 1]) == {0: -1, 1: -1}
-    assert log.watermark("tx", "tx", 0) is None
+    assert log.watermarks("tx", "tx", [0]) == {0: None}
     events = [
         ParsedEvent("a", T0 + 50, {"amount": 1.0}),
         ParsedEvent("a", T0 + 10, {"amount": 2.0}),
@@ -125,8 +125,8 @@ def test_positions_and_watermarks_come_from_the_commits(tmp_path: Path) -> None:
     # a partition whose records were all refused still moves: an empty commit
     log.append("tx", LAYOUT.to_table([], []), {("tx", 1): (-1, 41)})
     assert log.positions("tx", "tx", [0, 1, 2]) == {0: 1, 1: 41, 2: -1}
-    assert log.watermark("tx", "tx", 0) == T0 + 50  # the newest, not the last
-    assert log.watermark("tx", "tx", 1) is None
+    # the newest, not the last; none for a partition whose records were all refused
+    assert log.watermarks("tx", "tx", [0, 1]) == {0: T0 + 50, 1: None}
 
 
 def test_a_writer_behind_another_is_refused_and_writes_nothing(tmp_path: Path) -> None:
