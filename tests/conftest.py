@@ -1,4 +1,4 @@
-"""Session-wide real services: one Kafka-protocol broker and one Redis for the run.
+"""Session-wide real services: one Kafka-protocol broker, one Redis and one Redis Cluster.
 
 Where they come from is decided in :mod:`tests.infra` (environment, Docker,
 or the embedded binaries).  Unit tests never touch these fixtures.
@@ -22,6 +22,13 @@ def kafka_bootstrap() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     with infra.redis_service() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """One node's URL of a 3-primary Redis Cluster, started on first use."""
+    with infra.redis_cluster_service() as url:
         yield url
 
 

