@@ -25,6 +25,10 @@ class FeatureError(DriftlineError):
     """Root of every error raised by :mod:`features`."""
 
 
+class LayoutError(FeatureError, ValueError):
+    """A key layout that cannot work (a shard count out of range, a brace in the prefix)."""
+
+
 class FeatureDefinitionError(FeatureError, ValueError):
     """A feature group definition is invalid.
 

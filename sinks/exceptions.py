@@ -56,11 +56,19 @@ _REDIS_TRANSIENT: tuple[type[BaseException], ...] = (
     redis_errors.MasterDownError,
     redis_errors.OutOfMemoryError,
     redis_errors.NoScriptError,  # a restarted Redis forgot its scripts: loaded again
+    # a cluster whose slots are being failed over, or whose nodes are all down
+    *(
+        getattr(redis_errors, name)
+        for name in ("SlotNotCoveredError", "RedisClusterUnreachableError")
+        if hasattr(redis_errors, name)  # (not in every redis-py this project allows)
+    ),
 )
 #: Error codes of replies that a later attempt may not get (redis-py maps
 #: OOM to OutOfMemoryError with the code stripped from the message; the others
 #: stay plain ResponseErrors with the code as the message's first word).
-_REDIS_TRANSIENT_CODES = frozenset({"OOM", "BUSY", "MISCONF", "NOREPLICAS", "NOSCRIPT"})
+_REDIS_TRANSIENT_CODES = frozenset(
+    {"OOM", "BUSY", "MISCONF", "NOREPLICAS", "NOSCRIPT", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"}
+)
 _REDIS_PERMANENT: tuple[type[BaseException], ...] = (
     redis_errors.AuthenticationError,  # a subclass of ConnectionError: checked first
     redis_errors.AuthorizationError,

@@ -36,7 +36,6 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import orjson
-import redis.asyncio as aioredis
 
 from driftline.features.definitions import FeatureGroup
 from driftline.features.exceptions import FeatureSelectionError
@@ -45,7 +44,7 @@ from driftline.features.registry import DeployedVersion, group_from_definition, 
 from driftline.features.serving import select_features, served_row
 from driftline.sinks.exceptions import PermanentError, TransientError
 from driftline.sinks.feature_store import RedisFeatureStore
-from driftline.sinks.redis_client import connect_redis
+from driftline.sinks.redis_client import REDIS_ERRORS, connect_redis
 from driftline.sinks.registry_store import RedisRegistryStore
 
 T = TypeVar("T")
@@ -170,7 +169,7 @@ class _StoreBackend:
             raise FeatureClientError(str(exc)) from None
         try:
             readings = await self._store.read(definition, entities, as_of_ms)
-        except (OSError, aioredis.RedisError) as exc:
+        except REDIS_ERRORS as exc:
             raise TransientError(f"feature store unavailable: {type(exc).__name__}: {exc}") from exc
         return [
             served_row(definition, entity, reading, selected, as_of_ms)
@@ -236,18 +235,24 @@ class AsyncFeatureClient:
         password: str | None = None,
         ssl_cafile: str | None = None,
         socket_timeout_s: float = 5.0,
+        cluster: bool = False,
     ) -> AsyncFeatureClient:
-        """Read the online store directly (pass the password here or in no URL at all)."""
+        """Read the online store directly (pass the password here or in no URL at all).
+
+        ``cluster``: ``url`` names a node of a Redis Cluster.  Where an entity's
+        key lives follows the shard count the workers recorded in the store.
+        """
         client = connect_redis(
             url,
             username=username,
             password=password,
             ssl_cafile=ssl_cafile,
             socket_timeout_s=socket_timeout_s,
+            cluster=cluster,
         )
         return cls(
             _StoreBackend(
-                RedisFeatureStore(client, prefix=prefix),
+                RedisFeatureStore(client, prefix=prefix, follow_layout=True),
                 RedisRegistryStore(client, prefix=prefix),
                 prefix=prefix,
                 versions=versions,

@@ -1,8 +1,10 @@
 """Redis online feature store: bucket rings merged server-side, exactly once per offset.
 
-Key layout (one hash per entity and feature-group version, readable names)::
+Key layout (one hash per entity and feature-group version, readable names;
+on Redis Cluster each entity key carries its shard's hash tag, see
+:mod:`driftline.features.keys`)::
 
-    {prefix}:fg:{group}:v{version}:{entity}     hash
+    {prefix}:fg:{group}:v{version}:{entity}     hash   (cluster: ...:v{version}:{tag}:{entity})
         _n            newest event time of the entity (epoch ms)
         _u            wall time of the last write (epoch ms)
         r{res_ms}     bucket ring of resolution res_ms (binary, see features/codec.py)
@@ -10,8 +12,11 @@ Key layout (one hash per entity and feature-group version, readable names)::
     {prefix}:offsets:{source}                   hash
         p{partition}  last Kafka offset whose effects are in the store
         w{partition}  event-time watermark of the partition after that offset
+    {prefix}:{tag}:fence:{source}               hash, cluster only: one per shard
+        p{partition}  last Kafka offset whose effects on the shard's entities are applied
     {prefix}:registry:{group}                   hash
         v{version}    JSON: fingerprint, definition, first deployed (ms)
+    {prefix}:layout                             JSON: the shard count of the store
 
 **Exactly-once effect.**  Kafka redelivers after a crash or a rebalance, and
 the local broker has no transactions, so one Lua script applies *all* the
@@ -22,9 +27,19 @@ below the stored offset before building the batch, so a replay applies
 nothing twice; a stale worker whose partition moved loses the race (its
 compare-and-set fails, it reloads and re-filters), so it cannot apply
 anything twice either.  Merges are commutative, so even an entity whose
-events are spread over partitions stays exact.  Single Redis (or a primary
-with replicas); Redis Cluster is not supported because one script touches
-keys of many slots.
+events are spread over partitions stays exact.
+
+**On Redis Cluster** a script runs on one slot, so a batch is applied as one
+script per shard it touches, each with the shard's own fence (compare-and-set
+on the fence: it may lag the batch's start, when the shard had no record
+since, but must not have passed it).  Once every shard has applied the batch,
+the partition's offset and watermark in ``{prefix}:offsets:{source}`` move
+forward (never back): every record at or below it is applied everywhere.  A
+worker that crashes between two shards' scripts leaves some fences past that
+offset; the next owner reads them (:attr:`PartitionState.ahead`) and skips, per
+shard, the records a fence already covers, while it judges every record again
+from the partition's offset and watermark, so its verdicts are the ones the
+crashed worker reached.
 
 The Lua merge (:mod:`driftline.sinks.feature_store_lua`) mirrors
 :func:`driftline.features.engine.apply_delta` (the reference implementation,
@@ -35,70 +50,154 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from driftline.features.codec import decode_delta, decode_ring, encode_ring
 from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import apply_delta, read_features
+from driftline.features.keys import KeyLayout
 from driftline.features.reader import Reading, read_rings
 from driftline.features.registry import version_record
 from driftline.features.state import Delta, EncodedDelta, EntityState, FeatureVector
 from driftline.sinks import feature_store_lua as lua
 from driftline.sinks.exceptions import PermanentError
+from driftline.sinks.redis_client import RedisClient
 
 
 @dataclass(frozen=True, slots=True)
 class PartitionState:
-    """What the store holds for one source partition: last applied offset and watermark."""
+    """What the store holds for one source partition: last applied offset and watermark.
+
+    ``ahead`` (sharded stores only): the shards whose fence has passed
+    ``offset`` (a batch a crashed worker applied to some shards only), with
+    their fence; a record at or below its entity's shard's fence is applied
+    already.  ``shards`` is the store's shard count, for
+    :func:`driftline.features.keys.shard_of`.
+    """
 
     offset: int  # -1: nothing applied yet
     watermark_ms: int | None
+    ahead: Mapping[int, int] = field(default_factory=dict)
+    shards: int = 1
+
+    def after(self, offset: int, watermark_ms: int | None) -> PartitionState:
+        """The state once a batch up to ``offset`` is applied (fences it passed are dropped)."""
+        ahead = {s: f for s, f in self.ahead.items() if f > offset}
+        return PartitionState(offset, watermark_ms, ahead, self.shards)
 
 
 class FeatureVersionConflict(PermanentError):
     """A feature group version is deployed with a different definition."""
 
 
+class LayoutConflict(PermanentError):
+    """The store was created with another shard count than this process's configuration."""
+
+
 def entity_key(prefix: str, group: FeatureGroup, entity: str) -> str:
-    return f"{prefix}:fg:{group.name}:v{group.version}:{entity}"
+    """An entity's key on one Redis (:meth:`KeyLayout.entity_key` for a sharded store)."""
+    return KeyLayout(prefix).entity_key(group.name, group.version, entity)
 
 
 def offsets_key(prefix: str, source: str) -> str:
-    return f"{prefix}:offsets:{source}"
+    return KeyLayout(prefix).offsets_key(source)
 
 
 def registry_key(prefix: str, group: str) -> str:
-    return f"{prefix}:registry:{group}"
+    return KeyLayout(prefix).registry_key(group)
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+async def stored_shards(client: RedisClient, prefix: str) -> int | None:
+    """The shard count recorded under ``prefix`` (``None``: nothing recorded yet)."""
+    raw = await client.get(KeyLayout(prefix).layout_key())
+    if raw is None:
+        return None
+    return int(orjson.loads(raw)["shards"])
+
+
 class RedisFeatureStore:
-    def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
+    """The online store on one Redis (``shards=1``) or on a Redis Cluster (``shards > 1``)."""
+
+    def __init__(
+        self, client: RedisClient, *, prefix: str, shards: int = 1, follow_layout: bool = False
+    ) -> None:
+        """``follow_layout``: read with the shard count the store records, not ``shards``.
+
+        Readers without a configuration (:class:`driftline.FeatureClient`) follow
+        it; the others refuse a store recorded with another count
+        (:class:`LayoutConflict`), checked once before the first read.
+        """
         self.client = client
         self.prefix = prefix
+        self.layout = KeyLayout(prefix, shards)
+        self._follow_layout = follow_layout
+        self._layout_known = False
         self._apply = client.register_script(lua.APPLY)
+        self._progress = client.register_script(lua.PROGRESS)
+
+    async def _read_layout(self) -> None:
+        """Check (or follow) the recorded shard count, once it is recorded."""
+        held = await stored_shards(self.client, self.prefix)
+        if held is None:
+            return  # nothing written yet: asked again on the next read
+        if held != self.layout.shards:
+            if not self._follow_layout:
+                raise self._conflict(held)
+            self.layout = KeyLayout(self.prefix, held)
+        self._layout_known = True
+
+    def _conflict(self, held: int) -> LayoutConflict:
+        return LayoutConflict(
+            f"the online store under key prefix {self.prefix!r} was created with "
+            f"{held} shard(s) (Redis key {self.layout.layout_key()}); this configuration says "
+            f"{self.layout.shards}: set redis.shards to {held}, or use a new key_prefix "
+            "for a store with another shard count"
+        )
+
+    async def check_layout(self) -> None:
+        """Record the shard count on first use; refuse a store created with another one.
+
+        Every writer and reader must agree on it (it decides where an
+        entity's key is), and it cannot change without writing the store anew.
+        """
+        key = self.layout.layout_key()
+        await self.client.set(key, orjson.dumps({"shards": self.layout.shards}), nx=True)
+        held = await stored_shards(self.client, self.prefix)
+        if held is not None and held != self.layout.shards:
+            raise self._conflict(held)
+        self._layout_known = True
 
     # -- partition state --------------------------------------------------
 
     async def partition_state(self, source: str, partition: int) -> PartitionState:
-        offset, watermark = await self.client.hmget(
-            offsets_key(self.prefix, source), [f"p{partition}", f"w{partition}"]
-        )
+        layout = self.layout
+        fields = [f"p{partition}", f"w{partition}"]
+        if not layout.sharded:
+            offset, watermark = await self.client.hmget(layout.offsets_key(source), fields)
+            fences: list[bytes | None] = []
+        else:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hmget(layout.offsets_key(source), fields)
+                for shard in range(layout.shards):
+                    pipe.hget(layout.fence_key(source, shard), fields[0])
+                (offset, watermark), *fences = await pipe.execute()
+        at = int(offset) if offset is not None else -1
+        ahead = {s: int(f) for s, f in enumerate(fences) if f is not None and int(f) > at}
         return PartitionState(
-            int(offset) if offset is not None else -1,
-            int(watermark) if watermark is not None else None,
+            at, int(watermark) if watermark is not None else None, ahead, layout.shards
         )
 
     async def stored_offsets(self, source: str) -> dict[int, int]:
         """Every partition's last applied offset for ``source``."""
-        fields = await self.client.hgetall(offsets_key(self.prefix, source))
+        fields = await self.client.hgetall(self.layout.offsets_key(source))
         out: dict[int, int] = {}
         for name, value in fields.items():
             name = name.decode() if isinstance(name, bytes) else str(name)
@@ -109,13 +208,20 @@ class RedisFeatureStore:
     async def reset_offsets(self, source: str, partitions: Sequence[int] | None = None) -> int:
         """Forget the stored offsets and watermarks of ``source`` (some partitions, or all).
 
-        Returns how many partitions had an offset stored.
+        Returns how many partitions had an offset stored.  On a sharded store
+        the shards' fences of those partitions go too.
         """
-        key = offsets_key(self.prefix, source)
+        layout = self.layout
         stored = await self.stored_offsets(source)
         targets = sorted(stored if partitions is None else set(partitions) & set(stored))
         if targets:
-            await self.client.hdel(key, *[f for p in targets for f in (f"p{p}", f"w{p}")])
+            gone = [f for p in targets for f in (f"p{p}", f"w{p}")]
+            await self.client.hdel(layout.offsets_key(source), *gone)
+            if layout.sharded:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for shard in range(layout.shards):
+                        pipe.hdel(layout.fence_key(source, shard), *gone)
+                    await pipe.execute()
         return len(targets)
 
     # -- writes -------------------------------------------------------------
@@ -129,44 +235,60 @@ class RedisFeatureStore:
         new_offset: int,
         watermark_ms: int | None,
         deltas: Sequence[tuple[FeatureGroup, Mapping[str, Delta]]],
+        ahead: Mapping[int, int] | None = None,
     ) -> tuple[bool, int]:
-        """Apply one partition batch atomically; ``(False, stored)`` when the offset moved."""
-        keys: list[str] = [offsets_key(self.prefix, source)]
-        args: list[Any] = [
-            partition,
-            expected_offset,
-            new_offset,
-            "" if watermark_ms is None else watermark_ms,
-            int(time.time() * 1000),
-            len(deltas),
-        ]
-        for group, entities in deltas:
-            layout = group.layout
-            resolutions = layout.resolutions
-            args += [
-                len(layout.value_fields),
-                len(layout.distinct_fields),
-                group.ttl_ms,
-                len(resolutions),
-            ]
-            for r in resolutions:
-                args += [r, layout.ring_buckets[r]]
-            args.append(len(entities))
-            for entity, delta in entities.items():
-                keys.append(entity_key(self.prefix, group, entity))
-                args.append(delta.newest_event_ms)
-                args.append(len(delta.last))
-                for field, (t, value) in delta.last.items():
-                    args += [f"l:{field}", t, orjson.dumps(value)]
-                if isinstance(delta, EncodedDelta):  # rings already in blob form
-                    blobs = delta.blobs
-                    args += [blobs.get(r, b"") for r in resolutions]
-                    continue
-                for r in resolutions:
-                    ring = delta.rings.get(r)
-                    args.append(encode_ring(group, ring) if ring else b"")
-        ok, stored = await self._apply(keys=keys, args=args)
-        return bool(ok), int(stored)
+        """Apply one partition batch atomically; ``(False, stored)`` when the offset moved.
+
+        On a sharded store: atomically per shard, then the partition's offset;
+        ``ahead`` are the fences past ``expected_offset`` the worker knows of
+        (:attr:`PartitionState.ahead`), ``(False, fence)`` when a shard's fence
+        moved under this worker (the shards before it may have applied theirs).
+        """
+        now_ms = int(time.time() * 1000)
+        layout = self.layout
+        if not layout.sharded:
+            keys, args = _script(
+                layout.offsets_key(source),
+                [partition, expected_offset, new_offset, _or_empty(watermark_ms), now_ms],
+                layout,
+                deltas,
+            )
+            ok, stored = await self._apply(keys=keys, args=args)
+            return bool(ok), int(stored)
+        calls = []
+        for shard, shard_deltas in _by_shard(layout, deltas).items():
+            start = max(expected_offset, (ahead or {}).get(shard, -1))
+            head = [partition, f"<{start}", new_offset, "", now_ms]
+            calls.append(_script(layout.fence_key(source, shard), head, layout, shard_deltas))
+        for ok, stored in await self._run_sharded(calls):
+            if not ok and int(stored) != new_offset:  # (== new_offset: applied by a retry)
+                return False, int(stored)
+        await self._progress(
+            keys=[layout.offsets_key(source)],
+            args=[partition, new_offset, _or_empty(watermark_ms)],
+        )
+        return True, new_offset
+
+    async def _run_sharded(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """One script call per shard, in one pipeline (sent to each primary at once).
+
+        A node that lost its scripts (a restart, a failover to a replica)
+        answers NOSCRIPT: the scripts are loaded again and the whole set is
+        sent again, which the fences make harmless for the shards that
+        applied theirs.
+        """
+        for attempt in range(2):
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    queue: Any = pipe  # (redis-py types the script's client as a client only)
+                    for keys, args in calls:  # queued, not sent: the coroutine returns at once
+                        await self._apply(keys=keys, args=args, client=queue)
+                    return list(await pipe.execute())
+            except NoScriptError:
+                if attempt:
+                    raise
+                await self.client.script_load(lua.APPLY)
+        raise AssertionError("unreachable")
 
     # -- reads --------------------------------------------------------------
 
@@ -174,9 +296,12 @@ class RedisFeatureStore:
         self, group: FeatureGroup, entities: Sequence[str]
     ) -> list[Mapping[bytes | str, bytes | str]]:
         """The stored hash of each entity (empty when unknown), in one pipelined round trip."""
+        if not self._layout_known:
+            await self._read_layout()
+        key = self.layout.entity_key
         async with self.client.pipeline(transaction=False) as pipe:
             for entity in entities:
-                pipe.hgetall(entity_key(self.prefix, group, entity))
+                pipe.hgetall(key(group.name, group.version, entity))
             raw: list[Mapping[bytes | str, bytes | str]] = await pipe.execute()
         return raw
 
@@ -210,7 +335,7 @@ class RedisFeatureStore:
         the version with is recorded too, as ``v{version}@{fingerprint}`` =
         first time seen (``HSETNX``: concurrent workers cannot race).
         """
-        key = registry_key(self.prefix, group.name)
+        key = self.layout.registry_key(group.name)
         now_ms = int(time.time() * 1000)
         doc = version_record(group, now_ms, lineage)
         field = f"v{group.version}"
@@ -236,8 +361,65 @@ class RedisFeatureStore:
         tell when a retired version's key space is gone.  Workers call it at
         most once a minute per group; a newer value is never overwritten.
         """
-        key = registry_key(self.prefix, group.name)
+        key = self.layout.registry_key(group.name)
         await self.client.eval(lua.TOUCH, 1, key, f"v{group.version}:last_write_ms", now_ms)
+
+
+def _or_empty(value: int | None) -> int | str:
+    return "" if value is None else value
+
+
+def _by_shard(
+    layout: KeyLayout, deltas: Sequence[tuple[FeatureGroup, Mapping[str, Delta]]]
+) -> dict[int, list[tuple[FeatureGroup, dict[str, Delta]]]]:
+    """The batch's deltas cut by the shard of their entity (groups in the batch's order)."""
+    out: dict[int, list[tuple[FeatureGroup, dict[str, Delta]]]] = {}
+    for group, entities in deltas:
+        cut: dict[int, dict[str, Delta]] = {}
+        shard = layout.shard
+        for entity, delta in entities.items():
+            cut.setdefault(shard(entity), {})[entity] = delta
+        for s, part in cut.items():
+            out.setdefault(s, []).append((group, part))
+    return out
+
+
+def _script(
+    offsets: str,
+    head: list[Any],
+    layout: KeyLayout,
+    deltas: Sequence[tuple[FeatureGroup, Mapping[str, Delta]]],
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of one :data:`~driftline.sinks.feature_store_lua.APPLY` call."""
+    keys: list[str] = [offsets]
+    args: list[Any] = [*head, len(deltas)]
+    for group, entities in deltas:
+        layout_ = group.layout
+        resolutions = layout_.resolutions
+        args += [
+            len(layout_.value_fields),
+            len(layout_.distinct_fields),
+            group.ttl_ms,
+            len(resolutions),
+        ]
+        for r in resolutions:
+            args += [r, layout_.ring_buckets[r]]
+        args.append(len(entities))
+        key = layout.entity_key
+        for entity, delta in entities.items():
+            keys.append(key(group.name, group.version, entity))
+            args.append(delta.newest_event_ms)
+            args.append(len(delta.last))
+            for name, (t, value) in delta.last.items():
+                args += [f"l:{name}", t, orjson.dumps(value)]
+            if isinstance(delta, EncodedDelta):  # rings already in blob form
+                blobs = delta.blobs
+                args += [blobs.get(r, b"") for r in resolutions]
+                continue
+            for r in resolutions:
+                ring = delta.rings.get(r)
+                args.append(encode_ring(group, ring) if ring else b"")
+    return keys, args
 
 
 def split_hash(
@@ -300,6 +482,7 @@ class MemoryFeatureStore:
         new_offset: int,
         watermark_ms: int | None,
         deltas: Sequence[tuple[FeatureGroup, Mapping[str, Delta]]],
+        ahead: Mapping[int, int] | None = None,
     ) -> tuple[bool, int]:
         if self.fail_next:
             self.fail_next -= 1

@@ -6,8 +6,9 @@ stored offset is still ``ARGV[2]``, it merges every entity's bucket rings and
 keeps, refreshes the TTL, and stores the new offset and watermark; else it
 changes nothing and answers the stored offset.  Arguments, per call::
 
-    KEYS  offsets hash, then one entity hash per entity (in argument order)
-    ARGV  partition, expected offset, new offset, watermark ('' for none), now ms, groups;
+    KEYS  offsets hash (a shard's fence on a cluster), then one entity hash per entity
+    ARGV  partition, expected offset ('<N': at most N), new offset, watermark ('' for none),
+          now ms, groups;
           per group: V value fields, D distinct fields, TTL ms, R rings,
                      R x (resolution ms, buckets kept), entities;
           per entity: newest event ms, L last values, L x ('l:' field, event ms, JSON),
@@ -20,20 +21,27 @@ touches, not the buckets the entities hold.  The merge (Chan et al.'s parallel
 summaries, KMV sketches capped at 33 hashes) mirrors
 :func:`driftline.features.engine.apply_delta`, the reference implementation it
 is tested against on a real Redis.  :data:`TOUCH` records a group version's
-last write time, never moving it backwards.
+last write time, never moving it backwards.  :data:`PROGRESS` moves a
+partition's offset and watermark forward, never back (on a cluster, once every
+shard has applied a batch).
 """
 
 from __future__ import annotations
 
-__all__ = ["APPLY", "TOUCH"]
+__all__ = ["APPLY", "PROGRESS", "TOUCH"]
 
 APPLY = r"""
 local K_CAP = 33
 local offsets = KEYS[1]
 local partition = ARGV[1]
-local stored = redis.call('HGET', offsets, 'p' .. partition)
-if (stored or '-1') ~= ARGV[2] then
-  return {0, stored or '-1'}
+local stored = redis.call('HGET', offsets, 'p' .. partition) or '-1'
+local expected = ARGV[2]
+if string.byte(expected, 1) == 60 then
+  -- '<N': a shard's fence, which may lag the batch's start (no record of the
+  -- shard in between) but must not have passed it
+  if tonumber(stored) > tonumber(string.sub(expected, 2)) then return {0, stored} end
+elseif stored ~= expected then
+  return {0, stored}
 end
 local now = ARGV[5]
 local ngroups = tonumber(ARGV[6])
@@ -261,5 +269,14 @@ return {1, ARGV[3]}
 TOUCH = """
 local held = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 if tonumber(ARGV[2]) > held then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"""
+
+#: HSET p{ARGV[1]} = ARGV[2] and w{ARGV[1]} = ARGV[3] ('' for none) unless p holds as much.
+PROGRESS = """
+local held = tonumber(redis.call('HGET', KEYS[1], 'p' .. ARGV[1]) or '-1')
+if tonumber(ARGV[2]) <= held then return 0 end
+redis.call('HSET', KEYS[1], 'p' .. ARGV[1], ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'w' .. ARGV[1], ARGV[3]) end
 return 1
 """

@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import orjson
-import redis.asyncio as aioredis
+
+from driftline.sinks.redis_client import RedisClient
 
 _SAVE = """
 local seq = redis.call('HGET', KEYS[1], 'seq') or '0'
@@ -41,7 +42,7 @@ def monitor_key(prefix: str, name: str) -> str:
 
 
 class RedisMonitorStore:
-    def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
+    def __init__(self, client: RedisClient, *, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
         self._save = client.register_script(_SAVE)

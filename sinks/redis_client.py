@@ -1,14 +1,22 @@
-"""The asyncio Redis client every Redis adapter uses: timeouts, retries, TLS, AUTH."""
+"""The asyncio Redis client every Redis adapter uses: timeouts, retries, TLS, AUTH, Cluster."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+#: What the adapters take: one Redis (or a primary), or a Redis Cluster client.
+RedisClient: TypeAlias = aioredis.Redis | aioredis.RedisCluster
+
+#: What a call of either client raises when Redis fails it: its errors (a cluster
+#: client's own, such as a slot no node serves, are not RedisErrors) and the socket's.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 
 def connect_redis(
@@ -18,11 +26,14 @@ def connect_redis(
     password: str | None = None,
     ssl_cafile: str | None = None,
     socket_timeout_s: float = 5.0,
-) -> aioredis.Redis:
+    cluster: bool = False,
+) -> RedisClient:
     """An asyncio Redis client that retries connection errors with exponential backoff.
 
     Commands are retried a few times inside redis-py; beyond that the caller's
-    own backoff (the worker's batch retry loop) takes over.
+    own backoff (the worker's batch retry loop) takes over.  ``cluster``: a
+    Redis Cluster client that learns the cluster's slots from the node at
+    ``url`` and follows MOVED/ASK redirections and failovers.
     """
     kwargs: dict[str, Any] = {
         "username": username,
@@ -35,4 +46,6 @@ def connect_redis(
     }
     if url.startswith("rediss://") and ssl_cafile:
         kwargs["ssl_ca_certs"] = ssl_cafile
+    if cluster:
+        return aioredis.RedisCluster.from_url(url, **kwargs)
     return aioredis.Redis.from_url(url, **kwargs)

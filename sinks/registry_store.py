@@ -14,11 +14,11 @@ import time
 from collections.abc import Iterable
 
 import orjson
-import redis.asyncio as aioredis
 
 from driftline.features.definitions import FeatureGroup
 from driftline.features.registry import DeployedVersion, parse_records, version_record
 from driftline.sinks.feature_store import registry_key
+from driftline.sinks.redis_client import RedisClient
 
 
 def _glob_escape(text: str) -> str:
@@ -26,7 +26,7 @@ def _glob_escape(text: str) -> str:
 
 
 async def read_deployed(
-    client: aioredis.Redis, prefix: str, names: Iterable[str] = (), *, scan: bool = True
+    client: RedisClient, prefix: str, names: Iterable[str] = (), *, scan: bool = True
 ) -> tuple[list[DeployedVersion], list[str]]:
     """Every version recorded under ``prefix``: of ``names``, and of other groups when ``scan``.
 
@@ -58,7 +58,7 @@ async def read_deployed(
 class RedisRegistryStore:
     """The registry under one key prefix, read from Redis (:func:`read_deployed`)."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
+    def __init__(self, client: RedisClient, *, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
 

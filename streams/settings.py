@@ -42,9 +42,14 @@ from pydantic_settings import (
 
 from driftline.drift.quality import QualityConfig
 from driftline.errors import redact
+from driftline.features.keys import MAX_SHARDS
 from driftline.streams.errors import ConfigError
 
 ENV_PREFIX = "DRIFTLINE_"
+
+#: Shards of the online store on a Redis Cluster unless ``redis.shards`` says otherwise:
+#: enough to spread over up to 64 primaries, few enough that a batch's scripts stay large.
+DEFAULT_CLUSTER_SHARDS = 64
 
 #: (section, key) pairs that must come from the environment.
 SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
@@ -171,6 +176,36 @@ class RedisSettings(_Section):
     startup_timeout_s: float = Field(
         60.0, gt=0, description="how long the worker waits for Redis at start-up before giving up"
     )
+    cluster: bool = Field(
+        False,
+        description="url names a node of a Redis Cluster: the online store is cut into "
+        "'shards', each in one hash slot (see docs/sizing.md)",
+    )
+    shards: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_SHARDS,
+        description="shards of the online store (fixed once it holds data): default 64 with "
+        "cluster, else 1; a cluster of N primaries spreads at most 'shards' ways",
+    )
+
+    @property
+    def store_shards(self) -> int:
+        """The shard count of the online store: :attr:`shards`, or its default."""
+        if self.shards is not None:
+            return self.shards
+        return DEFAULT_CLUSTER_SHARDS if self.cluster else 1
+
+    @model_validator(mode="after")
+    def _layout(self) -> RedisSettings:
+        if self.store_shards > 1 and ("{" in self.key_prefix or "}" in self.key_prefix):
+            raise ValueError(
+                "key_prefix: braces would become the Redis Cluster hash tag of every key; "
+                "choose a prefix without '{' and '}'"
+            )
+        if self.cluster and self.url.startswith("unix://"):
+            raise ValueError("cluster: a Redis Cluster is reached over TCP, not a unix:// socket")
+        return self
 
     @field_validator("url")
     @classmethod

@@ -7,12 +7,11 @@ import time
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
 from driftline.errors import redact
 from driftline.features.definitions import FeatureGroup
-from driftline.sinks.feature_store import RedisFeatureStore
-from driftline.streams.clients import redis_client
+from driftline.sinks.redis_client import REDIS_ERRORS
+from driftline.streams.clients import feature_store, redis_client
 from driftline.streams.errors import ConfigError, DriftlineError
 from driftline.streams.settings import Settings
 from driftline.streams.sources import build_sources
@@ -55,10 +54,8 @@ async def _read(
 ) -> list[Any]:
     client = redis_client(settings)
     try:
-        return await RedisFeatureStore(client, prefix=settings.redis.key_prefix).get(
-            group, entities, as_of_ms=as_of_ms
-        )
-    except (RedisError, OSError) as exc:
+        return await feature_store(settings, client).get(group, entities, as_of_ms=as_of_ms)
+    except REDIS_ERRORS as exc:
         raise DriftlineError(
             f"cannot read from Redis at {redact(settings.redis.url)}: {exc}"
         ) from None

@@ -272,8 +272,7 @@ def offsets_reset(config: Path, source_names: tuple[str, ...], partitions: tuple
     """
     import asyncio
 
-    from driftline.sinks.feature_store import RedisFeatureStore
-    from driftline.streams.clients import redis_client
+    from driftline.streams.clients import feature_store, redis_client
 
     settings = _load(config)
     known = {s.name for s in settings.sources}
@@ -285,7 +284,7 @@ def offsets_reset(config: Path, source_names: tuple[str, ...], partitions: tuple
 
     async def reset() -> list[tuple[str, int]]:
         client = redis_client(settings)
-        store = RedisFeatureStore(client, prefix=settings.redis.key_prefix)
+        store = feature_store(settings, client)
         try:
             return [
                 (name, await store.reset_offsets(name, list(partitions) or None))

@@ -107,11 +107,11 @@ def list_monitors(settings: Settings, origin: str, *, as_json: bool) -> str:
 
 async def _guarded(coro: Any) -> Any:
     """Redis unreachable is a message, not a traceback."""
-    from redis.exceptions import RedisError
+    from driftline.sinks.redis_client import REDIS_ERRORS
 
     try:
         return await coro
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         raise DriftlineError(
             f"cannot read the monitors' checkpoints from Redis ({type(exc).__name__}: {exc}); "
             "check redis.url"

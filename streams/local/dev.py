@@ -32,8 +32,8 @@ import click
 from aiokafka import AIOKafkaProducer
 
 from driftline.errors import redact
-from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.redis_client import connect_redis
+from driftline.streams.clients import feature_store
 from driftline.streams.errors import ConfigError, DriftlineError
 from driftline.streams.local import embedded
 from driftline.streams.local.demo import DemoEvents
@@ -357,7 +357,7 @@ class DevStack:
         _say(f"  worker log   {log_path}")
         _say("Ctrl-C stops everything.")
         client = connect_redis(redis_url)
-        store = RedisFeatureStore(client, prefix=self.settings.redis.key_prefix)
+        store = feature_store(self.settings, client)
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):

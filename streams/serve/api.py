@@ -49,13 +49,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from redis.exceptions import MaxConnectionsError, RedisError
+from redis.exceptions import MaxConnectionsError
 
 from driftline.features import serving
 from driftline.features.definitions import FeatureGroup
 from driftline.features.exceptions import CodecError, FeatureSelectionError
 from driftline.features.reader import Reading
 from driftline.sinks.metrics import ServeMetrics
+from driftline.sinks.redis_client import REDIS_ERRORS
 from driftline.streams.errors import DriftlineError
 from driftline.streams.serve.models import BatchRequest
 
@@ -162,7 +163,7 @@ class FeatureApi:
             # and shedding the request is better than queueing it for seconds
             self._warn_redis(exc)
             raise ApiError(503, "overloaded: too many reads in flight; retry shortly") from None
-        except (RedisError, OSError) as exc:  # OSError covers TimeoutError
+        except REDIS_ERRORS as exc:  # OSError covers TimeoutError
             self._warn_redis(exc)
             raise ApiError(503, f"feature store unavailable ({type(exc).__name__})") from None
         except CodecError as exc:
@@ -207,13 +208,13 @@ class FeatureApi:
     async def registry_entries(self) -> dict[str, Any]:
         try:
             return {"groups": await self.registry()}
-        except (RedisError, OSError) as exc:  # OSError covers TimeoutError
+        except REDIS_ERRORS as exc:  # OSError covers TimeoutError
             raise ApiError(503, f"feature store unavailable ({type(exc).__name__})") from None
 
     async def readiness(self) -> tuple[bool, str]:
         """Whether Redis answers PING within 2 s, and what it said."""
         try:
             await asyncio.wait_for(self.ping(), timeout=_READY_TIMEOUT_S)
-        except (RedisError, OSError) as exc:  # OSError covers TimeoutError
+        except REDIS_ERRORS as exc:  # OSError covers TimeoutError
             return False, f"{type(exc).__name__}: {exc}"
         return True, "ok"

@@ -60,9 +60,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from driftline.errors import redact
 from driftline.features.catalog import Catalog
-from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.registry_store import RedisRegistryStore
-from driftline.streams.clients import redis_client
+from driftline.streams.clients import feature_store, redis_client
 from driftline.streams.errors import DriftlineError
 from driftline.streams.logs import logging_config
 from driftline.streams.processes import freeze_startup
@@ -271,7 +270,7 @@ def create_app(settings: Settings, catalog: Catalog) -> FastAPI:
     client = redis_client(settings)
     serve = settings.serve
     api = FeatureApi(
-        RedisFeatureStore(client, prefix=settings.redis.key_prefix),
+        feature_store(settings, client),
         catalog.groups,
         registry=RegistryReader(RedisRegistryStore(client, prefix=catalog.prefix), catalog).entries,
         ping=client.ping,

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 
 import click
 import orjson
-from redis.exceptions import RedisError
 
 from driftline.errors import redact
+from driftline.sinks.redis_client import REDIS_ERRORS
 from driftline.streams.cli.options import config_option
 from driftline.streams.clients import redis_client
 from driftline.streams.errors import DriftlineError, exit_with
@@ -86,7 +86,7 @@ async def _read_deployed(
     client = redis_client(settings)
     try:
         return await read_deployed(client, redis_cfg.key_prefix, names)
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         raise DriftlineError(f"cannot read from Redis at {redact(redis_cfg.url)}: {exc}") from None
     finally:
         await client.aclose()

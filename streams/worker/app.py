@@ -26,11 +26,10 @@ from faust.types import StreamT
 
 from driftline.drift.samples import AcceptRequest, accept_doc
 from driftline.schemas import SchemaError
-from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.kafka_sink import BufferedKafkaSink
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.sinks.monitor_store import RedisMonitorStore
-from driftline.streams.clients import redis_client
+from driftline.streams.clients import feature_store, redis_client
 from driftline.streams.errors import ConfigError
 from driftline.streams.settings import KafkaSettings, Settings
 from driftline.streams.sockets import bind_socket
@@ -262,7 +261,7 @@ def create_app(
     app.on_fetch = health.fetched
     redis_cfg = settings.redis
     client = redis_client(settings)
-    store = RedisFeatureStore(client, prefix=redis_cfg.key_prefix)
+    store = feature_store(settings, client)
 
     async def send(
         topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]

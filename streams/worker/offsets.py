@@ -26,7 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
-from driftline.sinks.feature_store import RedisFeatureStore, offsets_key
+from driftline.sinks.feature_store import offsets_key
 from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -149,10 +149,10 @@ async def _records_at(consumer: Any, wanted: Mapping[TopicPartition, int]) -> se
 
 async def stored_offsets(settings: Settings) -> dict[str, dict[int, int]]:
     """Every source's stored offsets (partition -> last applied offset)."""
-    from driftline.streams.clients import redis_client
+    from driftline.streams.clients import feature_store, redis_client
 
     client = redis_client(settings)
-    store = RedisFeatureStore(client, prefix=settings.redis.key_prefix)
+    store = feature_store(settings, client)
     try:
         return {s.name: await store.stored_offsets(s.name) for s in settings.sources}
     finally:

@@ -50,6 +50,7 @@ from driftline.drift.samples import feature_samples, sample_docs, sample_records
 from driftline.features.batch import build_encoded
 from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import build_deltas, rekey
+from driftline.features.keys import shard_of
 from driftline.features.state import Delta
 from driftline.schemas import EventParser, ParsedEvent
 from driftline.schemas.wire import ConfluentAvroDecoder
@@ -101,6 +102,27 @@ def _deltas(group: FeatureGroup, events: Sequence[ParsedEvent]) -> Mapping[str, 
     """The batch's deltas: with numpy and already encoded where the group allows it."""
     encoded = build_encoded(group, events)
     return encoded if encoded is not None else build_deltas(group, events)
+
+
+def unapplied(
+    events: list[ParsedEvent], records: list[RawRecord], state: PartitionState
+) -> tuple[list[ParsedEvent], list[RawRecord]]:
+    """The events (and records) whose entity's shard has not applied them yet.
+
+    A sharded store's shards apply a batch one script each, so a worker that
+    crashed between them left some shards' fences past the partition's
+    offset (``state.ahead``); a record at or below its entity's shard's fence
+    is in the store already.  Only the first batches after such a crash get here.
+    """
+    ahead, shards = state.ahead, state.shards
+    kept = [
+        i
+        for i, (event, record) in enumerate(zip(events, records, strict=True))
+        if record.offset > ahead.get(shard_of(event.entity, shards), -1)
+    ]
+    if len(kept) == len(events):
+        return events, records
+    return [events[i] for i in kept], [records[i] for i in kept]
 
 
 class _Outbox:
@@ -282,6 +304,8 @@ class SourcePipeline:
             # result.valid holds what the verdicts accepted: the events each group
             # aggregates, keyed as the group is (once per group, shared with its monitors)
             keyed = {group: self._keyed(group, result) for group in self.groups}
+            if state.ahead:
+                keyed = {g: unapplied(*pair, state) for g, pair in keyed.items()}
             deltas = [(group, _deltas(group, keyed[group][0])) for group in self.groups]
             if self.feature_monitors and result.valid:
                 await self._sample_features(partition, keyed, dict(deltas), outbox)
@@ -369,6 +393,7 @@ class SourcePipeline:
                 new_offset=new_offset,
                 watermark_ms=watermark,
                 deltas=deltas,
+                ahead=state.ahead,
             )
             self.metrics.redis_write_seconds.observe(time.perf_counter() - t0)
             return outcome
@@ -380,7 +405,7 @@ class SourcePipeline:
             ok = True
         if ok:
             await self._touch_groups()
-            self._partitions[partition] = PartitionState(new_offset, watermark)
+            self._partitions[partition] = state.after(new_offset, watermark)
             self.metrics.applied_offset.labels(source=self.source, partition=str(partition)).set(
                 new_offset
             )

@@ -42,11 +42,14 @@ class FeatureStore(Protocol):
         new_offset: int,
         watermark_ms: int | None,
         deltas: Sequence[tuple[FeatureGroup, Mapping[str, Delta]]],
+        ahead: Mapping[int, int] | None = None,
     ) -> tuple[bool, int]:
         """Apply one partition batch if the stored offset is ``expected_offset``.
 
         ``(True, new_offset)`` when applied, ``(False, stored offset)`` when
-        another writer moved it (nothing applied).
+        another writer moved it (nothing applied; on a sharded store, the
+        shards whose fences did not move may have applied theirs).  ``ahead``:
+        the shards' fences past ``expected_offset`` (:attr:`PartitionState.ahead`).
         """
         ...
 

@@ -13,8 +13,8 @@ import faust
 from driftline.errors import redact
 from driftline.features.definitions import FeatureGroup
 from driftline.schemas import EventParser
-from driftline.sinks.feature_store import FeatureVersionConflict, RedisFeatureStore
-from driftline.streams.clients import redis_client
+from driftline.sinks.feature_store import FeatureVersionConflict, LayoutConflict
+from driftline.streams.clients import feature_store, redis_client
 from driftline.streams.errors import ConfigError, DriftlineError
 from driftline.streams.logs import logging_config
 from driftline.streams.processes import freeze_startup
@@ -34,6 +34,8 @@ async def register_feature_groups(
 ) -> None:
     """Record each group version in Redis; refuse a changed definition under an old version.
 
+    The store's shard count is recorded (or checked against the recorded one) first.
+
     Waits for Redis up to ``redis.startup_timeout_s`` (a worker may start
     before its Redis), then gives up with a clear message.
     """
@@ -41,17 +43,18 @@ async def register_feature_groups(
         return
     sources = source_info(settings, parsers) if parsers is not None else {}
     client = redis_client(settings)
-    store = RedisFeatureStore(client, prefix=settings.redis.key_prefix)
+    store = feature_store(settings, client)
     deadline = time.monotonic() + settings.redis.startup_timeout_s
     delay = 0.5
     try:
         while True:
             try:
+                await store.check_layout()
                 for group in groups:
                     src = sources.get(group.source)
                     await store.register(group, src.lineage_record() if src else None)
                 return
-            except FeatureVersionConflict as exc:
+            except (FeatureVersionConflict, LayoutConflict) as exc:
                 raise ConfigError(str(exc)) from None
             except Exception as exc:  # connection refused, timeout, auth
                 if time.monotonic() > deadline:
