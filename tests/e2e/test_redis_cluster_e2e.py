@@ -1,0 +1,157 @@
+"""The real worker, serve and CLI on a real Redis Cluster (three primaries).
+
+Two workers share the topic's partitions (one consumer group) while events
+stream in; one of them is SIGKILLed three times mid-stream (each kill and
+each restart is a rebalance).  Afterwards the features on the cluster equal
+the brute-force reference (nothing counted twice, nothing lost), read three
+ways: the store directly, ``driftline serve``'s HTTP API and ``driftline
+features get``; the keys are spread over every primary, and expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+import yaml
+
+from driftline.features.definitions import FeatureGroup
+from driftline.features.keys import KeyLayout
+from driftline.sinks.feature_store import RedisFeatureStore
+from driftline.sinks.redis_client import connect_redis
+from tests.e2e.test_exactly_once import Producer, brute_force, config_for, make_events
+from tests.worker_process import WorkerProcess, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+class ServeProcess(WorkerProcess):
+    """``driftline serve -c FILE`` on the free port a WorkerProcess picks."""
+
+    command = "serve"
+    ready_path = "/healthz"
+
+    def __init__(self, tmp_path: Path, config: dict[str, Any]) -> None:
+        super().__init__(tmp_path, {**config, "serve": {"host": "127.0.0.1", "port": 0}})
+        doc = yaml.safe_load(self.config_path.read_text())
+        doc["serve"]["port"] = self.port
+        doc["metrics"]["port"] = 0
+        self.config_path.write_text(yaml.safe_dump(doc))
+
+
+def cluster_client(url: str) -> redis.RedisCluster:
+    return redis.RedisCluster.from_url(url)
+
+
+def applied(url: str, prefix: str) -> dict[int, int]:
+    raw = cluster_client(url).hgetall(f"{prefix}:offsets:tx")
+    return {int(k[1:]): int(v) for k, v in raw.items() if k.startswith(b"p")}
+
+
+def wait_until_applied(
+    url: str, prefix: str, producer: Producer, workers: list[WorkerProcess], timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not producer.is_alive() and applied(url, prefix) == producer.last_offsets:
+            return
+        time.sleep(0.5)
+    logs = "\n".join(w.log()[-2000:] for w in workers)
+    raise AssertionError(f"not applied: {applied(url, prefix)} vs {producer.last_offsets}\n{logs}")
+
+
+def same(got: Any, want: Any) -> bool:
+    if isinstance(want, float) and isinstance(got, float):
+        return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9)
+    return bool(got == want)
+
+
+def test_workers_killed_and_rebalanced_on_a_cluster_count_each_event_once(
+    tmp_path: Path, kafka_bootstrap: str, redis_cluster_url: str
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    prefix = f"e2e-{suffix}"
+    config = config_for(kafka_bootstrap, redis_cluster_url, suffix)
+    config["redis"]["cluster"] = True
+    config["feature_groups"][0]["last"] = ["category"]
+    events = make_events(60_000, 5_000, seed=15)
+    rng = random.Random(15)
+    steady = WorkerProcess(tmp_path, config).start()
+    killed = WorkerProcess(tmp_path, config).start()
+    producer = Producer(kafka_bootstrap, f"tx-{suffix}", events, rate=4_000)
+    producer.start()
+    try:
+        for _ in range(3):
+            time.sleep(rng.uniform(1.0, 3.0))
+            killed.kill()  # SIGKILL
+            killed = WorkerProcess(tmp_path, config).start()
+        producer.join(timeout=120)
+        assert producer.error is None, producer.error
+        wait_until_applied(redis_cluster_url, prefix, producer, [steady, killed], timeout=180)
+        assert steady.metric_sum("driftline_rebalances_total") >= 3
+    finally:
+        steady.stop()
+        killed.stop()
+
+    as_of = max(e["event_time"] for e in events)
+    expected = brute_force(events, as_of)
+    users = sorted(expected)
+    spec = config["feature_groups"][0]
+    group = FeatureGroup.from_config({"entity_key": "user_id", **spec})
+
+    async def read() -> list[Any]:
+        client = connect_redis(redis_cluster_url, cluster=True)
+        try:
+            store = RedisFeatureStore(client, prefix=prefix, shards=64)
+            return await store.get(group, users, as_of_ms=as_of)
+        finally:
+            await client.aclose()
+
+    vectors = asyncio.run(read())
+    mismatches = [
+        (user, name, vector.values[name], want)
+        for user, vector in zip(users, vectors, strict=True)
+        for name, want in expected[user].items()
+        if not same(vector.values[name], want)
+    ]
+    assert not mismatches, f"{len(mismatches)} mismatches, e.g. {mismatches[:5]}"
+
+    # the entity keys are on every primary, each with its TTL
+    client = cluster_client(redis_cluster_url)
+    layout = KeyLayout(prefix, 64)
+    keys = [layout.entity_key("spend", 1, u) for u in users]
+    owners = {client.nodes_manager.get_node_from_slot(client.keyslot(k)).name for k in keys}
+    assert len(owners) == 3
+    ttls = [client.pttl(k) for k in keys[:50]]
+    assert all(0 < t <= group.ttl_ms for t in ttls), ttls[:5]
+
+    # driftline serve and driftline features get read the same values from the cluster
+    sample = users[:20]
+    serve = ServeProcess(tmp_path, config).start()
+    try:
+        for user in sample:
+            status, body = serve.get(f"/v1/features/spend/{user}?as_of={as_of}")
+            assert status == 200, body
+            served = orjson.loads(body)["features"]
+            for name, want in expected[user].items():
+                assert same(served[name], want), (user, name, served[name], want)
+    finally:
+        serve.stop()
+    cli = run_cli(
+        "features", "get", "-c", str(serve.config_path), "--json", "--as-of", str(as_of),
+        *sample[:3],
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    rows = [orjson.loads(line) for line in cli.stdout.splitlines() if line.strip()]
+    assert [r["entity"] for r in rows] == sample[:3]
+    for row in rows:
+        for name, want in expected[row["entity"]].items():
+            assert same(row["features"][name], want), (row["entity"], name)
