@@ -317,3 +317,28 @@ async def test_scripts_forgotten_by_redis_are_loaded_again(
     ) == (True, 99)
     got = await store.get(SPEND, [f"user-{i}" for i in range(50)], as_of_ms=T0 + 1000)
     assert {v.values["amount_count_1h"] for v in got} == {2}
+
+
+async def test_registry_and_monitor_checkpoints_on_the_cluster(redis_cluster_url: str) -> None:
+    """One key per call: the registry (found by a SCAN of every primary) and checkpoints."""
+    from driftline.sinks.monitor_store import MonitorCheckpoint, RedisMonitorStore
+    from driftline.sinks.registry_store import read_deployed
+
+    client = connect_redis(redis_cluster_url, cluster=True)
+    prefix = _prefix()
+    try:
+        store = RedisFeatureStore(client, prefix=prefix, shards=64)
+        names = [f"group-{i}" for i in range(12)]  # registry keys on every primary
+        for name in names:
+            await store.register(FeatureGroup.from_config({**GROUP, "name": name}))
+            await store.touch(FeatureGroup.from_config({**GROUP, "name": name}), 1_000)
+        found, problems = await read_deployed(client, prefix)  # no names: SCAN only
+        assert sorted(v.group for v in found) == sorted(names) and not problems
+        monitors = RedisMonitorStore(client, prefix=prefix)
+        loaded = await monitors.load("amount")
+        stale = await monitors.load("amount")
+        assert await monitors.save("amount", MonitorCheckpoint(b"{}", loaded.seq, {"tx/0": 5}))
+        assert not await monitors.save("amount", MonitorCheckpoint(b"{}", stale.seq))
+        assert (await monitors.load("amount")).high_water == {"tx/0": 5}
+    finally:
+        await client.aclose()

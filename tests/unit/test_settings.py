@@ -299,3 +299,17 @@ def test_numeric_fields_of_an_avro_contract(tmp_path: Path) -> None:
     s = avro_settings("monitors:\n  - {name: m, source: tx, field: currency}\n")
     with pytest.raises(ConfigError, match=r"field 'currency' is null\|string in the contract"):
         build_monitors(s, build_parsers(s), "c.yaml")
+
+
+def test_redis_cluster_shards_default_and_their_limits(tmp_path: Path) -> None:
+    assert load(tmp_path).redis.store_shards == 1
+    assert load(tmp_path, "redis:\n  cluster: true\n").redis.store_shards == 64
+    assert load(tmp_path, "redis:\n  cluster: true\n  shards: 12\n").redis.store_shards == 12
+    from_env = load(tmp_path, env={"DRIFTLINE_REDIS__CLUSTER": "true"})
+    assert from_env.redis.cluster and from_env.redis.store_shards == 64
+    with pytest.raises(ConfigError, match=r"redis\.shards"):
+        load(tmp_path, "redis:\n  shards: 5000\n")
+    with pytest.raises(ConfigError, match="braces would become the Redis Cluster hash tag"):
+        load(tmp_path, "redis:\n  cluster: true\n  key_prefix: 'a{b}'\n")
+    with pytest.raises(ConfigError, match="not a unix:// socket"):
+        load(tmp_path, "redis:\n  cluster: true\n  url: unix:///tmp/r.sock\n")
