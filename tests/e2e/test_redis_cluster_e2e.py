@@ -109,15 +109,17 @@ def test_workers_killed_and_rebalanced_on_a_cluster_count_each_event_once(
     spec = config["feature_groups"][0]
     group = FeatureGroup.from_config({"entity_key": "user_id", **spec})
 
-    async def read() -> list[Any]:
+    async def read(at: int) -> list[Any]:
         client = connect_redis(redis_cluster_url, cluster=True)
         try:
             store = RedisFeatureStore(client, prefix=prefix, shards=64)
-            return await store.get(group, users, as_of_ms=as_of)
+            return await store.get(group, users, as_of_ms=at)
         finally:
             await client.aclose()
 
-    vectors = asyncio.run(read())
+    vectors = asyncio.run(read(as_of))
+    later = asyncio.run(read(as_of + 2 * 3_600_000))  # every window has decayed
+    assert {v.values["amount_count_1h"] for v in later} == {0}
     mismatches = [
         (user, name, vector.values[name], want)
         for user, vector in zip(users, vectors, strict=True)

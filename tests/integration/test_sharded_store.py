@@ -31,7 +31,12 @@ from driftline.features.engine import apply_delta, build_deltas, read_features
 from driftline.features.keys import key_slot
 from driftline.features.state import EntityState
 from driftline.schemas import ParsedEvent
-from driftline.sinks.feature_store import LayoutConflict, MemoryFeatureStore, RedisFeatureStore
+from driftline.sinks.feature_store import (
+    LayoutConflict,
+    MemoryFeatureStore,
+    PartitionState,
+    RedisFeatureStore,
+)
 from driftline.sinks.kafka_sink import MemoryKafkaSink
 from driftline.sinks.metrics import WorkerMetrics
 from driftline.sinks.redis_client import RedisClient, connect_redis
@@ -342,3 +347,31 @@ async def test_registry_and_monitor_checkpoints_on_the_cluster(redis_cluster_url
         assert (await monitors.load("amount")).high_water == {"tx/0": 5}
     finally:
         await client.aclose()
+
+
+async def test_progress_without_features_and_offsets_reset(
+    backend: tuple[RedisClient, int],
+) -> None:
+    """A batch of rejected records still moves the progress; a reset forgets fences too."""
+    client, shards = backend
+    store = DiesMidBatch(client, prefix=_prefix(), shards=shards, at=2, keep=2)
+    assert await store.apply(
+        "tx", 0, expected_offset=-1, new_offset=9, watermark_ms=70, deltas=[]
+    ) == (True, 9)
+    assert await store.partition_state("tx", 0) == PartitionState(9, 70, {}, shards)
+    events = [
+        ParsedEvent(f"user-{i}", T0 + i, {"user_id": f"user-{i}", "amount": 1.0}) for i in range(40)
+    ]
+    with pytest.raises(WorkerDied):
+        await store.apply(
+            "tx",
+            0,
+            expected_offset=9,
+            new_offset=49,
+            watermark_ms=80,
+            deltas=[(SPEND, build_deltas(SPEND, events))],
+        )
+    crashed = await store.partition_state("tx", 0)
+    assert (crashed.offset, crashed.watermark_ms, len(crashed.ahead)) == (9, 70, 2)
+    assert await store.reset_offsets("tx") == 1
+    assert await store.partition_state("tx", 0) == PartitionState(-1, None, {}, shards)
