@@ -1,6 +1,8 @@
 """The whole features pipeline, end to end: throughput, latency, memory.
 
     python bench/features.py [--events 1000000] [--entities 10000] [--quick]
+                             [--entity-dist zipf|uniform|both] [--check-users 200]
+                             [--redis-cluster [--primaries 3] [--shards S]]
                              [--latency-seconds 30] [--latency-rate 5000]
                              [--memory-entities 1000000] [--phases throughput,latency,memory]
                              [--bootstrap HOST:PORT] [--redis-url URL] [--profile FILE]
@@ -16,22 +18,57 @@ aggregations x 3 windows, 3 rings of 60 buckets).  Each phase uses a fresh
 What is measured, and why that way:
 
 1. **Throughput.**  N demo transactions over ``--entities`` users with Zipf
-   activity (weight ``1 / rank**1.1``, as ``streams/local/demo.py``), event times
-   close to now and up to 3 s out of order, keyed by user, are produced
-   before the worker starts.  The worker's rate is taken from Redis, not from
-   the worker: the offsets hash ``{prefix}:offsets:{source}`` (``p{partition}``
-   = last applied offset) is written by the same Lua script that applies the
-   batch's features, so it is the honest "effects durable" clock (Faust's
-   commits lag behind it).  Rate = records applied after the first batch /
-   time from the first batch applied to the last (also shown per quarter of
-   the records: state grows during the run, and the tail waits on fetches).
-   The **raw baseline** is a plain aiokafka consumer (no group, earliest,
-   ``getmany(max_records=100000)``, 8/32 MiB partition/request fetch sizes:
-   as fast a consumer as ``bench/pipelines.py``'s raw row) that only
-   ``orjson.loads`` every record, measured in the same run, before and after
-   the worker.  The machine is shared and noisy (2 cores here, also
-   running the broker and Redis), so the figure to compare across runs and
-   machines is the **ratio to raw**, not events/s.
+   activity (weight ``1 / rank**1.1``, as ``streams/local/demo.py``; or
+   ``--entity-dist uniform``, every user equally likely; ``both``: a topic of
+   each, one after the other), event times close to now and up to 3 s out of
+   order, keyed by user, are produced before the worker starts.  The worker's
+   rate is taken from Redis, not from the worker: the offsets hash
+   ``{prefix}:offsets:{source}`` (``p{partition}`` = last applied offset) is
+   written by the same Lua script that applies the batch's features, so it is
+   the honest "effects durable" clock (Faust's commits lag behind it).  Rate =
+   records applied after the first batch / time from the first batch applied to
+   the last (also shown per quarter of the records: state grows during the run,
+   and the tail waits on fetches).  The **raw baseline** is a plain aiokafka
+   consumer (no group, earliest, ``getmany(max_records=100000)``, 8/32 MiB
+   partition/request fetch sizes: as fast a consumer as
+   ``bench/pipelines.py``'s raw row) that only ``orjson.loads`` every record,
+   measured in the same run, before and after the worker.  The machine is
+   shared and noisy (2 cores here, also running the broker and Redis), so the
+   figure to compare across runs and machines is the **ratio to raw**, not
+   events/s.  **Exactness**: once the worker has stopped, ``--check-users``
+   users (user-00000 to -00009, the most active under Zipf, and a seeded
+   sample) are read back with ``driftline.AsyncFeatureClient`` as of each one's
+   newest event and compared with brute force over the produced events
+   (``bench/pipelines.py``'s ``check_features``: counts exactly, the rest to
+   1e-9 relative); the events are at most 3 s late, well inside the default
+   ``allowed_lateness`` (30 s), so the worker refuses none of them.
+
+   ``--redis-cluster`` starts an embedded Redis Cluster
+   (``EmbeddedRedisCluster``: ``--primaries`` valkey servers, no replicas, the
+   slots split evenly) and runs a second worker on the same topic, after the
+   one on one Redis and before the raw consumer's second pass: ``redis.cluster:
+   true`` and ``redis.shards: --shards`` (default: the worker's, 64).  Its
+   clock is the same offsets hash, read through a cluster client: on a
+   cluster the worker applies one script per shard a batch touches, then
+   moves the partition's progress in that hash forward, so it still means
+   "every record up to here is durable on every shard".  Two more tables
+   follow the figures: one Redis against the cluster (events/s, ratio to the
+   mean of both raw passes, CPU-seconds per 1M events of the worker, the
+   broker and Redis, Lua time inside Redis, the exactness check), and per
+   primary: its slots and shards, its entity keys and all the store's keys
+   (``SCAN`` of that node), the events whose entity's shard it serves, its
+   CPU-seconds per 1M events (``/proc/<pid>/stat``) and share of the
+   primaries' CPU, its Lua time, and max/mean of each (1.00 = even).  Under
+   Zipf a few users carry most events, and a user's shard lives on one
+   primary, so the events spread less evenly than the keys; a primary's CPU
+   follows the keys and buckets a batch touches (the worker merges a batch
+   per entity and bucket first), which the table shows against the events.
+   A Redis's CPU-seconds include what it spends idle (a cluster
+   node's bus and cron); the per-primary table shows that rate, measured
+   before its worker started.  CPU-seconds are taken between the first
+   applied batch and the last (as ``bench/pipelines.py``), from ``/proc`` for
+   every process started here (the worker with its children), ``INFO cpu``
+   for ``--redis-url``.  The latency and memory phases use one Redis only.
 2. **Latency** at a steady ``--latency-rate`` for ``--latency-seconds``: each
    event carries its produce wall time (``sent_at_ms``); the producer keeps
    every event's (partition, offset) from its RecordMetadata; a poller reads
@@ -82,6 +119,7 @@ import gc
 import math
 import os
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -93,6 +131,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from array import array
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -109,9 +148,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
+from driftline.features.keys import MAX_SHARDS, key_slot, shard_of, shard_tags
+from driftline.sinks.feature_store import stored_shards
+from driftline.sinks.redis_client import RedisClient
 from driftline.streams.local.embedded import create_topics
 from driftline.streams.local.ports import find_free_port
 from driftline.streams.processes import child_preexec
+from driftline.streams.settings import DEFAULT_CLUSTER_SHARDS
 
 CONTRACT = ROOT / "schemas" / "contracts" / "transactions.schema.json"
 SOURCE = "transactions"
@@ -165,25 +208,60 @@ def gc_paused() -> Iterator[None]:
         gc.enable()
 
 
-def zipf_events(n: int, entities: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
-    """N transactions over ``entities`` users, Zipf activity, event times ending near now."""
+#: ``--entity-dist``: how the throughput phase's events pick their entity.
+DISTRIBUTIONS = {"zipf": "Zipf 1/rank^1.1", "uniform": "uniform"}
+
+
+@dataclass
+class Truth:
+    """What the throughput phase produced, per event, for the exactness check.
+
+    The fields of ``bench/pipelines.py``'s ``Workload`` (whose check this is).
+    """
+
+    users: list[str]
+    picks: array[int]  # event i -> user index
+    amounts: array[float]
+    ts: array[int]  # event times (ms)
+
+
+def entity_events(
+    n: int, entities: int, dist: str = "zipf", seed: int = 1
+) -> tuple[list[tuple[bytes, bytes]], Truth]:
+    """N transactions over ``entities`` users, ``dist`` activity, event times ending near now."""
     with gc_paused():
-        return _zipf_events(n, entities, seed)
+        return _entity_events(n, entities, dist, seed)
 
 
-def _zipf_events(n: int, entities: int, seed: int) -> list[tuple[bytes, bytes]]:
+def _entity_events(
+    n: int, entities: int, dist: str, seed: int
+) -> tuple[list[tuple[bytes, bytes]], Truth]:
     rng = random.Random(seed)
     users, cum = zipf_users(entities)
-    picks = rng.choices(range(entities), cum_weights=cum, k=n)
+    if dist == "zipf":
+        picks = rng.choices(range(entities), cum_weights=cum, k=n)
+    elif dist == "uniform":
+        picks = rng.choices(range(entities), k=n)
+    else:
+        raise ValueError(f"unknown entity distribution {dist!r}")
     keys = [u.encode() for u in users]
     base = int(time.time() * 1000) - n * 1000 // EVENT_TIME_RATE
     out: list[tuple[bytes, bytes]] = []
+    truth = Truth(users, array("i", picks), array("d"), array("q"))
     add = out.append
+    add_amount = truth.amounts.append
+    add_ts = truth.ts.append
     lognorm = rng.lognormvariate
     expo = rng.expovariate
     choice = rng.choice
     dumps = orjson.dumps
     for i, u in enumerate(picks):
+        amount = round(lognorm(3.3, 0.8), 2)
+        category = choice(CATEGORIES)
+        country = choice(COUNTRIES)
+        ts = base + i * 1000 // EVENT_TIME_RATE - int(expo(1 / 400.0)) % DISORDER_MS
+        add_amount(amount)
+        add_ts(ts)
         add(
             (
                 keys[u],
@@ -191,18 +269,16 @@ def _zipf_events(n: int, entities: int, seed: int) -> list[tuple[bytes, bytes]]:
                     {
                         "event_id": f"evt-{i:09d}",
                         "user_id": users[u],
-                        "amount": round(lognorm(3.3, 0.8), 2),
+                        "amount": amount,
                         "currency": "EUR",
-                        "category": choice(CATEGORIES),
-                        "country": choice(COUNTRIES),
-                        "event_time": base
-                        + i * 1000 // EVENT_TIME_RATE
-                        - int(expo(1 / 400.0)) % DISORDER_MS,
+                        "category": category,
+                        "country": country,
+                        "event_time": ts,
                     }
                 ),
             )
         )
-    return out
+    return out, truth
 
 
 def distinct_events(n: int, seed: int = 2) -> list[tuple[bytes, bytes]]:
@@ -353,8 +429,15 @@ async def raw_baseline(bootstrap: str, topic: str, n: int) -> float:
 
 
 def worker_config(
-    bootstrap: str, redis_url: str, topic: str, suffix: str, data_dir: Path, quality: bool = False
+    bootstrap: str,
+    redis_url: str,
+    topic: str,
+    suffix: str,
+    data_dir: Path,
+    quality: bool = False,
+    redis_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The worker's config; ``redis_options``: more of its ``redis`` section (``cluster``)."""
     source: dict[str, Any] = {
         "name": SOURCE,
         "topic": topic,
@@ -374,7 +457,7 @@ def worker_config(
             "commit_interval_s": 1,
             "create_topics": False,
         },
-        "redis": {"url": redis_url, "key_prefix": f"bench-{suffix}"},
+        "redis": {"url": redis_url, "key_prefix": f"bench-{suffix}", **(redis_options or {})},
         "worker": {"log_level": "warning", "data_dir": str(data_dir)},
         "sources": [source],
         "feature_groups": [
@@ -409,6 +492,36 @@ def proc_sample(pid: int) -> ProcSample | None:
     fields = stat.rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
     return ProcSample(time.monotonic(), rss, cpu)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads); 0.0 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (children of any of their threads)."""
+    out = [pid]
+    i = 0
+    while i < len(out):
+        for children in Path(f"/proc/{out[i]}/task").glob("*/children"):
+            try:
+                out += [int(c) for c in children.read_text().split()]
+            except OSError:
+                pass
+        i += 1
+    return out
+
+
+def tree_cpu(pid: int) -> tuple[float, int]:
+    """CPU seconds of ``pid`` and its descendants, and how many processes that was."""
+    pids = descendants(pid)
+    return sum(cpu_seconds(p) for p in pids), len(pids)
 
 
 class Sampler(threading.Thread):
@@ -519,10 +632,10 @@ class Worker:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
-    def http(self, path: str, index: int = 0) -> tuple[int, str]:
+    def http(self, path: str, index: int = 0, timeout: float = 2) -> tuple[int, str]:
         port = self.port + index
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, ""
@@ -542,8 +655,13 @@ class Worker:
         raise RuntimeError(f"worker not ready after {limit_s:.0f}s:\n{self.log()}")
 
     def metrics(self) -> dict[str, float]:
-        """Sample name -> value, summed over labels."""
-        status, text = self.http("/metrics")
+        """Sample name -> value, summed over labels.
+
+        A busy worker serves /metrics between batches, so it may take seconds
+        to answer (with 2 s, the snapshot at the first batch sometimes came back
+        empty and the breakdown showed nan).
+        """
+        status, text = self.http("/metrics", timeout=15)
         if status != 200:
             return {}
         out: dict[str, float] = {}
@@ -597,7 +715,7 @@ def offsets_key(prefix: str) -> str:
     return f"{prefix}:offsets:{SOURCE}"
 
 
-async def applied_offsets(client: aioredis.Redis, prefix: str) -> dict[int, int]:
+async def applied_offsets(client: RedisClient, prefix: str) -> dict[int, int]:
     raw = await client.hgetall(offsets_key(prefix))
     return {int(k[1:]): int(v) for k, v in raw.items() if k[:1] in (b"p", "p")}
 
@@ -630,7 +748,7 @@ class Applied:
 
 
 async def wait_applied(
-    client: aioredis.Redis,
+    client: RedisClient,
     worker: Worker,
     last_offsets: dict[int, int],
     limit_s: float,
@@ -639,7 +757,9 @@ async def wait_applied(
 ) -> Applied:
     """Poll the offsets hash until every partition's last produced offset is applied.
 
-    ``on_first`` runs once the first applied batch is seen (to snapshot counters).
+    ``client``: a cluster client on a Redis Cluster (the hash is one key, on the
+    primary of its slot, and means the same there).  ``on_first`` runs once the
+    first applied batch is seen (to snapshot counters).
     """
     deadline = time.monotonic() + limit_s
     t_first = 0.0
@@ -690,14 +810,86 @@ async def used_memory(client: aioredis.Redis) -> int:
     return int((await redis_info(client, "memory"))["used_memory"])
 
 
-async def entity_keys(client: aioredis.Redis, prefix: str) -> list[bytes]:
+async def entity_keys(client: aioredis.Redis, prefix: str, what: str = "fg:*") -> list[bytes]:
+    """The keys of one server under ``{prefix}:{what}`` (the entity keys by default)."""
     keys: list[bytes] = []
-    async for key in client.scan_iter(match=f"{prefix}:fg:*", count=10_000):
+    async for key in client.scan_iter(match=f"{prefix}:{what}", count=10_000):
         keys.append(key)
     return keys
 
 
-async def sample_key_sizes(client: aioredis.Redis, keys: Sequence[bytes], k: int = 5) -> list[int]:
+async def cluster_slots(client: aioredis.Redis) -> dict[int, list[tuple[int, int]]]:
+    """Port of each primary -> the slot ranges it serves (``CLUSTER SLOTS`` of one node)."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    entries = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+    for entry in entries:
+        out.setdefault(int(entry[2][1]), []).append((int(entry[0]), int(entry[1])))
+    return out
+
+
+@dataclass
+class Target:
+    """Where a worker writes its features: one Redis, or a Redis Cluster (``--redis-cluster``).
+
+    ``client`` reads the store's keys (a cluster client on a cluster); ``nodes``
+    holds one plain client per server of the store (the primaries), for what
+    is asked per server (``INFO``, ``SCAN``), and ``pids`` their processes when
+    they run here (CPU from ``/proc``; from ``INFO cpu`` otherwise).
+    """
+
+    name: str  # for the tables: "one Redis", "cluster"
+    url: str
+    client: RedisClient
+    nodes: list[aioredis.Redis]
+    node_names: list[str]
+    pids: list[int | None]
+    cluster: bool = False
+    shards: int | None = None  # redis.shards (None: the worker's default)
+    slots: list[list[tuple[int, int]]] = field(default_factory=list)  # per node (cluster)
+
+    def redis_options(self) -> dict[str, Any]:
+        """The worker's ``redis`` settings beyond url and key_prefix."""
+        if not self.cluster:
+            return {}
+        return {"cluster": True, **({"shards": self.shards} if self.shards else {})}
+
+    def node_of_slot(self, slot: int) -> int:
+        """Index in ``nodes`` of the primary that serves ``slot`` (0 on one Redis)."""
+        for i, ranges in enumerate(self.slots):
+            if any(low <= slot <= high for low, high in ranges):
+                return i
+        return 0
+
+    async def aclose(self) -> None:
+        for client in {id(c): c for c in [self.client, *self.nodes]}.values():
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+
+def single_target(url: str, pid: int | None) -> Target:
+    client = aioredis.Redis.from_url(url)
+    return Target("one Redis", url, client, [client], [url.split("//")[-1]], [pid])
+
+
+async def cluster_target(cluster: Any, shards: int | None) -> Target:
+    """The primaries of an ``EmbeddedRedisCluster``, the worker on its first node."""
+    primaries = list(cluster.primaries)
+    nodes = [aioredis.Redis.from_url(node.url) for node in primaries]
+    slots = await cluster_slots(nodes[0])
+    return Target(
+        "cluster",
+        cluster.url,
+        aioredis.RedisCluster.from_url(cluster.url),
+        nodes,
+        [f"127.0.0.1:{node.port}" for node in primaries],
+        [node.pid for node in primaries],
+        cluster=True,
+        shards=shards,
+        slots=[slots.get(node.port, []) for node in primaries],
+    )
+
+
+async def sample_key_sizes(client: RedisClient, keys: Sequence[bytes], k: int = 5) -> list[int]:
     picks = random.Random(3).sample(list(keys), min(k, len(keys)))
     return [int(await client.memory_usage(key, samples=0) or 0) for key in picks]
 
@@ -710,6 +902,7 @@ class Results:
     params: dict[str, Any] = field(default_factory=dict)
     rows: list[tuple[str, str, str]] = field(default_factory=list)  # figure, value, note
     profile: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)  # markdown lines after the table
 
     def add(self, figure: str, value: str, note: str = "") -> None:
         self.rows.append((figure, value, note))
@@ -717,8 +910,21 @@ class Results:
 
 
 @dataclass
+class NodeCounters:
+    """What one Redis server had counted at one moment."""
+
+    cpu_s: float
+    evalsha_calls: int
+    evalsha_usec: float
+
+
+@dataclass
 class Counters:
-    """What the worker, Redis and the broker had counted at one moment."""
+    """What the worker, Redis and the broker had counted at one moment.
+
+    Redis figures are summed over the target's servers (the primaries of a
+    cluster); ``nodes`` keeps them per server.
+    """
 
     t: float
     metrics: dict[str, float]
@@ -726,17 +932,30 @@ class Counters:
     evalsha_usec: float
     redis_cpu_s: float
     broker: ProcSample | None
+    worker_cpu_s: float = math.nan  # the worker process and its children
+    nodes: list[NodeCounters] = field(default_factory=list)
 
 
-async def counters(env: Env, worker: Worker) -> Counters:
-    calls, usec = await evalsha_usec(env.client)
+async def node_counters(client: aioredis.Redis, pid: int | None) -> NodeCounters:
+    calls, usec = await evalsha_usec(client)
+    cpu = cpu_seconds(pid) if pid is not None else await redis_cpu(client)
+    return NodeCounters(cpu, calls, usec)
+
+
+async def counters(env: Env, worker: Worker, target: Target | None = None) -> Counters:
+    target = target or env.redis
+    nodes = [await node_counters(c, pid) for c, pid in zip(target.nodes, target.pids, strict=True)]
+    worker_cpu = tree_cpu(worker.pid)[0]
+    broker = proc_sample(env.broker_pid) if env.broker_pid is not None else None
     return Counters(
         time.monotonic(),
         await asyncio.to_thread(worker.metrics),
-        calls,
-        usec,
-        await redis_cpu(env.client),
-        proc_sample(env.broker_pid) if env.broker_pid is not None else None,
+        sum(n.evalsha_calls for n in nodes),
+        sum(n.evalsha_usec for n in nodes),
+        sum(n.cpu_s for n in nodes),
+        broker,
+        worker_cpu,
+        nodes,
     )
 
 
@@ -745,18 +964,21 @@ def breakdown(first: Counters, last: Counters, worker_cpu: float) -> tuple[str, 
     wall = last.t - first.t
 
     def delta(name: str) -> float:
-        return last.metrics.get(name, math.nan) - first.metrics.get(name, math.nan)
+        # a series absent from an answer that has others has observed nothing yet
+        absent = 0.0 if first.metrics else math.nan
+        return last.metrics.get(name, math.nan) - first.metrics.get(name, absent)
 
     proc_s = delta("driftline_batch_processing_seconds_sum")
     redis_s = delta("driftline_redis_write_seconds_sum")
     scripts = last.evalsha_calls - first.evalsha_calls
     lua_s = (last.evalsha_usec - first.evalsha_usec) / 1e6
+    servers = f" ({len(last.nodes)} primaries summed)" if len(last.nodes) > 1 else ""
     details = (
         f"batch processing {proc_s / wall:.0%} of wall time, of which Redis write "
-        f"(args + Lua round trip) {redis_s / proc_s:.0%}; Lua inside Redis {lua_s:.1f}s "
-        f"({lua_s / wall:.0%} of wall, {scripts:,} scripts, "
+        f"(args + Lua round trip) {redis_s / proc_s:.0%}; Lua inside Redis{servers} "
+        f"{lua_s:.1f}s ({lua_s / wall:.0%} of wall, {scripts:,} scripts, "
         f"{lua_s * 1000 / max(scripts, 1):.1f} ms each); "
-        f"Redis CPU {(last.redis_cpu_s - first.redis_cpu_s) / wall:.0%} of a core"
+        f"Redis CPU{servers} {(last.redis_cpu_s - first.redis_cpu_s) / wall:.0%} of a core"
     )
     if first.broker is not None and last.broker is not None:
         broker_cpu = (last.broker.cpu_s - first.broker.cpu_s) / (last.broker.t - first.broker.t)
@@ -773,56 +995,175 @@ def rss_by_progress(sampler: Sampler, applied: Applied, total: int) -> str:
 @dataclass
 class Env:
     bootstrap: str
-    redis_url: str
     workdir: Path
-    client: aioredis.Redis
+    redis: Target  # one Redis: every phase
     broker_pid: int | None = None  # the embedded broker, to show its CPU use
     quality: bool = False  # --quality
     processes: int = 1  # --processes
+    cluster: Target | None = None  # --redis-cluster: the throughput phase also runs on it
+    check_users: int = 200  # --check-users
+    tagged: bool = False  # several throughput runs: tag their rows
     workers: list[Worker] = field(default_factory=list)
 
-    def new_worker(self, topic: str) -> Worker:
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
+
+    @property
+    def client(self) -> aioredis.Redis:
+        client = self.redis.client
+        assert isinstance(client, aioredis.Redis)
+        return client
+
+    @property
+    def targets(self) -> list[Target]:
+        return [self.redis, *([self.cluster] if self.cluster is not None else [])]
+
+    def new_worker(self, topic: str, target: Target | None = None) -> Worker:
+        target = target or self.redis
         suffix = uuid.uuid4().hex[:8]
         config = worker_config(
             self.bootstrap,
-            self.redis_url,
+            target.url,
             topic,
             suffix,
             self.workdir / f"faust-{suffix}",
             quality=self.quality,
+            redis_options=target.redis_options(),
         )
         worker = Worker(self.workdir, config, self.processes)
         self.workers.append(worker)
         return worker.start()
 
 
+@dataclass
+class Run:
+    """One worker's pass over the throughput topic (the cluster tables are built from these)."""
+
+    dist: str
+    target: Target
+    rate: float
+    events: int  # records applied after the first batch: the CPU figures' denominator
+    first: Counters
+    last: Counters
+    shards: int  # recorded in the store
+    keys: list[int]  # entity keys on each server
+    store_keys: list[int]  # every key of the store's prefix on each server
+    routed: list[int]  # events whose entity's shard each server serves
+    idle_cpu: list[float]  # each server's CPU-s per s before the worker started
+    checked: int = 0
+    mismatches: int = 0
+
+    def per_million(self, before: float, after: float) -> float:
+        return (after - before) * 1e6 / self.events if self.events else math.nan
+
+
+def routed_events(truth: Truth, target: Target, shards: int) -> list[int]:
+    """Events per server of ``target``: where each event's entity's shard lives."""
+    per_user = Counter(truth.picks)
+    out = [0] * len(target.nodes)
+    if shards == 1:
+        out[0] = len(truth.picks)
+        return out
+    tags = shard_tags(shards)
+    node_of_shard = [target.node_of_slot(key_slot(tag)) for tag in tags]
+    for u, count in per_user.items():
+        out[node_of_shard[shard_of(truth.users[u], shards)]] += count
+    return out
+
+
+async def check_exact(
+    target: Target, prefix: str, truth: Truth, produced: Produced, k: int
+) -> tuple[int, int, str]:
+    """``bench/pipelines.py``'s check: ``k`` users read back against brute force."""
+    from bench.pipelines import Workload, check_features  # it imports this module
+
+    work = Workload(truth.users, truth.picks, truth.amounts, truth.ts, produced, 0)  # type: ignore[arg-type]
+    return await check_features(target.url, prefix, work, k, cluster=target.cluster)
+
+
 async def throughput_phase(
-    env: Env, res: Results, n: int, entities: int, profile: Path | None
-) -> None:
+    env: Env, res: Results, n: int, entities: int, dist: str, profile: Path | None
+) -> tuple[list[Run], float, float]:
+    """One topic of ``dist`` events, read by a worker on each target: (runs, raw, raw again)."""
+    tag = f" [{dist}]" if env.tagged else ""
+    idle0 = [await counters_of(t) for t in env.targets]
+    t_idle0 = time.monotonic()
     topic = f"bench-features-{uuid.uuid4().hex[:8]}"
     await create_source_topic(env.bootstrap, topic)
-    log(f"throughput: generating {n:,} events over {entities:,} Zipf entities ...")
+    log(f"throughput{tag}: generating {n:,} events over {entities:,} {dist} entities ...")
     t0 = time.perf_counter()
-    events = zipf_events(n, entities)
+    events, truth = entity_events(n, entities, dist)
     gen_s = time.perf_counter() - t0
     nbytes = sum(len(v) for _, v in events)
-    log(f"throughput: producing to {topic} ...")
+    log(f"throughput{tag}: producing to {topic} ...")
     produced = await produce_bulk(env.bootstrap, topic, events)
     del events
     gc.collect()
     res.add(
-        "produce (bulk, 1 MiB batches)",
+        f"produce (bulk, 1 MiB batches){tag}",
         f"{produced.count / produced.seconds:,.0f} events/s",
         f"{produced.count:,} events ({nbytes / produced.count:.0f} B avg) in "
         f"{produced.seconds:.1f}s; generating them took {gen_s:.1f}s",
     )
-    log("throughput: raw baseline ...")
+    log(f"throughput{tag}: raw baseline ...")
     raw = await raw_baseline(env.bootstrap, topic, n)
-    res.add("raw aiokafka + orjson.loads", f"{raw:,.0f} events/s", "baseline, ratio 1.00")
+    res.add(f"raw aiokafka + orjson.loads{tag}", f"{raw:,.0f} events/s", "baseline, ratio 1.00")
+    runs: list[Run] = []
+    for i, target in enumerate(env.targets):
+        # a target's servers before its worker: idle since the phase began (the cluster's gossip)
+        idle1 = await counters_of(target)
+        idle_s = time.monotonic() - t_idle0
+        idle_cpu = [(b - a) / idle_s for a, b in zip(idle0[i], idle1, strict=True)]
+        run = await throughput_run(
+            env,
+            res,
+            topic,
+            produced,
+            truth,
+            raw,
+            target,
+            dist,
+            idle_cpu,
+            profile if i == 0 else None,
+        )
+        runs.append(run)
+    raw2 = await raw_baseline(env.bootstrap, topic, n)
+    ratios = [f"{r.rate / raw2:.3f}" + (f" ({r.target.name})" if env.tagged else "") for r in runs]
+    res.add(
+        f"raw aiokafka + orjson.loads (again){tag}",
+        f"{raw2:,.0f} events/s",
+        "noise of the machine; worker ratio to this one " + ", ".join(ratios),
+    )
+    if profile is not None:
+        res.profile = summarize_profile(profile)
+    return runs, raw, raw2
 
-    mem0 = await used_memory(env.client)
-    log("throughput: starting the worker ...")
-    worker = env.new_worker(topic)
+
+async def counters_of(target: Target) -> list[float]:
+    """CPU seconds of each server of ``target``."""
+    pairs = zip(target.nodes, target.pids, strict=True)
+    return [(await node_counters(c, pid)).cpu_s for c, pid in pairs]
+
+
+async def throughput_run(
+    env: Env,
+    res: Results,
+    topic: str,
+    produced: Produced,
+    truth: Truth,
+    raw: float,
+    target: Target,
+    dist: str,
+    idle_cpu: list[float],
+    profile: Path | None,
+) -> Run:
+    """A fresh worker on ``target`` reads the whole topic; its rows, then its features checked."""
+    n = produced.count
+    tag = f" [{dist}, {target.name}]" if env.tagged else ""
+    mem0 = sum([await used_memory(c) for c in target.nodes])
+    log(f"throughput{tag}: starting the worker ...")
+    worker = env.new_worker(topic, target)
     assert worker.sampler is not None
     ready_s = await worker.wait_ready()
     if profile is not None:
@@ -831,19 +1172,23 @@ async def throughput_phase(
     snapshots: list[Counters] = []
 
     async def snapshot() -> None:
-        snapshots.append(await counters(env, worker))
+        snapshots.append(await counters(env, worker, target))
 
     applied = await wait_applied(
-        env.client, worker, produced.last_offsets, limit_s=max(300.0, n / 1000), on_first=snapshot
+        target.client,
+        worker,
+        produced.last_offsets,
+        limit_s=max(300.0, n / 1000),
+        on_first=snapshot,
     )
     if profile is not None:
         worker.stop_profiler()
-    last = await counters(env, worker)
+    last = await counters(env, worker, target)
     sample_end = proc_sample(worker.pid)
     rate = applied.rate(n)
     wall = applied.t_end - applied.t_first
     res.add(
-        "worker: validate + 6x3 features + Redis",
+        f"worker: validate + 6x3 features + Redis{tag}",
         f"{rate:,.0f} events/s",
         f"ratio to raw {rate / raw:.3f}; {n - applied.at_first:,} events in {wall:.1f}s "
         f"after the first batch applied ({applied.at_first:,} in it); by quarter: "
@@ -854,40 +1199,171 @@ async def throughput_phase(
     valid = last.metrics.get("driftline_events_valid_total", math.nan)
     invalid = last.metrics.get("driftline_events_invalid_total", math.nan)
     batches = last.metrics.get("driftline_batch_size_events_count", math.nan)
+    # failed attempts of a Redis write (retried), records read again after a rebalance
+    retried = last.metrics.get("driftline_effect_errors_total", 0.0)
+    replayed = last.metrics.get("driftline_events_replayed_total", 0.0)
     res.add(
-        "worker: events valid / invalid / batches",
+        f"worker: events valid / invalid / batches{tag}",
         f"{valid:,.0f} / {invalid:,.0f} / {batches:,.0f}",
-        f"mean batch {valid / batches:,.0f} events" if batches else "",
+        (f"mean batch {valid / batches:,.0f} events; " if batches else "")
+        + f"effect errors (retried) {retried:,.0f}, events replayed {replayed:,.0f}",
     )
     res.add(
-        "worker CPU while applying",
+        f"worker CPU while applying{tag}",
         *breakdown(snapshots[0], last, worker.sampler.cpu_share(applied.t_first, applied.t_end)),
     )
     res.add(
-        "worker RSS (throughput)",
+        f"worker RSS (throughput){tag}",
         f"{worker.sampler.peak_mib(until=applied.t_end):.0f} MiB peak",
         f"{worker.sampler.rss_mib_at(t_ready):.0f} MiB at ready; at 25/50/75/100 % applied: "
         + rss_by_progress(worker.sampler, applied, n)
         + f" MiB; {(sample_end.rss_kib / 1024 if sample_end else math.nan):.0f} MiB at end",
     )
-    keys = await entity_keys(env.client, worker.prefix)
-    mem1 = await used_memory(env.client)
-    sizes = await sample_key_sizes(env.client, keys)
+    per_node = [await entity_keys(c, worker.prefix) for c in target.nodes]
+    keys = [k for node_keys in per_node for k in node_keys]
+    mem1 = sum([await used_memory(c) for c in target.nodes])
+    sizes = await sample_key_sizes(target.client, keys)
     res.add(
-        f"Redis bytes/entity, Zipf state ({len(keys):,} entities)",
+        f"Redis bytes/entity, {dist} state ({len(keys):,} entities){tag}",
         f"{(mem1 - mem0) / max(len(keys), 1):,.0f} B",
-        f"used_memory +{(mem1 - mem0) / 2**20:.1f} MiB; MEMORY USAGE of 5 keys: "
+        f"used_memory +{(mem1 - mem0) / 2**20:.1f} MiB"
+        + (f" over {len(target.nodes)} primaries" if target.cluster else "")
+        + "; MEMORY USAGE of 5 keys: "
         + ", ".join(map(str, sizes)),
     )
     worker.stop()
-    raw2 = await raw_baseline(env.bootstrap, topic, n)
-    res.add(
-        "raw aiokafka + orjson.loads (again)",
-        f"{raw2:,.0f} events/s",
-        f"noise of the machine; worker ratio to this one {rate / raw2:.3f}",
+    shards = await stored_shards(target.client, worker.prefix) or 1
+    run = Run(
+        dist,
+        target,
+        rate,
+        n - applied.at_first,
+        snapshots[0],
+        last,
+        shards,
+        [len(k) for k in per_node],
+        [len(await entity_keys(c, worker.prefix, "*")) for c in target.nodes],
+        routed_events(truth, target, shards),
+        idle_cpu,
     )
-    if profile is not None:
-        res.profile = summarize_profile(profile)
+    if env.check_users > 0:
+        log(f"throughput{tag}: checking {env.check_users} users' features against brute force ...")
+        run.checked, run.mismatches, detail = await check_exact(
+            target, worker.prefix, truth, produced, env.check_users
+        )
+        res.add(
+            f"features exact{tag}",
+            f"{run.mismatches} mismatches",
+            f"{run.checked:,} values (18 features of {run.checked // 18:,} users: the 10 most "
+            "active under Zipf, user-00000 to -00009, and a seeded sample) read back"
+            + (" through a cluster client" if target.cluster else "")
+            + " against brute force"
+            + (f" ({detail})" if detail else ""),
+        )
+    return run
+
+
+def imbalance(values: Sequence[float]) -> str:
+    """max / mean of ``values`` (1.00: perfectly even)."""
+    mean = sum(values) / len(values) if values else 0.0
+    return f"{max(values) / mean:.2f}" if mean > 0 else "n/a"
+
+
+def cluster_tables(phases: list[tuple[list[Run], float, float]]) -> list[str]:
+    """``--redis-cluster``: one Redis against the cluster, and the spread over the primaries."""
+    lines = [
+        "",
+        "### one Redis against the Redis Cluster (same topic, same run)",
+        "",
+        "| entities | store | events/s | ratio to raw | CPU-s per 1M events: worker / broker "
+        "/ Redis (all servers) | Lua inside Redis, s per 1M (scripts) | features exact |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for runs, raw, raw2 in phases:
+        mean_raw = (raw + raw2) / 2
+        dist = runs[0].dist
+        lines.append(
+            f"| {dist} | raw aiokafka + orjson.loads, before / after | {raw:,.0f} / {raw2:,.0f} "
+            f"| 1 (mean {mean_raw:,.0f}) | | | |"
+        )
+        for r in runs:
+            a, b = r.first, r.last
+            broker = (
+                r.per_million(a.broker.cpu_s, b.broker.cpu_s)
+                if a.broker is not None and b.broker is not None
+                else math.nan
+            )
+            store = (
+                f"cluster: {len(r.target.nodes)} primaries, {r.shards} shards"
+                if r.target.cluster
+                else "one Redis"
+            )
+            exact = (
+                f"{r.mismatches} mismatches in {r.checked:,} values" if r.checked else "not checked"
+            )
+            lines.append(
+                f"| {dist} | {store} | {r.rate:,.0f} | {r.rate / mean_raw:.3f} | "
+                f"{r.per_million(a.worker_cpu_s, b.worker_cpu_s):.1f} / {broker:.1f} / "
+                f"{r.per_million(a.redis_cpu_s, b.redis_cpu_s):.1f} | "
+                f"{r.per_million(a.evalsha_usec / 1e6, b.evalsha_usec / 1e6):.2f} "
+                f"({b.evalsha_calls - a.evalsha_calls:,}) | {exact} |"
+            )
+    lines += [
+        "",
+        "ratio to raw: to the mean of the raw consumer before and after the workers (one "
+        "Redis first, then the cluster). CPU-s per 1M events: CPU from /proc/<pid>/stat "
+        "(utime + stime) between the first applied batch and the last, over the records "
+        "applied in that interval.",
+        "",
+        "### the cluster's primaries: how evenly keys, events and CPU spread",
+        "",
+        "| entities | primary | slots | shards | entity keys | keys of the store | events "
+        "routed | CPU-s per 1M events | CPU share | Lua s per 1M (scripts) | idle CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for runs, _, _ in phases:
+        for r in runs:
+            if not r.target.cluster:
+                continue
+            t = r.target
+            tags = shard_tags(r.shards) if r.shards > 1 else ("",)
+            shards_on = Counter(t.node_of_slot(key_slot(tag)) for tag in tags)
+            cpu = [nb.cpu_s - na.cpu_s for na, nb in zip(r.first.nodes, r.last.nodes, strict=True)]
+            lua = [
+                (nb.evalsha_usec - na.evalsha_usec) / 1e6
+                for na, nb in zip(r.first.nodes, r.last.nodes, strict=True)
+            ]
+            scripts = [
+                nb.evalsha_calls - na.evalsha_calls
+                for na, nb in zip(r.first.nodes, r.last.nodes, strict=True)
+            ]
+            total_cpu = sum(cpu) or math.nan
+            total_events = sum(r.routed) or 1
+            for i, name in enumerate(t.node_names):
+                slots = ", ".join(f"{low}-{high}" for low, high in t.slots[i])
+                lines.append(
+                    f"| {r.dist} | {name} | {slots} | {shards_on[i]} | {r.keys[i]:,} | "
+                    f"{r.store_keys[i]:,} | {r.routed[i]:,} ({r.routed[i] / total_events:.1%}) | "
+                    f"{cpu[i] * 1e6 / r.events:.2f} | {cpu[i] / total_cpu:.1%} | "
+                    f"{lua[i] * 1e6 / r.events:.2f} ({scripts[i]:,}) | "
+                    f"{r.idle_cpu[i] * 1000:.0f} ms/s |"
+                )
+            lines.append(
+                f"| {r.dist} | **max / mean** | | {imbalance(list(shards_on.values()))} | "
+                f"{imbalance(r.keys)} | {imbalance(r.store_keys)} | {imbalance(r.routed)} | "
+                f"{imbalance(cpu)} | max {max(cpu) / total_cpu:.1%} | {imbalance(lua)} | |"
+            )
+    lines += [
+        "",
+        "entity keys: `SCAN MATCH {prefix}:fg:*` of each primary; keys of the store: "
+        "`{prefix}:*` (entity keys, one fence per shard, and the offsets, layout and registry "
+        "keys on the primaries of their slots); events routed: the produced events whose "
+        "entity's shard (crc32(entity) mod shards) has its hash tag's slot on that primary; "
+        "CPU share: of the primaries' CPU in the measured interval; Lua: EVALSHA time inside "
+        "each primary (INFO commandstats); idle CPU: each primary's CPU per second of wall "
+        "time before its worker started (cluster bus, cron), included in its CPU-s.",
+    ]
+    return lines
 
 
 def percentiles(values: list[float]) -> str:
@@ -1177,11 +1653,14 @@ def summarize_profile(path: Path, top: int = 12) -> list[str]:
 def print_table(res: Results, runtime: float) -> None:
     print("\n## driftline features pipeline benchmark\n")
     print("parameters: " + ", ".join(f"{k}={v}" for k, v in res.params.items()))
+    print(f"command: `{shlex.join(['python', 'bench/features.py', *sys.argv[1:]])}`")
     print(f"runtime: {runtime:.0f}s\n")
     print("| figure | value | notes |")
     print("|---|---|---|")
     for figure, value, note in res.rows:
         print(f"| {figure} | {value} | {note} |")
+    for line in res.tables:
+        print(line)
     if res.profile:
         print("\n```")
         print("\n".join(res.profile))
@@ -1189,9 +1668,10 @@ def print_table(res: Results, runtime: float) -> None:
 
 
 async def run(args: argparse.Namespace, res: Results, workdir: Path) -> None:
+    from driftline.streams.local.cluster import EmbeddedRedisCluster
     from driftline.streams.local.embedded import EmbeddedBroker, EmbeddedRedis
 
-    broker = redis_server = None
+    broker = redis_server = cluster = None
     env: Env | None = None
     task = asyncio.current_task()
     assert task is not None
@@ -1206,22 +1686,45 @@ async def run(args: argparse.Namespace, res: Results, workdir: Path) -> None:
         if redis_url is None:
             redis_server = EmbeddedRedis().start()
             redis_url = redis_server.url
+        dists = list(DISTRIBUTIONS) if args.entity_dist == "both" else [args.entity_dist]
         env = Env(
             bootstrap,
-            redis_url,
             workdir,
-            aioredis.Redis.from_url(redis_url),
+            single_target(redis_url, redis_server.pid if redis_server else None),
             broker_pid=broker.pid if broker else None,
             quality=args.quality,
             processes=args.processes,
+            check_users=args.check_users,
+            tagged=args.redis_cluster or len(dists) > 1,
         )
         res.params["kafka"] = "embedded Tansu" if broker else bootstrap
         res.params["redis"] = (
             f"embedded {Path(redis_server.binary).name}" if redis_server else redis_url
         )
         phases = set(args.phases.split(","))
+        if args.redis_cluster and "throughput" in phases:
+            log(f"starting a Redis Cluster of {args.primaries} primaries ...")
+            cluster = EmbeddedRedisCluster(primaries=args.primaries).start()
+            env.cluster = await cluster_target(cluster, args.shards)
+            res.params["redis cluster"] = (
+                f"embedded, {args.primaries} primaries, no replicas, "
+                f"ready in {cluster.ready_after_s:.1f}s"
+            )
         if "throughput" in phases:
-            await throughput_phase(env, res, args.events, args.entities, args.profile)
+            done: list[tuple[list[Run], float, float]] = []
+            for dist in dists:
+                done.append(
+                    await throughput_phase(
+                        env,
+                        res,
+                        args.events,
+                        args.entities,
+                        dist,
+                        args.profile if not done else None,
+                    )
+                )
+                if env.cluster is not None:
+                    res.tables = cluster_tables(done)
         if "latency" in phases:
             await latency_phase(env, res, args.latency_seconds, args.latency_rate)
         if "memory" in phases:
@@ -1230,8 +1733,10 @@ async def run(args: argparse.Namespace, res: Results, workdir: Path) -> None:
         if env is not None:
             for worker in env.workers:
                 worker.stop()
-            with contextlib.suppress(Exception):
-                await env.client.aclose()
+            for target in env.targets:
+                await target.aclose()
+        if cluster is not None:
+            cluster.stop()
         if redis_server is not None:
             redis_server.stop()
         if broker is not None:
@@ -1243,7 +1748,36 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--events", type=int, default=None, help="throughput events (1,000,000)")
-    ap.add_argument("--entities", type=int, default=10_000, help="Zipf entities (10,000)")
+    ap.add_argument(
+        "--entities", type=int, default=10_000, help="entities of the throughput phase (10,000)"
+    )
+    ap.add_argument(
+        "--entity-dist",
+        choices=[*DISTRIBUTIONS, "both"],
+        default="zipf",
+        help="how the throughput phase's events pick their entity (zipf); both: a topic of each",
+    )
+    ap.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="the throughput phase runs a worker on one Redis, then one on an embedded Redis "
+        "Cluster, on the same topic",
+    )
+    ap.add_argument("--primaries", type=int, default=3, help="primaries of the --redis-cluster (3)")
+    ap.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="redis.shards of the cluster's worker "
+        f"(the worker's default: {DEFAULT_CLUSTER_SHARDS})",
+    )
+    ap.add_argument(
+        "--check-users",
+        type=int,
+        default=200,
+        help="users whose features are checked against brute force after each throughput "
+        "worker (200; 0: none)",
+    )
     ap.add_argument("--latency-seconds", type=float, default=None, help="steady-rate run (30)")
     ap.add_argument("--latency-rate", type=float, default=5_000, help="events/s (5,000)")
     ap.add_argument(
@@ -1286,14 +1820,28 @@ def main() -> None:
         ap.error(f"unknown phases: {', '.join(sorted(unknown))}")
     if args.profile is not None and "throughput" not in args.phases.split(","):
         ap.error("--profile profiles the throughput phase; add it to --phases")
+    if (args.shards is not None or args.primaries != 3) and not args.redis_cluster:
+        ap.error("--primaries and --shards are of --redis-cluster")
+    if args.primaries < 1 or (args.shards is not None and not 1 <= args.shards <= MAX_SHARDS):
+        ap.error(f"--primaries must be at least 1, --shards between 1 and {MAX_SHARDS}")
     res = Results()
     res.params = {
         "events": f"{args.events:,}",
-        "entities": f"{args.entities:,} (Zipf 1/rank^1.1)",
+        "entities": f"{args.entities:,} ("
+        + (
+            " / ".join(DISTRIBUTIONS.values())
+            if args.entity_dist == "both"
+            else DISTRIBUTIONS[args.entity_dist]
+        )
+        + ")",
         "group": f"amount {'/'.join(AGGREGATIONS)} x {'/'.join(WINDOWS)}",
         "partitions": PARTITIONS,
         "latency": f"{args.latency_rate:,.0f}/s for {args.latency_seconds:.0f}s",
         "memory entities": f"{args.memory_entities:,}",
+        "shards (cluster)": (args.shards or f"{DEFAULT_CLUSTER_SHARDS} (the worker's default)")
+        if args.redis_cluster
+        else "n/a",
+        "features checked": f"{args.check_users} users per throughput worker",
         "quality checks": "QUALITY" if args.quality else "default (completeness only)",
         "worker processes": args.processes,
         "cores": os.cpu_count(),

@@ -102,13 +102,13 @@ import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.features import (
-    CLK_TCK,
     PARTITIONS,
     RAW_FETCH,
     RAW_MAX_RECORDS,
     SOURCE,
     Produced,
     Worker,
+    cpu_seconds,
     create_source_topic,
     evalsha_usec,
     gc_paused,
@@ -116,6 +116,7 @@ from bench.features import (
     produce_bulk,
     redis_cpu,
     summarize_profile,
+    tree_cpu,
     wait_applied,
 )
 from driftline.streams.local.embedded import create_topics
@@ -206,36 +207,6 @@ def zipf_events(
 
 
 # ----------------------------------------------------------------------------- CPU
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads); 0.0 once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (children of any of their threads)."""
-    out = [pid]
-    i = 0
-    while i < len(out):
-        for children in Path(f"/proc/{out[i]}/task").glob("*/children"):
-            try:
-                out += [int(c) for c in children.read_text().split()]
-            except OSError:
-                pass
-        i += 1
-    return out
-
-
-def tree_cpu(pid: int) -> tuple[float, int]:
-    """CPU seconds of ``pid`` and its descendants, and how many processes that was."""
-    pids = descendants(pid)
-    return sum(cpu_seconds(p) for p in pids), len(pids)
 
 
 @dataclass
@@ -566,7 +537,7 @@ async def driftline_row(
         lag = await monitor_covered(env.client, worker.prefix, work.produced.last_offsets)
         result.notes += driftline_notes(result, applied.at_first, ready_s, snaps[0], end, lag)
         result.checked, result.mismatches, detail = await check_features(
-            env, worker.prefix, work, check_users
+            env.redis_url, worker.prefix, work, check_users
         )
         result.notes.append(
             f"exactness: {result.checked:,} values of {check_users} users, "
@@ -649,8 +620,14 @@ def check_sample(work: Workload, k: int) -> list[int]:
     return top + random.Random(200).sample(rest, min(max(k - len(top), 0), len(rest)))
 
 
-async def check_features(env: Env, prefix: str, work: Workload, k: int) -> tuple[int, int, str]:
-    """(values checked, mismatches, first mismatches) of ``k`` users against brute force."""
+async def check_features(
+    url: str, prefix: str, work: Workload, k: int, *, cluster: bool = False
+) -> tuple[int, int, str]:
+    """(values checked, mismatches, first mismatches) of ``k`` users against brute force.
+
+    ``url``: the store's Redis, or (``cluster``) a node of its Redis Cluster;
+    ``bench/features.py`` checks its throughput runs with this too.
+    """
     from driftline import AsyncFeatureClient
 
     sample = check_sample(work, k)
@@ -663,7 +640,7 @@ async def check_features(env: Env, prefix: str, work: Workload, k: int) -> tuple
     names = [f"amount_{agg}_{w}" for w in WINDOWS for agg in AGGREGATIONS]
     checked = mismatches = 0
     shown: list[str] = []
-    async with AsyncFeatureClient.redis(env.redis_url, prefix=prefix) as client:
+    async with AsyncFeatureClient.redis(url, prefix=prefix, cluster=cluster) as client:
         for u in sample:
             amounts, times = per_user[u]
             expected = reference(amounts, times)
