@@ -138,24 +138,35 @@ class Producer(threading.Thread):
             await producer.stop()
 
 
-def stored_offsets(redis_url: str, prefix: str) -> dict[int, int]:
+def stored_offsets(redis_url: str, prefix: str, *, cluster: bool = False) -> dict[int, int]:
     import redis
 
-    raw = redis.Redis.from_url(redis_url).hgetall(f"{prefix}:offsets:tx")
+    client = redis.RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
+    try:
+        raw = client.hgetall(f"{prefix}:offsets:tx")
+    finally:
+        client.close()
     return {int(k[1:]): int(v) for k, v in raw.items() if k.startswith(b"p")}
 
 
 def wait_until_applied(
-    redis_url: str, prefix: str, producer: Producer, workers: list[WorkerProcess], timeout: float
+    redis_url: str,
+    prefix: str,
+    producer: Producer,
+    workers: list[WorkerProcess],
+    timeout: float,
+    *,
+    cluster: bool = False,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not producer.is_alive() and stored_offsets(redis_url, prefix) == producer.last_offsets:
+        offsets = stored_offsets(redis_url, prefix, cluster=cluster)
+        if not producer.is_alive() and offsets == producer.last_offsets:
             return
         time.sleep(0.5)
     logs = "\n".join(w.log()[-2000:] for w in workers)
     raise AssertionError(
-        f"not all offsets applied: {stored_offsets(redis_url, prefix)} vs {producer.last_offsets}\n{logs}"
+        f"not all offsets applied: {stored_offsets(redis_url, prefix, cluster=cluster)} vs {producer.last_offsets}\n{logs}"
     )
 
 

@@ -29,7 +29,13 @@ from driftline.features.definitions import FeatureGroup
 from driftline.features.keys import KeyLayout
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.redis_client import connect_redis
-from tests.e2e.test_exactly_once import Producer, brute_force, config_for, make_events
+from tests.e2e.test_exactly_once import (
+    Producer,
+    brute_force,
+    config_for,
+    make_events,
+    wait_until_applied,
+)
 from tests.worker_process import WorkerProcess, run_cli
 
 pytestmark = pytest.mark.slow
@@ -53,21 +59,21 @@ def cluster_client(url: str) -> redis.RedisCluster:
     return redis.RedisCluster.from_url(url)
 
 
-def applied(url: str, prefix: str) -> dict[int, int]:
-    raw = cluster_client(url).hgetall(f"{prefix}:offsets:tx")
-    return {int(k[1:]): int(v) for k, v in raw.items() if k.startswith(b"p")}
+def read_features(
+    url: str, prefix: str, group: FeatureGroup, users: list[str], at: int
+) -> list[Any]:
+    """The group's features of ``users`` as of ``at``, read from the cluster (64 shards)."""
 
+    async def read() -> list[Any]:
+        client = connect_redis(url, cluster=True)
+        try:
+            return await RedisFeatureStore(client, prefix=prefix, shards=64).get(
+                group, users, as_of_ms=at
+            )
+        finally:
+            await client.aclose()
 
-def wait_until_applied(
-    url: str, prefix: str, producer: Producer, workers: list[WorkerProcess], timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not producer.is_alive() and applied(url, prefix) == producer.last_offsets:
-            return
-        time.sleep(0.5)
-    logs = "\n".join(w.log()[-2000:] for w in workers)
-    raise AssertionError(f"not applied: {applied(url, prefix)} vs {producer.last_offsets}\n{logs}")
+    return asyncio.run(read())
 
 
 def same(got: Any, want: Any) -> bool:
@@ -97,7 +103,9 @@ def test_workers_killed_and_rebalanced_on_a_cluster_count_each_event_once(
             killed = WorkerProcess(tmp_path, config).start()
         producer.join(timeout=120)
         assert producer.error is None, producer.error
-        wait_until_applied(redis_cluster_url, prefix, producer, [steady, killed], timeout=180)
+        wait_until_applied(
+            redis_cluster_url, prefix, producer, [steady, killed], timeout=180, cluster=True
+        )
         assert steady.metric_sum("driftline_rebalances_total") >= 3
     finally:
         steady.stop()
@@ -109,16 +117,8 @@ def test_workers_killed_and_rebalanced_on_a_cluster_count_each_event_once(
     spec = config["feature_groups"][0]
     group = FeatureGroup.from_config({"entity_key": "user_id", **spec})
 
-    async def read(at: int) -> list[Any]:
-        client = connect_redis(redis_cluster_url, cluster=True)
-        try:
-            store = RedisFeatureStore(client, prefix=prefix, shards=64)
-            return await store.get(group, users, as_of_ms=at)
-        finally:
-            await client.aclose()
-
-    vectors = asyncio.run(read(as_of))
-    later = asyncio.run(read(as_of + 2 * 3_600_000))  # every window has decayed
+    vectors = read_features(redis_cluster_url, prefix, group, users, as_of)
+    later = read_features(redis_cluster_url, prefix, group, users, as_of + 2 * 3_600_000)
     assert {v.values["amount_count_1h"] for v in later} == {0}
     mismatches = [
         (user, name, vector.values[name], want)
@@ -189,7 +189,7 @@ def test_worker_rides_through_a_primary_killed_and_failed_over(
             os.kill(victim.pid, signal.SIGKILL)
             producer.join(timeout=120)
             assert producer.error is None, producer.error
-            wait_until_applied(cluster.url, prefix, producer, [worker], timeout=180)
+            wait_until_applied(cluster.url, prefix, producer, [worker], timeout=180, cluster=True)
             assert worker.proc is not None and worker.proc.poll() is None
             assert worker.metric_sum("driftline_effect_errors_total", target="redis") > 0
         finally:
@@ -200,16 +200,7 @@ def test_worker_rides_through_a_primary_killed_and_failed_over(
         spec = config["feature_groups"][0]
         group = FeatureGroup.from_config({"entity_key": "user_id", **spec})
 
-        async def read() -> list[Any]:
-            client = connect_redis(cluster.url, cluster=True)
-            try:
-                return await RedisFeatureStore(client, prefix=prefix, shards=64).get(
-                    group, users, as_of_ms=as_of
-                )
-            finally:
-                await client.aclose()
-
-        vectors = asyncio.run(read())
+        vectors = read_features(cluster.url, prefix, group, users, as_of)
         counted = want_total = 0
         for user, vector in zip(users, vectors, strict=True):
             got, want = vector.values["amount_count_1h"], expected[user]["amount_count_1h"]
