@@ -56,7 +56,10 @@ _REDIS_TRANSIENT: tuple[type[BaseException], ...] = (
     redis_errors.MasterDownError,
     redis_errors.OutOfMemoryError,
     redis_errors.NoScriptError,  # a restarted Redis forgot its scripts: loaded again
-    # a cluster whose slots are being failed over, or whose nodes are all down
+    # a cluster client redirected over and over (a resharding or failover under way:
+    # "TTL exhausted"), slots being failed over, or every node down; a MOVED that
+    # reaches the caller comes from a plain client at a cluster node: permanent
+    redis_errors.ClusterError,
     *(
         getattr(redis_errors, name)
         for name in ("SlotNotCoveredError", "RedisClusterUnreachableError")
@@ -67,7 +70,7 @@ _REDIS_TRANSIENT: tuple[type[BaseException], ...] = (
 #: OOM to OutOfMemoryError with the code stripped from the message; the others
 #: stay plain ResponseErrors with the code as the message's first word).
 _REDIS_TRANSIENT_CODES = frozenset(
-    {"OOM", "BUSY", "MISCONF", "NOREPLICAS", "NOSCRIPT", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"}
+    {"OOM", "BUSY", "MISCONF", "NOREPLICAS", "NOSCRIPT", "TRYAGAIN", "CLUSTERDOWN"}
 )
 _REDIS_PERMANENT: tuple[type[BaseException], ...] = (
     redis_errors.AuthenticationError,  # a subclass of ConnectionError: checked first

@@ -49,12 +49,13 @@ tested against the script on a real Redis).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from redis.exceptions import NoScriptError
+from redis.asyncio import RedisCluster
+from redis.exceptions import NoPermissionError, NoScriptError, RedisClusterException
 
 from driftline.features.codec import decode_delta, decode_ring, encode_ring
 from driftline.features.definitions import FeatureGroup
@@ -66,6 +67,8 @@ from driftline.features.state import Delta, EncodedDelta, EntityState, FeatureVe
 from driftline.sinks import feature_store_lua as lua
 from driftline.sinks.exceptions import PermanentError
 from driftline.sinks.redis_client import RedisClient
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,10 @@ class FeatureVersionConflict(PermanentError):
 
 class LayoutConflict(PermanentError):
     """The store was created with another shard count than this process's configuration."""
+
+
+class ClusterModeMismatch(LayoutConflict):
+    """A cluster client at a Redis that is not a cluster node, or the other way round."""
 
 
 def entity_key(prefix: str, group: FeatureGroup, entity: str) -> str:
@@ -143,9 +150,41 @@ class RedisFeatureStore:
         self._apply = client.register_script(lua.APPLY)
         self._progress = client.register_script(lua.PROGRESS)
 
+    async def _check_mode(self) -> None:
+        """Refuse a client of the wrong kind for the Redis it reaches, with what to set.
+
+        A cluster client at a plain Redis fails on its first command; a plain
+        client at a cluster node would get ``MOVED`` for most keys, so the node
+        is asked (``INFO cluster``; skipped where an ACL forbids it).
+        """
+        if isinstance(self.client, RedisCluster):
+            return
+        try:
+            info = await self.client.info("cluster")
+        except NoPermissionError:
+            return
+        if info.get("cluster_enabled") in (1, "1"):
+            raise ClusterModeMismatch(
+                "the Redis at redis.url is a node of a Redis Cluster: set redis.cluster: true "
+                "(DRIFTLINE_REDIS__CLUSTER=true), or FeatureClient.redis(..., cluster=True)"
+            )
+
+    async def _first_call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call``, with a cluster client at a plain Redis said in words."""
+        try:
+            return await call()
+        except RedisClusterException as exc:
+            if "Cluster mode is not enabled" not in str(exc):
+                raise
+            raise ClusterModeMismatch(
+                "redis.cluster is true, but the Redis at redis.url is not a node of a Redis "
+                "Cluster (cluster mode is not enabled on it): set redis.cluster: false"
+            ) from None
+
     async def _read_layout(self) -> None:
         """Check (or follow) the recorded shard count, once it is recorded."""
-        held = await stored_shards(self.client, self.prefix)
+        await self._check_mode()
+        held = await self._first_call(lambda: stored_shards(self.client, self.prefix))
         if held is None:
             return  # nothing written yet: asked again on the next read
         if held != self.layout.shards:
@@ -169,7 +208,9 @@ class RedisFeatureStore:
         entity's key is), and it cannot change without writing the store anew.
         """
         key = self.layout.layout_key()
-        await self.client.set(key, orjson.dumps({"shards": self.layout.shards}), nx=True)
+        await self._check_mode()
+        record = orjson.dumps({"shards": self.layout.shards})
+        await self._first_call(lambda: self.client.set(key, record, nx=True))
         held = await stored_shards(self.client, self.prefix)
         if held is not None and held != self.layout.shards:
             raise self._conflict(held)

@@ -32,6 +32,7 @@ from driftline.features.keys import key_slot
 from driftline.features.state import EntityState
 from driftline.schemas import ParsedEvent
 from driftline.sinks.feature_store import (
+    ClusterModeMismatch,
     LayoutConflict,
     MemoryFeatureStore,
     PartitionState,
@@ -375,3 +376,25 @@ async def test_progress_without_features_and_offsets_reset(
     assert (crashed.offset, crashed.watermark_ms, len(crashed.ahead)) == (9, 70, 2)
     assert await store.reset_offsets("tx") == 1
     assert await store.partition_state("tx", 0) == PartitionState(-1, None, {}, shards)
+
+
+async def test_a_client_of_the_wrong_kind_is_told_what_to_set(
+    redis_url: str, redis_cluster_url: str
+) -> None:
+    """redis.cluster at a plain Redis, or a plain client at a cluster node: one clear error."""
+    plain_at_cluster = connect_redis(redis_cluster_url)
+    cluster_at_plain = connect_redis(redis_url, cluster=True)
+    try:
+        with pytest.raises(ClusterModeMismatch, match=r"set redis\.cluster: true"):
+            await RedisFeatureStore(plain_at_cluster, prefix=_prefix()).check_layout()
+        with pytest.raises(ClusterModeMismatch, match=r"set redis\.cluster: true"):
+            await RedisFeatureStore(plain_at_cluster, prefix=_prefix()).get(SPEND, ["u"])
+        with pytest.raises(ClusterModeMismatch, match=r"set redis\.cluster: false"):
+            await RedisFeatureStore(cluster_at_plain, prefix=_prefix(), shards=64).check_layout()
+        with pytest.raises(ClusterModeMismatch, match=r"set redis\.cluster: false"):
+            await RedisFeatureStore(cluster_at_plain, prefix=_prefix(), follow_layout=True).get(
+                SPEND, ["u"]
+            )
+    finally:
+        await plain_at_cluster.aclose()
+        await cluster_at_plain.aclose()

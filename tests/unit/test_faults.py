@@ -69,6 +69,16 @@ def wrapped(exc: BaseException) -> BaseException:
         (redis_errors.AuthenticationError("invalid password"), "permanent"),
         (redis_errors.NoPermissionError("NOPERM"), "permanent"),
         (redis_errors.ResponseError("ERR user_script:1: bad argument"), "permanent"),
+        (redis_errors.ClusterError("TTL exhausted."), "transient"),
+        (redis_errors.ClusterDownError("CLUSTERDOWN The cluster is down"), "transient"),
+        (redis_errors.SlotNotCoveredError("slot 5 not covered"), "transient"),
+        (reply_error("TRYAGAIN Multiple keys request during rehashing of slot"), "transient"),
+        (reply_error("MOVED 3999 127.0.0.1:6381"), "permanent"),  # a plain client at a cluster
+        (reply_error("CROSSSLOT Keys in request don't hash to the same slot"), "permanent"),
+        (
+            redis_errors.RedisClusterException("Cluster mode is not enabled on this node"),
+            "permanent",
+        ),
         (kafka_errors.KafkaConnectionError("down"), "transient"),
         (kafka_errors.KafkaTimeoutError(), "transient"),
         (kafka_errors.RequestTimedOutError(), "transient"),
