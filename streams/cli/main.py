@@ -416,6 +416,12 @@ def produce(config: Path, topic: str, key_field: str | None, file: Path) -> None
 )
 @click.option("--redis-url", default=None, help="use this Redis instead of starting one")
 @click.option(
+    "--redis-cluster",
+    is_flag=True,
+    help="a Redis Cluster: start the embedded Redis as 3 primaries (or, with --redis-url, "
+    "that URL is a cluster node); sets redis.cluster",
+)
+@click.option(
     "--tansu-bin",
     default=None,
     type=click.Path(dir_okay=False),
@@ -457,6 +463,7 @@ def dev(
     config: Path | None,
     bootstrap: str | None,
     redis_url: str | None,
+    redis_cluster: bool,
     tansu_bin: str | None,
     redis_bin: str | None,
     rate: float,
@@ -472,6 +479,7 @@ def dev(
         config=config,
         bootstrap=bootstrap,
         redis_url=redis_url,
+        redis_cluster=redis_cluster,
         tansu_bin=tansu_bin,
         redis_bin=redis_bin,
         rate=rate,

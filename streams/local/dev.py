@@ -36,6 +36,7 @@ from driftline.sinks.redis_client import connect_redis
 from driftline.streams.clients import feature_store
 from driftline.streams.errors import ConfigError, DriftlineError
 from driftline.streams.local import embedded
+from driftline.streams.local.cluster import EmbeddedRedisCluster
 from driftline.streams.local.demo import DemoEvents
 from driftline.streams.local.ports import find_free_port, owns_listener
 from driftline.streams.local.status import scrape, status_line
@@ -70,6 +71,8 @@ class DevOptions:
     metrics_port: int | None
     duration: float | None
     drift_after: float = 0.0
+    #: run the embedded Redis as a Redis Cluster of 3 primaries (``redis.cluster``)
+    redis_cluster: bool = False
 
 
 def _say(message: str) -> None:
@@ -136,11 +139,15 @@ class DevStack:
         self.metrics_port, self.port_note = metrics_port_for(options.metrics_port)
         self.run_dir = Path(tempfile.mkdtemp(prefix="driftline-dev-"))
         self.broker: embedded.EmbeddedBroker | None = None
-        self.redis: embedded.EmbeddedRedis | None = None
+        self.redis: embedded.EmbeddedRedis | EmbeddedRedisCluster | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.archiver: subprocess.Popen[bytes] | None = None
         self.config_path = options.config or DEFAULT_CONFIG
-        self.settings: Settings = load_settings(self.config_path)
+        settings = load_settings(self.config_path)
+        if options.redis_cluster and not settings.redis.cluster:
+            redis = settings.redis.model_copy(update={"cluster": True})
+            settings = settings.model_copy(update={"redis": redis})
+        self.settings: Settings = settings
         sources = build_sources(self.settings, str(self.config_path))
         self.groups = sources.all_groups()
         self.archived = archived_sources(self.settings, sources)
@@ -164,14 +171,29 @@ class DevStack:
         else:
             _say(f"  broker   {bootstrap} (external)")
         redis_url = o.redis_url
-        if redis_url is None:
-            self.redis = embedded.EmbeddedRedis(binary=o.redis_bin, log_dir=self.run_dir)
-            self.redis.start()
-            redis_url = self.redis.url
-            _say(f"  redis    {Path(self.redis.binary).name} (embedded) at {redis_url}")
+        if redis_url is None and self.settings.redis.cluster:
+            cluster = EmbeddedRedisCluster(binary=o.redis_bin, log_dir=self.run_dir / "redis")
+            self.redis = cluster
+            cluster.start()
+            redis_url = cluster.url
+            _say(
+                f"  redis    Redis Cluster of {len(cluster.nodes)} primaries (embedded) at "
+                f"{', '.join(cluster.urls)}; {self.settings.redis.store_shards} shards"
+            )
+        elif redis_url is None:
+            server = embedded.EmbeddedRedis(binary=o.redis_bin, log_dir=self.run_dir)
+            self.redis = server
+            server.start()
+            redis_url = server.url
+            _say(f"  redis    {Path(server.binary).name} (embedded) at {redis_url}")
         else:
             _say(f"  redis    {redact(redis_url)} (external)")
         return bootstrap, redis_url
+
+    def redis_env(self, redis_url: str) -> str:
+        """The variables a command needs to reach this run's Redis, as a shell prefix."""
+        cluster = " DRIFTLINE_REDIS__CLUSTER=true" if self.settings.redis.cluster else ""
+        return f"DRIFTLINE_REDIS__URL={redact(redis_url)}{cluster}"
 
     def start_worker(self, bootstrap: str, redis_url: str) -> Path:
         env = dict(os.environ)
@@ -179,6 +201,7 @@ class DevStack:
             {
                 "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
                 "DRIFTLINE_REDIS__URL": redis_url,
+                "DRIFTLINE_REDIS__CLUSTER": str(self.settings.redis.cluster).lower(),
                 "DRIFTLINE_METRICS__PORT": str(self.metrics_port),
                 "DRIFTLINE_METRICS__HOST": "127.0.0.1",
                 "DRIFTLINE_WORKER__DATA_DIR": str(self.run_dir / "worker-data"),
@@ -327,7 +350,7 @@ class DevStack:
         _say(f"  metrics      {base}/metrics   (health {base}/healthz, readiness {base}/readyz)")
         if groups:
             _say(
-                f"  features     DRIFTLINE_REDIS__URL={redact(redis_url)} driftline features get "
+                f"  features     {self.redis_env(redis_url)} driftline features get "
                 f"-c {self.config_path} --group {groups[0].name} user-00000"
             )
         _say(f"  dead letters topic {source.dlq_topic} (reason in header driftline.errors.reason)")
@@ -343,7 +366,7 @@ class DevStack:
             )
             env = (
                 f"DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS={redact(bootstrap)} "
-                f"DRIFTLINE_REDIS__URL={redact(redis_url)}"
+                f"{self.redis_env(redis_url)}"
             )
             _say(f"  incidents    {env} driftline monitors list -c {self.config_path}")
             _say(
@@ -356,7 +379,7 @@ class DevStack:
             _say("               (labels.csv: user_id,timestamp[,label...])")
         _say(f"  worker log   {log_path}")
         _say("Ctrl-C stops everything.")
-        client = connect_redis(redis_url)
+        client = connect_redis(redis_url, cluster=self.settings.redis.cluster)
         store = feature_store(self.settings, client)
         try:
             while not stop.is_set():

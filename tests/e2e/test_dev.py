@@ -81,6 +81,29 @@ def test_dev_runs_the_demo_pipeline_and_stops_everything(tmp_path: Path) -> None
     assert not Path(run_dir).exists(), run_dir
 
 
+def test_dev_on_an_embedded_redis_cluster(tmp_path: Path) -> None:
+    """``--redis-cluster``: three primaries, the worker and the printed commands set for it."""
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "driftline.streams.cli", "dev", "--redis-cluster",
+            "--duration=25", "--metrics-port=0", "--rate=300", "--drift-after=0",
+        ],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "Traceback" not in out
+    assert "Redis Cluster of 3 primaries (embedded)" in out and "64 shards" in out, out
+    hint = re.search(r"features     (.*driftline features get .*)", out)
+    assert hint is not None and "DRIFTLINE_REDIS__CLUSTER=true" in hint.group(1), out
+    status = [line for line in out.splitlines() if re.match(r"\[\d\d:\d\d:\d\d\] consumed", line)]
+    assert status, out
+    # the status line reads user-00000's features from the cluster
+    assert "amount_count_5m=" in status[-1] and "amount_count_5m=0 " not in status[-1], status[-1]
+    assert "stopped everything" in out
+
+
 def _dev(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "driftline.streams.cli", "dev", "--rate=0", *args],
