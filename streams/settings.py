@@ -179,14 +179,15 @@ class RedisSettings(_Section):
     cluster: bool = Field(
         False,
         description="url names a node of a Redis Cluster: the online store is cut into "
-        "'shards', each in one hash slot (see docs/sizing.md)",
+        "'shards', each in one hash slot (docs/features.md, On Redis Cluster)",
     )
     shards: int | None = Field(
         None,
         ge=1,
         le=MAX_SHARDS,
-        description="shards of the online store (fixed once it holds data): default 64 with "
-        "cluster, else 1; a cluster of N primaries spreads at most 'shards' ways",
+        description="shards of the online store, fixed once it holds data (a worker with "
+        "another count refuses to start): default 64 with cluster, else 1; the store spreads "
+        "over at most this many primaries",
     )
 
     @property
