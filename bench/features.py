@@ -68,7 +68,8 @@ What is measured, and why that way:
    before its worker started.  CPU-seconds are taken between the first
    applied batch and the last (as ``bench/pipelines.py``), from ``/proc`` for
    every process started here (the worker with its children), ``INFO cpu``
-   for ``--redis-url``.  The latency and memory phases use one Redis only.
+   for ``--redis-url``.  The latency phase also runs on the cluster (below);
+   the memory phase uses one Redis only.
 2. **Latency** at a steady ``--latency-rate`` for ``--latency-seconds``: each
    event carries its produce wall time (``sent_at_ms``); the producer keeps
    every event's (partition, offset) from its RecordMetadata; a poller reads
@@ -81,7 +82,15 @@ What is measured, and why that way:
    on the embedded Tansu, delivery latency grows with that wait (measured:
    p50 ~15 ms at 50, ~130 ms at 500, ~390 ms at 1500) where Apache Kafka
    answers as soon as ``fetch_min_bytes`` (1) are there, so the first is the
-   floor of any Faust worker on this broker.
+   floor of any Faust worker on this broker.  Percentiles: p50, p90, p95, p99
+   and max (nearest rank).  With ``--redis-cluster`` the whole run is done
+   twice, a worker on one Redis and then one on the cluster, each with its own
+   fresh topic, raw consumers and key prefix; on the cluster the poller reads
+   the same offsets hash through a cluster client (it is one key, moved
+   forward once every shard's script of a batch has applied, so "visible"
+   still means visible on every shard).  A table after the figures sets both
+   side by side: p50 / p90 / p99 / max of the worker and of the two raw
+   consumers of each run.
 3. **Memory.**  The worker keeps no per-entity state, so its RSS should stay
    flat while ``--memory-entities`` distinct entities (one event each) stream
    through: RSS at start (ready, idle, empty topic) vs. after all are applied,
@@ -853,6 +862,12 @@ class Target:
             return {}
         return {"cluster": True, **({"shards": self.shards} if self.shards else {})}
 
+    def new_client(self) -> RedisClient:
+        """A client of its own, of the store's kind (a cluster client on a cluster)."""
+        if self.cluster:
+            return aioredis.RedisCluster.from_url(self.url)
+        return aioredis.Redis.from_url(self.url)
+
     def node_of_slot(self, slot: int) -> int:
         """Index in ``nodes`` of the primary that serves ``slot`` (0 on one Redis)."""
         for i, ranges in enumerate(self.slots):
@@ -1000,7 +1015,7 @@ class Env:
     broker_pid: int | None = None  # the embedded broker, to show its CPU use
     quality: bool = False  # --quality
     processes: int = 1  # --processes
-    cluster: Target | None = None  # --redis-cluster: the throughput phase also runs on it
+    cluster: Target | None = None  # --redis-cluster: the throughput and latency phases too
     check_users: int = 200  # --check-users
     tagged: bool = False  # several throughput runs: tag their rows
     workers: list[Worker] = field(default_factory=list)
@@ -1366,22 +1381,50 @@ def cluster_tables(phases: list[tuple[list[Run], float, float]]) -> list[str]:
     return lines
 
 
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+
+
+def quantiles(values: list[float]) -> list[float]:
+    """``QUANTILES`` of ``values``, then their max (nearest rank, as the rows show them)."""
+    xs = sorted(values)
+    return [xs[min(len(xs) - 1, int(x * len(xs)))] for x in QUANTILES] + [xs[-1]]
+
+
 def percentiles(values: list[float]) -> str:
     if not values:
         return "no samples"
-    xs = sorted(values)
+    names = [f"p{round(x * 100)}" for x in QUANTILES] + ["max"]
+    return ", ".join(f"{n} {v:.0f} ms" for n, v in zip(names, quantiles(values), strict=True))
 
-    def q(x: float) -> float:
-        return xs[min(len(xs) - 1, int(x * len(xs)))]
 
-    return f"p50 {q(0.5):.0f} ms, p95 {q(0.95):.0f} ms, p99 {q(0.99):.0f} ms, max {xs[-1]:.0f} ms"
+@dataclass
+class LatencyRun:
+    """One worker's steady-rate run (the ``--redis-cluster`` latency table is built from these)."""
+
+    target: Target
+    events: int
+    rate: float  # events/s actually produced
+    visible: list[float]  # produce -> visible in Redis, ms, per event
+    raw: dict[int, list[float]]  # fetch_max_wait_ms -> produce -> raw consumer, ms, per event
+    cpu: float  # the worker's share of a core while producing
+    shards: int  # recorded in the store
 
 
 async def latency_phase(env: Env, res: Results, seconds: float, rate: float) -> None:
-    """Produce at a steady rate; produce -> visible in Redis, and -> a raw consumer, per event."""
+    """A steady-rate run on each target (one Redis, then the cluster), a fresh topic each."""
+    runs = [await latency_run(env, res, target, seconds, rate) for target in env.targets]
+    if env.cluster is not None:
+        res.tables += latency_table(runs)
+
+
+async def latency_run(
+    env: Env, res: Results, target: Target, seconds: float, rate: float
+) -> LatencyRun:
+    """Produce at a steady rate; produce -> visible in ``target``, and -> a raw consumer."""
+    tag = f" [{target.name}]" if env.cluster is not None else ""
     topic = f"bench-features-lat-{uuid.uuid4().hex[:8]}"
     await create_source_topic(env.bootstrap, topic)
-    worker = env.new_worker(topic)
+    worker = env.new_worker(topic, target)
     assert worker.sampler is not None
     await worker.wait_ready()
     await asyncio.sleep(1.0)  # let the join settle
@@ -1392,7 +1435,8 @@ async def latency_phase(env: Env, res: Results, seconds: float, rate: float) -> 
     # fetch_max_wait_ms -> (partition, offset) -> wall ms received by a raw consumer
     received: dict[int, dict[tuple[int, int], float]] = {FAUST_FETCH_MAX_WAIT_MS: {}, 50: {}}
     done = asyncio.Event()
-    poll_client = aioredis.Redis.from_url(env.redis_url)
+    # its own client (a cluster client on a cluster: the hash is one key, on its slot's primary)
+    poll_client = target.new_client()
 
     async def poll() -> None:
         current = dict.fromkeys(range(PARTITIONS), -1)
@@ -1440,7 +1484,7 @@ async def latency_phase(env: Env, res: Results, seconds: float, rate: float) -> 
         ready = asyncio.Event()
         tasks.append(asyncio.create_task(raw_consumer(wait_ms, ready)))
         await ready.wait()
-    log(f"latency: {n:,} events at {rate:,.0f}/s to {topic} ...")
+    log(f"latency{tag}: {n:,} events at {rate:,.0f}/s to {topic} ...")
     try:
         started = time.monotonic()
         i = 0
@@ -1469,7 +1513,7 @@ async def latency_phase(env: Env, res: Results, seconds: float, rate: float) -> 
         last: dict[int, int] = {}
         for _, m in metas:
             last[m.partition] = max(last.get(m.partition, -1), m.offset)
-        await wait_applied(env.client, worker, last, limit_s=120)
+        await wait_applied(target.client, worker, last, limit_s=120)
         await asyncio.sleep(max(3 * LATENCY_POLL_S, FAUST_FETCH_MAX_WAIT_MS / 1000))
     finally:
         done.set()
@@ -1487,27 +1531,70 @@ async def latency_phase(env: Env, res: Results, seconds: float, rate: float) -> 
     rss_peak = sampler.peak_mib(since=started, until=started + send_s)
     worker.stop()
     res.add(
-        "latency produce -> visible in Redis",
+        f"latency produce -> visible in Redis{tag}",
         percentiles(latencies),
         f"{n:,} events at {n / send_s:,.0f}/s over {send_s:.0f}s; poll every "
-        f"{LATENCY_POLL_S * 1000:.0f} ms",
+        f"{LATENCY_POLL_S * 1000:.0f} ms" + (" through a cluster client" if target.cluster else ""),
     )
+    raw: dict[int, list[float]] = {}
     for wait_ms, got in received.items():
-        raw_lat = [
+        raw[wait_ms] = [
             got[(m.partition, m.offset)] - t for t, m in metas if (m.partition, m.offset) in got
         ]
         res.add(
-            f"latency produce -> raw consumer (fetch_max_wait {wait_ms} ms)",
-            percentiles(raw_lat),
+            f"latency produce -> raw consumer (fetch_max_wait {wait_ms} ms){tag}",
+            percentiles(raw[wait_ms]),
             "Faust's default wait (driftline sets kafka.fetch_max_wait_s, default 0.1 s)"
             if wait_ms == FAUST_FETCH_MAX_WAIT_MS
             else "same run, the broker's floor",
         )
     res.add(
-        f"worker CPU at {rate:,.0f} events/s",
+        f"worker CPU at {rate:,.0f} events/s{tag}",
         f"{cpu:.0%} of a core",
         f"RSS {rss_end:.0f} MiB at the end, peak {rss_peak:.0f} MiB",
     )
+    shards = await stored_shards(target.client, worker.prefix) or 1
+    return LatencyRun(target, n, n / send_s, latencies, raw, cpu, shards)
+
+
+def latency_table(runs: list[LatencyRun]) -> list[str]:
+    """``--redis-cluster``: produce -> visible on one Redis and on the cluster, with the floor."""
+
+    def cells(values: list[float]) -> str:
+        if not values:
+            return "no samples"
+        q = quantiles(values)
+        return " / ".join(f"{q[i]:,.0f}" for i in (0, 1, 3, 4))  # p50, p90, p99, max
+
+    lines = [
+        "",
+        "### produce -> visible in Redis: one Redis against the Redis Cluster",
+        "",
+        "| store | events (rate) | what | p50 / p90 / p99 / max, ms |",
+        "|---|---|---|---|",
+    ]
+    for r in runs:
+        store = (
+            f"cluster: {len(r.target.nodes)} primaries, {r.shards} shards"
+            if r.target.cluster
+            else "one Redis"
+        )
+        lines.append(
+            f"| {store} | {r.events:,} ({r.rate:,.0f}/s) | driftline worker, visible in Redis "
+            f"(worker CPU {r.cpu:.0%} of a core) | {cells(r.visible)} |"
+        )
+        for wait_ms in sorted(r.raw):
+            what = f"raw consumer, fetch_max_wait {wait_ms} ms"
+            lines.append(f"| {store} | | {what} | {cells(r.raw[wait_ms])} |")
+    lines += [
+        "",
+        "each store: its own worker and a fresh topic, one after the other (one Redis first); "
+        "the raw consumers read that topic in the same run (the broker's floor at 50 ms, "
+        f"Faust's fixed wait at {FAUST_FETCH_MAX_WAIT_MS} ms). Visible: the first poll of the "
+        f"offsets hash (every {LATENCY_POLL_S * 1000:.0f} ms; through a cluster client on the "
+        "cluster) that saw the event's offset applied, minus its produce time.",
+    ]
+    return lines
 
 
 async def memory_phase(env: Env, res: Results, m: int) -> None:
@@ -1702,7 +1789,7 @@ async def run(args: argparse.Namespace, res: Results, workdir: Path) -> None:
             f"embedded {Path(redis_server.binary).name}" if redis_server else redis_url
         )
         phases = set(args.phases.split(","))
-        if args.redis_cluster and "throughput" in phases:
+        if args.redis_cluster and phases & {"throughput", "latency"}:
             log(f"starting a Redis Cluster of {args.primaries} primaries ...")
             cluster = EmbeddedRedisCluster(primaries=args.primaries).start()
             env.cluster = await cluster_target(cluster, args.shards)
@@ -1761,7 +1848,7 @@ def main() -> None:
         "--redis-cluster",
         action="store_true",
         help="the throughput phase runs a worker on one Redis, then one on an embedded Redis "
-        "Cluster, on the same topic",
+        "Cluster, on the same topic; so does the latency phase, a fresh topic each",
     )
     ap.add_argument("--primaries", type=int, default=3, help="primaries of the --redis-cluster (3)")
     ap.add_argument(
