@@ -126,11 +126,13 @@ class KeyLayout:
         """What every entity key of a group version starts with (for ``SCAN MATCH``)."""
         return f"{self.prefix}:fg:{group}:v{version}:"
 
-    def entity_key(self, group: str, version: int, entity: str) -> str:
+    def key_head(self, group: str, version: int, shard: int = 0) -> str:
+        """What the keys of ``shard``'s entities of a group version start with."""
         head = self.group_prefix(group, version)
-        if not self.sharded:
-            return head + entity
-        return f"{head}{self.tag(self.shard(entity))}:{entity}"
+        return f"{head}{self.tag(shard)}:" if self.sharded else head
+
+    def entity_key(self, group: str, version: int, entity: str) -> str:
+        return self.key_head(group, version, self.shard(entity)) + entity
 
     def offsets_key(self, source: str) -> str:
         """Per partition: the offset (``p{n}``) and watermark (``w{n}``) every shard has passed."""

@@ -48,6 +48,7 @@ tested against the script on a real Redis).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -291,7 +292,7 @@ class RedisFeatureStore:
             keys, args = _script(
                 layout.offsets_key(source),
                 [partition, expected_offset, new_offset, _or_empty(watermark_ms), now_ms],
-                layout,
+                layout.key_head,
                 deltas,
             )
             ok, stored = await self._apply(keys=keys, args=args)
@@ -300,7 +301,8 @@ class RedisFeatureStore:
         for shard, shard_deltas in _by_shard(layout, deltas).items():
             start = max(expected_offset, (ahead or {}).get(shard, -1))
             head = [partition, f"<{start}", new_offset, "", now_ms]
-            calls.append(_script(layout.fence_key(source, shard), head, layout, shard_deltas))
+            key_head = functools.partial(layout.key_head, shard=shard)
+            calls.append(_script(layout.fence_key(source, shard), head, key_head, shard_deltas))
         for ok, stored in await self._run_sharded(calls):
             if not ok and int(stored) != new_offset:  # (== new_offset: applied by a retry)
                 return False, int(stored)
@@ -428,10 +430,14 @@ def _by_shard(
 def _script(
     offsets: str,
     head: list[Any],
-    layout: KeyLayout,
+    key_head: Callable[[str, int], str],
     deltas: Sequence[tuple[FeatureGroup, Mapping[str, Delta]]],
 ) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of one :data:`~driftline.sinks.feature_store_lua.APPLY` call."""
+    """KEYS and ARGV of one :data:`~driftline.sinks.feature_store_lua.APPLY` call.
+
+    ``key_head(group, version)``: what the entity keys of ``deltas`` start with
+    (:meth:`KeyLayout.key_head`: one shard's, on a sharded store).
+    """
     keys: list[str] = [offsets]
     args: list[Any] = [*head, len(deltas)]
     for group, entities in deltas:
@@ -446,9 +452,9 @@ def _script(
         for r in resolutions:
             args += [r, layout_.ring_buckets[r]]
         args.append(len(entities))
-        key = layout.entity_key
+        key = key_head(group.name, group.version)
         for entity, delta in entities.items():
-            keys.append(key(group.name, group.version, entity))
+            keys.append(key + entity)
             args.append(delta.newest_event_ms)
             args.append(len(delta.last))
             for name, (t, value) in delta.last.items():
