@@ -147,6 +147,7 @@ class RedisFeatureStore:
         self.prefix = prefix
         self.layout = KeyLayout(prefix, shards)
         self._follow_layout = follow_layout
+        self._mode_checked = False
         self._layout_known = False
         self._apply = client.register_script(lua.APPLY)
         self._progress = client.register_script(lua.PROGRESS)
@@ -156,14 +157,15 @@ class RedisFeatureStore:
 
         A cluster client at a plain Redis fails on its first command; a plain
         client at a cluster node would get ``MOVED`` for most keys, so the node
-        is asked (``INFO cluster``; skipped where an ACL forbids it).
+        is asked (``INFO cluster``; skipped where an ACL forbids it), once.
         """
-        if isinstance(self.client, RedisCluster):
+        if self._mode_checked or isinstance(self.client, RedisCluster):
             return
         try:
             info = await self.client.info("cluster")
         except NoPermissionError:
-            return
+            info = {}
+        self._mode_checked = True
         if info.get("cluster_enabled") in (1, "1"):
             raise ClusterModeMismatch(
                 "the Redis at redis.url is a node of a Redis Cluster: set redis.cluster: true "
@@ -185,22 +187,22 @@ class RedisFeatureStore:
     async def _read_layout(self) -> None:
         """Check (or follow) the recorded shard count, once it is recorded."""
         await self._check_mode()
-        held = await self._first_call(lambda: stored_shards(self.client, self.prefix))
+        self._settle(await self._first_call(lambda: stored_shards(self.client, self.prefix)))
+
+    def _settle(self, held: int | None) -> None:
+        """Take the recorded shard count: the same as ours, followed, or refused."""
         if held is None:
             return  # nothing written yet: asked again on the next read
         if held != self.layout.shards:
             if not self._follow_layout:
-                raise self._conflict(held)
+                raise LayoutConflict(
+                    f"the online store under key prefix {self.prefix!r} was created with "
+                    f"{held} shard(s) (Redis key {self.layout.layout_key()}); this "
+                    f"configuration says {self.layout.shards}: set redis.shards to {held}, "
+                    "or use a new key_prefix for a store with another shard count"
+                )
             self.layout = KeyLayout(self.prefix, held)
         self._layout_known = True
-
-    def _conflict(self, held: int) -> LayoutConflict:
-        return LayoutConflict(
-            f"the online store under key prefix {self.prefix!r} was created with "
-            f"{held} shard(s) (Redis key {self.layout.layout_key()}); this configuration says "
-            f"{self.layout.shards}: set redis.shards to {held}, or use a new key_prefix "
-            "for a store with another shard count"
-        )
 
     async def check_layout(self) -> None:
         """Record the shard count on first use; refuse a store created with another one.
@@ -208,14 +210,11 @@ class RedisFeatureStore:
         Every writer and reader must agree on it (it decides where an
         entity's key is), and it cannot change without writing the store anew.
         """
-        key = self.layout.layout_key()
         await self._check_mode()
         record = orjson.dumps({"shards": self.layout.shards})
+        key = self.layout.layout_key()
         await self._first_call(lambda: self.client.set(key, record, nx=True))
-        held = await stored_shards(self.client, self.prefix)
-        if held is not None and held != self.layout.shards:
-            raise self._conflict(held)
-        self._layout_known = True
+        self._settle(await stored_shards(self.client, self.prefix))
 
     # -- partition state --------------------------------------------------
 

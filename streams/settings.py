@@ -42,7 +42,8 @@ from pydantic_settings import (
 
 from driftline.drift.quality import QualityConfig
 from driftline.errors import redact
-from driftline.features.keys import MAX_SHARDS
+from driftline.features.exceptions import LayoutError
+from driftline.features.keys import MAX_SHARDS, KeyLayout
 from driftline.streams.errors import ConfigError
 
 ENV_PREFIX = "DRIFTLINE_"
@@ -199,11 +200,10 @@ class RedisSettings(_Section):
 
     @model_validator(mode="after")
     def _layout(self) -> RedisSettings:
-        if self.store_shards > 1 and ("{" in self.key_prefix or "}" in self.key_prefix):
-            raise ValueError(
-                "key_prefix: braces would become the Redis Cluster hash tag of every key; "
-                "choose a prefix without '{' and '}'"
-            )
+        try:
+            KeyLayout(self.key_prefix, self.store_shards)
+        except LayoutError as exc:
+            raise ValueError(str(exc)) from None
         if self.cluster and self.url.startswith("unix://"):
             raise ValueError("cluster: a Redis Cluster is reached over TCP, not a unix:// socket")
         return self

@@ -44,6 +44,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from driftline.features.keys import SLOTS
 from driftline.streams.local.embedded import EmbeddedRedis
 from driftline.streams.local.errors import EmbeddedError
 from driftline.streams.local.ports import LOOPBACK, find_free_port
@@ -55,8 +56,6 @@ __all__ = ["SLOTS", "EmbeddedRedisCluster", "slot_ranges"]
 
 log = logging.getLogger(__name__)
 
-#: Hash slots of a Redis Cluster, numbered 0 to SLOTS - 1.
-SLOTS = 16384
 
 # A node that fails to start because its port or bus port was taken meanwhile is
 # rebuilt with fresh ports this many times in all.

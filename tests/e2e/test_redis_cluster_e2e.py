@@ -92,6 +92,11 @@ def mismatches(
     ]
 
 
+def spend_group(config: dict[str, Any]) -> FeatureGroup:
+    """The config's feature group, as the worker builds it."""
+    return FeatureGroup.from_config({"entity_key": "user_id", **config["feature_groups"][0]})
+
+
 def same(got: Any, want: Any) -> bool:
     if isinstance(want, float) and isinstance(got, float):
         return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9)
@@ -130,8 +135,7 @@ def test_workers_killed_and_rebalanced_on_a_cluster_count_each_event_once(
     as_of = max(e["event_time"] for e in events)
     expected = brute_force(events, as_of)
     users = sorted(expected)
-    spec = config["feature_groups"][0]
-    group = FeatureGroup.from_config({"entity_key": "user_id", **spec})
+    group = spend_group(config)
 
     bad = mismatches(redis_cluster_url, prefix, group, expected, as_of)
     assert not bad, f"{len(bad)} mismatches, e.g. {bad[:5]}"
@@ -217,8 +221,7 @@ def test_worker_rides_through_a_primary_killed_and_failed_over(
         as_of = max(e["event_time"] for e in events)
         expected = brute_force(events, as_of)
         users = sorted(expected)
-        spec = config["feature_groups"][0]
-        group = FeatureGroup.from_config({"entity_key": "user_id", **spec})
+        group = spend_group(config)
 
         vectors = read_features(cluster.url, prefix, group, users, as_of)
         counted = want_total = 0
