@@ -142,6 +142,16 @@ class KeyLayout:
         """Per partition: the last offset (and watermark) applied to one shard's entities."""
         return f"{self.prefix}:{self.tag(shard)}:fence:{source}"
 
+    def mark_key(self, group: str, version: int, source: str, shard: int = 0) -> str:
+        """Per partition (``p{n}``): the offset after which a group version is written live.
+
+        Set once, by the first write of the version on the partition (on a
+        sharded store: on the shard), to the offset stored before it: events at
+        or below it are a backfill's to apply, the later ones the worker's.
+        """
+        where = f"{self.prefix}:{self.tag(shard)}" if self.sharded else self.prefix
+        return f"{where}:live:{group}:v{version}:{source}"
+
     def registry_key(self, group: str) -> str:
         return f"{self.prefix}:registry:{group}"
 

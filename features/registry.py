@@ -5,7 +5,15 @@ and handed here as a mapping of fields.  Fields, one per version ``N``:
 
 * ``vN``: JSON ``{"fingerprint", "definition", "first_deployed_ms", "lineage"}``;
 * ``vN@<contract fingerprint>``: when a contract was first seen with it (ms);
-* ``vN:last_write_ms``: when a worker last wrote features of it (ms).
+* ``vN:last_write_ms``: when a worker last wrote features of it (ms);
+* ``vN:backfill``: JSON progress of ``driftline backfill`` (:class:`BackfillProgress`);
+* ``active``: the version serving reads (``driftline registry activate``); absent
+  until a version is activated, and then the lowest configured version is served.
+
+A record written with ``"marks": true`` (every record since backfills exist)
+promises that each worker writing the version records, per source partition
+(and shard), the offset from which it writes it live: the seam a backfill
+hands over at (:mod:`driftline.streams.backfill`).
 
 :func:`group_from_definition` rebuilds the :class:`FeatureGroup` a worker
 recorded, so a reader (``driftline serve``, :class:`driftline.FeatureClient`)
@@ -18,7 +26,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -41,6 +49,67 @@ class DeployedVersion:
     contracts: tuple[tuple[str, int], ...] = ()
     #: when a worker last wrote features of this version (about once a minute while it does)
     last_write_ms: int | None = None
+    #: the record promises live-start marks (see the module docstring): it can be backfilled
+    marked: bool = False
+    #: the registry's ``active`` field names this version
+    active: bool = False
+    #: the progress of a backfill of this version, if one ran
+    backfill: BackfillProgress | None = None
+
+
+#: The registry hash's field naming the version serving reads.
+ACTIVE_FIELD = "active"
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillProgress:
+    """``v{N}:backfill`` of the registry: where a backfill of a version stands.
+
+    ``state`` is ``running`` until every event up to the live marks is applied,
+    then ``done`` (the version is *ready*).  ``events`` counts the events
+    applied so far, of ``total`` (``None`` until counted).
+    """
+
+    state: Literal["running", "done"]
+    events: int
+    total: int | None
+    from_ms: int
+    started_ms: int
+    updated_ms: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "events": self.events,
+            "total": self.total,
+            "from_ms": self.from_ms,
+            "started_ms": self.started_ms,
+            "updated_ms": self.updated_ms,
+        }
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> BackfillProgress | None:
+        """The record read back (``None`` if it is not one)."""
+        try:
+            doc = orjson.loads(raw)
+            state = doc["state"]
+            if state not in ("running", "done"):
+                return None
+            total = doc.get("total")
+            return cls(
+                state,
+                int(doc["events"]),
+                None if total is None else int(total),
+                int(doc["from_ms"]),
+                int(doc["started_ms"]),
+                int(doc["updated_ms"]),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+
+
+def backfill_field(version: int) -> str:
+    return f"v{version}:backfill"
 
 
 def version_record(
@@ -51,6 +120,7 @@ def version_record(
         "fingerprint": group.fingerprint(),
         "definition": group.canonical(),
         "first_deployed_ms": now_ms,
+        "marks": True,
     }
     if lineage is not None:
         doc["lineage"] = dict(lineage)
@@ -69,9 +139,24 @@ def parse_records(
     problems: list[str] = []
     seen: dict[int, list[tuple[str, int]]] = {}
     written: dict[int, int] = {}
+    backfills: dict[int, BackfillProgress] = {}
+    active: int | None = None
     for raw_name, raw_value in fields.items():
         name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
         where = f"{group} {name}"
+        if name == ACTIVE_FIELD:
+            active = _ms(raw_value)
+            if active is None:
+                problems.append(f"{where}: expected a version number")
+            continue
+        backfill = re.fullmatch(r"v([1-9][0-9]*):backfill", name)
+        if backfill:
+            progress = BackfillProgress.parse(raw_value)
+            if progress is None:
+                problems.append(f"{where}: expected a backfill progress record")
+            else:
+                backfills[int(backfill[1])] = progress
+            continue
         touched = re.fullmatch(r"v([1-9][0-9]*):last_write_ms", name)
         contract = re.fullmatch(r"v([1-9][0-9]*)@(.+)", name)
         if touched or contract:
@@ -107,6 +192,7 @@ def parse_records(
                 if isinstance(deployed, int) and not isinstance(deployed, bool)
                 else None,
                 lineage=lineage if isinstance(lineage, dict) else {},
+                marked=record.get("marks") is True,
             )
         )
     out = [
@@ -114,6 +200,8 @@ def parse_records(
             d,
             contracts=tuple(sorted(seen.get(d.version, ()), key=_by_time)),
             last_write_ms=written.get(d.version),
+            active=d.version == active,
+            backfill=backfills.get(d.version),
         )
         for d in out
     ]

@@ -277,6 +277,8 @@ class RedisFeatureStore:
         watermark_ms: int | None,
         deltas: Sequence[tuple[FeatureGroup, Mapping[str, Delta]]],
         ahead: Mapping[int, int] | None = None,
+        marks: bool = True,
+        strict_last: bool = False,
     ) -> tuple[bool, int]:
         """Apply one partition batch atomically; ``(False, stored)`` when the offset moved.
 
@@ -284,15 +286,27 @@ class RedisFeatureStore:
         ``ahead`` are the fences past ``expected_offset`` the worker knows of
         (:attr:`PartitionState.ahead`), ``(False, fence)`` when a shard's fence
         moved under this worker (the shards before it may have applied theirs).
+
+        ``marks``: record, for each group version not marked yet on this
+        partition (and shard), that it is written live from here
+        (:meth:`KeyLayout.mark_key`).  ``strict_last``: a ``last`` value replaces
+        a stored one only when strictly newer (a backfill, writing older offsets).
         """
         now_ms = int(time.time() * 1000)
         layout = self.layout
+        flags = (1 if marks else 0) | (2 if strict_last else 0)
+
+        def mark(group: FeatureGroup, shard: int) -> str:
+            return layout.mark_key(group.name, group.version, source, shard)
+
         if not layout.sharded:
             keys, args = _script(
                 layout.offsets_key(source),
                 [partition, expected_offset, new_offset, _or_empty(watermark_ms), now_ms],
                 layout.key_head,
                 deltas,
+                flags,
+                functools.partial(mark, shard=0),
             )
             ok, stored = await self._apply(keys=keys, args=args)
             return bool(ok), int(stored)
@@ -301,7 +315,9 @@ class RedisFeatureStore:
             start = max(expected_offset, (ahead or {}).get(shard, -1))
             head = [partition, f"<{start}", new_offset, "", now_ms]
             key_head = functools.partial(layout.key_head, shard=shard)
-            calls.append(_script(layout.fence_key(source, shard), head, key_head, shard_deltas))
+            marker = functools.partial(mark, shard=shard)
+            fence = layout.fence_key(source, shard)
+            calls.append(_script(fence, head, key_head, shard_deltas, flags, marker))
         for ok, stored in await self._run_sharded(calls):
             if not ok and int(stored) != new_offset:  # (== new_offset: applied by a retry)
                 return False, int(stored)
@@ -431,11 +447,14 @@ def _script(
     head: list[Any],
     key_head: Callable[[str, int], str],
     deltas: Sequence[tuple[FeatureGroup, Mapping[str, Delta]]],
+    flags: int = 0,
+    mark_key: Callable[[FeatureGroup], str] | None = None,
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of one :data:`~driftline.sinks.feature_store_lua.APPLY` call.
 
     ``key_head(group, version)``: what the entity keys of ``deltas`` start with
-    (:meth:`KeyLayout.key_head`: one shard's, on a sharded store).
+    (:meth:`KeyLayout.key_head`: one shard's, on a sharded store); ``flags``
+    (the script's per-group flags) and ``mark_key(group)``, needed with flag 1.
     """
     keys: list[str] = [offsets]
     args: list[Any] = [*head, len(deltas)]
@@ -446,8 +465,12 @@ def _script(
             len(layout_.value_fields),
             len(layout_.distinct_fields),
             group.ttl_ms,
+            flags,
             len(resolutions),
         ]
+        if flags & 1:
+            assert mark_key is not None
+            keys.append(mark_key(group))
         for r in resolutions:
             args += [r, layout_.ring_buckets[r]]
         args.append(len(entities))

@@ -9,10 +9,17 @@ changes nothing and answers the stored offset.  Arguments, per call::
     KEYS  offsets hash (a shard's fence on a cluster), then one entity hash per entity
     ARGV  partition, expected offset ('<N': at most N), new offset, watermark ('' for none),
           now ms, groups;
-          per group: V value fields, D distinct fields, TTL ms, R rings,
+          per group: V value fields, D distinct fields, TTL ms, F flags, R rings,
                      R x (resolution ms, buckets kept), entities;
           per entity: newest event ms, L last values, L x ('l:' field, event ms, JSON),
                       R ring blobs (binary, see :mod:`driftline.features.codec`; '' for none)
+
+Flags, per group: ``1`` the group's *live mark* key follows in KEYS (before its
+entities): ``p{partition}`` is set there, unless it is set already, to the
+stored offset before this batch (the offset from which this group version is
+written live: the seam a backfill hands over at); ``2`` a ``last`` value
+replaces a stored one only when strictly newer (a backfill writes older
+offsets after newer ones, so on a tie the stored one is the later record's).
 
 Rings are merged as a merge join over the two blobs (both in ascending bucket
 id, as every writer writes them): a stored bucket the batch does not touch is
@@ -208,8 +215,12 @@ end
 
 for _ = 1, ngroups do
   local V, D = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  local ttl, R = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  a = a + 4
+  local ttl, flags, R = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  a = a + 5
+  if flags % 2 == 1 then
+    redis.call('HSETNX', KEYS[k], 'p' .. partition, stored); k = k + 1
+  end
+  local strict = flags >= 2
   local res, nb = {}, {}
   for r = 1, R do
     res[r] = tonumber(ARGV[a]); nb[r] = tonumber(ARGV[a + 1]); a = a + 2
@@ -238,7 +249,8 @@ for _ = 1, ngroups do
     for j = 0, nlast - 1 do
       local old = held[2 + R + j]
       local old_t = old and tonumber(string.match(old, '^(-?%d+)|'))
-      if (not old_t) or tonumber(ARGV[la + 3 * j + 1]) >= old_t then
+      local t = tonumber(ARGV[la + 3 * j + 1])
+      if (not old_t) or t > old_t or (t == old_t and not strict) then
         set[#set + 1] = ARGV[la + 3 * j]
         set[#set + 1] = ARGV[la + 3 * j + 1] .. '|' .. ARGV[la + 3 * j + 2]
       end
