@@ -99,8 +99,9 @@ class MonitorConfig(BaseModel):
     field: str | None = Field(None, min_length=1, description="a top-level field of the event")
     feature: str | None = Field(
         None,
-        pattern=r"^[A-Za-z0-9_.-]+\.[A-Za-z0-9_]+$",
-        description="a computed feature, as group.feature (e.g. user_spend.amount_mean_1h)",
+        pattern=r"^[A-Za-z0-9_.-]+(@[1-9][0-9]*)?\.[A-Za-z0-9_]+$",
+        description="a computed feature, as group.feature (e.g. user_spend.amount_mean_1h: the "
+        "newest configured version of the group) or group@N.feature (version N)",
     )
     max_entities_per_batch: int = Field(
         64,

@@ -43,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -390,3 +390,53 @@ def _layout(g: FeatureGroup) -> Layout:
         features=tuple(features),
         fingerprint=hashlib.sha256(canonical.encode()).hexdigest(),
     )
+
+
+# ----------------------------------------------------------------- versions
+
+_GROUP_REF = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(?P<version>[1-9][0-9]*))?")
+
+
+def parse_group_ref(ref: str) -> tuple[str, int | None]:
+    """``name`` -> ``(name, None)``; ``name@N`` -> ``(name, N)``.
+
+    How a user names a group where several versions of it may be configured
+    (a feature monitor's ``feature``, ``driftline training-set --features``):
+    without ``@N``, the newest configured version (:func:`resolve_group`).
+    Raises :class:`FeatureDefinitionError` for anything else.
+    """
+    match = _GROUP_REF.fullmatch(ref)
+    if match is None:
+        raise FeatureDefinitionError(
+            f"{ref!r} is not a feature group reference (expected name or name@version)"
+        )
+    version = match["version"]
+    return match["name"], None if version is None else int(version)
+
+
+def newest_versions(groups: Iterable[FeatureGroup]) -> dict[str, FeatureGroup]:
+    """Each configured group name's newest version, by name (in first-seen order)."""
+    out: dict[str, FeatureGroup] = {}
+    for group in groups:
+        have = out.get(group.name)
+        if have is None or group.version > have.version:
+            out[group.name] = group
+    return out
+
+
+def group_refs(groups: Iterable[FeatureGroup]) -> dict[str, FeatureGroup]:
+    """Every way to name a configured group: ``name@N`` for each version, and ``name``
+    for the newest version of that name."""
+    listed = list(groups)
+    out = {f"{g.name}@{g.version}": g for g in listed}
+    out.update(newest_versions(listed))
+    return out
+
+
+def resolve_group(groups: Iterable[FeatureGroup], ref: str) -> FeatureGroup | None:
+    """The group ``ref`` (``name`` or ``name@N``) names among ``groups``; ``None`` if none."""
+    try:
+        parse_group_ref(ref)
+    except FeatureDefinitionError:
+        return None
+    return group_refs(groups).get(ref)

@@ -16,7 +16,7 @@ from driftline.drift.config import MonitorConfig
 from driftline.drift.exceptions import DriftConfigError
 from driftline.drift.quality import QualityChecker
 from driftline.features.catalog import SchemaInfo, SourceInfo
-from driftline.features.definitions import FeatureGroup
+from driftline.features.definitions import FeatureGroup, group_refs
 from driftline.features.exceptions import FeatureDefinitionError
 from driftline.schemas import EventParser, build_parser
 from driftline.schemas.fields import field_types, never_numeric
@@ -87,11 +87,13 @@ def build_feature_groups(
 
     Lateness and future tolerance belong to the source (one event-time
     watermark per partition decides them for every group), so a group inherits
-    them.  Raises :class:`ConfigError` naming the file, the group and the key.
+    them.  One name may be listed with several versions (all from one source:
+    :func:`_check_versions`); the worker computes each.  Raises
+    :class:`ConfigError` naming the file, the group and the key.
     """
     sources = {s.name: s for s in settings.sources}
     by_source: dict[str, list[FeatureGroup]] = {name: [] for name in sources}
-    names: set[str] = set()
+    seen: dict[str, FeatureGroup] = {}
     for index, raw in enumerate(settings.feature_groups):
         label = f"{origin}: feature_groups[{index}]"
         if isinstance(raw, dict) and raw.get("name"):
@@ -119,9 +121,7 @@ def build_feature_groups(
             group = FeatureGroup.from_config(config)
         except FeatureDefinitionError as exc:
             raise ConfigError(f"{origin}: {exc}") from None
-        if group.name in names:
-            raise ConfigError(f"{label}.name: feature group {group.name!r} is defined twice")
-        names.add(group.name)
+        _check_versions(label, group, seen)
         declared = _declared_fields(parsers[source.name])
         if declared:
             used = [group.entity_key, *group.values, *group.distinct, *group.last]
@@ -144,6 +144,27 @@ def build_feature_groups(
             )
         by_source[source.name].append(group)
     return {name: tuple(groups) for name, groups in by_source.items()}
+
+
+def _check_versions(label: str, group: FeatureGroup, seen: dict[str, FeatureGroup]) -> None:
+    """Several versions of one name may be configured (v1 served while v2 is backfilled
+    and activated), but not one version twice, and all from one source."""
+    other = seen.get(f"{group.name}@{group.version}")
+    if other is not None:
+        raise ConfigError(
+            f"{label}.version: feature group {group.name!r} version {group.version} is "
+            "defined twice (bump 'version' for a changed definition)"
+        )
+    first = seen.get(group.name)
+    if first is not None and first.source != group.source:
+        raise ConfigError(
+            f"{label}.source: feature group {group.name!r} version {group.version} reads "
+            f"source {group.source!r}, but version {first.version} reads {first.source!r}: "
+            "every version of a group must read the same source (the handover from one "
+            "version to the next is at that source's offsets); give the group a new name"
+        )
+    seen.setdefault(group.name, group)
+    seen[f"{group.name}@{group.version}"] = group
 
 
 def _declared_fields(parser: EventParser) -> frozenset[str]:
@@ -266,14 +287,18 @@ def _check_feature(
 ) -> str | None:
     """A feature monitor names a feature of a group computed from the monitor's source.
 
+    ``group.feature`` reads the newest configured version of ``group``,
+    ``group@N.feature`` version ``N`` (several versions may be configured).
+
     Returns the feature's window (e.g. ``"1h"``), None for a feature without one.
     """
-    by_name = {g.name: g for gs in groups.values() for g in gs}
-    group = by_name.get(str(monitor.feature_group))
+    by_ref = group_refs(g for gs in groups.values() for g in gs)
+    group = by_ref.get(str(monitor.feature_group))
     if group is None:
-        known = ", ".join(sorted(by_name)) or "none"
+        known = ", ".join(sorted(by_ref)) or "none"
         raise ConfigError(
-            f"{label}.feature: unknown feature group {monitor.feature_group!r} (known: {known})"
+            f"{label}.feature: unknown feature group {monitor.feature_group!r} (known: {known}; "
+            "a name alone is its newest configured version, name@N a given one)"
         )
     if group.source != source:
         raise ConfigError(

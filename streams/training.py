@@ -9,8 +9,10 @@ the worker's own window engine over the events at or before the row's time.
 Rows: the entity column is the group's entity key (``user_id``), or
 ``entity``, unless named; the time column is ``timestamp`` unless named, as a
 datetime (naive means UTC), epoch milliseconds, or ISO-8601 text.
-Features: ``group:feature`` or ``group`` (all of it).  A feature's column is
-its name, or ``group:feature`` when two requested groups share the name.
+Features: ``group:feature`` or ``group`` (all of it); with several versions of
+a group configured, ``group`` is the newest and ``group@N`` version ``N``.  A
+feature's column is its name, or ``group:feature`` (``group@N:feature``) when
+two requested groups share the name.
 
 Memory: the rows, the window states of entities whose rows are not all
 answered, and one event date of the requested columns of the log.
@@ -34,7 +36,7 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
-from driftline.features.definitions import FeatureGroup
+from driftline.features.definitions import FeatureGroup, group_refs, newest_versions
 from driftline.features.engine import rekey
 from driftline.features.state import FeatureVector
 from driftline.features.training import PointInTimeJoin
@@ -53,24 +55,39 @@ _SLICE = 50_000
 class _Wanted:
     group: FeatureGroup
     features: tuple[str, ...]
+    #: how the group is named in columns: ``name`` for its newest configured version,
+    #: ``name@N`` for an older one
+    label: str
 
 
 def _parse_features(specs: Sequence[str], groups: Sequence[FeatureGroup]) -> list[_Wanted]:
-    by_name = {g.name: g for g in groups}
-    chosen: dict[str, list[str]] = {}
+    """``group:feature`` or ``group`` (all its features); ``group@N`` names version N, a
+    name alone the newest configured version."""
+    by_ref = group_refs(groups)
+    newest = newest_versions(groups)
+    chosen: dict[str, tuple[FeatureGroup, list[str]]] = {}
     for raw in specs:
         spec = raw.strip()
         if not spec:
             continue
-        name, _, feature = spec.partition(":")
-        group = by_name.get(name)
+        ref, _, feature = spec.partition(":")
+        group = by_ref.get(ref)
         if group is None:
-            close = difflib.get_close_matches(name, list(by_name), n=1)
+            name = ref.partition("@")[0]
+            versions = sorted(g.version for g in groups if g.name == name)
+            if versions:
+                raise ConfigError(
+                    f"--features {spec}: the config has versions "
+                    f"{', '.join(map(str, versions))} of {name}, not {ref.partition('@')[2]!r}"
+                )
+            known = sorted(newest)
+            close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(
                 f"--features {spec}: no feature group {name!r}{hint}; "
-                f"the config has {', '.join(sorted(by_name)) or 'none'}"
+                f"the config has {', '.join(known) or 'none'}"
             )
+        label = group.name if newest[group.name] is group else f"{group.name}@{group.version}"
         names = group.feature_names()
         if not feature:
             picked = list(names)
@@ -79,12 +96,12 @@ def _parse_features(specs: Sequence[str], groups: Sequence[FeatureGroup]) -> lis
         else:
             close = difflib.get_close_matches(feature, list(names), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"--features {spec}: group {name} has no feature {feature!r}{hint}")
-        have = chosen.setdefault(name, [])
+            raise ConfigError(f"--features {spec}: group {label} has no feature {feature!r}{hint}")
+        have = chosen.setdefault(label, (group, []))[1]
         have += [f for f in picked if f not in have]
     if not chosen:
         raise ConfigError("--features: name at least one feature (group:feature or group)")
-    return [_Wanted(by_name[n], tuple(fs)) for n, fs in chosen.items()]
+    return [_Wanted(g, tuple(fs), label) for label, (g, fs) in chosen.items()]
 
 
 def _column_names(wanted: Sequence[_Wanted]) -> dict[tuple[str, str], str]:
@@ -93,7 +110,7 @@ def _column_names(wanted: Sequence[_Wanted]) -> dict[tuple[str, str], str]:
         for f in w.features:
             counts[f] = counts.get(f, 0) + 1
     return {
-        (w.group.name, f): (f if counts[f] == 1 else f"{w.group.name}:{f}")
+        (w.label, f): (f if counts[f] == 1 else f"{w.label}:{f}")
         for w in wanted
         for f in w.features
     }
@@ -245,7 +262,7 @@ def _compute(
         for w, join, collected in zip(ws, joins, collectors, strict=True):
             join.finish()
             for f in w.features:
-                results[(w.group.name, f)] = collected.series(f)
+                results[(w.label, f)] = collected.series(f)
     return results
 
 

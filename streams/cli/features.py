@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from driftline.errors import redact
-from driftline.features.definitions import FeatureGroup
+from driftline.features.definitions import FeatureGroup, newest_versions
 from driftline.sinks.redis_client import REDIS_ERRORS
 from driftline.streams.clients import feature_store, redis_client
 from driftline.streams.errors import ConfigError, DriftlineError
@@ -17,22 +17,35 @@ from driftline.streams.settings import Settings
 from driftline.streams.sources import build_sources
 
 
-def pick_group(settings: Settings, origin: str, name: str | None) -> FeatureGroup:
+def pick_group(
+    settings: Settings, origin: str, name: str | None, version: int | None = None
+) -> FeatureGroup:
+    """The group ``--group`` names (default: the only one), at ``--version`` (default: the
+    newest configured version of that name)."""
     groups = build_sources(settings, origin).all_groups()
     if not groups:
         raise ConfigError(f"{origin}: no feature_groups are defined")
+    newest = newest_versions(groups)
     if name is None:
-        if len(groups) > 1:
-            names = ", ".join(g.name for g in groups)
+        if len(newest) > 1:
             raise ConfigError(
-                f"{origin}: several feature groups ({names}); choose one with --group"
+                f"{origin}: several feature groups ({', '.join(newest)}); choose one with --group"
             )
-        return groups[0]
+        name = next(iter(newest))
+    if name not in newest:
+        raise ConfigError(f"{origin}: no feature group {name!r} (defined: {', '.join(newest)})")
+    if version is None:
+        return newest[name]
     for group in groups:
-        if group.name == name:
+        if group.name == name and group.version == version:
             return group
-    names = ", ".join(g.name for g in groups)
-    raise ConfigError(f"{origin}: no feature group {name!r} (defined: {names})")
+    configured = ", ".join(
+        str(g.version) for g in sorted(groups, key=lambda g: g.version) if g.name == name
+    )
+    raise ConfigError(
+        f"{origin}: feature group {name!r} has no version {version} in the config "
+        f"(configured: {configured})"
+    )
 
 
 def _fmt_time(ms: int | None) -> str:
@@ -70,8 +83,9 @@ def get_features(
     entities: list[str],
     as_of_ms: int | None,
     as_json: bool,
+    version: int | None = None,
 ) -> str:
-    group = pick_group(settings, origin, group_name)
+    group = pick_group(settings, origin, group_name, version)
     vectors = asyncio.run(_read(settings, group, entities, as_of_ms))
     if as_json:
         return "\n".join(

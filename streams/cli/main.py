@@ -213,6 +213,13 @@ def features() -> None:
 @config_option
 @click.option("--group", "group_name", default=None, help="feature group (default: the only one)")
 @click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="version of the group (default: the newest configured one)",
+)
+@click.option(
     "--as-of", "as_of_ms", type=int, default=None, help="read as of this epoch ms (default: now)"
 )
 @click.option("--json", "as_json", is_flag=True, help="print JSON (one object per entity)")
@@ -221,15 +228,22 @@ def features() -> None:
 def features_get(
     config: Path,
     group_name: str | None,
+    version: int | None,
     as_of_ms: int | None,
     as_json: bool,
     entities: tuple[str, ...],
 ) -> None:
-    """Print the features of ENTITIES (one Redis round trip for all of them)."""
+    """Print the features of ENTITIES (one Redis round trip for all of them).
+
+    With several versions of the group configured, the newest is read unless
+    --version says which.
+    """
     from driftline.streams.cli.features import get_features
 
     settings = _load(config)
-    click.echo(get_features(settings, str(config), group_name, list(entities), as_of_ms, as_json))
+    click.echo(
+        get_features(settings, str(config), group_name, list(entities), as_of_ms, as_json, version)
+    )
 
 
 @main.group()
