@@ -1,15 +1,27 @@
 """The feature registry as people and the API read it: entries with lineage.
 
-Two inputs meet here.  The **config** says what is *active*: the groups a
-worker started with this file would compute (a :class:`Catalog`).  **Redis**
-says what was *deployed*: at start-up each worker records every group
-version it computes in ``{prefix}:registry:{group}`` (field ``v{version}``,
-JSON with the definition's fingerprint, its canonical definition and the
-first deployment time; read as
-:class:`~driftline.features.registry.DeployedVersion`).  So::
+Two inputs meet here.  The **config** says what is *configured*: the groups
+a worker started with this file would compute (a :class:`Catalog`; one name
+may be configured with several versions, e.g. v1 served while v2 is
+backfilled).  **Redis** says what was *deployed*: at start-up each worker
+records every group version it computes in ``{prefix}:registry:{group}``
+(field ``v{version}``, JSON with the definition's fingerprint, its canonical
+definition and the first deployment time; read as
+:class:`~driftline.features.registry.DeployedVersion`), and the hash's
+``active`` field names the version serving reads (``driftline registry
+activate``).  Each version gets one status (:func:`version_status`)::
 
-    in the config                      -> status "active" (deployed or not yet)
-    in Redis, not in the config        -> status "retired" (its keys expire by TTL)
+    in Redis, not in the config                          -> retired (its keys expire by TTL)
+    the version serving reads (:func:`served_version`)   -> active
+    a backfill of it is running                          -> backfilling
+    its backfill is done, or it was first deployed at
+      least the group's TTL ago (live events alone have
+      filled every window)                               -> ready
+    otherwise (not deployed yet, or deployed recently)   -> warming
+
+The served version is the one the ``active`` field names when it is
+configured, else the *lowest* configured version: adding v2 to the config
+changes nothing served until someone activates it.
 
 Each entry carries its **lineage**, the chain a feature value went through::
 
@@ -35,14 +47,16 @@ from Redis by :func:`driftline.sinks.registry_store.read_deployed`.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from driftline.features.definitions import FeatureGroup
-from driftline.features.registry import DeployedVersion, group_from_definition
+from driftline.features.registry import BackfillProgress, DeployedVersion, group_from_definition
 
-Status = Literal["active", "retired"]
+Status = Literal["active", "ready", "backfilling", "warming", "retired"]
 
 #: JSON type of each aggregate as served: counts are integers and never null,
 #: a sum of no values is 0.0, the others are null over an empty window.
@@ -120,11 +134,83 @@ class SourceInfo:
 
 @dataclass(frozen=True, slots=True)
 class Catalog:
-    """The config's side of the registry: compiled groups and source facts."""
+    """The config's side of the registry: compiled groups and source facts.
+
+    ``groups`` holds every configured version (one name may have several),
+    ordered by name, then version.
+    """
 
     prefix: str
-    groups: Mapping[str, FeatureGroup]
+    groups: tuple[FeatureGroup, ...]
     sources: Mapping[str, SourceInfo]
+
+    def __post_init__(self) -> None:
+        ordered = tuple(sorted(self.groups, key=lambda g: (g.name, g.version)))
+        object.__setattr__(self, "groups", ordered)
+
+    def names(self) -> list[str]:
+        """The configured group names, once each, sorted."""
+        return list(dict.fromkeys(g.name for g in self.groups))
+
+    def versions(self, name: str) -> dict[int, FeatureGroup]:
+        """The configured versions of ``name``, ascending (empty: not configured)."""
+        return {g.version: g for g in self.groups if g.name == name}
+
+    def group(self, name: str, version: int) -> FeatureGroup | None:
+        return self.versions(name).get(version)
+
+
+def served_version(configured: Iterable[int], active: int | None) -> int | None:
+    """The version serving reads: ``active`` (the registry's ``active`` field) when it is
+    configured, else the lowest configured version; ``None`` when none is configured."""
+    versions = sorted(configured)
+    if not versions:
+        return None
+    return active if active in versions else versions[0]
+
+
+def count_text(n: int) -> str:
+    """``950``, ``12.3k``, ``1.2M``: an event count for people."""
+    if n < 1000:
+        return str(n)
+    if n < 1_000_000:
+        return f"{n / 1000:.1f}k"
+    return f"{n / 1_000_000:.1f}M"
+
+
+def backfill_text(progress: BackfillProgress) -> str:
+    """``running: 1.2M of 3.4M events`` (``done: ...`` once finished)."""
+    of = f" of {count_text(progress.total)}" if progress.total is not None else ""
+    return f"{progress.state}: {count_text(progress.events)}{of} events"
+
+
+def version_status(
+    group: FeatureGroup,
+    record: DeployedVersion | None,
+    *,
+    served: bool,
+    now_ms: int | None,
+) -> tuple[Status, int | None]:
+    """The status of a configured version, and when it is ready by itself (warming only).
+
+    ``served``: it is the version serving reads (:func:`served_version`).  Without
+    ``now_ms`` the age of a deployment is unknown: only a finished backfill makes
+    a version ready.
+    """
+    if served:
+        return "active", None
+    backfill = record.backfill if record is not None else None
+    if backfill is not None and backfill.state == "running":
+        return "backfilling", None
+    if backfill is not None and backfill.state == "done":
+        return "ready", None
+    deployed = record.first_deployed_ms if record is not None else None
+    if deployed is None:
+        return "warming", None
+    ready_at = deployed + group.ttl_ms
+    if now_ms is not None and now_ms >= ready_at:
+        return "ready", None
+    return "warming", ready_at
 
 
 # ------------------------------------------------------------------ entries
@@ -224,6 +310,15 @@ class RegistryEntry:
     last_write_ms: int | None = None
     #: when the version's keys are all expired: last write + the group's TTL
     keys_expire_ms: int | None = None
+    #: serving reads this version (status "active")
+    active: bool = False
+    #: the progress of ``driftline backfill`` of this version, if one ran
+    backfill: BackfillProgress | None = None
+    #: warming: when live events alone will have filled every window
+    #: (first deployment + the group's TTL); None when not deployed yet
+    ready_by_ms: int | None = None
+    #: why the version has its status, in a sentence
+    status_detail: str = ""
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -264,6 +359,10 @@ class RegistryEntry:
             "first_deployed_ms": self.first_deployed_ms,
             "last_write_ms": self.last_write_ms,
             "keys_expire_ms": self.keys_expire_ms,
+            "active": self.active,
+            "status_detail": self.status_detail,
+            "ready_by_ms": self.ready_by_ms,
+            "backfill": None if self.backfill is None else self.backfill.as_dict(),
             "features": [f.as_dict() for f in self.features],
             "lineage": self.lineage(),
             "warnings": list(self.warnings),
@@ -290,55 +389,132 @@ def lineage_text(entry: RegistryEntry) -> str:
 def build_registry(
     catalog: Catalog, deployed: Iterable[DeployedVersion], now_ms: int | None = None
 ) -> list[RegistryEntry]:
-    """Entries for every configured group and every recorded version; by name, newest first.
+    """Entries for every configured version and every recorded one; by name, newest first.
 
     A retired version is listed until its keys have expired (``keys_expire_ms``
-    before ``now_ms``); one never recorded as written stays listed.
+    before ``now_ms``); one never recorded as written stays listed.  Statuses:
+    :func:`version_status` (a configured version) and the module docstring.
     """
-    records: dict[tuple[str, int], DeployedVersion] = {(d.group, d.version): d for d in deployed}
+    listed = list(deployed)
+    records: dict[tuple[str, int], DeployedVersion] = {(d.group, d.version): d for d in listed}
+    activated = {d.group: d.version for d in listed if d.active}
     entries: list[RegistryEntry] = []
-    for group in catalog.groups.values():
-        src = catalog.sources[group.source]
-        record = records.pop((group.name, group.version), None)
-        warnings: list[str] = []
-        if record is None:
-            warnings.append("not deployed yet: no worker has recorded this version in Redis")
-        elif record.fingerprint != group.fingerprint():
-            warnings.append(
-                f"version {group.version} is deployed with a different definition "
-                f"(fingerprint {record.fingerprint[:12]}, config {group.fingerprint()[:12]}): "
-                "a worker refuses this config; bump 'version'"
-            )
-        entries.append(
-            RegistryEntry(
-                name=group.name,
-                version=group.version,
-                status="active",
-                fingerprint=group.fingerprint(),
-                source=group.source,
-                entity_key=group.entity_key,
-                description=group.description,
-                owner=group.owner,
-                tags=group.tags,
-                features=describe_features(group, src.field_types),
-                first_deployed_ms=None if record is None else record.first_deployed_ms,
-                topic=src.topic,
-                schema=src.schema,
-                event_time=src.event_time,
-                key_space=key_space(catalog.prefix, group.name, group.version),
-                warnings=tuple(warnings),
-                contracts_seen=() if record is None else record.contracts,
-                last_write_ms=None if record is None else record.last_write_ms,
-                keys_expire_ms=_expiry(record, group),
-            )
-        )
+    for name in catalog.names():
+        versions = catalog.versions(name)
+        serving = served_version(versions, activated.get(name))
+        for group in versions.values():
+            record = records.pop((group.name, group.version), None)
+            entries.append(_configured(catalog, group, record, name in activated, serving, now_ms))
     for record in records.values():
         entry = _retired(catalog, record)
         expires = entry.keys_expire_ms
         if now_ms is not None and expires is not None and expires < now_ms:
             continue  # its key space is gone: nothing left to describe
+        if record.active:
+            entry = dataclasses.replace(
+                entry,
+                warnings=(
+                    *entry.warnings,
+                    f"the registry's active field names v{record.version}, which is not "
+                    "configured: serving reads "
+                    + (
+                        f"v{served_version(catalog.versions(record.group), None)}"
+                        if catalog.versions(record.group)
+                        else "nothing"
+                    )
+                    + " (the lowest configured version)",
+                ),
+            )
         entries.append(entry)
     return sorted(entries, key=lambda e: (e.name, -e.version))
+
+
+def _configured(
+    catalog: Catalog,
+    group: FeatureGroup,
+    record: DeployedVersion | None,
+    activated: bool,
+    serving: int | None,
+    now_ms: int | None,
+) -> RegistryEntry:
+    src = catalog.sources[group.source]
+    warnings: list[str] = []
+    if record is None:
+        warnings.append("not deployed yet: no worker has recorded this version in Redis")
+    elif record.fingerprint != group.fingerprint():
+        warnings.append(
+            f"version {group.version} is deployed with a different definition "
+            f"(fingerprint {record.fingerprint[:12]}, config {group.fingerprint()[:12]}): "
+            "a worker refuses this config; bump 'version'"
+        )
+    served = group.version == serving
+    status, ready_by = version_status(group, record, served=served, now_ms=now_ms)
+    backfill = record.backfill if record is not None else None
+    return RegistryEntry(
+        name=group.name,
+        version=group.version,
+        status=status,
+        fingerprint=group.fingerprint(),
+        source=group.source,
+        entity_key=group.entity_key,
+        description=group.description,
+        owner=group.owner,
+        tags=group.tags,
+        features=describe_features(group, src.field_types),
+        first_deployed_ms=None if record is None else record.first_deployed_ms,
+        topic=src.topic,
+        schema=src.schema,
+        event_time=src.event_time,
+        key_space=key_space(catalog.prefix, group.name, group.version),
+        warnings=tuple(warnings),
+        contracts_seen=() if record is None else record.contracts,
+        last_write_ms=None if record is None else record.last_write_ms,
+        keys_expire_ms=_expiry(record, group),
+        active=served,
+        backfill=backfill,
+        ready_by_ms=ready_by,
+        status_detail=_detail(status, group, record, activated, ready_by),
+    )
+
+
+def _detail(
+    status: Status,
+    group: FeatureGroup,
+    record: DeployedVersion | None,
+    activated: bool,
+    ready_by: int | None,
+) -> str:
+    if status == "active":
+        if activated:
+            return "served: the registry's active field names it"
+        return "served: no configured version is activated, so the lowest configured one is"
+    if status == "backfilling":
+        assert record is not None and record.backfill is not None
+        return f"backfill {backfill_text(record.backfill)}"
+    if status == "ready":
+        if record is not None and record.backfill is not None:
+            return f"ready to activate: backfill {backfill_text(record.backfill)}"
+        return (
+            "ready to activate: deployed longer than the group's TTL ago, so live events "
+            "alone have filled every window"
+        )
+    if status == "warming":
+        if ready_by is None:
+            return (
+                "warming: not deployed yet (no worker computes it); once deployed it is ready "
+                "by itself after the group's TTL, or sooner with driftline backfill"
+            )
+        return (
+            f"warming: ready by itself at {format_ms(ready_by)} (first deployment + the "
+            f"group's TTL); run driftline backfill --group {group.name} "
+            f"--version {group.version} to make it ready sooner"
+        )
+    return "retired: recorded in Redis, no longer in the config"
+
+
+def format_ms(ms: int) -> str:
+    """``2026-12-06 16:51:56Z``: a time for people, UTC."""
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ms / 1000))
 
 
 def _expiry(record: DeployedVersion | None, group: FeatureGroup | None) -> int | None:
@@ -373,4 +549,6 @@ def _retired(catalog: Catalog, record: DeployedVersion) -> RegistryEntry:
         contracts_seen=record.contracts,
         last_write_ms=record.last_write_ms,
         keys_expire_ms=_expiry(record, old),
+        backfill=record.backfill,
+        status_detail=_detail("retired", old, record, False, None) if old else "retired",
     )

@@ -271,7 +271,7 @@ def create_app(settings: Settings, catalog: Catalog) -> FastAPI:
     serve = settings.serve
     api = FeatureApi(
         feature_store(settings, client),
-        catalog.groups,
+        {g.name: g for g in catalog.groups},
         registry=RegistryReader(RedisRegistryStore(client, prefix=catalog.prefix), catalog).entries,
         ping=client.ping,
         max_batch_entities=serve.max_batch_entities,
@@ -304,7 +304,7 @@ def run_serve(settings: Settings, catalog: Catalog) -> None:
     app = create_app(settings, catalog)
     groups = ", ".join(
         f"{g.name} v{g.version} ({len(g.feature_names())} features)"
-        for g in catalog.groups.values()
+        for g in catalog.groups
     )
     log.info(
         "driftline serve on http://%s:%s: groups %s; Redis %s; bearer token %s",

@@ -56,17 +56,21 @@ def serve(config: Path) -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="print JSON (the body of GET /v1/registry)")
 def registry(config: Path, as_json: bool) -> None:
-    """List feature group versions (active and retired) with their lineage.
+    """List feature group versions with their status and lineage.
 
-    Active: in the config.  Retired: recorded in Redis by a worker, no longer
-    in the config.
+    \b
+    active       the version serving reads (activated, or the lowest configured)
+    ready        configured; backfilled, or deployed longer than the group's TTL ago
+    backfilling  driftline backfill is running
+    warming      configured; not ready yet
+    retired      recorded in Redis by a worker, no longer in the config
     """
     from driftline.features.catalog import build_registry
     from driftline.streams.serve.registry import format_table, load_catalog
 
     settings = load_settings(config)
     catalog = load_catalog(settings, str(config))
-    deployed, problems = asyncio.run(_read_deployed(settings, list(catalog.groups)))
+    deployed, problems = asyncio.run(_read_deployed(settings, catalog.names()))
     entries = build_registry(catalog, deployed, int(time.time() * 1000))
     for problem in problems:
         click.echo(f"driftline: warning: registry record skipped: {problem}", err=True)

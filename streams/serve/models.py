@@ -159,10 +159,27 @@ class Lineage(_Closed):
     contracts_seen: list[ContractSeen]
 
 
+class BackfillProgress(_Closed):
+    """Where ``driftline backfill`` of a version stands."""
+
+    state: Literal["running", "done"]
+    events: int = Field(description="Events applied so far.")
+    total: int | None = Field(description="Events to apply in all; null until counted.")
+    from_ms: int = Field(description="Event time the backfill starts from (epoch ms).")
+    started_ms: int
+    updated_ms: int = Field(description="When the progress was last recorded (epoch ms).")
+
+
 class RegistryEntry(_Closed):
     name: str
     version: int = Field(ge=1)
-    status: Literal["active", "retired"]
+    status: Literal["active", "ready", "backfilling", "warming", "retired"] = Field(
+        description="active: the version serving reads (the registry's active field names it, "
+        "or, when none is activated, the lowest configured version); ready: configured, its "
+        "backfill is done or it was deployed at least the group's TTL ago; backfilling: a "
+        "backfill is running; warming: configured, not ready yet; retired: recorded in Redis, "
+        "no longer configured."
+    )
     fingerprint: str
     description: str
     owner: str
@@ -173,13 +190,20 @@ class RegistryEntry(_Closed):
     first_deployed_ms: int | None
     last_write_ms: int | None
     keys_expire_ms: int | None
+    active: bool = Field(description="Serving reads this version (status active).")
+    status_detail: str = Field(description="Why the version has its status, in a sentence.")
+    ready_by_ms: int | None = Field(
+        description="warming: when live events alone will have filled every window (first "
+        "deployment + the group's TTL); driftline backfill makes it ready sooner."
+    )
+    backfill: BackfillProgress | None
     features: list[FeatureInfo]
     lineage: Lineage
     warnings: list[str]
 
 
 class Registry(_Closed):
-    """``GET /v1/registry``: feature groups (active and retired versions) with lineage."""
+    """``GET /v1/registry``: feature group versions (configured and retired) with lineage."""
 
     groups: list[RegistryEntry]
 

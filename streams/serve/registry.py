@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from driftline.features.catalog import (
     Catalog,
     RegistryEntry,
+    backfill_text,
     build_registry,
     lineage_text,
 )
@@ -38,7 +39,7 @@ def load_catalog(settings: Settings, origin: str) -> Catalog:
     """Compile contracts and feature groups (``ConfigError``/``SchemaError`` on mistakes)."""
     parsers = build_parsers(settings)
     by_source = build_feature_groups(settings, parsers, origin)
-    groups = {g.name: g for gs in by_source.values() for g in gs}
+    groups = tuple(g for gs in by_source.values() for g in gs)
     return Catalog(settings.redis.key_prefix, groups, source_info(settings, parsers))
 
 
@@ -51,7 +52,12 @@ def format_table(entries: Sequence[RegistryEntry]) -> str:
         (
             e.name,
             str(e.version),
-            e.status,
+            e.status
+            + (
+                f" ({backfill_text(e.backfill)})"
+                if e.status == "backfilling" and e.backfill
+                else ""
+            ),
             e.source,
             str(len(e.features)),
             _fmt_time(e.first_deployed_ms),
@@ -70,6 +76,13 @@ def format_table(entries: Sequence[RegistryEntry]) -> str:
         lines.append(title)
         if e.owner or e.tags:
             lines.append(f"  owner {e.owner or '-'}; tags {', '.join(e.tags) or '-'}")
+        lines.append(f"  status   {e.status_detail}")
+        if e.backfill is not None:
+            lines.append(
+                f"  backfill {backfill_text(e.backfill)} (from {_fmt_time(e.backfill.from_ms)}; "
+                f"started {_fmt_time(e.backfill.started_ms)}, updated "
+                f"{_fmt_time(e.backfill.updated_ms)})"
+            )
         lines.append(f"  lineage  {lineage_text(e)}")
         lines.append(f"  entity   {e.entity_key or '-'}")
         if e.last_write_ms is not None:
@@ -132,7 +145,7 @@ class RegistryReader:
             now = self._monotonic()
             if self._cached is not None and now - self._cached[0] < self.cache_s:
                 return self._cached[1]
-            deployed, problems = await self.store.deployed(self.catalog.groups)
+            deployed, problems = await self.store.deployed(self.catalog.names())
             for problem in problems:
                 log.warning("registry record skipped: %s", problem)
             built = build_registry(self.catalog, deployed, self._now_ms())

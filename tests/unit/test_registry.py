@@ -56,7 +56,7 @@ def record(g: FeatureGroup, deployed: int | None = 1_700_000_000_000) -> Deploye
 
 
 def catalog(*groups: FeatureGroup) -> Catalog:
-    return Catalog("dl", {g.name: g for g in groups}, {"tx": SOURCE})
+    return Catalog("dl", groups, {"tx": SOURCE})
 
 
 # ------------------------------------------------------------------ records
