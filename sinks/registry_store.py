@@ -2,7 +2,9 @@
 
 The records' model is pure (:mod:`driftline.features.registry`); this is the I/O,
 shared by ``driftline serve``, ``driftline registry`` and
-:class:`driftline.FeatureClient`: :func:`read_deployed`, and the same read as a
+:class:`driftline.FeatureClient`: :func:`read_deployed`; the ``active`` field
+(the version serving reads) by :func:`read_active` and written by
+:func:`activate` (``driftline registry activate``); and the same as a
 store object (:class:`RedisRegistryStore`) with its in-memory double
 (:class:`MemoryRegistryStore`) for unit tests of the readers.
 """
@@ -16,7 +18,12 @@ from collections.abc import Iterable
 import orjson
 
 from driftline.features.definitions import FeatureGroup
-from driftline.features.registry import DeployedVersion, parse_records, version_record
+from driftline.features.registry import (
+    ACTIVE_FIELD,
+    DeployedVersion,
+    parse_records,
+    version_record,
+)
 from driftline.sinks.feature_store import registry_key
 from driftline.sinks.redis_client import RedisClient
 
@@ -55,6 +62,35 @@ async def read_deployed(
     return out, problems
 
 
+def _version(raw: bytes | str | None) -> int | None:
+    """A version number as stored in the ``active`` field (``None``: absent or unreadable)."""
+    if raw is None:
+        return None
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+async def read_active(client: RedisClient, prefix: str, group: str) -> int | None:
+    """The version the registry's ``active`` field names (``None``: none activated)."""
+    return _version(await client.hget(registry_key(prefix, group), ACTIVE_FIELD))
+
+
+async def activate(client: RedisClient, prefix: str, group: str, version: int) -> int | None:
+    """Name ``version`` in the registry's ``active`` field; the version it named before.
+
+    One ``MULTI``/``EXEC`` (``HGET`` then ``HSET`` of one key, so one slot on a
+    cluster): the previous value returned is the one this write replaced.
+    Whether the version may be activated is the caller's decision
+    (``driftline registry activate``).
+    """
+    key = registry_key(prefix, group)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hget(key, ACTIVE_FIELD)
+        pipe.hset(key, ACTIVE_FIELD, str(version))
+        previous, _ = await pipe.execute()
+    return _version(previous)
+
+
 class RedisRegistryStore:
     """The registry under one key prefix, read from Redis (:func:`read_deployed`)."""
 
@@ -67,6 +103,14 @@ class RedisRegistryStore:
     ) -> tuple[list[DeployedVersion], list[str]]:
         """Every version recorded of ``names`` (and of other groups when ``scan``), and problems."""
         return await read_deployed(self.client, self.prefix, names, scan=scan)
+
+    async def active(self, name: str) -> int | None:
+        """The version the registry's ``active`` field names for group ``name``."""
+        return await read_active(self.client, self.prefix, name)
+
+    async def activate(self, name: str, version: int) -> int | None:
+        """:func:`activate`: name ``version`` active; returns the version named before."""
+        return await activate(self.client, self.prefix, name, version)
 
 
 class MemoryRegistryStore:
@@ -88,6 +132,18 @@ class MemoryRegistryStore:
         at = int(time.time() * 1000) if now_ms is None else now_ms
         fields = self.hashes.setdefault(group.name, {})
         fields.setdefault(f"v{group.version}", orjson.dumps(version_record(group, at)))
+
+    async def active(self, name: str) -> int | None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("redis down (test double)")
+        return _version(self.hashes.get(name, {}).get(ACTIVE_FIELD))
+
+    async def activate(self, name: str, version: int) -> int | None:
+        fields = self.hashes.setdefault(name, {})
+        previous = _version(fields.get(ACTIVE_FIELD))
+        fields[ACTIVE_FIELD] = str(version)
+        return previous
 
     async def deployed(
         self, names: Iterable[str] = (), *, scan: bool = True
