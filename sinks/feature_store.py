@@ -151,6 +151,7 @@ class RedisFeatureStore:
         self._layout_known = False
         self._apply = client.register_script(lua.APPLY)
         self._progress = client.register_script(lua.PROGRESS)
+        self._mark = client.register_script(lua.MARK)
 
     async def _check_mode(self) -> None:
         """Refuse a client of the wrong kind for the Redis it reaches, with what to set.
@@ -327,25 +328,71 @@ class RedisFeatureStore:
         )
         return True, new_offset
 
+    async def mark_live(self, source: str, partition: int, groups: Sequence[FeatureGroup]) -> None:
+        """Record, where not yet recorded, that ``groups`` are written live on ``partition``
+        from its stored offset on (on every shard).
+
+        A worker calls it when a partition is assigned, before it writes: the
+        first write of a version marks it too (:meth:`apply`), but a partition
+        without new records would otherwise never be marked, and a backfill
+        could not know where to hand over.
+        """
+        if not groups:
+            return
+        layout = self.layout
+        calls = []
+        for shard in range(layout.shards):
+            fence = layout.fence_key(source, shard) if layout.sharded else None
+            keys = [fence or layout.offsets_key(source)]
+            keys += [layout.mark_key(g.name, g.version, source, shard) for g in groups]
+            calls.append((keys, [partition]))
+        await self._pipelined(self._mark, lua.MARK, calls)
+
+    async def live_marks(
+        self, source: str, group: FeatureGroup, partitions: Sequence[int]
+    ) -> dict[int, dict[int, int]]:
+        """Per partition, per shard: the offset after which ``group`` is written live
+        (partitions or shards not marked yet are absent)."""
+        layout = self.layout
+        fields = [f"p{p}" for p in partitions]
+        out: dict[int, dict[int, int]] = {}
+        if not fields:
+            return out
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in range(layout.shards):
+                pipe.hmget(layout.mark_key(group.name, group.version, source, shard), fields)
+            rows = await pipe.execute()
+        for shard, values in enumerate(rows):
+            for p, value in zip(partitions, values, strict=True):
+                if value is not None:
+                    out.setdefault(p, {})[shard] = int(value)
+        return out
+
     async def _run_sharded(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """One script call per shard, in one pipeline (sent to each primary at once).
+        """One APPLY call per shard, in one pipeline (sent to each primary at once)."""
+        return await self._pipelined(self._apply, lua.APPLY, calls)
+
+    async def _pipelined(
+        self, script: Any, source: str, calls: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """Calls of one script in one pipeline.
 
         A node that lost its scripts (a restart, a failover to a replica)
-        answers NOSCRIPT: the scripts are loaded again and the whole set is
-        sent again, which the fences make harmless for the shards that
-        applied theirs.
+        answers NOSCRIPT: the script is loaded again and the whole set is
+        sent again, which the fences (or HSETNX) make harmless for the calls
+        that ran.
         """
         for attempt in range(2):
             try:
                 async with self.client.pipeline(transaction=False) as pipe:
                     queue: Any = pipe  # (redis-py types the script's client as a client only)
                     for keys, args in calls:  # queued, not sent: the coroutine returns at once
-                        await self._apply(keys=keys, args=args, client=queue)
+                        await script(keys=keys, args=args, client=queue)
                     return list(await pipe.execute())
             except NoScriptError:
                 if attempt:
                     raise
-                await self.client.script_load(lua.APPLY)
+                await self.client.script_load(source)
         raise AssertionError("unreachable")
 
     # -- reads --------------------------------------------------------------
@@ -538,6 +585,13 @@ class MemoryFeatureStore:
         self.last_writes: dict[tuple[str, int], int] = {}
         self.fail_next = 0
         self.applied_batches = 0
+        #: (source, partition, group, version) -> the offset it is written live after
+        self.marks: dict[tuple[str, int, str, int], int] = {}
+
+    async def mark_live(self, source: str, partition: int, groups: Sequence[FeatureGroup]) -> None:
+        offset = self.partitions.get((source, partition), PartitionState(-1, None)).offset
+        for g in groups:
+            self.marks.setdefault((source, partition, g.name, g.version), offset)
 
     async def partition_state(self, source: str, partition: int) -> PartitionState:
         return self.partitions.get((source, partition), PartitionState(-1, None))
@@ -552,6 +606,8 @@ class MemoryFeatureStore:
         watermark_ms: int | None,
         deltas: Sequence[tuple[FeatureGroup, Mapping[str, Delta]]],
         ahead: Mapping[int, int] | None = None,
+        marks: bool = True,
+        strict_last: bool = False,
     ) -> tuple[bool, int]:
         if self.fail_next:
             self.fail_next -= 1
@@ -559,6 +615,8 @@ class MemoryFeatureStore:
         current = self.partitions.get((source, partition), PartitionState(-1, None))
         if current.offset != expected_offset:
             return False, current.offset
+        if marks:
+            await self.mark_live(source, partition, [g for g, _ in deltas])
         for group, entities in deltas:
             for entity, delta in entities.items():
                 key = (group.name, group.version, entity)

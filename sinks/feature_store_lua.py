@@ -35,7 +35,7 @@ shard has applied a batch).
 
 from __future__ import annotations
 
-__all__ = ["APPLY", "PROGRESS", "TOUCH"]
+__all__ = ["APPLY", "MARK", "PROGRESS", "TOUCH"]
 
 APPLY = r"""
 local K_CAP = 33
@@ -291,4 +291,13 @@ if tonumber(ARGV[2]) <= held then return 0 end
 redis.call('HSET', KEYS[1], 'p' .. ARGV[1], ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'w' .. ARGV[1], ARGV[3]) end
 return 1
+"""
+
+#: Mark group versions as written live from the stored offset on, unless marked already:
+#: KEYS[1] the offsets hash (a shard's fence on a cluster), KEYS[2..] mark keys; ARGV[1]
+#: the partition.  Atomic with the writes, like APPLY's flag 1.
+MARK = """
+local f = redis.call('HGET', KEYS[1], 'p' .. ARGV[1]) or '-1'
+for i = 2, #KEYS do redis.call('HSETNX', KEYS[i], 'p' .. ARGV[1], f) end
+return f
 """

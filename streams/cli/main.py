@@ -11,6 +11,7 @@ import logging
 import logging.config
 import os
 import sys
+import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -202,6 +203,69 @@ def training_set_command(
     )
     write_rows(frame, out)
     click.echo(f"{frame.height} rows, {frame.width - rows.width} features -> {out}")
+
+
+@main.command("backfill")
+@config_option
+@click.option("--group", "group", required=True, help="the feature group to fill")
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(1),
+    default=None,
+    help="the version to fill (default: the newest the config defines)",
+)
+@click.option(
+    "--from",
+    "from_text",
+    default=None,
+    help="oldest event time to apply: ISO 8601 (2026-11-01T00:00Z) or a duration ago (36h); "
+    "default: the group's longest window + allowed lateness ago",
+)
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(0),
+    default=300.0,
+    show_default=True,
+    help="seconds to wait for the workers to start the version and the archiver to catch up",
+)
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+@user_errors
+def backfill_command(
+    config: Path,
+    group: str,
+    version: int | None,
+    from_text: str | None,
+    wait_s: float,
+    no_progress: bool,
+) -> None:
+    """Fill a new feature group version from the offline log, up to where the workers write it.
+
+    Start the workers with the new version in the config (beside the old one)
+    and run `driftline archive` first.  Safe to interrupt and run again: it
+    resumes where it stopped.
+    """
+    from driftline.streams.backfill import backfill
+
+    report = asyncio.run(
+        backfill(
+            _load(config),
+            str(config),
+            group,
+            version,
+            from_text=from_text,
+            progress=not no_progress,
+            wait_s=wait_s,
+        )
+    )
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(report.from_ms / 1000))
+    click.echo(
+        f"{report.group} v{report.version}: backfilled from {since}: {report.total} events "
+        f"({report.applied} applied now, {report.resumed} by an earlier run), "
+        f"{report.rate:,.0f} events/s.  Serve it with: "
+        f"driftline registry activate {report.group} {report.version}"
+    )
 
 
 @main.group()

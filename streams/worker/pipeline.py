@@ -48,7 +48,7 @@ from driftline.drift.config import MonitorConfig
 from driftline.drift.quality import QualityChecker, QualityReport
 from driftline.drift.samples import feature_samples, sample_docs, sample_records, sampled_entities
 from driftline.features.batch import build_encoded
-from driftline.features.definitions import FeatureGroup
+from driftline.features.definitions import FeatureGroup, group_refs
 from driftline.features.engine import build_deltas, rekey
 from driftline.features.keys import shard_of
 from driftline.features.state import Delta
@@ -180,7 +180,7 @@ class SourcePipeline:
         self.store = store if groups else None
         self.groups = tuple(groups)
         self.monitors = tuple(m for m in monitors if m.field is not None)
-        by_group = {g.name: g for g in self.groups}
+        by_group = group_refs(self.groups)  # name: its newest version; name@N: version N
         #: feature monitors with the group they read (validated by build_monitors)
         self.feature_monitors = tuple(
             (m, by_group[str(m.feature_group)])
@@ -219,6 +219,11 @@ class SourcePipeline:
             return None
         state = await self._until_done(
             "redis", lambda: store.partition_state(self.source, partition)
+        )
+        # where each group version is written live from, for a backfill's handover
+        # (the first write of a version would mark it too, but a quiet partition has none)
+        await self._until_done(
+            "redis", lambda: store.mark_live(self.source, partition, self.groups)
         )
         if owned() and partition not in self._partitions and state.offset >= 0:
             self.metrics.applied_offset.labels(source=self.source, partition=str(partition)).set(

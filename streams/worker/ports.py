@@ -59,6 +59,10 @@ class FeatureStore(Protocol):
 
     async def touch(self, group: FeatureGroup, now_ms: int) -> None: ...
 
+    async def mark_live(
+        self, source: str, partition: int, groups: Sequence[FeatureGroup]
+    ) -> None: ...
+
 
 class RecordBuffer(Protocol):
     """Somewhere to ``add`` records for Kafka (written later, by a flush)."""

@@ -1,0 +1,563 @@
+"""``driftline backfill``: fill a new feature group version from the offline log.
+
+A new version (``version: 2``) starts empty: its windows hold only what the
+workers wrote since they started it.  The backfill writes the rest, the
+accepted events the workers applied *before* they wrote the version live,
+read from the offline log (``driftline archive``), into the same Redis keys.
+
+**The seam.**  The first write of a version on a partition records, in the
+same atomic script, the stored offset it started after: its *live mark*
+(per shard on a sharded store; a worker also marks every partition it is
+assigned, so a quiet partition gets one too;
+:meth:`~driftline.sinks.feature_store.RedisFeatureStore.mark_live`).  Every
+later write of the partition carries the version, so the live writes hold
+exactly the events *after* the mark, and the backfill applies exactly the
+events *at or below* it: no gap, nothing twice.  The mark is fixed once set, so
+the backfill's set of events is fixed too, whenever it runs and however often
+it is restarted.  It requires every worker of the source to run a config with
+the version (a worker without it would write the partition without it); the
+docs say so.
+
+**Order, and why.**  Window merges commute, but a ``last`` value on a tie of
+event times goes to the later record.  The live writes hold the later records,
+so the backfill walks each partition backwards (days newest first, offsets
+descending within a day: equal event times share a day) and its writes
+replace a stored ``last`` only when strictly newer; within one write the
+events go in offset order, so there too the later record wins.
+
+**Exactly once, resumable.**  The backfill is a writer with its own fence per
+partition (``{source}:backfill:{group}:v{N}`` in the store's offsets hashes):
+each write moves it, in the same script, to the *rank* of the last event
+written in the order above, compare-and-set like the worker's offsets.  After a
+crash (``kill -9``) the next run skips the ranks already applied.
+
+**Progress.**  A bar with rate and ETA on stderr, and the registry's
+``v{N}:backfill`` record (state, events, total), which ``driftline registry``
+shows and ``driftline registry activate`` reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import polars as pl
+from tqdm import tqdm
+
+from driftline.features.batch import build_encoded
+from driftline.features.definitions import FeatureGroup
+from driftline.features.durations import parse_duration
+from driftline.features.engine import build_deltas, rekey
+from driftline.features.exceptions import FeatureDefinitionError
+from driftline.features.keys import shard_of
+from driftline.features.registry import BackfillProgress, backfill_field, parse_records
+from driftline.features.state import Delta
+from driftline.schemas import ParsedEvent
+from driftline.sinks.feature_store import PartitionState, RedisFeatureStore
+from driftline.sinks.offline_log import LogLayout, OfflineLog
+from driftline.sinks.redis_client import REDIS_ERRORS
+from driftline.streams.clients import feature_store, redis_client
+from driftline.streams.errors import ConfigError, DriftlineError
+from driftline.streams.settings import Settings
+from driftline.streams.sources import Sources, build_sources, declared_types
+from driftline.streams.worker.retry import Backoff, until_done
+
+__all__ = ["BackfillReport", "backfill", "parse_from"]
+
+log = logging.getLogger(__name__)
+
+#: How often the registry's progress record is written.
+_PROGRESS_EVERY_S = 1.0
+
+
+class BackfillError(DriftlineError):
+    """A backfill that cannot run (said in words, exit code 2)."""
+
+
+@dataclass(frozen=True)
+class BackfillReport:
+    group: str
+    version: int
+    #: events of the log at or below the live marks since ``from_ms`` (all runs)
+    total: int
+    #: of those, applied by this run
+    applied: int
+    #: already applied by an earlier run (resumed)
+    resumed: int
+    seconds: float
+    from_ms: int
+
+    @property
+    def rate(self) -> float:
+        return self.applied / self.seconds if self.seconds > 0 else 0.0
+
+
+def parse_from(text: str | None, group: FeatureGroup, now_ms: int) -> int:
+    """``--from``: an ISO 8601 time (``2026-11-01T00:00Z``) or a duration ago (``36h``).
+
+    Default: the group's TTL ago (longest window + allowed lateness): no read at
+    or after now can see an older event.
+    """
+    if text is None:
+        return now_ms - group.ttl_ms
+    try:
+        return now_ms - parse_duration(text)
+    except (FeatureDefinitionError, ValueError):
+        pass
+    try:
+        at = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--from {text!r}: expected an ISO 8601 time such as 2026-11-01T00:00Z, "
+            "or a duration ago such as 36h"
+        ) from None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    return int(at.timestamp() * 1000)
+
+
+def pick_version(sources: Sources, name: str, version: int | None) -> FeatureGroup:
+    """The configured group version to fill (default: the newest configured)."""
+    candidates = [g for g in sources.all_groups() if g.name == name]
+    if not candidates:
+        known = ", ".join(sorted({g.name for g in sources.all_groups()})) or "none"
+        raise ConfigError(f"--group {name}: no such feature group in the config (known: {known})")
+    if version is None:
+        return max(candidates, key=lambda g: g.version)
+    for g in candidates:
+        if g.version == version:
+            return g
+    have = ", ".join(str(g.version) for g in sorted(candidates, key=lambda g: g.version))
+    raise ConfigError(
+        f"--version {version}: the config defines {name} in version(s) {have}; "
+        "add the new version to feature_groups (beside the old one) and start the workers first"
+    )
+
+
+def backfill_source(source: str, group: FeatureGroup) -> str:
+    """The name the backfill's own fences are kept under (never a source's: it has ':')."""
+    return f"{source}:backfill:{group.name}:v{group.version}"
+
+
+async def backfill(
+    settings: Settings,
+    origin: str,
+    group_name: str,
+    version: int | None = None,
+    *,
+    from_text: str | None = None,
+    progress: bool = True,
+    wait_s: float = 300.0,
+    max_entities: int = 2_000,
+    now_ms: Callable[[], int] | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> BackfillReport:
+    """Fill ``group_name`` (``version``) from the offline log up to its live marks."""
+    clock = now_ms or (lambda: int(time.time() * 1000))
+    say = echo or (lambda text: print(text, file=sys.stderr))
+    sources = build_sources(settings, origin)
+    group = pick_version(sources, group_name, version)
+    from_ms = parse_from(from_text, group, clock())
+    src = next(s for s in settings.sources if s.name == group.source)
+    client = redis_client(settings)
+    store = feature_store(settings, client)
+    try:
+        job = _Job(settings, sources, store, group, src.topic, from_ms, say, clock)
+        return await job.run(progress=progress, wait_s=wait_s, max_entities=max_entities)
+    except REDIS_ERRORS as exc:
+        raise BackfillError(
+            f"Redis failed during the backfill: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        await client.aclose()
+
+
+class _Job:
+    def __init__(
+        self,
+        settings: Settings,
+        sources: Sources,
+        store: RedisFeatureStore,
+        group: FeatureGroup,
+        topic: str,
+        from_ms: int,
+        say: Callable[[str], None],
+        clock: Callable[[], int],
+    ) -> None:
+        self.settings = settings
+        self.sources = sources
+        self.store = store
+        self.group = group
+        self.source = group.source
+        self.topic = topic
+        self.from_ms = from_ms
+        self.say = say
+        self.clock = clock
+        self.fence = backfill_source(group.source, group)
+        self.log = OfflineLog(settings.offline.path)
+        self.backoff = Backoff(0.2, 5.0)
+        self._written_at = 0.0
+        self._started_ms = clock()
+
+    # -- preconditions --------------------------------------------------------
+
+    async def _record(self) -> BackfillProgress | None:
+        """Check the registry record of the version; the progress of an earlier run."""
+        g = self.group
+        key = self.store.layout.registry_key(g.name)
+        fields = await self.store.client.hgetall(key)
+        versions, _ = parse_records(g.name, fields or {})
+        record = next((v for v in versions if v.version == g.version), None)
+        if record is None:
+            raise BackfillError(
+                f"{g.name} v{g.version} is not deployed: no worker has started it.  Start the "
+                "workers with this config first: they write the version live from then on, "
+                "and the backfill fills what came before"
+            )
+        if record.fingerprint != g.fingerprint():
+            raise BackfillError(
+                f"{g.name} v{g.version} is deployed with another definition (fingerprint "
+                f"{record.fingerprint[:12]}, this config {g.fingerprint()[:12]}): use the "
+                "workers' config"
+            )
+        if not record.marked:
+            raise BackfillError(
+                f"{g.name} v{g.version} was deployed by a driftline without live marks, so "
+                "where its live writes start is unknown: bump the version and backfill the new one"
+            )
+        held = record.backfill
+        if held is not None and held.from_ms != self.from_ms:
+            if held.state == "done":
+                raise BackfillError(
+                    f"{g.name} v{g.version} is backfilled already (from "
+                    f"{_fmt(held.from_ms)}); a version is backfilled once"
+                )
+            raise BackfillError(
+                f"a backfill of {g.name} v{g.version} from {_fmt(held.from_ms)} was started "
+                f"and not finished: resume it with --from {_iso(held.from_ms)}"
+            )
+        return held
+
+    async def _partitions(self) -> list[int]:
+        """The source's partitions the workers have applied records of."""
+        return sorted(
+            p for p, o in (await self.store.stored_offsets(self.source)).items() if o >= 0
+        )
+
+    async def _marks(self, partitions: list[int], wait_s: float) -> dict[int, int]:
+        """Per partition, per shard: the live marks (waits until all are set)."""
+        shards = self.store.layout.shards
+        deadline = time.monotonic() + wait_s
+        said = False
+        while True:
+            marks = await self.store.live_marks(self.source, self.group, partitions)
+            partial = [p for p in partitions if 0 < len(marks.get(p, {})) < shards]
+            if partial:
+                # A worker writes the version on these partitions (a shard is marked), but
+                # some shards had no record of them since: mark those where their fence
+                # stands, as the worker's next write there would.
+                for p in partial:
+                    await self.store.mark_live(self.source, p, [self.group])
+                marks = await self.store.live_marks(self.source, self.group, partitions)
+            missing = [p for p in partitions if len(marks.get(p, {})) < shards]
+            if not missing:
+                self._shard_marks = marks
+                return {p: max(marks[p].values()) for p in partitions}
+            if time.monotonic() >= deadline:
+                raise BackfillError(
+                    f"no worker has started {self.group.name} v{self.group.version} on "
+                    f"partition(s) {_few(missing)} of source {self.source} within {wait_s:.0f} s: "
+                    "run every worker of the source with this config (a worker marks where it "
+                    "starts writing a version when it is assigned a partition)"
+                )
+            if not said:
+                self.say(
+                    f"waiting for the workers to start v{self.group.version} on partition(s) "
+                    f"{_few(missing)}"
+                )
+                said = True
+            await asyncio.sleep(0.5)
+
+    async def _log_reaches(self, tops: Mapping[int, int], wait_s: float) -> None:
+        """Wait until the offline log holds every partition up to its mark."""
+        if not self.log.exists(self.source):
+            raise BackfillError(
+                f"no offline log of source {self.source} at {self.log.table_uri(self.source)}: "
+                "run `driftline archive` beside the workers (it writes offline.path); the "
+                "backfill reads the accepted events from it"
+            )
+        deadline = time.monotonic() + wait_s
+        said = False
+        while True:
+            held = await asyncio.to_thread(
+                self.log.positions, self.source, self.topic, sorted(tops)
+            )
+            behind = [p for p, top in tops.items() if held.get(p, -1) < top]
+            if not behind:
+                return
+            if time.monotonic() >= deadline:
+                raise BackfillError(
+                    f"the offline log of source {self.source} has not reached the live marks of "
+                    f"partition(s) {_few(behind)} within {wait_s:.0f} s: is `driftline archive` "
+                    "running?"
+                )
+            if not said:
+                self.say(f"waiting for the archiver to reach partition(s) {_few(behind)}")
+                said = True
+            await asyncio.sleep(0.5)
+
+    # -- the work ---------------------------------------------------------------
+
+    def _scan(self, tops: Mapping[int, int]) -> pl.LazyFrame:
+        cond = pl.lit(False)
+        for p, top in tops.items():
+            cond = cond | ((pl.col("_partition") == p) & (pl.col("_offset") <= top))
+        since = pl.lit(self.from_ms).cast(pl.Datetime("ms", "UTC"))
+        return (
+            self.log.scan(self.source)
+            .filter(pl.col("_topic") == self.topic)
+            .filter(cond)
+            .filter(pl.col("_event_time") >= since)
+        )
+
+    def _counts(self, tops: Mapping[int, int]) -> dict[tuple[Any, int], int]:
+        """Events per (day, partition) to backfill."""
+        frame = (
+            self._scan(tops)
+            .group_by(["event_date", "_partition"])
+            .agg(pl.len().alias("n"))
+            .collect()
+        )
+        return {(day, int(p)): int(n) for day, p, n in frame.iter_rows()}
+
+    def _coverage(self, tops: Mapping[int, int]) -> None:
+        """Refuse when the log starts after ``--from`` and after the topic's start."""
+        frame = (
+            self.log.scan(self.source)
+            .filter(pl.col("_topic") == self.topic)
+            .filter(pl.col("_partition").is_in(list(tops)))
+            .group_by("_partition")
+            .agg(pl.col("_offset").min(), pl.col("_event_time").dt.epoch("ms").min())
+            .collect()
+        )
+        late = [
+            (int(p), int(t))
+            for p, first, t in frame.iter_rows()
+            if first is not None and int(first) > 0 and t is not None and int(t) > self.from_ms
+        ]
+        if late:
+            starts = max(t for _, t in late)
+            raise BackfillError(
+                f"the offline log of source {self.source} starts after --from on partition(s) "
+                f"{_few([p for p, _ in late])} (its first events are not the topic's first): "
+                f"older events are not in the log.  Backfill from where it starts with --from "
+                f"{_iso(starts)}, knowing windows reaching before it are short"
+            )
+
+    async def run(self, *, progress: bool, wait_s: float, max_entities: int) -> BackfillReport:
+        g = self.group
+        await self.store.check_layout()
+        held = await self._record()
+        if held is not None:
+            self._started_ms = held.started_ms
+        partitions = await self._partitions()
+        tops = await self._marks(partitions, wait_s) if partitions else {}
+        tops = {p: top for p, top in tops.items() if top >= 0}
+        counts: dict[tuple[Any, int], int] = {}
+        if tops:
+            await self._log_reaches(tops, wait_s)
+            await asyncio.to_thread(self._coverage, tops)
+            counts = await asyncio.to_thread(self._counts, tops)
+        total = sum(counts.values())
+        states = {p: await self.store.partition_state(self.fence, p) for p in tops}
+        done_before = sum(min(s.offset + 1, _of(counts, p)) for p, s in states.items())
+        await self._progress("running", done_before, total, force=True)
+        started = time.monotonic()
+        applied = 0
+        layout = LogLayout.from_declared(declared_types(self.sources.parsers[self.source]))
+        with tqdm(
+            total=total,
+            initial=done_before,
+            unit="ev",
+            desc=f"{g.name} v{g.version}",
+            file=sys.stderr,
+            disable=not progress or None,
+        ) as bar:
+            # ranks so far per partition: the rows of newer days
+            before: dict[int, int] = dict.fromkeys(tops, 0)
+            for day in sorted({d for d, _ in counts}, reverse=True):
+                todo = [
+                    p
+                    for p in tops
+                    if (n := counts.get((day, p), 0)) and states[p].offset < before[p] + n - 1
+                ]
+                if todo:
+                    frame = await asyncio.to_thread(self._read_day, day, {p: tops[p] for p in todo})
+                    for p in todo:
+                        rows = frame.filter(pl.col("_partition") == p)
+                        n = await self._apply_rows(
+                            p, rows, before[p], states, layout, max_entities, bar
+                        )
+                        applied += n
+                for p in tops:
+                    before[p] += counts.get((day, p), 0)
+        seconds = time.monotonic() - started
+        await self._progress("done", total, total, force=True)
+        return BackfillReport(g.name, g.version, total, applied, done_before, seconds, self.from_ms)
+
+    def _read_day(self, day: Any, tops: Mapping[int, int]) -> pl.DataFrame:
+        """One day of the partitions' events, newest offset first."""
+        g = self.group.layout
+        wanted = set(g.value_fields) | set(g.distinct_fields) | set(g.last_fields)
+        if self.group.entity_key != self.sources.parsers[self.source].entity_key:
+            wanted.add(self.group.entity_key)
+        lf = self._scan(tops).filter(pl.col("event_date") == day)
+        have = set(lf.collect_schema().names())
+        columns = sorted(n for n in wanted if n in have)
+        columns += ["_entity", "_event_time", "_partition", "_offset", "_extra"]
+        return (
+            lf.select(columns).sort(["_partition", "_offset"], descending=[False, True]).collect()
+        )
+
+    async def _apply_rows(
+        self,
+        partition: int,
+        rows: pl.DataFrame,
+        rank0: int,
+        states: dict[int, PartitionState],
+        layout: LogLayout,
+        max_entities: int,
+        bar: Any,
+    ) -> int:
+        """Apply one day of a partition (``rows``: newest offset first, ranks from ``rank0``)."""
+        group = self.group
+        state = states[partition]
+        marks = self._shard_marks[partition]
+        shards = self.store.layout.shards
+        source_key = self.sources.parsers[self.source].entity_key
+        skip = max(0, state.offset + 1 - rank0)  # ranks applied by an earlier run (counted)
+        rows = rows.slice(skip)
+        offsets = rows["_offset"].to_list()
+        events = list(layout.events(rows.to_arrow()))
+        if group.entity_key != source_key:
+            keyed, kept = rekey(events, group.entity_key)
+            entities: list[str | None] = [None] * len(events)
+            for event, i in zip(keyed, kept, strict=True):
+                entities[i] = event.entity
+                events[i] = event
+        else:
+            entities = [e.entity for e in events]
+        applied = 0
+        start = 0
+        while start < len(events):
+            # a write: at most max_entities entities (one short script per shard)
+            seen: set[str] = set()
+            end = start
+            while end < len(events):
+                e = entities[end]
+                if e is not None and e not in seen:
+                    if len(seen) == max_entities:
+                        break
+                    seen.add(e)
+                end += 1
+            rank_hi = rank0 + skip + end - 1
+            chosen: list[ParsedEvent] = []
+            for i in range(end - 1, start - 1, -1):  # offset order within the write
+                entity = entities[i]
+                if entity is None:
+                    continue
+                shard = shard_of(entity, shards)
+                rank = rank0 + skip + i
+                if offsets[i] <= marks.get(shard, -1) and rank > state.ahead.get(shard, -1):
+                    chosen.append(events[i])
+            encoded = build_encoded(group, chosen)
+            delta: Mapping[str, Delta] = (
+                encoded if encoded is not None else build_deltas(group, chosen)
+            )
+            deltas = [(group, delta)]
+            state = await self._write(partition, state, rank_hi, deltas)
+            applied += len(chosen)
+            bar.update(end - start)
+            await self._progress("running", bar.n, bar.total)
+            start = end
+        states[partition] = state
+        return applied
+
+    async def _write(
+        self,
+        partition: int,
+        state: PartitionState,
+        rank: int,
+        deltas: Sequence[tuple[FeatureGroup, Mapping[str, Delta]]],
+    ) -> PartitionState:
+        store = self.store
+
+        async def write() -> tuple[bool, int]:
+            return await store.apply(
+                self.fence,
+                partition,
+                expected_offset=state.offset,
+                new_offset=rank,
+                watermark_ms=None,
+                deltas=deltas,
+                ahead=state.ahead,
+                marks=False,
+                strict_last=True,
+            )
+
+        ok, stored = await until_done(
+            write,
+            what=f"redis for the backfill of {self.group.name} v{self.group.version}",
+            backoff=self.backoff,
+            sleep=asyncio.sleep,
+        )
+        if not ok and stored != rank:
+            raise BackfillError(
+                f"another backfill of {self.group.name} v{self.group.version} is writing "
+                f"partition {partition} (its checkpoint moved to {stored}): run one at a time"
+            )
+        return state.after(rank, None)
+
+    async def _progress(
+        self, state: str, events: int, total: int | None, force: bool = False
+    ) -> None:
+        now = time.monotonic()
+        if not force and now - self._written_at < _PROGRESS_EVERY_S:
+            return
+        self._written_at = now
+        record = BackfillProgress(
+            "done" if state == "done" else "running",
+            events,
+            total,
+            self.from_ms,
+            self._started_ms,
+            self.clock(),
+        )
+        key = self.store.layout.registry_key(self.group.name)
+        await self.store.client.hset(
+            key, backfill_field(self.group.version), orjson.dumps(record.as_dict())
+        )
+
+
+def _of(counts: Mapping[tuple[Any, int], int], partition: int) -> int:
+    return sum(n for (_, p), n in counts.items() if p == partition)
+
+
+def _few(items: Sequence[int]) -> str:
+    shown = ", ".join(str(i) for i in items[:8])
+    return shown + (f" and {len(items) - 8} more" if len(items) > 8 else "")
+
+
+def _fmt(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
