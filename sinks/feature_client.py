@@ -15,10 +15,20 @@ Features are named ``group:feature``.  Two backends answer the same:
 
 * **Redis** (``FeatureClient.redis``): reads the online store directly, one
   round trip per group; the group definitions come from the registry the
-  workers keep in Redis (the highest recorded version, or ``versions=``), so
-  no config file is needed;
+  workers keep in Redis, so no config file is needed;
 * **HTTP** (``FeatureClient.http``): asks ``driftline serve``
   (``POST /v1/features/{group}:batch``), with its bearer token if it needs one.
+
+**Which version** of a group is read: ``versions={"user_spend": 2}`` pins one
+(both backends); otherwise the *active* one, as ``driftline serve`` reads it.
+Over HTTP the server decides.  Over Redis the client reads the registry
+(one ``HGETALL`` per group, at most once a second, so an activation reaches
+it within a second): the version its ``active`` field names (``driftline
+registry activate``); when none is activated, the lowest of the versions the
+workers are writing (written within :data:`LIVE_SLACK_MS` of the most recently
+written one: what serve calls the lowest configured version, since the client
+has no config), and the highest recorded version when no write was recorded.
+Activating a version makes every reader agree at once.
 
 The sync client runs the async one on a private event loop in a thread, so it
 can be called from any synchronous code (a Flask view, a batch job).
@@ -40,14 +50,37 @@ import orjson
 from driftline.features.definitions import FeatureGroup
 from driftline.features.exceptions import FeatureSelectionError
 from driftline.features.reader import Reading
-from driftline.features.registry import DeployedVersion, group_from_definition, latest
+from driftline.features.registry import DeployedVersion, group_from_definition
 from driftline.features.serving import select_features, served_row
 from driftline.sinks.exceptions import PermanentError, TransientError
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.redis_client import REDIS_ERRORS, connect_redis
-from driftline.sinks.registry_store import RedisRegistryStore
+from driftline.sinks.registry_store import ActiveVersions, RedisRegistryStore
 
 T = TypeVar("T")
+
+#: Without an activated version, the versions written within this time of the most
+#: recently written one count as being computed by the workers (each worker records
+#: a write of each version it computes about once a minute).
+LIVE_SLACK_MS = 5 * 60_000
+
+
+def default_version(versions: Sequence[DeployedVersion]) -> DeployedVersion | None:
+    """The version a reader without a config serves (see the module docstring)."""
+    usable = [v for v in versions if group_from_definition(v.definition) is not None]
+    active = next((v for v in usable if v.active), None)
+    if active is not None:
+        return active
+    written = [v.last_write_ms for v in usable if v.last_write_ms is not None]
+    if not written:
+        return max(usable, key=lambda v: v.version, default=None)
+    newest = max(written)
+    live = [
+        v
+        for v in usable
+        if v.last_write_ms is not None and v.last_write_ms >= newest - LIVE_SLACK_MS
+    ]
+    return min(live, key=lambda v: v.version)
 
 
 class FeatureClientError(PermanentError):
@@ -130,34 +163,51 @@ class _StoreBackend:
         prefix: str,
         versions: Mapping[str, int] | None,
         close: Callable[[], Awaitable[None]],
+        active_cache_s: float = 1.0,
     ) -> None:
         self._store = store
         self._registry = registry
         self._prefix = prefix
         self._versions = dict(versions or {})
-        self._groups: dict[str, FeatureGroup] = {}
+        #: definitions by (name, version): a version's definition never changes
+        self._groups: dict[tuple[str, int], FeatureGroup] = {}
+        self._recorded: dict[str, str] = {}
+        self._active = ActiveVersions(self._choose, cache_s=active_cache_s)
         self._close = close
 
-    async def _group(self, name: str) -> FeatureGroup:
-        group = self._groups.get(name)
-        if group is not None:
-            return group
+    async def _choose(self, name: str) -> int | None:
+        """Read the registry of ``name``: the version to serve (``None``: none usable)."""
         versions, _ = await self._registry.deployed([name], scan=False)
+        self._recorded[name] = ", ".join(f"v{v.version}" for v in versions) or "none"
         wanted = self._versions.get(name)
         if wanted is not None:
             chosen = next((v for v in versions if v.version == wanted), None)
         else:
-            chosen = latest(versions)
+            chosen = default_version(versions)
         found = group_from_definition(chosen.definition) if chosen is not None else None
         if found is None:
-            known = ", ".join(f"v{v.version}" for v in versions) or "none"
+            return None
+        self._groups[(name, found.version)] = found
+        return found.version
+
+    async def _group(self, name: str) -> FeatureGroup:
+        wanted = self._versions.get(name)
+        if wanted is not None and (name, wanted) in self._groups:
+            return self._groups[(name, wanted)]  # pinned: the registry is read once
+        try:
+            version = await self._active.get(name)
+        except REDIS_ERRORS as exc:
+            raise TransientError(
+                f"feature registry unavailable: {type(exc).__name__}: {exc}"
+            ) from exc
+        if version is None:
             raise FeatureClientError(
                 f"feature group {name!r}"
                 + (f" version {wanted}" if wanted is not None else "")
-                + f" is not in the registry under prefix {self._prefix!r} (versions: {known})"
+                + f" is not in the registry under prefix {self._prefix!r} "
+                f"(versions: {self._recorded.get(name, 'none')})"
             )
-        self._groups[name] = found
-        return found
+        return self._groups[(name, version)]
 
     async def read(
         self, group: str, entities: Sequence[str], names: Sequence[str], as_of_ms: int
@@ -181,9 +231,16 @@ class _StoreBackend:
 
 
 class _HttpBackend:
-    def __init__(self, base_url: str, token: str | None, timeout_s: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        timeout_s: float,
+        versions: Mapping[str, int] | None = None,
+    ) -> None:
         import aiohttp
 
+        self._versions = dict(versions or {})
         self._aiohttp = aiohttp
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -197,7 +254,13 @@ class _HttpBackend:
             self._session = self._aiohttp.ClientSession(
                 headers=self._headers, timeout=self._timeout
             )
-        body = {"entities": list(entities), "features": list(names), "as_of_ms": as_of_ms}
+        body: dict[str, Any] = {
+            "entities": list(entities),
+            "features": list(names),
+            "as_of_ms": as_of_ms,
+        }
+        if group in self._versions:
+            body["version"] = self._versions[group]
         url = f"{self._base}/v1/features/{quote(group, safe='')}:batch"
         try:
             async with self._session.post(url, data=orjson.dumps(body)) as response:
@@ -239,6 +302,9 @@ class AsyncFeatureClient:
     ) -> AsyncFeatureClient:
         """Read the online store directly (pass the password here or in no URL at all).
 
+        ``versions``: group -> the version to read (default: the active one, see
+        the module docstring).
+
         ``cluster``: ``url`` names a node of a Redis Cluster.  Where an entity's
         key lives follows the shard count the workers recorded in the store.
         """
@@ -262,10 +328,19 @@ class AsyncFeatureClient:
 
     @classmethod
     def http(
-        cls, base_url: str, *, token: str | None = None, timeout_s: float = 5.0
+        cls,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout_s: float = 5.0,
+        versions: Mapping[str, int] | None = None,
     ) -> AsyncFeatureClient:
-        """Ask ``driftline serve`` at ``base_url`` (e.g. ``http://features:8080``)."""
-        return cls(_HttpBackend(base_url, token, timeout_s))
+        """Ask ``driftline serve`` at ``base_url`` (e.g. ``http://features:8080``).
+
+        ``versions``: group -> the version to read (default: the one the server
+        serves, the active one).
+        """
+        return cls(_HttpBackend(base_url, token, timeout_s, versions))
 
     async def get_online_features(
         self,

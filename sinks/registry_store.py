@@ -11,9 +11,11 @@ store object (:class:`RedisRegistryStore`) with its in-memory double
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import orjson
 
@@ -25,7 +27,13 @@ from driftline.features.registry import (
     version_record,
 )
 from driftline.sinks.feature_store import registry_key
-from driftline.sinks.redis_client import RedisClient
+from driftline.sinks.redis_client import REDIS_ERRORS, RedisClient
+
+log = logging.getLogger(__name__)
+
+#: How long a reader (a ``driftline serve`` replica, ``FeatureClient``) reuses the
+#: active version it read: an activation reaches every reader within this time.
+ACTIVE_CACHE_S = 1.0
 
 
 def _glob_escape(text: str) -> str:
@@ -89,6 +97,71 @@ async def activate(client: RedisClient, prefix: str, group: str, version: int) -
         pipe.hset(key, ACTIVE_FIELD, str(version))
         previous, _ = await pipe.execute()
     return _version(previous)
+
+
+class ActiveVersions:
+    """The registry's ``active`` field of each group, read at most every ``cache_s``.
+
+    What serving does on every request that names no version, so it must cost
+    (almost) nothing: a value read less than ``cache_s`` ago (counted from the
+    start of its read) is reused, so an activation reaches every reader within
+    ``cache_s``; concurrent callers share one read per group; a failed read
+    falls back to the last value read (logged), and raises only when there is
+    none (the caller answers 503).
+    """
+
+    def __init__(
+        self,
+        read: Callable[[str], Awaitable[int | None]],
+        *,
+        cache_s: float = ACTIVE_CACHE_S,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read = read
+        self.cache_s = cache_s
+        self._monotonic = monotonic
+        self._known: dict[str, tuple[float, int | None]] = {}
+        self._reading: dict[str, asyncio.Future[int | None]] = {}
+        self._warned_at = float("-inf")
+        #: reads of Redis made (tests: one per group per cache period)
+        self.reads = 0
+
+    async def get(self, name: str) -> int | None:
+        """The version ``name``'s ``active`` field names (``None``: none activated)."""
+        known = self._known.get(name)
+        if known is not None and self._monotonic() - known[0] < self.cache_s:
+            return known[1]
+        pending = self._reading.get(name)
+        if pending is None:
+            pending = asyncio.ensure_future(self._refresh(name))
+            self._reading[name] = pending
+            pending.add_done_callback(lambda _: self._reading.pop(name, None))
+        # shielded: a caller that is cancelled (its client left) does not cancel the
+        # read the others wait for
+        return await asyncio.shield(pending)
+
+    async def _refresh(self, name: str) -> int | None:
+        started = self._monotonic()
+        self.reads += 1
+        try:
+            value = await self._read(name)
+        except REDIS_ERRORS as exc:
+            known = self._known.get(name)
+            if known is None:
+                raise
+            now = time.monotonic()
+            if now - self._warned_at >= 10.0:
+                log.warning(
+                    "cannot read the active version of %s (%s: %s); using the last read (%s)",
+                    name,
+                    type(exc).__name__,
+                    exc,
+                    "none activated" if known[1] is None else f"v{known[1]}",
+                )
+                self._warned_at = now
+            return known[1]
+        self._known[name] = (started, value)
+        return value
 
 
 class RedisRegistryStore:

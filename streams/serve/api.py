@@ -19,6 +19,17 @@ status it means.
 * *Latency.*  The worker's event loop spends tens of milliseconds at a time
   on a batch; a request arriving meanwhile would wait for it.
 
+**Which version.**  Several versions of a group may be configured (v2 beside
+v1 while v2 is backfilled).  A request without ``version`` reads the *active*
+one: the version the registry's ``active`` field names (``driftline registry
+activate``) when it is configured, else the lowest configured version
+(:func:`driftline.features.catalog.served_version`).  The field is read from
+Redis at most once a second per group and process
+(:class:`~driftline.sinks.registry_store.ActiveVersions`), so an activation
+reaches every replica within a second; with one configured version it is not
+read at all.  ``version=N`` reads a configured version explicitly; any other
+is a 404 naming the configured ones.  Every answer says which version it is.
+
 An unknown *entity* is not an error: it has no events, so its counts are 0,
 sums 0.0, everything else null, and ``newest_event_ms`` null (a model should
 get its defaults, not a failure).
@@ -46,12 +57,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from redis.exceptions import MaxConnectionsError
 
 from driftline.features import serving
+from driftline.features.catalog import served_version
 from driftline.features.definitions import FeatureGroup
 from driftline.features.exceptions import CodecError, FeatureSelectionError
 from driftline.features.reader import Reading
@@ -100,10 +112,11 @@ class FeatureApi:
     def __init__(
         self,
         store: StateReader,
-        groups: Mapping[str, FeatureGroup],
+        groups: Iterable[FeatureGroup] | Mapping[str, FeatureGroup],
         *,
         registry: Callable[[], Awaitable[list[dict[str, Any]]]],
         ping: Callable[[], Awaitable[Any]],
+        active: Callable[[str], Awaitable[int | None]] | None = None,
         max_batch_entities: int = 1000,
         max_body_bytes: int = 1 << 20,
         token: str | None = None,
@@ -112,7 +125,14 @@ class FeatureApi:
     ) -> None:
         self.metrics = metrics if metrics is not None else ServeMetrics()
         self.store = store
-        self.groups = dict(groups)
+        listed = groups.values() if isinstance(groups, Mapping) else groups
+        #: every configured version of each group name, ascending
+        self.groups: dict[str, dict[int, FeatureGroup]] = {}
+        for group in sorted(listed, key=lambda g: (g.name, g.version)):
+            self.groups.setdefault(group.name, {})[group.version] = group
+        #: the registry's active field of a group (``ActiveVersions.get``); None: never
+        #: read, the lowest configured version is served
+        self.active = active
         self.registry = registry
         self.ping = ping
         self.max_batch_entities = max_batch_entities
@@ -136,12 +156,33 @@ class FeatureApi:
             self._warned_at = now
             self._failed_reads = 0
 
-    def group(self, name: str) -> FeatureGroup:
-        group = self.groups.get(name)
-        if group is None:
+    async def group(self, name: str, version: int | None = None) -> FeatureGroup:
+        """The configured ``version`` of group ``name``, or the active one (see the module)."""
+        versions = self.groups.get(name)
+        if versions is None:
             known = ", ".join(sorted(self.groups)) or "none"
             raise ApiError(404, f"unknown feature group {name!r} (served: {known})")
-        return group
+        if version is not None:
+            group = versions.get(version)
+            if group is None:
+                listed = ", ".join(str(v) for v in versions)
+                raise ApiError(
+                    404,
+                    f"feature group {name!r} has no version {version} here (configured: {listed})",
+                )
+            return group
+        if len(versions) == 1 or self.active is None:
+            return next(iter(versions.values()))
+        try:
+            active = await self.active(name)
+        except REDIS_ERRORS as exc:  # and no earlier read to fall back to
+            self._warn_redis(exc)
+            raise ApiError(
+                503, f"feature store unavailable ({type(exc).__name__}): active version unknown"
+            ) from None
+        chosen = served_version(versions, active)
+        assert chosen is not None
+        return versions[chosen]
 
     @staticmethod
     def select(
@@ -181,9 +222,10 @@ class FeatureApi:
         features: Sequence[str] | None,
         windows: Sequence[str] | None,
         as_of_ms: int | None,
+        version: int | None = None,
     ) -> dict[str, Any]:
         """One entity's features (the body of ``GET /v1/features/{group}/{entity}``)."""
-        group = self.group(group_name)
+        group = await self.group(group_name, version)
         names = self.select(group, listed(features), listed(windows))
         if entity == "":
             raise ApiError(404, "no entity key in the path: /v1/features/{group}/{entity}")
@@ -193,7 +235,7 @@ class FeatureApi:
 
     async def batch(self, group_name: str, request: BatchRequest) -> dict[str, Any]:
         """Many entities in one round trip (the body of ``POST /v1/features/{group}:batch``)."""
-        group = self.group(group_name)
+        group = await self.group(group_name, request.version)
         if len(request.entities) > self.max_batch_entities:
             raise ApiError(
                 413,

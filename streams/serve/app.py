@@ -3,9 +3,10 @@
 **Routes** (and no others; ``GET /openapi.json`` describes them, generated
 from the typed models of :mod:`.models`)::
 
-    GET  /v1/features/{group}/{entity}[?features=a,b][&windows=5m,1h][&as_of=ms]   one entity
+    GET  /v1/features/{group}/{entity}[?features=a,b][&windows=5m,1h][&as_of=ms][&version=N]
+                                     one entity
     POST /v1/features/{group}:batch  {"entities": [...], "features": [...], "windows": [...],
-                                      "as_of_ms": ms}
+                                      "as_of_ms": ms, "version": N}
     GET  /v1/registry                feature groups, versions, lineage
     GET  /healthz                    the process is up
     GET  /readyz                     Redis answers PING (else 503)
@@ -17,7 +18,7 @@ need ``Authorization: Bearer <token>`` (401 otherwise, checked before
 routing, so unknown ``/v1`` paths cannot be enumerated); the probes and the
 document never do, since kubelets and API tooling send none.  Errors are
 JSON ``{"error": message, "status": code}``: 400 bad parameters or body,
-401, 404 unknown group or route, 405, 413 too many entities or too large a
+401, 404 unknown group, version or route, 405, 413 too many entities or too large a
 body, 503 Redis unreachable, or overloaded (every pooled Redis connection
 busy: the request is shed at once rather than queued).
 
@@ -60,7 +61,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from driftline.errors import redact
 from driftline.features.catalog import Catalog
-from driftline.sinks.registry_store import RedisRegistryStore
+from driftline.sinks.registry_store import ActiveVersions, RedisRegistryStore
 from driftline.streams.clients import feature_store, redis_client
 from driftline.streams.errors import DriftlineError
 from driftline.streams.logs import logging_config
@@ -101,7 +102,7 @@ def _responses(*statuses: int, token: bool) -> dict[int | str, dict[str, Any]]:
     described = {
         400: "Unknown feature or window name, bad as_of, or a bad body",
         401: "Missing or wrong bearer token",
-        404: "Unknown feature group",
+        404: "Unknown feature group, or a version of it that is not configured",
         413: "Too many entities or too large a body",
         503: "Redis is unreachable, or the server is overloaded",
     }
@@ -172,8 +173,16 @@ def build_app(api: FeatureApi) -> FastAPI:
                 "after the entity's newest event.",
             ),
         ] = None,
+        version: Annotated[
+            int | None,
+            Query(
+                ge=1,
+                description="Read this configured version of the group; default: the active "
+                "one (driftline registry activate; else the lowest configured version).",
+            ),
+        ] = None,
     ) -> Response:
-        return _json(await api.features(group, entity, features, windows, as_of))
+        return _json(await api.features(group, entity, features, windows, as_of, version))
 
     @app.post(
         "/v1/features/{group}:batch",
@@ -269,11 +278,13 @@ def create_app(settings: Settings, catalog: Catalog) -> FastAPI:
     """The serving application for ``settings``; its Redis client closes with the app."""
     client = redis_client(settings)
     serve = settings.serve
+    records = RedisRegistryStore(client, prefix=catalog.prefix)
     api = FeatureApi(
         feature_store(settings, client),
-        {g.name: g for g in catalog.groups},
-        registry=RegistryReader(RedisRegistryStore(client, prefix=catalog.prefix), catalog).entries,
+        catalog.groups,
+        registry=RegistryReader(records, catalog).entries,
         ping=client.ping,
+        active=ActiveVersions(records.active).get,
         max_batch_entities=serve.max_batch_entities,
         max_body_bytes=serve.max_body_bytes,
         token=serve.token.get_secret_value() if serve.token is not None else None,
@@ -303,8 +314,7 @@ def run_serve(settings: Settings, catalog: Catalog) -> None:
     host, port = sock.getsockname()[:2]
     app = create_app(settings, catalog)
     groups = ", ".join(
-        f"{g.name} v{g.version} ({len(g.feature_names())} features)"
-        for g in catalog.groups
+        f"{g.name} v{g.version} ({len(g.feature_names())} features)" for g in catalog.groups
     )
     log.info(
         "driftline serve on http://%s:%s: groups %s; Redis %s; bearer token %s",

@@ -96,6 +96,12 @@ class BatchRequest(_Closed):
     as_of_ms: EpochMs | None = Field(
         default=None, description="Read as of this epoch ms; default: now."
     )
+    version: int | None = Field(
+        default=None,
+        ge=1,
+        description="Read this configured version of the group; default: the active one "
+        "(driftline registry activate; else the lowest configured version).",
+    )
 
 
 class BatchResponse(_Closed):

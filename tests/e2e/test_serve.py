@@ -732,3 +732,32 @@ def test_serve_exports_request_metrics_by_route_template(
     assert "driftline_serve_request_seconds_bucket" in text
     assert locked_server.call("GET", "/metrics")[0] == 401  # the serving token guards it too
     assert locked_server.call("GET", "/metrics", token=TOKEN)[0] == 200
+
+
+def test_an_explicit_version_is_served_and_an_unconfigured_one_is_a_404(
+    open_server: Server,
+) -> None:
+    document = open_server.call("GET", "/openapi.json")[2]
+    params = document["paths"]["/v1/features/{group}/{entity}"]["get"]["parameters"]
+    assert "version" in {p["name"] for p in params}
+    status, _, doc = open_server.call("GET", f"/v1/features/spend/u1?as_of={T}&version=2")
+    assert status == 200 and doc["version"] == 2
+    conforms(document, "FeatureVector", doc)
+    status, _, doc = open_server.call(
+        "POST", "/v1/features/spend:batch", {"entities": ["u1"], "as_of_ms": T, "version": 2}
+    )
+    assert status == 200 and doc["version"] == 2
+    conforms(document, "BatchResponse", doc)
+    # v1 is recorded in Redis (retired), but this server's config does not describe it
+    for method, path, body in (
+        ("GET", "/v1/features/spend/u1?version=1", None),
+        ("POST", "/v1/features/spend:batch", {"entities": ["u1"], "version": 1}),
+    ):
+        status, _, error = open_server.call(method, path, body)
+        assert (status, error) == (
+            404,
+            {"error": "feature group 'spend' has no version 1 here (configured: 2)", "status": 404},
+        )
+        conforms(document, "Error", error)
+    status, _, error = open_server.call("GET", "/v1/features/spend/u1?version=0")
+    assert status == 400, error
