@@ -187,3 +187,79 @@ def test_features_get_reads_the_newest_version_unless_told(tmp_path: Path) -> No
     s = load(tmp_path, V1 + V2 + OTHER)
     with pytest.raises(ConfigError, match=r"several feature groups \(spend, clicks\)"):
         pick_group(s, "c.yaml", None)
+
+
+async def test_the_worker_computes_both_versions_and_feeds_each_monitor_its_own() -> None:
+    import orjson
+    from prometheus_client import CollectorRegistry
+
+    from driftline.drift.config import MonitorConfig
+    from driftline.drift.samples import decode_samples
+    from driftline.schemas import build_parser
+    from driftline.sinks.feature_store import MemoryFeatureStore
+    from driftline.sinks.kafka_sink import MemoryKafkaSink
+    from driftline.sinks.metrics import WorkerMetrics
+    from driftline.streams.worker.pipeline import SourcePipeline
+    from driftline.streams.worker.records import RawRecord
+
+    def version(n: int, aggregation: str) -> FeatureGroup:
+        return FeatureGroup.from_config(
+            {
+                "name": "spend",
+                "version": n,
+                "source": "transactions",
+                "entity_key": "user_id",
+                "values": {"amount": [aggregation]},
+                "windows": ["1h"],
+            }
+        )
+
+    v1, v2 = version(1, "count"), version(2, "sum")
+    store, values = MemoryFeatureStore(), MemoryKafkaSink()
+
+    def monitor(name: str, feature: str) -> MonitorConfig:
+        return MonitorConfig.from_config(
+            {"name": name, "source": "transactions", "feature": feature}
+        )
+
+    pipeline = SourcePipeline(
+        source="transactions",
+        dead_letter_topic="tx.dlq",
+        parser=build_parser(
+            encoding="json",
+            contract_path=CONTRACT,
+            entity_key="user_id",
+            event_time_field="event_time",
+            event_time_unit="ms",
+            max_event_bytes=4096,
+        ),
+        dead_letters=values,
+        store=store,
+        groups=(v1, v2),
+        metrics=WorkerMetrics(["transactions"], CollectorRegistry()),
+        monitors=(
+            monitor("old", "spend@1.amount_count_1h"),
+            monitor("new", "spend.amount_sum_1h"),
+        ),
+        values_topic="values",
+    )
+    events = [
+        {"event_id": f"e{i}", "user_id": "u1", "amount": 4.0, "category": "fuel", "event_time": t}
+        for i, t in enumerate((1_000, 2_000))
+    ]
+    await pipeline.process(
+        [
+            RawRecord("transactions", 0, i, 10_000, b"k", orjson.dumps(e), ())
+            for i, e in enumerate(events)
+        ]
+    )
+    [one] = await store.get(v1, ["u1"], as_of_ms=2_000)
+    [two] = await store.get(v2, ["u1"], as_of_ms=2_000)
+    assert (one.values, two.values) == ({"amount_count_1h": 2}, {"amount_sum_1h": 8.0})
+    sampled: dict[str, float] = {}
+    for topic, _, raw, _ in values.written:
+        if topic == "values":
+            decoded = decode_samples(raw)
+            assert decoded is not None
+            sampled[orjson.loads(raw)["m"]] = decoded[3][0][2]
+    assert sampled == {"old": 2, "new": 8.0}
