@@ -172,7 +172,9 @@ def _activate(config: Path, name: str, version: int, force: bool) -> str:
                 "activate it anyway with --force (reads of it are incomplete until then)"
             )
         notes.append(f"--force: activated although not ready ({entry.status_detail})")
-    asyncio.run(_write_active(settings, name, version))
+    replaced = asyncio.run(_write_active(settings, name, version))
+    if replaced is not None and replaced != previous and replaced in versions:
+        previous = replaced  # activated by someone else since the read above
     # switching back is refused like any activation: say --force when it will be needed
     prior, _ = version_status(
         versions[previous],

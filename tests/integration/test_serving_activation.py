@@ -165,16 +165,29 @@ async def test_a_failed_read_of_the_active_version_keeps_the_last_one(
 ) -> None:
     client, prefix = seeded
     await activate(client, prefix, "spend", 2)
-    api, active = serving(client, prefix)
-    assert (await api.features("spend", "u1", None, None, None))["version"] == 2
-    # the registry read fails from now on (a Redis that went away for this reader)
+    # the registry is read from a Redis that goes away (nothing listens on port 1)
     broken = connect_redis("redis://127.0.0.1:1/0", socket_timeout_s=0.5)
-    active._read = RedisRegistryStore(broken, prefix=prefix).active
-    active.cache_s = 0.0
+    registries = [RedisRegistryStore(client, prefix=prefix)]
+
+    async def read_active(name: str) -> int | None:
+        return await registries[-1].active(name)
+
+    active = ActiveVersions(read_active, cache_s=0.0)
+    api = FeatureApi(
+        RedisFeatureStore(client, prefix=prefix),
+        [V1, V2],
+        registry=_none,
+        ping=client.ping,
+        active=active.get,
+        clock=lambda: T,
+    )
     try:
         assert (await api.features("spend", "u1", None, None, None))["version"] == 2
+        registries.append(RedisRegistryStore(broken, prefix=prefix))
+        assert (await api.features("spend", "u1", None, None, None))["version"] == 2
+        assert active.reads == 2  # it did read again, and kept the last value
         fresh, _ = serving(client, prefix)
-        fresh.active = ActiveVersions(RedisRegistryStore(broken, prefix=prefix).active).get
+        fresh.active = ActiveVersions(read_active).get  # no earlier read to fall back to
         with pytest.raises(ApiError) as info:
             await fresh.features("spend", "u1", None, None, None)
         assert info.value.status == 503
