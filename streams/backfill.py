@@ -156,10 +156,16 @@ async def backfill(
     progress: bool = True,
     wait_s: float = 300.0,
     max_entities: int = 2_000,
+    max_rate: float | None = None,
     now_ms: Callable[[], int] | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> BackfillReport:
-    """Fill ``group_name`` (``version``) from the offline log up to its live marks."""
+    """Fill ``group_name`` (``version``) from the offline log up to its live marks.
+
+    ``max_entities``: entities per Redis script (a script blocks the Redis it runs
+    on, and the live writes and reads wait behind it); ``max_rate``: events per
+    second at most, to leave Redis to the live path.
+    """
     clock = now_ms or (lambda: int(time.time() * 1000))
     say = echo or (lambda text: print(text, file=sys.stderr))
     sources = build_sources(settings, origin)
@@ -170,6 +176,8 @@ async def backfill(
     store = feature_store(settings, client)
     try:
         job = _Job(settings, sources, store, group, src.topic, from_ms, say, clock)
+        job.max_rate = max_rate
+        job.from_given = from_text is not None
         return await job.run(progress=progress, wait_s=wait_s, max_entities=max_entities)
     except REDIS_ERRORS as exc:
         raise BackfillError(
@@ -205,6 +213,13 @@ class _Job:
         self.backoff = Backoff(0.2, 5.0)
         self._written_at = 0.0
         self._started_ms = clock()
+        self.max_rate: float | None = None
+        #: --from was given (else an earlier run's start is kept)
+        self.from_given = False
+        self._paced = 0  # events read since _pace_start
+        self._read = 0  # events read (or applied by an earlier run), of _total
+        self._total = 0
+        self._pace_start = time.monotonic()
 
     # -- preconditions --------------------------------------------------------
 
@@ -233,6 +248,8 @@ class _Job:
                 "where its live writes start is unknown: bump the version and backfill the new one"
             )
         held = record.backfill
+        if held is not None and not self.from_given:
+            self.from_ms = held.from_ms  # the default: resume (or confirm) what was started
         if held is not None and held.from_ms != self.from_ms:
             if held.state == "done":
                 raise BackfillError(
@@ -378,6 +395,7 @@ class _Job:
         total = sum(counts.values())
         states = {p: await self.store.partition_state(self.fence, p) for p in tops}
         done_before = sum(min(s.offset + 1, _of(counts, p)) for p, s in states.items())
+        self._read, self._total = done_before, total
         await self._progress("running", done_before, total, force=True)
         started = time.monotonic()
         applied = 0
@@ -485,10 +503,21 @@ class _Job:
             state = await self._write(partition, state, rank_hi, deltas)
             applied += len(chosen)
             bar.update(end - start)
-            await self._progress("running", bar.n, bar.total)
+            self._read += end - start
+            await self._pace(end - start)
+            await self._progress("running", self._read, self._total)
             start = end
         states[partition] = state
         return applied
+
+    async def _pace(self, events: int) -> None:
+        """Sleep as long as ``max_rate`` asks."""
+        if not self.max_rate:
+            return
+        self._paced += events
+        ahead = self._paced / self.max_rate - (time.monotonic() - self._pace_start)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
 
     async def _write(
         self,

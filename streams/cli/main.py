@@ -230,6 +230,19 @@ def training_set_command(
     show_default=True,
     help="seconds to wait for the workers to start the version and the archiver to catch up",
 )
+@click.option(
+    "--max-rate",
+    type=click.FloatRange(min=1, min_open=False),
+    default=None,
+    help="events per second at most (default: as fast as it goes); leaves Redis to the live path",
+)
+@click.option(
+    "--entities-per-write",
+    type=click.IntRange(1),
+    default=2_000,
+    show_default=True,
+    help="entities per Redis script: a script blocks its Redis while it runs",
+)
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @user_errors
 def backfill_command(
@@ -238,6 +251,8 @@ def backfill_command(
     version: int | None,
     from_text: str | None,
     wait_s: float,
+    max_rate: float | None,
+    entities_per_write: int,
     no_progress: bool,
 ) -> None:
     """Fill a new feature group version from the offline log, up to where the workers write it.
@@ -257,6 +272,8 @@ def backfill_command(
             from_text=from_text,
             progress=not no_progress,
             wait_s=wait_s,
+            max_rate=max_rate,
+            max_entities=entities_per_write,
         )
     )
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(report.from_ms / 1000))
