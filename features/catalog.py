@@ -204,6 +204,8 @@ def version_status(
         return "backfilling", None
     if backfill is not None and backfill.state == "done":
         return "ready", None
+    if record is not None and record.served_ms is not None:
+        return "ready", None  # served before, written since: switching back is instant
     deployed = record.first_deployed_ms if record is not None else None
     if deployed is None:
         return "warming", None
@@ -494,6 +496,11 @@ def _detail(
     if status == "ready":
         if record is not None and record.backfill is not None:
             return f"ready to activate: backfill {backfill_text(record.backfill)}"
+        if record is not None and record.served_ms is not None:
+            return (
+                f"ready to activate: served from {format_ms(record.served_ms)} on and "
+                "written since, so switching back to it is instant"
+            )
         return (
             "ready to activate: deployed longer than the group's TTL ago, so live events "
             "alone have filled every window"

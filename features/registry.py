@@ -55,6 +55,8 @@ class DeployedVersion:
     active: bool = False
     #: the progress of a backfill of this version, if one ran
     backfill: BackfillProgress | None = None
+    #: when it was first the served version (``v{N}:served_ms``; written by an activation)
+    served_ms: int | None = None
 
 
 #: The registry hash's field naming the version serving reads.
@@ -112,6 +114,11 @@ def backfill_field(version: int) -> str:
     return f"v{version}:backfill"
 
 
+def served_field(version: int) -> str:
+    """When the version was first served: a served version kept written stays complete."""
+    return f"v{version}:served_ms"
+
+
 def version_record(
     group: FeatureGroup, now_ms: int, lineage: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -140,6 +147,7 @@ def parse_records(
     seen: dict[int, list[tuple[str, int]]] = {}
     written: dict[int, int] = {}
     backfills: dict[int, BackfillProgress] = {}
+    served: dict[int, int] = {}
     active: int | None = None
     for raw_name, raw_value in fields.items():
         name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
@@ -158,6 +166,14 @@ def parse_records(
                 backfills[int(backfill[1])] = progress
             continue
         touched = re.fullmatch(r"v([1-9][0-9]*):last_write_ms", name)
+        served_at = re.fullmatch(r"v([1-9][0-9]*):served_ms", name)
+        if served_at:
+            ms = _ms(raw_value)
+            if ms is None:
+                problems.append(f"{where}: expected a time in ms")
+            else:
+                served[int(served_at[1])] = ms
+            continue
         contract = re.fullmatch(r"v([1-9][0-9]*)@(.+)", name)
         if touched or contract:
             ms = _ms(raw_value)
@@ -202,6 +218,7 @@ def parse_records(
             last_write_ms=written.get(d.version),
             active=d.version == active,
             backfill=backfills.get(d.version),
+            served_ms=served.get(d.version),
         )
         for d in out
     ]

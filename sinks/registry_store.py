@@ -24,6 +24,7 @@ from driftline.features.registry import (
     ACTIVE_FIELD,
     DeployedVersion,
     parse_records,
+    served_field,
     version_record,
 )
 from driftline.sinks.feature_store import registry_key
@@ -83,19 +84,29 @@ async def read_active(client: RedisClient, prefix: str, group: str) -> int | Non
     return _version(await client.hget(registry_key(prefix, group), ACTIVE_FIELD))
 
 
-async def activate(client: RedisClient, prefix: str, group: str, version: int) -> int | None:
+async def activate(
+    client: RedisClient, prefix: str, group: str, version: int, served: int | None = None
+) -> int | None:
     """Name ``version`` in the registry's ``active`` field; the version it named before.
 
     One ``MULTI``/``EXEC`` (``HGET`` then ``HSET`` of one key, so one slot on a
     cluster): the previous value returned is the one this write replaced.
+    ``served``: the version served until now (the lowest configured one when
+    none was activated); it and ``version`` are recorded as served
+    (``v{N}:served_ms``, first time only): a served version the workers keep
+    writing stays complete, so switching back to it needs no backfill.
     Whether the version may be activated is the caller's decision
     (``driftline registry activate``).
     """
     key = registry_key(prefix, group)
+    now_ms = int(time.time() * 1000)
     async with client.pipeline(transaction=True) as pipe:
         pipe.hget(key, ACTIVE_FIELD)
         pipe.hset(key, ACTIVE_FIELD, str(version))
-        previous, _ = await pipe.execute()
+        for v in {version, served} - {None}:
+            assert v is not None
+            pipe.hsetnx(key, served_field(v), now_ms)
+        previous, *_ = await pipe.execute()
     return _version(previous)
 
 
@@ -181,9 +192,9 @@ class RedisRegistryStore:
         """The version the registry's ``active`` field names for group ``name``."""
         return await read_active(self.client, self.prefix, name)
 
-    async def activate(self, name: str, version: int) -> int | None:
+    async def activate(self, name: str, version: int, served: int | None = None) -> int | None:
         """:func:`activate`: name ``version`` active; returns the version named before."""
-        return await activate(self.client, self.prefix, name, version)
+        return await activate(self.client, self.prefix, name, version, served)
 
 
 class MemoryRegistryStore:
@@ -212,10 +223,13 @@ class MemoryRegistryStore:
             raise ConnectionError("redis down (test double)")
         return _version(self.hashes.get(name, {}).get(ACTIVE_FIELD))
 
-    async def activate(self, name: str, version: int) -> int | None:
+    async def activate(self, name: str, version: int, served: int | None = None) -> int | None:
         fields = self.hashes.setdefault(name, {})
         previous = _version(fields.get(ACTIVE_FIELD))
         fields[ACTIVE_FIELD] = str(version)
+        for v in {version, served} - {None}:
+            assert v is not None
+            fields.setdefault(served_field(v), str(int(time.time() * 1000)))
         return previous
 
     async def deployed(

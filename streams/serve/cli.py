@@ -117,7 +117,7 @@ def activate_command(
 
 
 def _activate(config: Path, name: str, version: int, force: bool) -> str:
-    from driftline.features.catalog import build_registry, version_status
+    from driftline.features.catalog import build_registry
     from driftline.streams.serve.registry import load_catalog
 
     settings = load_settings(config)
@@ -172,32 +172,28 @@ def _activate(config: Path, name: str, version: int, force: bool) -> str:
                 "activate it anyway with --force (reads of it are incomplete until then)"
             )
         notes.append(f"--force: activated although not ready ({entry.status_detail})")
-    replaced = asyncio.run(_write_active(settings, name, version))
+    replaced = asyncio.run(_write_active(settings, name, version, previous))
     if replaced is not None and replaced != previous and replaced in versions:
         previous = replaced  # activated by someone else since the read above
-    # switching back is refused like any activation: say --force when it will be needed
-    prior, _ = version_status(
-        versions[previous],
-        next((d for d in deployed if d.version == previous), None),
-        served=False,
-        now_ms=now_ms,
-    )
+    # the previous version was served and the workers keep writing it: it stays ready
     back = f"driftline registry activate -c {config} {name} {previous}"
     lines = [
         f"{name}: active version v{previous} -> v{version} (serve replicas and FeatureClient "
         "read it within a second)",
         *notes,
-        f"switch back with: {back}" + ("" if prior == "ready" else " --force"),
+        f"switch back with: {back} (instant: v{previous} is written until it leaves the config)",
     ]
     return "\n".join(lines)
 
 
-async def _write_active(settings: Settings, name: str, version: int) -> int | None:
+async def _write_active(
+    settings: Settings, name: str, version: int, served: int | None
+) -> int | None:
     from driftline.sinks.registry_store import activate
 
     client = redis_client(settings)
     try:
-        return await activate(client, settings.redis.key_prefix, name, version)
+        return await activate(client, settings.redis.key_prefix, name, version, served)
     except REDIS_ERRORS as exc:
         raise DriftlineError(
             f"cannot write to Redis at {redact(settings.redis.url)}: {exc}"

@@ -17,8 +17,10 @@ import random
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -28,6 +30,7 @@ from driftline.features.registry import BackfillProgress
 from tests.e2e.test_archive import ArchiveProcess
 from tests.e2e.test_exactly_once import Producer, stored_offsets
 from tests.e2e.test_training_consistency import (
+    Serve,
     config_for,
     phase_events,
     same,
@@ -80,6 +83,65 @@ def _wait_progress(
             raise AssertionError(f"backfill exited with {proc.returncode} too early:\n{out}")
         time.sleep(0.1)
     raise AssertionError(f"backfill progress not past {more_than}: {held}")
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "driftline.streams.cli", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+        timeout=120,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def _statuses(config: Path) -> dict[int, tuple[str, bool]]:
+    code, out = _cli("registry", "-c", str(config), "--json")
+    assert code == 0, out
+    return {
+        e["version"]: (e["status"], e["active"])
+        for e in orjson.loads(out)["groups"]
+        if e["name"] == "spend"
+    }
+
+
+def _served(serve: Serve, user: str) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{serve.port}/v1/features/spend/{user}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        doc: dict[str, Any] = orjson.loads(response.read())
+    return doc
+
+
+def _until_served(serve: Serve, version: int) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while True:
+        doc = _served(serve, "u01")
+        if doc["version"] == version or time.monotonic() > deadline:
+            return doc
+        time.sleep(0.1)
+
+
+def _activation(tmp_path: Path, both: dict[str, Any], both_path: Path) -> None:
+    """Activate v2 and switch back: seen in the registry and in what serve answers."""
+    assert _statuses(both_path) == {1: ("active", True), 2: ("ready", False)}
+    serve = Serve(tmp_path, both)
+    try:
+        v1_doc = _served(serve, "u01")
+        assert v1_doc["version"] == 1 and "amount_count_10m" not in v1_doc["features"]
+        code, out = _cli("registry", "activate", "-c", str(both_path), "spend", "2")
+        assert code == 0, out
+        assert _statuses(both_path) == {1: ("ready", False), 2: ("active", True)}
+        v2_doc = _until_served(serve, 2)
+        assert v2_doc["version"] == 2 and v2_doc["features"]["amount_count_1h"] > 0
+        code, out = _cli("registry", "activate", "-c", str(both_path), "spend", "1")
+        assert code == 0, out
+        back = _until_served(serve, 1)
+        assert back["version"] == 1 and back["features"] == v1_doc["features"]
+        assert _statuses(both_path)[1] == ("active", True)
+    finally:
+        serve.stop()
 
 
 def test_backfilled_version_equals_an_uninterrupted_one_after_kills(
@@ -158,6 +220,7 @@ def test_backfilled_version_equals_an_uninterrupted_one_after_kills(
         worker.stop()
         archiver.stop()
         ref.stop()
+    _activation(tmp_path, both, both_path)
     users = [f"u{i:02d}" for i in range(42)]
     as_of = base + 5 * 120_000 + 1
     got = asyncio.run(read_features(redis_url, prefix, reference, "spend", users, as_of_ms=as_of))

@@ -155,8 +155,20 @@ def test_a_version_not_ready_is_refused_unless_forced(
     assert forced.stdout.splitlines() == [
         "spend: active version v1 -> v2 (serve replicas and FeatureClient read it within a second)",
         "--force: activated although not ready (backfill running: 1.2M of 3.4M events)",
-        f"switch back with: driftline registry activate -c {config} spend 1 --force",
-    ]  # v1 was deployed just now too: switching back needs --force as well
+        f"switch back with: driftline registry activate -c {config} spend 1 (instant: v1 is "
+        "written until it leaves the config)",
+    ]  # v1 was deployed just now too, but it was served and is still written: ready
+    listed = CliRunner().invoke(
+        main, ["registry", "-c", str(config), "--json"], env={"DRIFTLINE_REDIS__URL": redis_url}
+    )
+    assert listed.exit_code == 0, listed.output
+    statuses = {g["version"]: g["status"] for g in orjson.loads(listed.stdout)["groups"]}
+    assert statuses == {2: "active", 1: "ready"}
+    back = activate(config, redis_url, "spend", "1")  # no --force needed to switch back
+    assert back.exit_code == 0, back.output
+    assert reg.active() == b"1"
+    forced = activate(config, redis_url, "spend", "2", "--force")
+    assert forced.exit_code == 0, forced.output
 
     again = activate(config, redis_url, "spend", "2")
     assert again.exit_code == 0, again.output
@@ -184,7 +196,8 @@ def test_a_ready_version_is_activated_and_can_be_switched_back(
     assert switched.exit_code == 0, switched.output
     assert switched.stdout.splitlines() == [
         "spend: active version v1 -> v2 (serve replicas and FeatureClient read it within a second)",
-        f"switch back with: driftline registry activate -c {config} spend 1",
+        f"switch back with: driftline registry activate -c {config} spend 1 (instant: v1 is "
+        "written until it leaves the config)",
     ]
     assert reg.active() == b"2"
 

@@ -182,3 +182,17 @@ def test_entries_conform_to_the_served_model() -> None:
     _, entries = statuses(catalog(V1, V2), fields, T0)
     doc = {"groups": [e.as_dict() for e in entries.values()]}
     assert Registry.model_validate(doc).model_dump(by_alias=True) == doc
+
+
+def test_a_version_served_before_and_still_configured_is_ready() -> None:
+    """Switching back is instant: the workers kept writing the version it served."""
+    cat = catalog(V1, V2)
+    fields = hash_of((V1, T0), (V2, T0), active=2)
+    now = T0 + 60_000  # both deployed a minute ago: v1 alone would be warming
+    assert statuses(cat, fields, now)[0] == {2: ("active", True), 1: ("warming", False)}
+    fields[b"v1:served_ms"] = str(T0).encode()
+    got, entries = statuses(cat, fields, now)
+    assert got == {2: ("active", True), 1: ("ready", False)}
+    assert "switching back to it is instant" in entries[1].status_detail
+    # a served version no longer configured is retired all the same
+    assert statuses(catalog(V2), fields, now)[0] == {2: ("active", True), 1: ("retired", False)}
