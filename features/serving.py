@@ -117,6 +117,18 @@ def _requested(group: FeatureGroup, requested: Sequence[str]) -> tuple[str, ...]
     return tuple(dict.fromkeys(requested))
 
 
+def exact_online(as_of_ms: int, newest_event_ms: int | None, now_ms: int) -> bool:
+    """Whether the online store answers a read as of ``as_of_ms`` exactly.
+
+    It keeps what reads at or after an entity's newest event need (older buckets
+    are pruned, ``last`` is the newest value, a key expires a TTL after its last
+    write), so a read is exact when it is not in the past (``as_of_ms >= now_ms``)
+    or when the entity's newest event is at or before it.  A past read of an
+    entity without a key is not: its events may have expired.
+    """
+    return as_of_ms >= now_ms or (newest_event_ms is not None and as_of_ms >= newest_event_ms)
+
+
 def served_row(
     group: FeatureGroup, entity: str, reading: Reading, names: Sequence[str], as_of_ms: int
 ) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from driftline.features.definitions import FeatureGroup
 from driftline.features.exceptions import FeatureSelectionError
 from driftline.features.reader import Reading
 from driftline.features.registry import DeployedVersion, group_from_definition
-from driftline.features.serving import select_features, served_row
+from driftline.features.serving import exact_online, select_features, served_row
 from driftline.sinks.exceptions import PermanentError, TransientError
 from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.redis_client import REDIS_ERRORS, connect_redis
@@ -122,8 +122,10 @@ class _Backend(Protocol):
     """Rows as :func:`driftline.features.serving.served_row` makes them, one per entity."""
 
     async def read(
-        self, group: str, entities: Sequence[str], names: Sequence[str], as_of_ms: int
-    ) -> list[dict[str, Any]]: ...
+        self, group: str, entities: Sequence[str], names: Sequence[str], as_of_ms: int | None
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """The time read as of (``as_of_ms``, or now when ``None``) and the served rows."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -210,8 +212,11 @@ class _StoreBackend:
         return self._groups[(name, version)]
 
     async def read(
-        self, group: str, entities: Sequence[str], names: Sequence[str], as_of_ms: int
-    ) -> list[dict[str, Any]]:
+        self, group: str, entities: Sequence[str], names: Sequence[str], as_of_ms: int | None
+    ) -> tuple[int, list[dict[str, Any]]]:
+        now = int(time.time() * 1000)
+        past_read = as_of_ms is not None
+        as_of_ms = now if as_of_ms is None else as_of_ms
         definition = await self._group(group)
         try:
             selected = select_features(definition, names)
@@ -221,7 +226,16 @@ class _StoreBackend:
             readings = await self._store.read(definition, entities, as_of_ms)
         except REDIS_ERRORS as exc:
             raise TransientError(f"feature store unavailable: {type(exc).__name__}: {exc}") from exc
-        return [
+        for entity, reading in zip(entities, readings, strict=True):
+            if past_read and not exact_online(as_of_ms, reading.vector.newest_event_ms, now):
+                raise FeatureClientError(
+                    f"as_of_ms {as_of_ms} is in the past and before the newest stored event of "
+                    f"entity {entity!r} (or it has none): Redis answers exactly only at or after "
+                    "an entity's newest event.  Read it through driftline serve "
+                    "(FeatureClient.http), which answers from the offline log, or with "
+                    "driftline training-set"
+                )
+        return as_of_ms, [
             served_row(definition, entity, reading, selected, as_of_ms)
             for entity, reading in zip(entities, readings, strict=True)
         ]
@@ -248,17 +262,15 @@ class _HttpBackend:
         self._session: Any = None
 
     async def read(
-        self, group: str, entities: Sequence[str], names: Sequence[str], as_of_ms: int
-    ) -> list[dict[str, Any]]:
+        self, group: str, entities: Sequence[str], names: Sequence[str], as_of_ms: int | None
+    ) -> tuple[int, list[dict[str, Any]]]:
         if self._session is None:
             self._session = self._aiohttp.ClientSession(
                 headers=self._headers, timeout=self._timeout
             )
-        body: dict[str, Any] = {
-            "entities": list(entities),
-            "features": list(names),
-            "as_of_ms": as_of_ms,
-        }
+        body: dict[str, Any] = {"entities": list(entities), "features": list(names)}
+        if as_of_ms is not None:  # else the server's now: not a read in the past
+            body["as_of_ms"] = as_of_ms
         if group in self._versions:
             body["version"] = self._versions[group]
         url = f"{self._base}/v1/features/{quote(group, safe='')}:batch"
@@ -273,7 +285,7 @@ class _HttpBackend:
             message = doc.get("error", payload[:200]) if isinstance(doc, dict) else payload[:200]
             error = TransientError if status in (429, 502, 503, 504) else FeatureClientError
             raise error(f"{url}: HTTP {status}: {message}")
-        return list(doc["results"])
+        return int(doc["as_of_ms"]), list(doc["results"])
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -351,17 +363,24 @@ class AsyncFeatureClient:
     ) -> list[OnlineFeatures]:
         """The ``group:feature`` values of each entity, in the order of ``entities``.
 
-        Groups are read concurrently; all of them as of one time (``as_of_ms``,
-        default now, fixed before the first read).
+        Groups are read concurrently, as of ``as_of_ms``, or, without it, as of
+        now (each group as of the moment it is read, milliseconds apart; a read
+        "now" is never a read in the past).  A read in the past that Redis cannot
+        answer exactly (before an entity's newest event, or of an entity without
+        a key) is refused over Redis; over HTTP serve answers it from the
+        offline log, or refuses it.
         """
         if isinstance(entities, str):
             raise FeatureClientError("entities must be a list of entity keys, not a string")
         keys = [str(e) for e in entities]
         wanted = parse_refs(features)
-        at = int(time.time() * 1000) if as_of_ms is None else as_of_ms
-        reads = await asyncio.gather(
-            *(self._backend.read(group, keys, names, at) for group, names in wanted.items())
+        answers = await asyncio.gather(
+            *(self._backend.read(group, keys, names, as_of_ms) for group, names in wanted.items())
         )
+        # read "now" (no as_of_ms), each group as of the time it was read, at most the
+        # reads' few milliseconds apart; the rows carry the first
+        at = answers[0][0] if answers else int(time.time() * 1000)
+        reads = [rows for _, rows in answers]
         values: list[dict[str, Any]] = [{} for _ in keys]
         fresh: list[dict[str, str]] = [{} for _ in keys]
         newest: list[dict[str, int | None]] = [{} for _ in keys]

@@ -46,10 +46,9 @@ get its defaults, not a failure).
         stale   it is older than that: every window has decayed past it
         empty   no value stored
 
-Reads are exact for ``t >= newest_event_ms`` (the default, ``t`` = now);
-reading as of a time before the entity's newest event is approximate
-(buckets older than the newest event minus the window were pruned, and
-``last`` values are the newest, not those known at ``t``).
+Reads are exact for ``t >= newest_event_ms`` and for ``t`` not in the past (the
+default, ``t`` = now).  Any other read in the past is answered from the offline
+log (:mod:`.past`), exactly, or refused with a 409 that says why.
 """
 
 from __future__ import annotations
@@ -71,6 +70,7 @@ from driftline.sinks.metrics import ServeMetrics
 from driftline.sinks.redis_client import REDIS_ERRORS
 from driftline.streams.errors import DriftlineError
 from driftline.streams.serve.models import BatchRequest
+from driftline.streams.serve.past import PastReader, PastReadRefused
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,12 @@ class FeatureApi:
         token: str | None = None,
         clock: Clock = _now_ms,
         metrics: ServeMetrics | None = None,
+        past: PastReader | None = None,
     ) -> None:
+        """``past``: answers reads in the past the online store cannot answer exactly
+        (:mod:`.past`); without it they are refused (409)."""
         self.metrics = metrics if metrics is not None else ServeMetrics()
+        self.past = past
         self.store = store
         listed = groups.values() if isinstance(groups, Mapping) else groups
         #: every configured version of each group name, ascending
@@ -195,8 +199,14 @@ class FeatureApi:
             raise ApiError(400, str(exc)) from None
 
     async def _read(
-        self, group: FeatureGroup, entities: Sequence[str], names: Sequence[str], as_of: int
+        self,
+        group: FeatureGroup,
+        entities: Sequence[str],
+        names: Sequence[str],
+        as_of: int,
+        now: int,
     ) -> list[dict[str, Any]]:
+        """Rows as of ``as_of``; ``now``: the request's time (``as_of`` when none was asked)."""
         try:
             readings = await self.store.read(group, entities, as_of)
         except MaxConnectionsError as exc:
@@ -210,10 +220,47 @@ class FeatureApi:
         except CodecError as exc:
             log.error("undecodable state in group %s v%s: %s", group.name, group.version, exc)
             raise ApiError(500, f"stored state cannot be decoded: {exc}") from None
+        past = [
+            i
+            for i, r in enumerate(readings)
+            if not serving.exact_online(as_of, r.vector.newest_event_ms, now)
+        ]
+        if past:
+            readings = list(readings)
+            answered = await self._read_past(group, entities, past, as_of)
+            for i, reading in zip(past, answered, strict=True):
+                readings[i] = reading
         return [
             serving.served_row(group, entity, reading, names, as_of)
             for entity, reading in zip(entities, readings, strict=True)
         ]
+
+    async def _read_past(
+        self, group: FeatureGroup, entities: Sequence[str], past: list[int], as_of: int
+    ) -> list[Reading]:
+        """The readings the online store cannot give exactly, from the offline log (or 409)."""
+        first = entities[past[0]]
+        if self.past is None:
+            raise ApiError(
+                409,
+                f"as_of {as_of} is in the past and before the newest stored event of entity "
+                f"{first!r} (or it has none): the online store answers exactly only at or after "
+                "an entity's newest event.  Such reads are answered from the offline log when "
+                "serve has one (offline.path, written by driftline archive); or read as of a "
+                "later time",
+            )
+        try:
+            return await self.past.read(group, [entities[i] for i in past], as_of)
+        except PastReadRefused as exc:
+            raise ApiError(
+                409,
+                f"as_of {as_of} is in the past and before the newest stored event of entity "
+                f"{first!r} (or it has none), so only the offline log answers it exactly, and "
+                f"it cannot now: {exc}",
+            ) from None
+        except REDIS_ERRORS as exc:
+            self._warn_redis(exc)
+            raise ApiError(503, f"feature store unavailable ({type(exc).__name__})") from None
 
     async def features(
         self,
@@ -229,8 +276,9 @@ class FeatureApi:
         names = self.select(group, listed(features), listed(windows))
         if entity == "":
             raise ApiError(404, "no entity key in the path: /v1/features/{group}/{entity}")
-        at = self.clock() if as_of_ms is None else as_of_ms
-        (result,) = await self._read(group, [entity], names, at)
+        now = self.clock()
+        at = now if as_of_ms is None else as_of_ms
+        (result,) = await self._read(group, [entity], names, at, now)
         return {"group": group.name, "version": group.version, "as_of_ms": at, **result}
 
     async def batch(self, group_name: str, request: BatchRequest) -> dict[str, Any]:
@@ -243,8 +291,9 @@ class FeatureApi:
                 f"got {len(request.entities)}: split the batch",
             )
         names = self.select(group, request.features, request.windows)
-        at = self.clock() if request.as_of_ms is None else request.as_of_ms
-        results = await self._read(group, request.entities, names, at)
+        now = self.clock()
+        at = now if request.as_of_ms is None else request.as_of_ms
+        results = await self._read(group, request.entities, names, at, now)
         return {"group": group.name, "version": group.version, "as_of_ms": at, "results": results}
 
     async def registry_entries(self) -> dict[str, Any]:

@@ -78,6 +78,7 @@ from driftline.streams.serve.models import (
     Ready,
     Registry,
 )
+from driftline.streams.serve.past import past_reader
 from driftline.streams.serve.registry import RegistryReader
 from driftline.streams.settings import Settings
 from driftline.streams.sockets import bind_socket
@@ -101,6 +102,9 @@ def _json(document: dict[str, Any]) -> Response:
 def _responses(*statuses: int, token: bool) -> dict[int | str, dict[str, Any]]:
     described = {
         400: "Unknown feature or window name, bad as_of, or a bad body",
+        409: "as_of is in the past and before an entity's newest stored event (or the entity "
+        "has no key), and the offline log cannot answer it exactly now (none, or behind "
+        "the worker)",
         401: "Missing or wrong bearer token",
         404: "Unknown feature group, or a version of it that is not configured",
         413: "Too many entities or too large a body",
@@ -150,7 +154,7 @@ def build_app(api: FeatureApi) -> FastAPI:
         description="An unknown entity is not an error: counts 0, sums 0.0, other aggregates "
         "null, newest_event_ms null.",
         response_model=FeatureVector,
-        responses=_responses(400, 404, 503, token=has_token),
+        responses=_responses(400, 404, 409, 503, token=has_token),
         dependencies=secured,
     )
     async def get_features(
@@ -191,7 +195,7 @@ def build_app(api: FeatureApi) -> FastAPI:
         description=f"At most {api.max_batch_entities} entities and {api.max_body_bytes} "
         "bytes per request.",
         response_model=BatchResponse,
-        responses=_responses(400, 404, 413, 503, token=has_token),
+        responses=_responses(400, 404, 409, 413, 503, token=has_token),
         dependencies=secured,
     )
     async def get_batch(group: GroupName, body: BatchRequest) -> Response:
@@ -279,8 +283,9 @@ def create_app(settings: Settings, catalog: Catalog) -> FastAPI:
     client = redis_client(settings)
     serve = settings.serve
     records = RedisRegistryStore(client, prefix=catalog.prefix)
+    store = feature_store(settings, client)
     api = FeatureApi(
-        feature_store(settings, client),
+        store,
         catalog.groups,
         registry=RegistryReader(records, catalog).entries,
         ping=client.ping,
@@ -288,6 +293,7 @@ def create_app(settings: Settings, catalog: Catalog) -> FastAPI:
         max_batch_entities=serve.max_batch_entities,
         max_body_bytes=serve.max_body_bytes,
         token=serve.token.get_secret_value() if serve.token is not None else None,
+        past=past_reader(settings, store),
     )
     app = build_app(api)
 

@@ -312,18 +312,31 @@ def test_window_selection(open_server: Server) -> None:
 
 def test_batch_in_request_order(open_server: Server) -> None:
     body = {
-        "entities": ["u2", "ghost", "u1"],
+        "entities": ["u2", "u3", "u1"],
         "features": ["amount_count_5m", "category_last"],
         "as_of_ms": T,
     }
     status, _, doc = open_server.call("POST", "/v1/features/spend:batch", body)
     assert status == 200
     assert (doc["group"], doc["version"], doc["as_of_ms"]) == ("spend", 2, T)
-    assert [r["entity"] for r in doc["results"]] == ["u2", "ghost", "u1"]
+    assert [r["entity"] for r in doc["results"]] == ["u2", "u3", "u1"]
     assert [r["features"]["amount_count_5m"] for r in doc["results"]] == [1, 0, 3]
-    assert [r["newest_event_ms"] for r in doc["results"]] == [T - 200_000, None, T]
-    assert doc["results"][1]["freshness"] == {"amount_count_5m": "empty", "category_last": "empty"}
+    assert [r["newest_event_ms"] for r in doc["results"]][::2] == [T - 200_000, T]
     conforms(open_server.call("GET", "/openapi.json")[2], "BatchResponse", doc)
+    # an unknown entity read now: empty; read in the past: its events may have expired
+    now = open_server.call("POST", "/v1/features/spend:batch", {**body, "as_of_ms": None})
+    assert now[0] == 200 and [r["entity"] for r in now[2]["results"]] == ["u2", "u3", "u1"]
+    ghost = {**body, "entities": ["u2", "ghost"]}
+    status, _, doc = open_server.call("POST", "/v1/features/spend:batch", ghost)
+    assert status == 409, doc  # serve has no offline log here to answer it from
+    assert "before the newest stored event of entity 'ghost' (or it has none)" in doc["error"]
+    assert "no offline log of source" in doc["error"]
+    status, _, doc = open_server.call(
+        "POST", "/v1/features/spend:batch", {**ghost, "as_of_ms": None}
+    )
+    assert status == 200
+    assert doc["results"][1]["newest_event_ms"] is None
+    assert doc["results"][1]["freshness"] == {"amount_count_5m": "empty", "category_last": "empty"}
     # all features by default, integer keys as strings, at the limit of 3
     everything = open_server.call(
         "POST", "/v1/features/spend:batch", {"entities": ["u1", 7, "u3"]}
@@ -657,11 +670,11 @@ CLIENT_FEATURES = ["spend:amount_mean_5m", "spend:category_last", "spend:amount_
 def test_feature_client_over_redis_and_over_http_give_the_served_answer(
     open_server: Server, locked_server: Server, redis_url: str, prefix: str
 ) -> None:
-    from driftline import FeatureClient
+    from driftline import FeatureClient, FeatureClientError
 
     served = [
         open_server.call("GET", f"/v1/features/spend/{entity}?as_of={T}")[2]
-        for entity in ("u1", "u2", "nobody")
+        for entity in ("u1", "u2", "u3")
     ]
     clients = [
         FeatureClient.redis(redis_url, prefix=prefix),  # the registry's highest version: v2
@@ -670,14 +683,17 @@ def test_feature_client_over_redis_and_over_http_give_the_served_answer(
     ]
     try:
         answers = [
-            c.get_online_features(["u1", "u2", "nobody"], CLIENT_FEATURES, as_of_ms=T)
-            for c in clients
+            c.get_online_features(["u1", "u2", "u3"], CLIENT_FEATURES, as_of_ms=T) for c in clients
         ]
+        # a past read neither can answer exactly is refused by every reader alike
+        for c in clients:
+            with pytest.raises(FeatureClientError, match="or it has none"):
+                c.get_online_features(["u1", "nobody"], CLIENT_FEATURES, as_of_ms=T)
     finally:
         for c in clients:
             c.close()
     for rows in answers:
-        assert [r.entity for r in rows] == ["u1", "u2", "nobody"]
+        assert [r.entity for r in rows] == ["u1", "u2", "u3"]
         for row, doc in zip(rows, served, strict=True):
             assert row.as_of_ms == T
             assert list(row.values) == CLIENT_FEATURES  # in the order asked
@@ -696,8 +712,8 @@ async def test_async_feature_client_reads_a_pinned_version_and_explains_mistakes
     from driftline import AsyncFeatureClient, FeatureClientError
 
     async with AsyncFeatureClient.redis(redis_url, prefix=prefix, versions={"spend": 1}) as client:
-        # version 1 has no data under this prefix: empty, not an error
-        [row] = await client.get_online_features(["u1"], ["spend:amount_count_5m"], as_of_ms=T)
+        # version 1 has no data under this prefix: empty (read now), not an error
+        [row] = await client.get_online_features(["u1"], ["spend:amount_count_5m"])
         assert row.values == {"spend:amount_count_5m": 0}
         assert row.freshness == {"spend:amount_count_5m": "empty"}
         with pytest.raises(FeatureClientError, match=r"unknown feature.*amount_mean_1h"):
