@@ -13,8 +13,10 @@ On one Redis and on the sharded layout; interrupted and resumed too.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import random
+import tempfile
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Sequence
@@ -24,6 +26,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import apply_delta, build_deltas, read_features
@@ -84,12 +88,14 @@ def _config(tmp: Path, url: str, prefix: str, shards: int, cluster: bool) -> Pat
     return path
 
 
-def _events(rng: random.Random, partitions: int, n: int) -> dict[int, list[ParsedEvent]]:
+def _events(
+    rng: random.Random, partitions: int, n: int, base: int = T0
+) -> dict[int, list[ParsedEvent]]:
     """Events keyed by user, each user on one partition (as Kafka keys them); many ties."""
     out: dict[int, list[ParsedEvent]] = {p: [] for p in range(partitions)}
     for _ in range(n):
         user = f"u{rng.randint(0, 40)}"
-        t = T0 + rng.randint(0, 40) * 1000  # 41 distinct times: many ties, at the newest too
+        t = base + rng.randint(0, 40) * 1000  # 41 distinct times: many ties, at the newest too
         data: dict[str, Any] = {
             "user_id": user,
             "amount": round(rng.uniform(0, 100), 2),
@@ -171,13 +177,18 @@ def _same(a: Any, b: Any) -> bool:
 
 
 async def _prepare(
-    client: RedisClient, config: Path, shards: int, seed: int
+    client: RedisClient,
+    config: Path,
+    shards: int,
+    seed: int,
+    events: dict[int, list[ParsedEvent]] | None = None,
+    handovers: dict[int, int] | None = None,
 ) -> tuple[RedisFeatureStore, FeatureGroup, dict[int, list[ParsedEvent]], int]:
     """Log, registry and live writes; returns the events and how many are the backfill's."""
     settings = load_settings(config)
     rng = random.Random(seed)
     v1, v2 = FeatureGroup.from_config(V1), FeatureGroup.from_config(V2)
-    events = _events(rng, 3, 1500)
+    events = _events(rng, 3, 1500) if events is None else events
     log = OfflineLog(settings.offline.path)
     layout = LogLayout.from_declared(
         {
@@ -197,7 +208,8 @@ async def _prepare(
     store = RedisFeatureStore(client, prefix=settings.redis.key_prefix, shards=shards)
     await store.check_layout()
     await store.register(v2)
-    handovers = {0: -1, 1: rng.randint(100, 400), 2: len(events[2]) - 1}
+    if handovers is None:
+        handovers = {0: -1, 1: rng.randint(100, 400), 2: len(events[2]) - 1}
     for p, evs in events.items():
         await _live(store, v1, v2, evs, p, handovers[p], rng, adopt=p != 1)
     return store, v2, events, sum(h + 1 for h in handovers.values())
@@ -208,9 +220,11 @@ def _from() -> str:
 
 
 async def _check(
-    store: RedisFeatureStore, v2: FeatureGroup, events: dict[int, list[ParsedEvent]]
+    store: RedisFeatureStore,
+    v2: FeatureGroup,
+    events: dict[int, list[ParsedEvent]],
+    at: int = T0 + 401_000,
 ) -> None:
-    at = T0 + 401_000
     want = _reference(v2, events, at)
     users = sorted(want)
     got = await store.get(v2, users, as_of_ms=at)
@@ -300,3 +314,57 @@ async def test_backfill_refuses_what_it_cannot_do_right(
     await client.hset(key, "v2", orjson.dumps(doc))
     with pytest.raises(BackfillError, match="without live marks"):
         await backfill(settings, str(config), "spend", from_text=_from(), progress=False)
+
+
+#: Midnight UTC (2023-11-15): events around it fall on two event days.
+MIDNIGHT = 1_700_006_400_000
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+async def test_any_handover_and_any_interruption_give_the_uninterrupted_version(
+    redis_url: str, data: st.DataObject
+) -> None:
+    """Random streams over a day boundary, handover points, write sizes and a crash."""
+    seed = data.draw(st.integers(0, 10_000), label="seed")
+    rng = random.Random(seed)
+    events = _events(rng, 2, data.draw(st.integers(50, 400), label="events"), MIDNIGHT - 20_000)
+    handovers = {
+        p: data.draw(st.integers(-1, len(evs) - 1), label=f"handover {p}")
+        for p, evs in events.items()
+    }
+    per_write = data.draw(st.integers(1, 12), label="entities per write")
+    crash_at = data.draw(st.integers(1, 30), label="crash at write")
+    with tempfile.TemporaryDirectory() as tmp:
+        client = connect_redis(redis_url)
+        prefix = f"bfh{uuid.uuid4().hex[:6]}"
+        config = _config(Path(tmp), redis_url, prefix, 1, False)
+        try:
+            store, v2, events, _ = await _prepare(client, config, 1, seed, events, handovers)
+            real = RedisFeatureStore.apply
+            calls = 0
+
+            async def crashing(self: RedisFeatureStore, source: str, *a: Any, **k: Any) -> Any:
+                nonlocal calls
+                if source == backfill_source(SOURCE, v2):
+                    calls += 1
+                    if calls == crash_at:
+                        raise _Crash
+                return await real(self, source, *a, **k)
+
+            since = dt.datetime.fromtimestamp((MIDNIGHT - 60_000) / 1000, dt.UTC).isoformat()
+            run = functools.partial(
+                backfill, load_settings(config), str(config), "spend",
+                from_text=since, progress=False, max_entities=per_write,
+            )  # fmt: skip
+            RedisFeatureStore.apply = crashing  # type: ignore[method-assign]
+            try:
+                await run()
+            except EffectFailed as exc:
+                assert isinstance(exc.cause, _Crash)
+            finally:
+                RedisFeatureStore.apply = real  # type: ignore[method-assign]
+            await run()
+            await _check(store, v2, events, MIDNIGHT + 21_000)
+        finally:
+            await client.aclose()
