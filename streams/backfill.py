@@ -75,6 +75,8 @@ log = logging.getLogger(__name__)
 
 #: How often the registry's progress record is written.
 _PROGRESS_EVERY_S = 1.0
+#: Rows of the log turned into Python events at a time.
+_CHUNK = 50_000
 
 
 class BackfillError(DriftlineError):
@@ -155,7 +157,7 @@ async def backfill(
     from_text: str | None = None,
     progress: bool = True,
     wait_s: float = 300.0,
-    max_entities: int = 2_000,
+    max_entities: int = 500,
     max_rate: float | None = None,
     now_ms: Callable[[], int] | None = None,
     echo: Callable[[str], None] | None = None,
@@ -454,14 +456,35 @@ class _Job:
         max_entities: int,
         bar: Any,
     ) -> int:
-        """Apply one day of a partition (``rows``: newest offset first, ranks from ``rank0``)."""
+        """Apply one day of a partition (``rows``: newest offset first, ranks from ``rank0``).
+
+        Events become Python objects :data:`_CHUNK` rows at a time (they take ten
+        times the memory of the columns); a write is at most ``max_entities``
+        entities and never spans two chunks.
+        """
+        skip = max(0, states[partition].offset + 1 - rank0)  # applied by an earlier run
+        applied = 0
+        for lo in range(skip, rows.height, _CHUNK):
+            applied += await self._apply_chunk(
+                partition, rows.slice(lo, _CHUNK), rank0 + lo, states, layout, max_entities, bar
+            )
+        return applied
+
+    async def _apply_chunk(
+        self,
+        partition: int,
+        rows: pl.DataFrame,
+        rank0: int,
+        states: dict[int, PartitionState],
+        layout: LogLayout,
+        max_entities: int,
+        bar: Any,
+    ) -> int:
         group = self.group
         state = states[partition]
         marks = self._shard_marks[partition]
         shards = self.store.layout.shards
         source_key = self.sources.parsers[self.source].entity_key
-        skip = max(0, state.offset + 1 - rank0)  # ranks applied by an earlier run (counted)
-        rows = rows.slice(skip)
         offsets = rows["_offset"].to_list()
         events = list(layout.events(rows.to_arrow()))
         if group.entity_key != source_key:
@@ -485,34 +508,34 @@ class _Job:
                         break
                     seen.add(e)
                 end += 1
-            rank_hi = rank0 + skip + end - 1
             chosen: list[ParsedEvent] = []
             for i in range(end - 1, start - 1, -1):  # offset order within the write
                 entity = entities[i]
                 if entity is None:
                     continue
                 shard = shard_of(entity, shards)
-                rank = rank0 + skip + i
-                if offsets[i] <= marks.get(shard, -1) and rank > state.ahead.get(shard, -1):
+                if offsets[i] <= marks.get(shard, -1) and rank0 + i > state.ahead.get(shard, -1):
                     chosen.append(events[i])
             encoded = build_encoded(group, chosen)
             delta: Mapping[str, Delta] = (
                 encoded if encoded is not None else build_deltas(group, chosen)
             )
-            deltas = [(group, delta)]
-            state = await self._write(partition, state, rank_hi, deltas)
+            state = await self._write(partition, state, rank0 + end - 1, [(group, delta)])
+            states[partition] = state
             applied += len(chosen)
             bar.update(end - start)
             self._read += end - start
             await self._pace(end - start)
             await self._progress("running", self._read, self._total)
             start = end
-        states[partition] = state
         return applied
 
     async def _pace(self, events: int) -> None:
         """Sleep as long as ``max_rate`` asks."""
         if not self.max_rate:
+            return
+        if self._pace_start is None:  # the clock starts after the first write, not before
+            self._pace_start = time.monotonic()  # the waits for marks and the log
             return
         self._paced += events
         ahead = self._paced / self.max_rate - (time.monotonic() - self._pace_start)

@@ -234,14 +234,16 @@ def training_set_command(
     "--max-rate",
     type=click.FloatRange(min=1, min_open=False),
     default=None,
-    help="events per second at most (default: as fast as it goes); leaves Redis to the live path",
+    help="events per second at most (default: as fast as it goes), paced between writes; "
+    "with a small --entities-per-write it bounds what the backfill takes from the live path",
 )
 @click.option(
     "--entities-per-write",
     type=click.IntRange(1),
-    default=2_000,
+    default=500,
     show_default=True,
-    help="entities per Redis script: a script blocks its Redis while it runs",
+    help="entities per Redis script: a script blocks its Redis (and the live writes and "
+    "reads) while it runs, about 30 us per entity",
 )
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @user_errors

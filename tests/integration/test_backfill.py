@@ -183,6 +183,7 @@ async def _prepare(
     seed: int,
     events: dict[int, list[ParsedEvent]] | None = None,
     handovers: dict[int, int] | None = None,
+    unassigned: int | None = 1,
 ) -> tuple[RedisFeatureStore, FeatureGroup, dict[int, list[ParsedEvent]], int]:
     """Log, registry and live writes; returns the events and how many are the backfill's."""
     settings = load_settings(config)
@@ -211,7 +212,7 @@ async def _prepare(
     if handovers is None:
         handovers = {0: -1, 1: rng.randint(100, 400), 2: len(events[2]) - 1}
     for p, evs in events.items():
-        await _live(store, v1, v2, evs, p, handovers[p], rng, adopt=p != 1)
+        await _live(store, v1, v2, evs, p, handovers[p], rng, adopt=p != unassigned)
     return store, v2, events, sum(h + 1 for h in handovers.values())
 
 
@@ -282,7 +283,7 @@ async def test_an_interrupted_backfill_resumes_without_counting_twice(
     with pytest.raises(EffectFailed) as crash:  # writes of at most 5 entities: many of them
         await backfill(
             load_settings(config), str(config), "spend", from_text=_from(), progress=False,
-            max_entities=5,
+            max_entities=5, wait_s=5,
         )  # fmt: skip
     assert isinstance(crash.value.cause, _Crash)
     raw = await client.hget(store.layout.registry_key("spend"), backfill_field(2))
@@ -291,7 +292,7 @@ async def test_an_interrupted_backfill_resumes_without_counting_twice(
     monkeypatch.setattr(RedisFeatureStore, "apply", real)
     report = await backfill(
         load_settings(config), str(config), "spend", from_text=_from(), progress=False,
-        max_entities=7,
+        max_entities=7, wait_s=5,
     )  # fmt: skip
     assert report.resumed > 0 and report.applied > 0
     await _check(store, v2, events)
@@ -340,7 +341,10 @@ async def test_any_handover_and_any_interruption_give_the_uninterrupted_version(
         prefix = f"bfh{uuid.uuid4().hex[:6]}"
         config = _config(Path(tmp), redis_url, prefix, 1, False)
         try:
-            store, v2, events, _ = await _prepare(client, config, 1, seed, events, handovers)
+            # every partition assigned to a worker with v2 (it marks them all)
+            store, v2, events, _ = await _prepare(
+                client, config, 1, seed, events, handovers, unassigned=None
+            )
             real = RedisFeatureStore.apply
             calls = 0
 
@@ -355,7 +359,7 @@ async def test_any_handover_and_any_interruption_give_the_uninterrupted_version(
             since = dt.datetime.fromtimestamp((MIDNIGHT - 60_000) / 1000, dt.UTC).isoformat()
             run = functools.partial(
                 backfill, load_settings(config), str(config), "spend",
-                from_text=since, progress=False, max_entities=per_write,
+                from_text=since, progress=False, max_entities=per_write, wait_s=5,
             )  # fmt: skip
             RedisFeatureStore.apply = crashing  # type: ignore[method-assign]
             try:
