@@ -256,9 +256,3 @@ def group_from_definition(definition: Mapping[str, Any]) -> FeatureGroup | None:
         )
     except (KeyError, TypeError, ValueError, FeatureDefinitionError):
         return None
-
-
-def latest(versions: list[DeployedVersion]) -> DeployedVersion | None:
-    """The highest version with a usable definition."""
-    usable = [v for v in versions if group_from_definition(v.definition) is not None]
-    return max(usable, key=lambda v: v.version, default=None)
