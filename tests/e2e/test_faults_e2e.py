@@ -347,9 +347,12 @@ def test_a_permanent_redis_error_fails_the_worker_loudly(
     config = fault_config(kafka_bootstrap, server.url, suffix)
     config["redis"]["username"] = "noscripts"
     worker = WorkerProcess(tmp_path, config, env={"DRIFTLINE_REDIS__PASSWORD": "s3cret-pw"})
-    worker.start()
     try:
-        asyncio.run(produce(kafka_bootstrap, f"tx-{suffix}", good_events(suffix, 20, 0)))
+        try:
+            worker.start()
+            asyncio.run(produce(kafka_bootstrap, f"tx-{suffix}", good_events(suffix, 20, 0)))
+        except AssertionError:
+            pass  # it may fail before it is ready: it writes live marks when assigned partitions
         assert worker.proc is not None
         code = worker.proc.wait(timeout=120)
     finally:
