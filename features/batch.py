@@ -42,21 +42,21 @@ from __future__ import annotations
 import itertools
 import operator
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from driftline.features.definitions import FeatureGroup
-from driftline.features.engine import collect_last
-from driftline.features.state import EncodedDelta
+from driftline.features.engine import build_deltas, collect_last
+from driftline.features.state import Delta, EncodedDelta
 from driftline.features.stats import MAX_ABS_VALUE
 
 if TYPE_CHECKING:
     from driftline.schemas.parser import ParsedEvent
 
-__all__ = ["build_encoded"]
+__all__ = ["build_batch", "build_encoded"]
 
 _EXACT = 2**53
 _FLOATS = {float}
@@ -70,6 +70,13 @@ _data = operator.itemgetter(2)
 Floats = npt.NDArray[np.float64]
 Mask = npt.NDArray[np.bool_]
 Ints = npt.NDArray[np.int64]
+
+
+def build_batch(group: FeatureGroup, events: Sequence[ParsedEvent]) -> Mapping[str, Delta]:
+    """A batch's deltas: with numpy and already encoded where the group allows it
+    (:func:`build_encoded`), else :func:`~driftline.features.engine.build_deltas`."""
+    encoded = build_encoded(group, events)
+    return encoded if encoded is not None else build_deltas(group, events)
 
 
 def build_encoded(

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -53,6 +53,7 @@ from driftline.sinks.exceptions import PermanentError, SinkError, TransientError
 if TYPE_CHECKING:
     import polars as pl
 
+    from driftline.features.definitions import FeatureGroup
     from driftline.schemas.parser import ParsedEvent
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "LogFenceError",
     "LogLayout",
     "OfflineLog",
+    "columns_for",
 ]
 
 Kind = Literal["float", "int", "string", "bool", "json"]
@@ -78,6 +80,7 @@ _ARROW: dict[Kind, pa.DataType] = {
     "json": pa.string(),
 }
 _US = pa.timestamp("us", tz="UTC")
+_READ_META = ("_entity", "_event_time", "_partition", "_offset", "_extra")
 _EXACT_INT = 1 << 53
 _DAY_MS = 86_400_000
 _EPOCH = dt.date(1970, 1, 1)
@@ -250,6 +253,24 @@ class LogLayout:
             if extra is not None and extra[i] is not None:
                 data.update(_loads(extra[i]))
             yield ParsedEvent(entities[i], times[i], data)
+
+
+def columns_for(
+    groups: Iterable[FeatureGroup], source_key: str, have: Collection[str]
+) -> list[str]:
+    """The columns a reader of ``groups``' events selects from a table with columns ``have``.
+
+    The fields the groups aggregate (and the entity key of a group keyed by
+    another field than the source's ``source_key``) that the table has, then
+    what :meth:`LogLayout.events` and an offset order need.
+    """
+    wanted: set[str] = set()
+    for group in groups:
+        g = group.layout
+        wanted |= set(g.value_fields) | set(g.distinct_fields) | set(g.last_fields)
+        if group.entity_key != source_key:
+            wanted.add(group.entity_key)
+    return [*sorted(n for n in wanted if n in have), *_READ_META]
 
 
 def day_of(ms: int) -> dt.date:

@@ -51,18 +51,20 @@ import orjson
 import polars as pl
 from tqdm import tqdm
 
-from driftline.features.batch import build_encoded
+from driftline.features.batch import build_batch
+from driftline.features.catalog import format_ms
 from driftline.features.definitions import FeatureGroup
 from driftline.features.durations import parse_duration
-from driftline.features.engine import build_deltas, rekey
+from driftline.features.engine import rekey
 from driftline.features.exceptions import FeatureDefinitionError
 from driftline.features.keys import shard_of
-from driftline.features.registry import BackfillProgress, backfill_field, parse_records
+from driftline.features.registry import BackfillProgress, backfill_field
 from driftline.features.state import Delta
 from driftline.schemas import ParsedEvent
 from driftline.sinks.feature_store import PartitionState, RedisFeatureStore
-from driftline.sinks.offline_log import LogLayout, OfflineLog
+from driftline.sinks.offline_log import LogLayout, OfflineLog, columns_for
 from driftline.sinks.redis_client import REDIS_ERRORS
+from driftline.sinks.registry_store import read_deployed
 from driftline.streams.clients import feature_store, redis_client
 from driftline.streams.errors import ConfigError, DriftlineError
 from driftline.streams.settings import Settings
@@ -173,14 +175,22 @@ async def backfill(
     sources = build_sources(settings, origin)
     group = pick_version(sources, group_name, version)
     from_ms = parse_from(from_text, group, clock())
-    src = next(s for s in settings.sources if s.name == group.source)
     client = redis_client(settings)
     store = feature_store(settings, client)
+    job = _Job(
+        settings,
+        sources,
+        store,
+        group,
+        from_ms,
+        from_given=from_text is not None,
+        max_entities=max_entities,
+        max_rate=max_rate,
+        say=say,
+        clock=clock,
+    )
     try:
-        job = _Job(settings, sources, store, group, src.topic, from_ms, say, clock)
-        job.max_rate = max_rate
-        job.from_given = from_text is not None
-        return await job.run(progress=progress, wait_s=wait_s, max_entities=max_entities)
+        return await job.run(progress=progress, wait_s=wait_s)
     except REDIS_ERRORS as exc:
         raise BackfillError(
             f"Redis failed during the backfill: {type(exc).__name__}: {exc}"
@@ -196,41 +206,46 @@ class _Job:
         sources: Sources,
         store: RedisFeatureStore,
         group: FeatureGroup,
-        topic: str,
         from_ms: int,
+        *,
+        from_given: bool,
+        max_entities: int,
+        max_rate: float | None,
         say: Callable[[str], None],
         clock: Callable[[], int],
     ) -> None:
-        self.settings = settings
         self.sources = sources
         self.store = store
         self.group = group
         self.source = group.source
-        self.topic = topic
+        self.topic = next(s.topic for s in settings.sources if s.name == group.source)
         self.from_ms = from_ms
+        #: --from was given (else an earlier run's start is kept)
+        self.from_given = from_given
+        self.max_entities = max_entities
+        self.max_rate = max_rate
         self.say = say
         self.clock = clock
         self.fence = backfill_source(group.source, group)
         self.log = OfflineLog(settings.offline.path)
+        self.layout = LogLayout.from_declared(declared_types(sources.parsers[group.source]))
         self.backoff = Backoff(0.2, 5.0)
         self._written_at = 0.0
         self._started_ms = clock()
-        self.max_rate: float | None = None
-        #: --from was given (else an earlier run's start is kept)
-        self.from_given = False
-        self._paced = 0  # events read since _pace_start
         self._read = 0  # events read (or applied by an earlier run), of _total
         self._total = 0
-        self._pace_start = time.monotonic()
+        self._paced = 0  # events written since _pace_start
+        self._pace_start: float | None = None  # after the first write
+        self._bar: Any = None
 
     # -- preconditions --------------------------------------------------------
 
     async def _record(self) -> BackfillProgress | None:
         """Check the registry record of the version; the progress of an earlier run."""
         g = self.group
-        key = self.store.layout.registry_key(g.name)
-        fields = await self.store.client.hgetall(key)
-        versions, _ = parse_records(g.name, fields or {})
+        versions, _ = await read_deployed(
+            self.store.client, self.store.prefix, [g.name], scan=False
+        )
         record = next((v for v in versions if v.version == g.version), None)
         if record is None:
             raise BackfillError(
@@ -256,11 +271,11 @@ class _Job:
             if held.state == "done":
                 raise BackfillError(
                     f"{g.name} v{g.version} is backfilled already (from "
-                    f"{_fmt(held.from_ms)}); a version is backfilled once"
+                    f"{format_ms(held.from_ms)}); a version is backfilled once"
                 )
             raise BackfillError(
-                f"a backfill of {g.name} v{g.version} from {_fmt(held.from_ms)} was started "
-                f"and not finished: resume it with --from {_iso(held.from_ms)}"
+                f"a backfill of {g.name} v{g.version} from {format_ms(held.from_ms)} was started "
+                f"and not finished: resume it with --from {iso_ms(held.from_ms)}"
             )
         return held
 
@@ -377,10 +392,10 @@ class _Job:
                 f"the offline log of source {self.source} starts after --from on partition(s) "
                 f"{_few([p for p, _ in late])} (its first events are not the topic's first): "
                 f"older events are not in the log.  Backfill from where it starts with --from "
-                f"{_iso(starts)}, knowing windows reaching before it are short"
+                f"{iso_ms(starts)}, knowing windows reaching before it are short"
             )
 
-    async def run(self, *, progress: bool, wait_s: float, max_entities: int) -> BackfillReport:
+    async def run(self, *, progress: bool, wait_s: float) -> BackfillReport:
         g = self.group
         await self.store.check_layout()
         held = await self._record()
@@ -401,7 +416,6 @@ class _Job:
         await self._progress("running", done_before, total, force=True)
         started = time.monotonic()
         applied = 0
-        layout = LogLayout.from_declared(declared_types(self.sources.parsers[self.source]))
         with tqdm(
             total=total,
             initial=done_before,
@@ -409,7 +423,7 @@ class _Job:
             desc=f"{g.name} v{g.version}",
             file=sys.stderr,
             disable=not progress or None,
-        ) as bar:
+        ) as self._bar:
             # ranks so far per partition: the rows of newer days
             before: dict[int, int] = dict.fromkeys(tops, 0)
             for day in sorted({d for d, _ in counts}, reverse=True):
@@ -422,10 +436,7 @@ class _Job:
                     frame = await asyncio.to_thread(self._read_day, day, {p: tops[p] for p in todo})
                     for p in todo:
                         rows = frame.filter(pl.col("_partition") == p)
-                        n = await self._apply_rows(
-                            p, rows, before[p], states, layout, max_entities, bar
-                        )
-                        applied += n
+                        applied += await self._apply_rows(p, rows, before[p], states)
                 for p in tops:
                     before[p] += counts.get((day, p), 0)
         seconds = time.monotonic() - started
@@ -434,27 +445,15 @@ class _Job:
 
     def _read_day(self, day: Any, tops: Mapping[int, int]) -> pl.DataFrame:
         """One day of the partitions' events, newest offset first."""
-        g = self.group.layout
-        wanted = set(g.value_fields) | set(g.distinct_fields) | set(g.last_fields)
-        if self.group.entity_key != self.sources.parsers[self.source].entity_key:
-            wanted.add(self.group.entity_key)
         lf = self._scan(tops).filter(pl.col("event_date") == day)
-        have = set(lf.collect_schema().names())
-        columns = sorted(n for n in wanted if n in have)
-        columns += ["_entity", "_event_time", "_partition", "_offset", "_extra"]
+        source_key = self.sources.parsers[self.source].entity_key
+        columns = columns_for([self.group], source_key, lf.collect_schema().names())
         return (
             lf.select(columns).sort(["_partition", "_offset"], descending=[False, True]).collect()
         )
 
     async def _apply_rows(
-        self,
-        partition: int,
-        rows: pl.DataFrame,
-        rank0: int,
-        states: dict[int, PartitionState],
-        layout: LogLayout,
-        max_entities: int,
-        bar: Any,
+        self, partition: int, rows: pl.DataFrame, rank0: int, states: dict[int, PartitionState]
     ) -> int:
         """Apply one day of a partition (``rows``: newest offset first, ranks from ``rank0``).
 
@@ -465,20 +464,12 @@ class _Job:
         skip = max(0, states[partition].offset + 1 - rank0)  # applied by an earlier run
         applied = 0
         for lo in range(skip, rows.height, _CHUNK):
-            applied += await self._apply_chunk(
-                partition, rows.slice(lo, _CHUNK), rank0 + lo, states, layout, max_entities, bar
-            )
+            chunk = rows.slice(lo, _CHUNK)
+            applied += await self._apply_chunk(partition, chunk, rank0 + lo, states)
         return applied
 
     async def _apply_chunk(
-        self,
-        partition: int,
-        rows: pl.DataFrame,
-        rank0: int,
-        states: dict[int, PartitionState],
-        layout: LogLayout,
-        max_entities: int,
-        bar: Any,
+        self, partition: int, rows: pl.DataFrame, rank0: int, states: dict[int, PartitionState]
     ) -> int:
         group = self.group
         state = states[partition]
@@ -486,7 +477,7 @@ class _Job:
         shards = self.store.layout.shards
         source_key = self.sources.parsers[self.source].entity_key
         offsets = rows["_offset"].to_list()
-        events = list(layout.events(rows.to_arrow()))
+        events = list(self.layout.events(rows.to_arrow()))
         if group.entity_key != source_key:
             keyed, kept = rekey(events, group.entity_key)
             entities: list[str | None] = [None] * len(events)
@@ -504,7 +495,7 @@ class _Job:
             while end < len(events):
                 e = entities[end]
                 if e is not None and e not in seen:
-                    if len(seen) == max_entities:
+                    if len(seen) == self.max_entities:
                         break
                     seen.add(e)
                 end += 1
@@ -516,14 +507,11 @@ class _Job:
                 shard = shard_of(entity, shards)
                 if offsets[i] <= marks.get(shard, -1) and rank0 + i > state.ahead.get(shard, -1):
                     chosen.append(events[i])
-            encoded = build_encoded(group, chosen)
-            delta: Mapping[str, Delta] = (
-                encoded if encoded is not None else build_deltas(group, chosen)
-            )
-            state = await self._write(partition, state, rank0 + end - 1, [(group, delta)])
+            deltas = [(group, build_batch(group, chosen))]
+            state = await self._write(partition, state, rank0 + end - 1, deltas)
             states[partition] = state
             applied += len(chosen)
-            bar.update(end - start)
+            self._bar.update(end - start)
             self._read += end - start
             await self._pace(end - start)
             await self._progress("running", self._read, self._total)
@@ -607,9 +595,6 @@ def _few(items: Sequence[int]) -> str:
     return shown + (f" and {len(items) - 8} more" if len(items) > 8 else "")
 
 
-def _fmt(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ms / 1000))
-
-
-def _iso(ms: int) -> str:
+def iso_ms(ms: int) -> str:
+    """``2026-11-01T00:00:00Z``: a time as ``--from`` takes it."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))

@@ -40,7 +40,7 @@ from driftline.features.definitions import FeatureGroup, group_refs, newest_vers
 from driftline.features.engine import rekey
 from driftline.features.state import FeatureVector
 from driftline.features.training import PointInTimeJoin
-from driftline.sinks.offline_log import LogLayout, OfflineLog, day_of
+from driftline.sinks.offline_log import LogLayout, OfflineLog, columns_for, day_of
 from driftline.streams.errors import ConfigError
 from driftline.streams.settings import Settings, load_settings
 from driftline.streams.sources import Sources, build_sources, declared_types
@@ -415,19 +415,13 @@ def _feed_source(
         )
     layout = LogLayout.from_declared(declared_types(sources.parsers[source]))
     source_key = sources.parsers[source].entity_key
-    fields: set[str] = set()
     rekeyed: dict[str, list[int]] = {}
     for i, w in enumerate(wanted):
-        g = w.group.layout
-        fields |= set(g.value_fields) | set(g.distinct_fields) | set(g.last_fields)
         if w.group.entity_key != source_key:
-            fields.add(w.group.entity_key)
             rekeyed.setdefault(w.group.entity_key, []).append(i)
     plain = [i for i, w in enumerate(wanted) if w.group.entity_key == source_key]
     lf = log.scan(source)
-    have = set(lf.collect_schema().names())
-    columns = [n for n, _ in layout.fields if n in fields and n in have]
-    columns += ["_entity", "_event_time", "_partition", "_offset", "_extra"]
+    columns = columns_for([w.group for w in wanted], source_key, lf.collect_schema().names())
     until = pl.lit(until_ms).cast(pl.Datetime("ms", "UTC"))
     lf = lf.filter(pl.col("_event_time") <= until)
     if not rekeyed:

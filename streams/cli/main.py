@@ -11,7 +11,6 @@ import logging
 import logging.config
 import os
 import sys
-import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -263,7 +262,7 @@ def backfill_command(
     and run `driftline archive` first.  Safe to interrupt and run again: it
     resumes where it stopped.
     """
-    from driftline.streams.backfill import backfill
+    from driftline.streams.backfill import backfill, iso_ms
 
     report = asyncio.run(
         backfill(
@@ -278,7 +277,7 @@ def backfill_command(
             max_entities=entities_per_write,
         )
     )
-    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(report.from_ms / 1000))
+    since = iso_ms(report.from_ms)
     click.echo(
         f"{report.group} v{report.version}: backfilled from {since}: {report.total} events "
         f"({report.applied} applied now, {report.resumed} by an earlier run), "

@@ -32,7 +32,7 @@ from driftline.features.definitions import FeatureGroup
 from driftline.features.engine import apply_delta, build_deltas, rekey
 from driftline.features.reader import Reading, read_rings
 from driftline.features.state import EntityState
-from driftline.sinks.offline_log import LogLayout, OfflineLog
+from driftline.sinks.offline_log import LogLayout, OfflineLog, columns_for
 from driftline.streams.errors import DriftlineError
 from driftline.streams.settings import Settings
 from driftline.streams.sources import build_parsers, declared_types
@@ -118,8 +118,6 @@ class PastReader:
         """Each entity's state from its events at or before ``as_of_ms`` (in a thread)."""
         source = group.source
         layout = self.layouts[source]
-        g = group.layout
-        wanted = set(g.value_fields) | set(g.distinct_fields) | set(g.last_fields)
         keyed_by = group.entity_key
         rekeyed = keyed_by != self.entity_keys[source]
         lf = self.log.scan(source)
@@ -127,13 +125,11 @@ class PastReader:
         if rekeyed:
             if keyed_by not in have:  # no event ever had the field
                 return {}
-            wanted.add(keyed_by)
             who = pl.col(keyed_by).cast(pl.String).is_in(entities)
         else:
             who = pl.col("_entity").is_in(entities)
         until = pl.lit(as_of_ms).cast(pl.Datetime("ms", "UTC"))
-        columns = sorted(n for n in wanted if n in have)
-        columns += ["_entity", "_event_time", "_partition", "_offset", "_extra"]
+        columns = columns_for([group], self.entity_keys[source], have)
         frame = (
             lf.filter(pl.col("_topic") == self.topics[source])
             .filter(pl.col("_event_time") <= until)

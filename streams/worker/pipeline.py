@@ -47,9 +47,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from driftline.drift.config import MonitorConfig
 from driftline.drift.quality import QualityChecker, QualityReport
 from driftline.drift.samples import feature_samples, sample_docs, sample_records, sampled_entities
-from driftline.features.batch import build_encoded
+from driftline.features.batch import build_batch
 from driftline.features.definitions import FeatureGroup, group_refs
-from driftline.features.engine import build_deltas, rekey
+from driftline.features.engine import rekey
 from driftline.features.keys import shard_of
 from driftline.features.state import Delta
 from driftline.schemas import EventParser, ParsedEvent
@@ -96,12 +96,6 @@ def split_by_keys(records: list[RawRecord], max_keys: int) -> list[list[RawRecor
             keys.add(key)
     runs.append(records[start:])
     return runs
-
-
-def _deltas(group: FeatureGroup, events: Sequence[ParsedEvent]) -> Mapping[str, Delta]:
-    """The batch's deltas: with numpy and already encoded where the group allows it."""
-    encoded = build_encoded(group, events)
-    return encoded if encoded is not None else build_deltas(group, events)
 
 
 def unapplied(
@@ -311,7 +305,7 @@ class SourcePipeline:
             keyed = {group: self._keyed(group, result) for group in self.groups}
             if state.ahead:
                 keyed = {g: unapplied(*pair, state) for g, pair in keyed.items()}
-            deltas = [(group, _deltas(group, keyed[group][0])) for group in self.groups]
+            deltas = [(group, build_batch(group, keyed[group][0])) for group in self.groups]
             if self.feature_monitors and result.valid:
                 await self._sample_features(partition, keyed, dict(deltas), outbox)
         add_dead_letters(
