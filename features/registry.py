@@ -69,7 +69,10 @@ class BackfillProgress:
 
     ``state`` is ``running`` until every event up to the live marks is applied,
     then ``done`` (the version is *ready*).  ``events`` counts the events
-    applied so far, of ``total`` (``None`` until counted).
+    applied so far, of ``total`` (``None`` until counted).  ``log_from`` is the
+    run's plan, kept so a resumed run reads the same events in the same order:
+    per source partition, the first offset read from the offline log; the
+    records below it are read from the topic.
     """
 
     state: Literal["running", "done"]
@@ -78,8 +81,10 @@ class BackfillProgress:
     from_ms: int
     started_ms: int
     updated_ms: int
+    log_from: Mapping[int, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """What ``driftline registry`` and serve show (the plan is the backfill's own)."""
         return {
             "state": self.state,
             "events": self.events,
@@ -88,6 +93,13 @@ class BackfillProgress:
             "started_ms": self.started_ms,
             "updated_ms": self.updated_ms,
         }
+
+    def to_record(self) -> bytes:
+        """The registry field's value (with the plan)."""
+        doc = self.as_dict()
+        if self.log_from is not None:
+            doc["log_from"] = {str(p): o for p, o in sorted(self.log_from.items())}
+        return orjson.dumps(doc)
 
     @classmethod
     def parse(cls, raw: bytes | str) -> BackfillProgress | None:
@@ -98,6 +110,7 @@ class BackfillProgress:
             if state not in ("running", "done"):
                 return None
             total = doc.get("total")
+            plan = doc.get("log_from")
             return cls(
                 state,
                 int(doc["events"]),
@@ -105,8 +118,9 @@ class BackfillProgress:
                 int(doc["from_ms"]),
                 int(doc["started_ms"]),
                 int(doc["updated_ms"]),
+                None if plan is None else {int(p): int(o) for p, o in plan.items()},
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             return None
 
 

@@ -1,9 +1,12 @@
-"""``driftline backfill``: fill a new feature group version from the offline log.
+"""``driftline backfill``: fill a new feature group version from the offline log and the topic.
 
 A new version (``version: 2``) starts empty: its windows hold only what the
 workers wrote since they started it.  The backfill writes the rest, the
 accepted events the workers applied *before* they wrote the version live,
-read from the offline log (``driftline archive``), into the same Redis keys.
+into the same Redis keys.  It reads them from the offline log (``driftline
+archive``), and where the log does not reach back (it starts after the
+topic's oldest retained record, or there is none), from the topic itself,
+judged as the worker judges them (:mod:`driftline.streams.backfill_topic`).
 
 **The seam.**  The first write of a version on a partition records, in the
 same atomic script, the stored offset it started after: its *live mark*
@@ -23,7 +26,14 @@ event times goes to the later record.  The live writes hold the later records,
 so the backfill walks each partition backwards (days newest first, offsets
 descending within a day: equal event times share a day) and its writes
 replace a stored ``last`` only when strictly newer; within one write the
-events go in offset order, so there too the later record wins.
+events go in offset order, so there too the later record wins.  The records
+read from the topic are older (lower offsets) than every record of the log, so
+they come last, newest offset first.
+
+**The plan.**  Per partition, the first offset read from the log (below it:
+the topic) is chosen by the first run and kept in the progress record, so a
+resumed run reads the same events in the same order even if an archiver has
+filled the log below meanwhile.
 
 **Exactly once, resumable.**  The backfill is a writer with its own fence per
 partition (``{source}:backfill:{group}:v{N}`` in the store's offsets hashes):
@@ -42,12 +52,13 @@ import asyncio
 import datetime as dt
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import orjson
 import polars as pl
 from tqdm import tqdm
 
@@ -65,6 +76,14 @@ from driftline.sinks.feature_store import PartitionState, RedisFeatureStore
 from driftline.sinks.offline_log import LogLayout, OfflineLog, columns_for
 from driftline.sinks.redis_client import REDIS_ERRORS
 from driftline.sinks.registry_store import read_deployed
+from driftline.streams.backfill_topic import (
+    CHUNK,
+    Segment,
+    TopicReader,
+    describe,
+    plan_log_from,
+    short_history,
+)
 from driftline.streams.clients import feature_store, redis_client
 from driftline.streams.errors import ConfigError, DriftlineError
 from driftline.streams.settings import Settings
@@ -78,7 +97,7 @@ log = logging.getLogger(__name__)
 #: How often the registry's progress record is written.
 _PROGRESS_EVERY_S = 1.0
 #: Rows of the log turned into Python events at a time.
-_CHUNK = 50_000
+_CHUNK = CHUNK
 
 
 class BackfillError(DriftlineError):
@@ -97,6 +116,8 @@ class BackfillReport:
     resumed: int
     seconds: float
     from_ms: int
+    #: of ``total``, events read from the topic (the log does not hold them)
+    from_topic: int = 0
 
     @property
     def rate(self) -> float:
@@ -227,6 +248,10 @@ class _Job:
         self.say = say
         self.clock = clock
         self.fence = backfill_source(group.source, group)
+        self.settings = settings
+        self.source_settings = next(s for s in settings.sources if s.name == group.source)
+        #: per partition, the first offset read from the log (below it: the topic)
+        self._log_from: dict[int, int] = {}
         self.log = OfflineLog(settings.offline.path)
         self.layout = LogLayout.from_declared(declared_types(sources.parsers[group.source]))
         self.backoff = Backoff(0.2, 5.0)
@@ -352,7 +377,11 @@ class _Job:
     def _scan(self, tops: Mapping[int, int]) -> pl.LazyFrame:
         cond = pl.lit(False)
         for p, top in tops.items():
-            cond = cond | ((pl.col("_partition") == p) & (pl.col("_offset") <= top))
+            cond = cond | (
+                (pl.col("_partition") == p)
+                & (pl.col("_offset") >= self._log_from.get(p, 0))
+                & (pl.col("_offset") <= top)
+            )
         since = pl.lit(self.from_ms).cast(pl.Datetime("ms", "UTC"))
         return (
             self.log.scan(self.source)
@@ -371,32 +400,110 @@ class _Job:
         )
         return {(day, int(p)): int(n) for day, p, n in frame.iter_rows()}
 
-    def _coverage(self, tops: Mapping[int, int]) -> None:
-        """Refuse when the log starts after ``--from`` and after the topic's start."""
+    def _log_firsts(self, tops: Mapping[int, int]) -> dict[int, tuple[int, int | None]]:
+        """Per partition in the log: its first offset, its oldest event time up to the mark."""
+        if not tops or not self.log.exists(self.source):
+            return {}
+        cond = pl.lit(False)
+        for p, top in tops.items():
+            cond = cond | ((pl.col("_partition") == p) & (pl.col("_offset") <= top))
         frame = (
             self.log.scan(self.source)
             .filter(pl.col("_topic") == self.topic)
             .filter(pl.col("_partition").is_in(list(tops)))
             .group_by("_partition")
-            .agg(pl.col("_offset").min(), pl.col("_event_time").dt.epoch("ms").min())
+            .agg(
+                pl.col("_offset").min().alias("first"),
+                pl.col("_event_time").filter(cond).dt.epoch("ms").min().alias("oldest"),
+            )
             .collect()
         )
-        late = [
-            (int(p), int(t))
-            for p, first, t in frame.iter_rows()
-            if first is not None and int(first) > 0 and t is not None and int(t) > self.from_ms
-        ]
-        if late:
-            starts = max(t for _, t in late)
+        return {
+            int(p): (int(first), None if oldest is None else int(oldest))
+            for p, first, oldest in frame.iter_rows()
+            if first is not None
+        }
+
+    def _check_history(
+        self,
+        tops: Mapping[int, int],
+        firsts: Mapping[int, tuple[int, int | None]],
+        segments: Mapping[int, Segment],
+    ) -> None:
+        """Refuse when neither the log nor the topic holds a partition's history since --from."""
+        short: list[tuple[int, int]] = []
+        gone: list[int] = []
+        for p, top in tops.items():
+            segment = segments.get(p)
+            oldest: list[int] = []
+            first: int | None = None
+            if segment is not None and segment.records:
+                first = segment.first
+                if segment.oldest_ms is not None:
+                    oldest.append(segment.oldest_ms)
+            if self._log_from[p] <= top:
+                first = self._log_from[p] if first is None else first
+                log_oldest = firsts.get(p, (0, None))[1]
+                if log_oldest is not None:
+                    oldest.append(log_oldest)
+            if first is None:
+                gone.append(p)  # neither holds a record up to the mark any more
+            elif short_history(first, min(oldest) if oldest else None, self.from_ms):
+                short.append((p, min(oldest)))
+        if gone:
+            self.say(
+                f"note: the records of partition(s) {_few(gone)} up to their live marks are "
+                f"neither in the offline log nor in topic {self.topic} any more (older than "
+                "its retention); they are not counted"
+            )
+        if short:
+            starts = max(t for _, t in short)
             raise BackfillError(
-                f"the offline log of source {self.source} starts after --from on partition(s) "
-                f"{_few([p for p, _ in late])} (its first events are not the topic's first): "
-                f"older events are not in the log.  Backfill from where it starts with --from "
-                f"{iso_ms(starts)}, knowing windows reaching before it are short"
+                f"neither the offline log nor topic {self.topic} holds partition(s) "
+                f"{_few([p for p, _ in short])} of source {self.source} back to --from: their "
+                f"oldest events are after it, older ones were dropped.  Backfill from where they "
+                f"start with --from {iso_ms(starts)}, knowing windows reaching before it are short"
             )
 
+    async def _read_topic(
+        self,
+        tops: Mapping[int, int],
+        spool: Path,
+        progress: bool,
+        wait_s: float,
+    ) -> dict[int, Segment]:
+        """The records below the log, read from the topic into ``spool``."""
+        below = {p: b for p, b in self._log_from.items() if b > 0 and p in tops}
+        if not below:
+            return {}
+        reader = TopicReader(
+            self.settings,
+            self.source_settings,
+            self.sources.parsers[self.source],
+            self.sources.quality.get(self.source),
+            self.layout,
+            from_ms=self.from_ms,
+            spool=spool,
+        )
+        earliest = await reader.earliest(sorted(below))
+        segments = {p: Segment(p, earliest.get(p, 0), b) for p, b in below.items()}
+        reading = {p: s for p, s in segments.items() if s.records}
+        if reading:
+            self.say(
+                f"reading {describe(reading)} of topic {self.topic}: the offline log does not "
+                "hold them"
+            )
+            with tqdm(
+                total=sum(s.records for s in reading.values()),
+                unit="rec",
+                desc=f"reading {self.topic}",
+                file=sys.stderr,
+                disable=not progress or None,
+            ) as bar:
+                await reader.read(reading, stall_s=max(wait_s, 30.0), on_records=bar.update)
+        return segments
+
     async def run(self, *, progress: bool, wait_s: float) -> BackfillReport:
-        g = self.group
         await self.store.check_layout()
         held = await self._record()
         if held is not None:
@@ -404,14 +511,40 @@ class _Job:
         partitions = await self._partitions()
         tops = await self._marks(partitions, wait_s) if partitions else {}
         tops = {p: top for p, top in tops.items() if top >= 0}
-        counts: dict[tuple[Any, int], int] = {}
-        if tops:
-            await self._log_reaches(tops, wait_s)
-            await asyncio.to_thread(self._coverage, tops)
-            counts = await asyncio.to_thread(self._counts, tops)
-        total = sum(counts.values())
+        firsts = await asyncio.to_thread(self._log_firsts, tops)
+        self._log_from = plan_log_from(
+            tops,
+            {p: first for p, (first, _) in firsts.items()},
+            held.log_from if held is not None else None,
+        )
+        log_part = {p: top for p, top in tops.items() if self._log_from[p] <= top}
+        if log_part:
+            await self._log_reaches(log_part, wait_s)
+        with tempfile.TemporaryDirectory(prefix="driftline-backfill-") as spool:
+            segments = await self._read_topic(tops, Path(spool), progress, wait_s)
+            if held is None:  # a resumed run goes on with what is left
+                self._check_history(tops, firsts, segments)
+            counts: dict[tuple[Any, int], int] = {}
+            if log_part:
+                counts = await asyncio.to_thread(self._counts, log_part)
+            return await self._walk(tops, log_part, counts, segments, progress)
+
+    async def _walk(
+        self,
+        tops: Mapping[int, int],
+        log_part: Mapping[int, int],
+        counts: Mapping[tuple[Any, int], int],
+        segments: Mapping[int, Segment],
+        progress: bool,
+    ) -> BackfillReport:
+        """Apply the log's events (days newest first), then the topic's (newest first)."""
+        g = self.group
+        from_topic = {p: s.count for p, s in segments.items()}
+        total = sum(counts.values()) + sum(from_topic.values())
         states = {p: await self.store.partition_state(self.fence, p) for p in tops}
-        done_before = sum(min(s.offset + 1, _of(counts, p)) for p, s in states.items())
+        done_before = sum(
+            min(s.offset + 1, _of(counts, p) + from_topic.get(p, 0)) for p, s in states.items()
+        )
         self._read, self._total = done_before, total
         await self._progress("running", done_before, total, force=True)
         started = time.monotonic()
@@ -429,19 +562,39 @@ class _Job:
             for day in sorted({d for d, _ in counts}, reverse=True):
                 todo = [
                     p
-                    for p in tops
+                    for p in log_part
                     if (n := counts.get((day, p), 0)) and states[p].offset < before[p] + n - 1
                 ]
                 if todo:
-                    frame = await asyncio.to_thread(self._read_day, day, {p: tops[p] for p in todo})
+                    frame = await asyncio.to_thread(
+                        self._read_day, day, {p: log_part[p] for p in todo}
+                    )
                     for p in todo:
                         rows = frame.filter(pl.col("_partition") == p)
                         applied += await self._apply_rows(p, rows, before[p], states)
                 for p in tops:
                     before[p] += counts.get((day, p), 0)
+            # then the records below the log, read from the topic: spool files newest first
+            for p, segment in sorted(segments.items()):
+                rank0 = before[p]
+                for index in reversed(range(len(segment.files))):
+                    n = segment.files[index][1]
+                    if states[p].offset < rank0 + n - 1:
+                        rows = await asyncio.to_thread(segment.rows, index)
+                        applied += await self._apply_rows(p, rows, rank0, states)
+                    rank0 += n
         seconds = time.monotonic() - started
         await self._progress("done", total, total, force=True)
-        return BackfillReport(g.name, g.version, total, applied, done_before, seconds, self.from_ms)
+        return BackfillReport(
+            g.name,
+            g.version,
+            total,
+            applied,
+            done_before,
+            seconds,
+            self.from_ms,
+            sum(from_topic.values()),
+        )
 
     def _read_day(self, day: Any, tops: Mapping[int, int]) -> pl.DataFrame:
         """One day of the partitions' events, newest offset first."""
@@ -579,11 +732,10 @@ class _Job:
             self.from_ms,
             self._started_ms,
             self.clock(),
+            self._log_from,
         )
         key = self.store.layout.registry_key(self.group.name)
-        await self.store.client.hset(
-            key, backfill_field(self.group.version), orjson.dumps(record.as_dict())
-        )
+        await self.store.client.hset(key, backfill_field(self.group.version), record.to_record())
 
 
 def _of(counts: Mapping[tuple[Any, int], int], partition: int) -> int:

@@ -227,7 +227,8 @@ def training_set_command(
     type=click.FloatRange(0),
     default=300.0,
     show_default=True,
-    help="seconds to wait for the workers to start the version and the archiver to catch up",
+    help="seconds to wait for the workers to start the version and the archiver to catch up "
+    "(and for the broker, while records are read from the topic)",
 )
 @click.option(
     "--max-rate",
@@ -256,11 +257,12 @@ def backfill_command(
     entities_per_write: int,
     no_progress: bool,
 ) -> None:
-    """Fill a new feature group version from the offline log, up to where the workers write it.
+    """Fill a new feature group version with the events before the workers wrote it.
 
     Start the workers with the new version in the config (beside the old one)
-    and run `driftline archive` first.  Safe to interrupt and run again: it
-    resumes where it stopped.
+    first.  The events come from the offline log (`driftline archive`) and,
+    where the log does not reach back, from the topic's retained records.
+    Safe to interrupt and run again: it resumes where it stopped.
     """
     from driftline.streams.backfill import backfill, iso_ms
 
@@ -278,8 +280,9 @@ def backfill_command(
         )
     )
     since = iso_ms(report.from_ms)
+    topic = f", {report.from_topic} of them read from the topic" if report.from_topic else ""
     click.echo(
-        f"{report.group} v{report.version}: backfilled from {since}: {report.total} events "
+        f"{report.group} v{report.version}: backfilled from {since}: {report.total} events{topic} "
         f"({report.applied} applied now, {report.resumed} by an earlier run), "
         f"{report.rate:,.0f} events/s.  Serve it with: "
         f"driftline registry activate {report.group} {report.version}"

@@ -1,0 +1,275 @@
+"""The backfill's reader of a topic's retained records, where the offline log does not reach back.
+
+The offline log starts where ``driftline archive`` started: a source archived
+only recently (or not at all, or by an archiver that started at the end of
+the topic) has older records in the topic alone.  The backfill then reads
+them from the topic, *segment* by segment: per partition, from the oldest
+retained record to the first offset the log holds (or to the live mark, when
+the log holds nothing of the partition).
+
+**Verdicts.**  The records are judged as the worker and the archiver judge
+them (:func:`~driftline.streams.worker.verdicts.judge`): the contract, the
+quality routing, then event time against the watermark.  The watermark at the
+start of a segment is the one the worker had there only when the segment
+starts at offset 0 (the topic still holds its first record); after the topic
+has dropped old records it is unknown, and the segment is judged from none,
+like an archiver or a worker starting on that topic: an event more than
+``allowed_lateness`` behind records already dropped counts here although the
+worker refused it as late.
+
+**Spool.**  A segment is read forwards (the watermark needs offset order) and
+applied backwards (a ``last`` value on a tie of event times goes to the later
+record), so its accepted events since ``--from`` wait on local disk, in the
+offline log's columns (Arrow IPC files of :data:`CHUNK` rows, compressed), in
+a temporary directory the backfill removes when it ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from driftline.drift.quality import QualityChecker
+from driftline.features.durations import parse_duration
+from driftline.schemas import EventParser, ParsedEvent
+from driftline.sinks.offline_log import LogLayout
+from driftline.streams.errors import DriftlineError
+from driftline.streams.settings import Settings, SourceSettings
+from driftline.streams.worker.records import RawRecord
+from driftline.streams.worker.verdicts import judge
+
+__all__ = ["CHUNK", "Segment", "TopicReader", "TopicStalled"]
+
+#: Accepted events per spool file (and per batch of Python events when applied).
+CHUNK = 50_000
+#: Records fetched at a time.
+_FETCH = 20_000
+
+
+class TopicStalled(DriftlineError):
+    """The broker returned no record of a segment for too long."""
+
+
+@dataclass
+class Segment:
+    """One partition's records read from the topic: offsets ``first`` to ``below - 1``."""
+
+    partition: int
+    #: the oldest retained record's offset (where reading starts)
+    first: int
+    #: the first offset not read (the log holds the partition from here, or the mark + 1)
+    below: int
+    #: spool files of accepted events since ``--from``, ascending offsets, with their rows
+    files: list[tuple[Path, int]] = field(default_factory=list)
+    #: the oldest accepted event time read (before the ``--from`` filter)
+    oldest_ms: int | None = None
+
+    @property
+    def count(self) -> int:
+        return sum(n for _, n in self.files)
+
+    @property
+    def records(self) -> int:
+        return max(0, self.below - self.first)
+
+    def rows(self, index: int) -> pl.DataFrame:
+        """Spool file ``index``'s rows, newest offset first."""
+        path, _ = self.files[index]
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+        return pl.from_arrow(table).reverse()  # type: ignore[return-value]
+
+
+class TopicReader:
+    """Reads segments of one source's topic into a spool directory."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: SourceSettings,
+        parser: EventParser,
+        quality: QualityChecker | None,
+        layout: LogLayout,
+        *,
+        from_ms: int,
+        spool: Path,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.parser = parser
+        self.quality = quality
+        self.layout = layout
+        self.from_ms = from_ms
+        self.spool = spool
+        self.allowed_lateness_ms = parse_duration(source.allowed_lateness)
+        self.future_tolerance_ms = parse_duration(source.future_tolerance)
+        self._options = pa.ipc.IpcWriteOptions(compression="lz4")
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 << 20,
+            **self.settings.kafka.aiokafka_kwargs(),
+        )
+
+    async def earliest(self, partitions: Sequence[int]) -> dict[int, int]:
+        """The oldest retained offset of each partition."""
+        consumer = self._consumer()
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.source.topic, p) for p in partitions]
+            firsts = await consumer.beginning_offsets(tps)
+            return {tp.partition: int(o) for tp, o in firsts.items()}
+        finally:
+            await consumer.stop()
+
+    async def read(
+        self,
+        segments: Mapping[int, Segment],
+        *,
+        stall_s: float,
+        on_records: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        """Read, judge and spool every segment (``on_records``: records read, for a bar)."""
+        todo = {p: s for p, s in segments.items() if s.records > 0}
+        if not todo:
+            return
+        topic = self.source.topic
+        consumer = self._consumer()
+        await consumer.start()
+        try:
+            tps = {p: TopicPartition(topic, p) for p in todo}
+            consumer.assign(list(tps.values()))
+            for p, segment in todo.items():
+                consumer.seek(tps[p], segment.first)
+            pending = {p: _Pending() for p in todo}
+            moved = time.monotonic()
+            while todo:
+                batch = await consumer.getmany(timeout_ms=500, max_records=_FETCH)
+                for tp, messages in batch.items():
+                    open_segment = todo.get(tp.partition)
+                    if open_segment is None or not messages:
+                        continue
+                    segment = open_segment
+                    records = [
+                        RawRecord(
+                            m.topic,
+                            m.partition,
+                            m.offset,
+                            m.timestamp,
+                            m.key,
+                            m.value,
+                            list(m.headers or ()),
+                        )
+                        for m in messages
+                        if m.offset < segment.below
+                    ]
+                    if records:
+                        moved = time.monotonic()
+                        self._take(segment, pending[tp.partition], records)
+                        on_records(len(records))
+                for p in list(todo):
+                    if await consumer.position(tps[p]) >= todo[p].below:
+                        self._spill(todo[p], pending[p], final=True)
+                        consumer.pause(tps[p])
+                        del todo[p]
+                        moved = time.monotonic()
+                if todo and time.monotonic() - moved > stall_s:
+                    at = {p: await consumer.position(tps[p]) for p in todo}
+                    where = ", ".join(
+                        f"{p} (at offset {at[p]}, reading to {s.below - 1})"
+                        for p, s in todo.items()
+                    )
+                    raise TopicStalled(
+                        f"the broker returned no record of topic {topic} partition(s) {where} "
+                        f"for {stall_s:.0f} s: is it reachable, and are the records still there?"
+                    )
+        finally:
+            await consumer.stop()
+
+    def _take(self, segment: Segment, pending: _Pending, records: Sequence[RawRecord]) -> None:
+        result, pending.watermark_ms = judge(
+            self.parser,
+            self.quality,
+            segment.partition,
+            records,
+            pending.watermark_ms,
+            judge_time=True,
+            allowed_lateness_ms=self.allowed_lateness_ms,
+            future_tolerance_ms=self.future_tolerance_ms,
+        )
+        for event, record in zip(result.valid, result.valid_records, strict=True):
+            t = event.event_time_ms
+            if segment.oldest_ms is None or t < segment.oldest_ms:
+                segment.oldest_ms = t
+            if t >= self.from_ms:
+                pending.events.append(event)
+                pending.records.append(record)
+        self._spill(segment, pending, final=False)
+
+    def _spill(self, segment: Segment, pending: _Pending, *, final: bool) -> None:
+        """Write full spool files (and, when ``final``, the rest)."""
+        while len(pending.events) >= CHUNK or (final and pending.events):
+            events, pending.events = pending.events[:CHUNK], pending.events[CHUNK:]
+            records, pending.records = pending.records[:CHUNK], pending.records[CHUNK:]
+            table = self.layout.to_table(events, records)
+            path = self.spool / f"p{segment.partition}-{len(segment.files):06d}.arrow"
+            with (
+                pa.OSFile(str(path), "wb") as sink,
+                pa.ipc.new_file(sink, table.schema, options=self._options) as writer,
+            ):
+                writer.write_table(table)
+            segment.files.append((path, table.num_rows))
+
+
+@dataclass
+class _Pending:
+    watermark_ms: int | None = None
+    events: list[ParsedEvent] = field(default_factory=list)
+    records: list[RawRecord] = field(default_factory=list)
+
+
+def plan_log_from(
+    tops: Mapping[int, int], log_first: Mapping[int, int], kept: Mapping[int, int] | None
+) -> dict[int, int]:
+    """Per partition, the first offset the backfill reads from the log (below: the topic).
+
+    ``tops``: the highest live mark of each partition; ``log_first``: the log's
+    first offset of each partition it holds; ``kept``: an earlier run's plan,
+    which a resumed run keeps (the log may have grown below since: an archiver
+    started meanwhile), so it reads the same events in the same order.
+    """
+    plan: dict[int, int] = {}
+    for p, top in tops.items():
+        if kept is not None and p in kept:
+            plan[p] = kept[p]
+        elif p in log_first:
+            plan[p] = min(log_first[p], top + 1)
+        else:
+            plan[p] = top + 1  # nothing of it in the log: all from the topic
+    return plan
+
+
+def short_history(first_available: int, oldest_ms: int | None, from_ms: int) -> bool:
+    """Whether a partition's history since ``from_ms`` is incomplete.
+
+    Neither the log nor the topic holds the partition from offset 0
+    (``first_available`` > 0), and the oldest event they hold is after
+    ``from_ms``: older events since ``from_ms`` may have been dropped.
+    """
+    return first_available > 0 and oldest_ms is not None and oldest_ms > from_ms
+
+
+def describe(segments: Mapping[int, Segment]) -> str:
+    """``p0 offsets 0-1233, p2 offsets 10-99``: what is read from the topic."""
+    return ", ".join(
+        f"p{p} offsets {s.first}-{s.below - 1}" for p, s in sorted(segments.items()) if s.records
+    )
