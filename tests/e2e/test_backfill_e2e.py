@@ -2,7 +2,9 @@
 
 The real worker, archiver and broker: events stream through version 1; then
 the workers restart with versions 1 and 2, live traffic goes on, and
-``driftline backfill`` fills version 2 from the offline log.  The backfill is
+``driftline backfill`` fills version 2.  The archiver starts late, at the end
+of the topic (``auto_offset_reset: latest``), so the backfill reads the first
+phase of history from the topic and the rest from the offline log.  The backfill is
 SIGKILLed mid-way and so is the worker (during the backfill), and the
 backfill is run again to the end.  A second worker, in its own consumer group
 and key prefix, computes version 2 alone from the first event on: what an
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import random
+import re
 import subprocess
 import sys
 import time
@@ -25,11 +28,13 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+from aiokafka import AIOKafkaProducer
 
 from driftline.features.registry import BackfillProgress
 from tests.e2e.test_archive import ArchiveProcess
 from tests.e2e.test_exactly_once import Producer, stored_offsets
 from tests.e2e.test_training_consistency import (
+    PHASE_MS,
     Serve,
     config_for,
     phase_events,
@@ -51,6 +56,45 @@ V2 = {
     "last": ["amount", "category"],
     "windows": ["1m", "10m", "1h"],
 }
+
+
+async def _sentinels(
+    bootstrap: str, topic: str, partitions: list[int], at: int, offsets: dict[int, int]
+) -> None:
+    """One on-time event per partition, each alone in its record batch.
+
+    The broker (Tansu) reports a partition's end at the start of its last batch,
+    so an archiver starting at the end reads this event first: its watermark is
+    then the worker's (no event before is newer), and their verdicts agree.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for p in partitions:
+            event = {
+                "event_id": f"sentinel-{p}",
+                "user_id": f"s{p}",
+                "amount": 1.0,
+                "category": "other",
+                "event_time": at,
+            }
+            meta = await producer.send_and_wait(topic, orjson.dumps(event), partition=p)
+            offsets[p] = max(offsets.get(p, -1), meta.offset)
+    finally:
+        await producer.stop()
+
+
+def _late_archiver(tmp_path: Path, config: dict[str, Any], partitions: int) -> ArchiveProcess:
+    """``driftline archive`` starting at the end of the topic, once it holds every partition."""
+    late = {**copy.deepcopy(config), "kafka": {**config["kafka"], "auto_offset_reset": "latest"}}
+    archiver = ArchiveProcess(tmp_path, late).start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        held = [k for k in archiver.metrics() if k[0] == "driftline_archive_offset"]
+        if len(held) >= partitions:
+            return archiver
+        time.sleep(0.3)
+    raise AssertionError(f"the archiver was not assigned the partitions:\n{archiver.log()}")
 
 
 def _backfill(config: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -179,12 +223,16 @@ def test_backfilled_version_equals_an_uninterrupted_one_after_kills(
             offsets[p] = max(offsets.get(p, -1), o)
 
     worker = WorkerProcess(tmp_path, config).start()
-    archiver = ArchiveProcess(tmp_path, config).start()
     ref = WorkerProcess(tmp_path, reference).start()
+    archiver: ArchiveProcess | None = None
     backfill: subprocess.Popen[bytes] | None = None
     try:
-        # 1. version 1 alone: the history version 2 needs
-        for phase in range(3):
+        # 1. version 1 alone: the history version 2 needs.  The archiver starts after
+        # phase 0, at the end of the topic: the log lacks phase 0 (read from the topic)
+        finish(produce(0, 2_500, 5_000))
+        asyncio.run(_sentinels(kafka_bootstrap, topic, sorted(offsets), base + PHASE_MS, offsets))
+        archiver = _late_archiver(tmp_path, config, len(offsets))
+        for phase in (1, 2):
             finish(produce(phase, 2_500, 5_000))
         wait_applied(redis_url, prefix, offsets, worker)
         # 2. the workers restart with both versions; live traffic goes on
@@ -208,6 +256,9 @@ def test_backfilled_version_equals_an_uninterrupted_one_after_kills(
         out, _ = backfill.communicate(timeout=300)
         assert backfill.returncode == 0, out.decode()
         assert "earlier run" in out.decode(), out.decode()
+        # phase 0 (2,500 records, a few refused) came from the topic
+        from_topic = re.search(r"(\d+) of them read from the topic", out.decode())
+        assert from_topic is not None and 2_300 <= int(from_topic[1]) <= 2_500, out.decode()
         done = _progress(redis_url, prefix)
         assert done is not None and done.state == "done" and done.events == killed.total
         finish(live)
@@ -218,7 +269,8 @@ def test_backfilled_version_equals_an_uninterrupted_one_after_kills(
         if backfill is not None and backfill.poll() is None:
             backfill.kill()
         worker.stop()
-        archiver.stop()
+        if archiver is not None:
+            archiver.stop()
         ref.stop()
     _activation(tmp_path, both, both_path)
     users = [f"u{i:02d}" for i in range(42)]
