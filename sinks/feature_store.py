@@ -368,6 +368,41 @@ class RedisFeatureStore:
                     out.setdefault(p, {})[shard] = int(value)
         return out
 
+    async def live_gaps(
+        self, source: str, group: FeatureGroup, partitions: Sequence[int]
+    ) -> dict[int, list[tuple[int, int, int]]]:
+        """Per partition: ``(shard, after, to)`` where a writer without ``group`` wrote
+        offsets ``after + 1 .. to`` after the version's live mark (its config lacked the
+        version), so the version misses their events.
+
+        A write of the version that finds such a gap keeps it (``g{n}``, the first
+        one); a gap no write of the version has seen yet shows as the shard's fence
+        ahead of the version's last write there (``h{n}``, else the mark).
+        """
+        layout = self.layout
+        out: dict[int, list[tuple[int, int, int]]] = {}
+        if not partitions:
+            return out
+        fields = [f"{k}{p}" for p in partitions for k in ("p", "h", "g")]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in range(layout.shards):
+                pipe.hmget(layout.mark_key(group.name, group.version, source, shard), fields)
+                fence = layout.fence_key(source, shard) if layout.sharded else None
+                pipe.hmget(fence or layout.offsets_key(source), [f"p{p}" for p in partitions])
+            rows = await pipe.execute()
+        for shard in range(layout.shards):
+            marks, fences = rows[2 * shard], rows[2 * shard + 1]
+            for i, p in enumerate(partitions):
+                mark, last, gap = marks[3 * i : 3 * i + 3]
+                if gap is not None:
+                    after, to = (int(x) for x in _text(gap).split(":"))
+                    out.setdefault(p, []).append((shard, after, to))
+                elif mark is not None and fences[i] is not None:
+                    written = int(last if last is not None else mark)
+                    if int(fences[i]) > written:
+                        out.setdefault(p, []).append((shard, written, int(fences[i])))
+        return out
+
     async def _run_sharded(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """One APPLY call per shard, in one pipeline (sent to each primary at once)."""
         return await self._pipelined(self._apply, lua.APPLY, calls)
@@ -477,16 +512,24 @@ def _or_empty(value: int | None) -> int | str:
 def _by_shard(
     layout: KeyLayout, deltas: Sequence[tuple[FeatureGroup, Mapping[str, Delta]]]
 ) -> dict[int, list[tuple[FeatureGroup, dict[str, Delta]]]]:
-    """The batch's deltas cut by the shard of their entity (groups in the batch's order)."""
-    out: dict[int, list[tuple[FeatureGroup, dict[str, Delta]]]] = {}
-    for group, entities in deltas:
+    """The batch's deltas cut by the shard of their entity (groups in the batch's order).
+
+    A shard's script carries every group of the batch, with no entities where it
+    has none on the shard: its live mark's ``h`` moves with the shard's fence, so
+    only a writer without the version leaves a gap behind (see APPLY).
+    """
+    cuts: list[dict[int, dict[str, Delta]]] = []
+    for _, entities in deltas:
         cut: dict[int, dict[str, Delta]] = {}
         shard = layout.shard
         for entity, delta in entities.items():
             cut.setdefault(shard(entity), {})[entity] = delta
-        for s, part in cut.items():
-            out.setdefault(s, []).append((group, part))
-    return out
+        cuts.append(cut)
+    touched = sorted({s for cut in cuts for s in cut})
+    return {
+        s: [(group, cut.get(s, {})) for (group, _), cut in zip(deltas, cuts, strict=True)]
+        for s in touched
+    }
 
 
 def _script(

@@ -17,7 +17,10 @@ changes nothing and answers the stored offset.  Arguments, per call::
 Flags, per group: ``1`` the group's *live mark* key follows in KEYS (before its
 entities): ``p{partition}`` is set there, unless it is set already, to the
 stored offset before this batch (the offset from which this group version is
-written live: the seam a backfill hands over at); ``2`` a ``last`` value
+written live: the seam a backfill hands over at), and ``h{partition}`` to the
+new offset; a write finding ``h`` (or the mark) behind the stored offset
+records ``g{partition}`` = ``h:stored``, once: a writer without the version
+wrote the partition after its mark (a gap the backfill cannot fill); ``2`` a ``last`` value
 replaces a stored one only when strictly newer (a backfill writes older
 offsets after newer ones, so on a tie the stored one is the later record's).
 
@@ -218,7 +221,18 @@ for _ = 1, ngroups do
   local ttl, flags, R = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   a = a + 5
   if flags % 2 == 1 then
-    redis.call('HSETNX', KEYS[k], 'p' .. partition, stored); k = k + 1
+    local mk, pf = KEYS[k], 'p' .. partition
+    k = k + 1
+    if redis.call('HSETNX', mk, pf, stored) == 0 then
+      -- marked before: the last write of this version here must be the last write
+      -- here; if another writer (a config without the version) wrote in between,
+      -- keep the first such gap for the backfill to refuse
+      local last = redis.call('HGET', mk, 'h' .. partition) or redis.call('HGET', mk, pf)
+      if tonumber(last) < tonumber(stored) then
+        redis.call('HSETNX', mk, 'g' .. partition, last .. ':' .. stored)
+      end
+    end
+    redis.call('HSET', mk, 'h' .. partition, ARGV[3])
   end
   local strict = flags >= 2
   local res, nb = {}, {}

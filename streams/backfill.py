@@ -344,6 +344,26 @@ class _Job:
                 said = True
             await asyncio.sleep(0.5)
 
+    async def _no_gaps(self, partitions: list[int], *, during: bool = False) -> None:
+        """Refuse a version some worker wrote partitions without, after its live mark."""
+        gaps = await self.store.live_gaps(self.source, self.group, partitions)
+        if not gaps:
+            return
+        g = self.group
+        where = "; ".join(
+            f"partition {p} (offsets in {min(a for _, a, _ in spans) + 1}-"
+            f"{max(t for _, _, t in spans)})"
+            for p, spans in sorted(gaps.items())
+        )
+        when = "while the backfill ran" if during else "after its live mark"
+        raise BackfillError(
+            f"a worker whose config lacks {g.name} v{g.version} wrote {where} {when} (a "
+            f"rolling restart, or a worker with an old config?): v{g.version} misses those "
+            "events, and they cannot be added in order afterwards.  Run every worker of "
+            f"source {self.source} with the config, then add the definition as a new version "
+            "and backfill that one"
+        )
+
     async def _log_reaches(self, tops: Mapping[int, int], wait_s: float) -> None:
         """Wait until the offline log holds every partition up to its mark."""
         if not self.log.exists(self.source):
@@ -510,6 +530,7 @@ class _Job:
             self._started_ms = held.started_ms
         partitions = await self._partitions()
         tops = await self._marks(partitions, wait_s) if partitions else {}
+        await self._no_gaps(partitions)
         tops = {p: top for p, top in tops.items() if top >= 0}
         firsts = await asyncio.to_thread(self._log_firsts, tops)
         self._log_from = plan_log_from(
@@ -584,6 +605,7 @@ class _Job:
                         applied += await self._apply_rows(p, rows, rank0, states)
                     rank0 += n
         seconds = time.monotonic() - started
+        await self._no_gaps(sorted(tops), during=True)
         await self._progress("done", total, total, force=True)
         return BackfillReport(
             g.name,

@@ -372,3 +372,54 @@ async def test_any_handover_and_any_interruption_give_the_uninterrupted_version(
             await _check(store, v2, events, MIDNIGHT + 21_000)
         finally:
             await client.aclose()
+
+
+async def test_a_worker_without_the_version_after_its_mark_is_found_and_refused(
+    backend: tuple[RedisClient, Path, int, bool],
+) -> None:
+    """A rolling restart gone wrong: a worker with the old config (v1 alone) writes a
+    partition after v2's live mark.  v2 misses those events; the backfill says so."""
+    client, config, shards, _ = backend
+    store, v2, events, _ = await _prepare(client, config, shards, seed=13)
+    v1 = FeatureGroup.from_config(V1)
+    run = functools.partial(
+        backfill, load_settings(config), str(config), "spend", from_text=_from(),
+        progress=False, wait_s=5,
+    )  # fmt: skip
+
+    async def write(p: int, n: int, groups: list[FeatureGroup], empty: bool = False) -> None:
+        state = await store.partition_state(SOURCE, p)
+        batch = events[p][:n]
+        ok, _ = await store.apply(
+            SOURCE,
+            p,
+            expected_offset=state.offset,
+            new_offset=state.offset + n,
+            watermark_ms=None,
+            deltas=[(g, {} if empty and g is v2 else build_deltas(g, batch)) for g in groups],
+            ahead=state.ahead,
+        )
+        assert ok
+
+    # a worker with v2 whose batch has no event for v2: not a gap
+    await write(0, 5, [v1, v2], empty=True)
+    assert await store.live_gaps(SOURCE, v2, [0, 1, 2]) == {}
+    end = len(events[1]) - 1
+    await write(1, 6, [v1])  # the old config, after the mark
+    gaps = await store.live_gaps(SOURCE, v2, [0, 1, 2])
+    assert set(gaps) == {1}
+
+    def spans() -> set[tuple[int, int]]:
+        # per shard the write touched: after its last v2 write (at most the old end)
+        assert all(after <= end for _, after, _ in gaps[1]), gaps
+        return {(after if shards == 1 else -1, to) for _, after, to in gaps[1]}
+
+    assert spans() == {(end if shards == 1 else -1, end + 6)}
+    with pytest.raises(BackfillError, match=r"lacks spend v2 wrote partition 1 \(offsets"):
+        await run()
+    # a worker with v2 writes again: the gap stays on record
+    await write(1, 4, [v1, v2])
+    gaps = await store.live_gaps(SOURCE, v2, [0, 1, 2])
+    assert spans() == {(end if shards == 1 else -1, end + 6)}
+    with pytest.raises(BackfillError, match=f"-{end + 6}\\) after its live mark"):
+        await run()
