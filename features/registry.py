@@ -72,7 +72,8 @@ class BackfillProgress:
     applied so far, of ``total`` (``None`` until counted).  ``log_from`` is the
     run's plan, kept so a resumed run reads the same events in the same order:
     per source partition, the first offset read from the offline log; the
-    records below it are read from the topic.
+    records below it are read from the topic, from ``topic_from`` (the oldest
+    retained record when the first run read it).
     """
 
     state: Literal["running", "done"]
@@ -82,6 +83,7 @@ class BackfillProgress:
     started_ms: int
     updated_ms: int
     log_from: Mapping[int, int] | None = None
+    topic_from: Mapping[int, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """What ``driftline registry`` and serve show (the plan is the backfill's own)."""
@@ -97,8 +99,9 @@ class BackfillProgress:
     def to_record(self) -> bytes:
         """The registry field's value (with the plan)."""
         doc = self.as_dict()
-        if self.log_from is not None:
-            doc["log_from"] = {str(p): o for p, o in sorted(self.log_from.items())}
+        for name, plan in (("log_from", self.log_from), ("topic_from", self.topic_from)):
+            if plan is not None:
+                doc[name] = {str(p): o for p, o in sorted(plan.items())}
         return orjson.dumps(doc)
 
     @classmethod
@@ -110,7 +113,7 @@ class BackfillProgress:
             if state not in ("running", "done"):
                 return None
             total = doc.get("total")
-            plan = doc.get("log_from")
+            plans = [doc.get(name) for name in ("log_from", "topic_from")]
             return cls(
                 state,
                 int(doc["events"]),
@@ -118,7 +121,7 @@ class BackfillProgress:
                 int(doc["from_ms"]),
                 int(doc["started_ms"]),
                 int(doc["updated_ms"]),
-                None if plan is None else {int(p): int(o) for p, o in plan.items()},
+                *(None if x is None else {int(p): int(o) for p, o in x.items()} for x in plans),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             return None

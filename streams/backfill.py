@@ -49,6 +49,7 @@ shows and ``driftline registry activate`` reads.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import datetime as dt
 import logging
 import sys
@@ -252,6 +253,9 @@ class _Job:
         self.source_settings = next(s for s in settings.sources if s.name == group.source)
         #: per partition, the first offset read from the log (below it: the topic)
         self._log_from: dict[int, int] = {}
+        #: per partition, the oldest offset the first run read from the topic
+        self._topic_from: dict[int, int] = {}
+        self._reader: TopicReader | None = None
         self.log = OfflineLog(settings.offline.path)
         self.layout = LogLayout.from_declared(declared_types(sources.parsers[group.source]))
         self.backoff = Backoff(0.2, 5.0)
@@ -444,46 +448,77 @@ class _Job:
             if first is not None
         }
 
-    def _check_history(
+    async def _check_history(
         self,
         tops: Mapping[int, int],
         firsts: Mapping[int, tuple[int, int | None]],
         segments: Mapping[int, Segment],
+        wait_s: float,
     ) -> None:
-        """Refuse when neither the log nor the topic holds a partition's history since --from."""
-        short: list[tuple[int, int]] = []
-        gone: list[int] = []
+        """Refuse when neither the log nor the topic holds a partition's history since --from.
+
+        The oldest time a partition's history holds: its oldest accepted event's,
+        else (every record read refused) its oldest record's timestamp; when
+        nothing at or below the mark is left (the topic dropped it all, and the
+        log never had it), the timestamp of the oldest record the topic keeps.
+        """
+        short: list[tuple[int, int | None]] = []
+        gone: dict[int, int] = {}
         for p, top in tops.items():
             segment = segments.get(p)
-            oldest: list[int] = []
+            times: list[int] = []
             first: int | None = None
             if segment is not None and segment.records:
                 first = segment.first
-                if segment.oldest_ms is not None:
-                    oldest.append(segment.oldest_ms)
+                t = segment.oldest_ms if segment.oldest_ms is not None else segment.oldest_record_ms
+                if t is not None:
+                    times.append(t)
             if self._log_from[p] <= top:
                 first = self._log_from[p] if first is None else first
                 log_oldest = firsts.get(p, (0, None))[1]
                 if log_oldest is not None:
-                    oldest.append(log_oldest)
-            if first is None:
-                gone.append(p)  # neither holds a record up to the mark any more
-            elif short_history(first, min(oldest) if oldest else None, self.from_ms):
-                short.append((p, min(oldest)))
-        if gone:
-            self.say(
-                f"note: the records of partition(s) {_few(gone)} up to their live marks are "
-                f"neither in the offline log nor in topic {self.topic} any more (older than "
-                "its retention); they are not counted"
-            )
+                    times.append(log_oldest)
+            if first is None and segment is not None:
+                gone[p] = segment.first  # nothing up to the mark is left anywhere
+            elif first is not None and short_history(
+                first, min(times) if times else None, self.from_ms
+            ):
+                short.append((p, min(times) if times else None))
+        if gone and self._reader is not None:
+            stamps = await self._reader.first_timestamps(gone, max(wait_s, 30.0))
+            for p, first in gone.items():
+                if short_history(first, stamps.get(p), self.from_ms):
+                    short.append((p, stamps.get(p)))
         if short:
-            starts = max(t for _, t in short)
+            known = [t for _, t in short if t is not None]
+            since = -(-max(known, default=0) // 1000) * 1000  # the next whole second
+            advice = (
+                f"Backfill from where they start with --from {iso_ms(since)}, knowing "
+                "windows reaching before it are short"
+                if len(known) == len(short)
+                else "Nothing older is left to read"
+            )
             raise BackfillError(
                 f"neither the offline log nor topic {self.topic} holds partition(s) "
-                f"{_few([p for p, _ in short])} of source {self.source} back to --from: their "
-                f"oldest events are after it, older ones were dropped.  Backfill from where they "
-                f"start with --from {iso_ms(starts)}, knowing windows reaching before it are short"
+                f"{_few(sorted(p for p, _ in short))} of source {self.source} back to --from: "
+                f"what they hold starts after it, older records were dropped.  {advice}"
             )
+
+    def _lost(self, segments: Mapping[int, Segment], base: Mapping[int, int], states: Any) -> None:
+        """Say which records the topic dropped since the first run before they were written."""
+        kept = self._topic_from
+        for p, segment in sorted(segments.items()):
+            was = kept.get(p)
+            if was is None or segment.first <= was:
+                continue
+            written = segment.rank(base.get(p, 0), 0) - states[p].offset  # lowest offset written
+            upto = min(segment.first, written) - 1
+            if upto >= was:
+                self.say(
+                    f"note: topic {self.topic} dropped partition {p}'s records at offsets "
+                    f"{was}-{upto} (retention) after the first run and before this backfill "
+                    f"wrote them: v{self.group.version} misses their events"
+                )
 
     async def _read_topic(
         self,
@@ -505,8 +540,12 @@ class _Job:
             from_ms=self.from_ms,
             spool=spool,
         )
+        self._reader = reader
         earliest = await reader.earliest(sorted(below))
         segments = {p: Segment(p, earliest.get(p, 0), b) for p, b in below.items()}
+        for p, segment in segments.items():
+            if segment.records:
+                self._topic_from.setdefault(p, segment.first)
         reading = {p: s for p, s in segments.items() if s.records}
         if reading:
             self.say(
@@ -528,7 +567,13 @@ class _Job:
         held = await self._record()
         if held is not None:
             self._started_ms = held.started_ms
+            self._topic_from = dict(held.topic_from or {})
         partitions = await self._partitions()
+        if held is not None and held.state == "done":  # nothing left: say so, read nothing
+            await self._no_gaps(partitions)
+            g = self.group
+            total = held.total if held.total is not None else held.events
+            return BackfillReport(g.name, g.version, total, 0, held.events, 0.0, self.from_ms)
         tops = await self._marks(partitions, wait_s) if partitions else {}
         await self._no_gaps(partitions)
         tops = {p: top for p, top in tops.items() if top >= 0}
@@ -544,7 +589,7 @@ class _Job:
         with tempfile.TemporaryDirectory(prefix="driftline-backfill-") as spool:
             segments = await self._read_topic(tops, Path(spool), progress, wait_s)
             if held is None:  # a resumed run goes on with what is left
-                self._check_history(tops, firsts, segments)
+                await self._check_history(tops, firsts, segments, wait_s)
             counts: dict[tuple[Any, int], int] = {}
             if log_part:
                 counts = await asyncio.to_thread(self._counts, log_part)
@@ -563,9 +608,14 @@ class _Job:
         from_topic = {p: s.count for p, s in segments.items()}
         total = sum(counts.values()) + sum(from_topic.values())
         states = {p: await self.store.partition_state(self.fence, p) for p in tops}
-        done_before = sum(
-            min(s.offset + 1, _of(counts, p) + from_topic.get(p, 0)) for p, s in states.items()
-        )
+        done_before = 0
+        for p, state in states.items():
+            done_before += min(state.offset + 1, _of(counts, p))
+            if p in segments:
+                done_before += await asyncio.to_thread(
+                    segments[p].done, _of(counts, p), state.offset
+                )
+        self._lost(segments, {p: _of(counts, p) for p in segments}, states)
         self._read, self._total = done_before, total
         await self._progress("running", done_before, total, force=True)
         started = time.monotonic()
@@ -592,18 +642,20 @@ class _Job:
                     )
                     for p in todo:
                         rows = frame.filter(pl.col("_partition") == p)
-                        applied += await self._apply_rows(p, rows, before[p], states)
+                        dense = range(before[p], before[p] + rows.height)
+                        applied += await self._apply_rows(p, rows, dense, states)
                 for p in tops:
                     before[p] += counts.get((day, p), 0)
-            # then the records below the log, read from the topic: spool files newest first
+            # then the records below the log, read from the topic: spool files newest
+            # first, ranked by offset (Segment.rank)
             for p, segment in sorted(segments.items()):
-                rank0 = before[p]
+                base = before[p]
                 for index in reversed(range(len(segment.files))):
-                    n = segment.files[index][1]
-                    if states[p].offset < rank0 + n - 1:
+                    lowest = segment.files[index][2]
+                    if states[p].offset < segment.rank(base, lowest):
                         rows = await asyncio.to_thread(segment.rows, index)
-                        applied += await self._apply_rows(p, rows, rank0, states)
-                    rank0 += n
+                        ranks = [segment.rank(base, o) for o in rows["_offset"].to_list()]
+                        applied += await self._apply_rows(p, rows, ranks, states)
         seconds = time.monotonic() - started
         await self._no_gaps(sorted(tops), during=True)
         await self._progress("done", total, total, force=True)
@@ -628,23 +680,32 @@ class _Job:
         )
 
     async def _apply_rows(
-        self, partition: int, rows: pl.DataFrame, rank0: int, states: dict[int, PartitionState]
+        self,
+        partition: int,
+        rows: pl.DataFrame,
+        ranks: Sequence[int],
+        states: dict[int, PartitionState],
     ) -> int:
-        """Apply one day of a partition (``rows``: newest offset first, ranks from ``rank0``).
+        """Apply rows of a partition (newest offset first, ``ranks`` ascending).
 
+        Rows ranked at or below the checkpoint were applied by an earlier run.
         Events become Python objects :data:`_CHUNK` rows at a time (they take ten
         times the memory of the columns); a write is at most ``max_entities``
         entities and never spans two chunks.
         """
-        skip = max(0, states[partition].offset + 1 - rank0)  # applied by an earlier run
+        skip = bisect.bisect_right(ranks, states[partition].offset)
         applied = 0
         for lo in range(skip, rows.height, _CHUNK):
             chunk = rows.slice(lo, _CHUNK)
-            applied += await self._apply_chunk(partition, chunk, rank0 + lo, states)
+            applied += await self._apply_chunk(partition, chunk, ranks[lo : lo + _CHUNK], states)
         return applied
 
     async def _apply_chunk(
-        self, partition: int, rows: pl.DataFrame, rank0: int, states: dict[int, PartitionState]
+        self,
+        partition: int,
+        rows: pl.DataFrame,
+        ranks: Sequence[int],
+        states: dict[int, PartitionState],
     ) -> int:
         group = self.group
         state = states[partition]
@@ -680,10 +741,10 @@ class _Job:
                 if entity is None:
                     continue
                 shard = shard_of(entity, shards)
-                if offsets[i] <= marks.get(shard, -1) and rank0 + i > state.ahead.get(shard, -1):
+                if offsets[i] <= marks.get(shard, -1) and ranks[i] > state.ahead.get(shard, -1):
                     chosen.append(events[i])
             deltas = [(group, build_batch(group, chosen))]
-            state = await self._write(partition, state, rank0 + end - 1, deltas)
+            state = await self._write(partition, state, ranks[end - 1], deltas)
             states[partition] = state
             applied += len(chosen)
             self._bar.update(end - start)
@@ -755,6 +816,7 @@ class _Job:
             self._started_ms,
             self.clock(),
             self._log_from,
+            self._topic_from,
         )
         key = self.store.layout.registry_key(self.group.name)
         await self.store.client.hset(key, backfill_field(self.group.version), record.to_record())

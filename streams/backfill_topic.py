@@ -20,20 +20,31 @@ worker refused it as late.
 **Spool.**  A segment is read forwards (the watermark needs offset order) and
 applied backwards (a ``last`` value on a tie of event times goes to the later
 record), so its accepted events since ``--from`` wait on local disk, in the
-offline log's columns (Arrow IPC files of :data:`CHUNK` rows, compressed), in
-a temporary directory the backfill removes when it ends.
+offline log's columns (Arrow IPC files of at most :data:`CHUNK` rows,
+compressed), in a temporary directory the backfill removes when it ends.  At
+most :data:`CHUNK` accepted events (and no record bodies) wait in memory,
+over all partitions.
+
+**Ranks.**  The backfill's checkpoint is a rank; a record read from the topic
+ranks by its offset alone (:meth:`Segment.rank`), not by its place among the
+accepted ones, so a resumed run that judges some records differently (the
+topic dropped old records in between, and the watermark starts elsewhere)
+still skips exactly the offsets written before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from driftline.drift.quality import QualityChecker
 from driftline.features.durations import parse_duration
@@ -44,7 +55,7 @@ from driftline.streams.settings import Settings, SourceSettings
 from driftline.streams.worker.records import RawRecord
 from driftline.streams.worker.verdicts import judge
 
-__all__ = ["CHUNK", "Segment", "TopicReader", "TopicStalled"]
+__all__ = ["CHUNK", "Segment", "TopicError", "TopicReader", "TopicStalled"]
 
 #: Accepted events per spool file (and per batch of Python events when applied).
 CHUNK = 50_000
@@ -52,8 +63,21 @@ CHUNK = 50_000
 _FETCH = 20_000
 
 
-class TopicStalled(DriftlineError):
+class TopicError(DriftlineError):
+    """The topic cannot be read (said in words)."""
+
+
+class TopicStalled(TopicError):
     """The broker returned no record of a segment for too long."""
+
+
+class _Pos(NamedTuple):
+    """Where an accepted event came from (what the log's columns keep of a record)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
 
 
 @dataclass
@@ -65,22 +89,41 @@ class Segment:
     first: int
     #: the first offset not read (the log holds the partition from here, or the mark + 1)
     below: int
-    #: spool files of accepted events since ``--from``, ascending offsets, with their rows
-    files: list[tuple[Path, int]] = field(default_factory=list)
+    #: spool files of accepted events since ``--from``, ascending offsets:
+    #: (path, rows, lowest offset, highest offset)
+    files: list[tuple[Path, int, int, int]] = field(default_factory=list)
     #: the oldest accepted event time read (before the ``--from`` filter)
     oldest_ms: int | None = None
+    #: the oldest record timestamp read (any verdict)
+    oldest_record_ms: int | None = None
 
     @property
     def count(self) -> int:
-        return sum(n for _, n in self.files)
+        return sum(f[1] for f in self.files)
 
     @property
     def records(self) -> int:
         return max(0, self.below - self.first)
 
+    def rank(self, base: int, offset: int) -> int:
+        """The checkpoint rank of ``offset``: ``base`` (the log's events of the
+        partition) for the newest record read, one more per offset below."""
+        return base + self.below - 1 - offset
+
+    def done(self, base: int, checkpoint: int) -> int:
+        """Spooled events already written (rank at or below ``checkpoint``)."""
+        lowest = base + self.below - 1 - checkpoint  # offsets at or above it are written
+        n = 0
+        for index, (_, rows, lo, hi) in enumerate(self.files):
+            if lo >= lowest:
+                n += rows
+            elif hi >= lowest:
+                n += sum(1 for o in self.rows(index)["_offset"].to_list() if o >= lowest)
+        return n
+
     def rows(self, index: int) -> pl.DataFrame:
         """Spool file ``index``'s rows, newest offset first."""
-        path, _ = self.files[index]
+        path = self.files[index][0]
         with pa.memory_map(str(path)) as source:
             table = pa.ipc.open_file(source).read_all()
         return pl.from_arrow(table).reverse()  # type: ignore[return-value]
@@ -120,16 +163,63 @@ class TopicReader:
             **self.settings.kafka.aiokafka_kwargs(),
         )
 
+    async def _start(self) -> AIOKafkaConsumer:
+        consumer = self._consumer()
+        try:
+            await consumer.start()
+            if consumer.partitions_for_topic(self.source.topic) is None:
+                await _close(consumer)
+                raise TopicError(
+                    f"topic {self.source.topic} (source {self.source.name}) does not exist on "
+                    f"{self.settings.kafka.bootstrap_servers}"
+                )
+        except KafkaError as exc:
+            await _close(consumer)
+            raise TopicError(self._failed(exc)) from exc
+        return consumer
+
+    def _failed(self, exc: BaseException) -> str:
+        return (
+            f"reading topic {self.source.topic} from {self.settings.kafka.bootstrap_servers} "
+            f"failed: {type(exc).__name__}: {exc}"
+        )
+
     async def earliest(self, partitions: Sequence[int]) -> dict[int, int]:
         """The oldest retained offset of each partition."""
-        consumer = self._consumer()
-        await consumer.start()
+        consumer = await self._start()
         try:
             tps = [TopicPartition(self.source.topic, p) for p in partitions]
             firsts = await consumer.beginning_offsets(tps)
             return {tp.partition: int(o) for tp, o in firsts.items()}
+        except KafkaError as exc:
+            raise TopicError(self._failed(exc)) from exc
         finally:
             await consumer.stop()
+
+    async def first_timestamps(self, firsts: Mapping[int, int], stall_s: float) -> dict[int, int]:
+        """The timestamp of the record at each partition's given offset (its oldest)."""
+        if not firsts:
+            return {}
+        topic = self.source.topic
+        consumer = await self._start()
+        out: dict[int, int] = {}
+        try:
+            tps = {p: TopicPartition(topic, p) for p in firsts}
+            consumer.assign(list(tps.values()))
+            for p, offset in firsts.items():
+                consumer.seek(tps[p], offset)
+            deadline = time.monotonic() + stall_s
+            while len(out) < len(firsts) and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=500, max_records=len(firsts))
+                for tp, messages in batch.items():
+                    if messages and tp.partition not in out:
+                        out[tp.partition] = int(messages[0].timestamp)
+                        consumer.pause(tp)
+        except KafkaError as exc:
+            raise TopicError(self._failed(exc)) from exc
+        finally:
+            await consumer.stop()
+        return out
 
     async def read(
         self,
@@ -143,14 +233,14 @@ class TopicReader:
         if not todo:
             return
         topic = self.source.topic
-        consumer = self._consumer()
-        await consumer.start()
+        consumer = await self._start()
         try:
             tps = {p: TopicPartition(topic, p) for p in todo}
             consumer.assign(list(tps.values()))
             for p, segment in todo.items():
                 consumer.seek(tps[p], segment.first)
             pending = {p: _Pending() for p in todo}
+            at = {p: s.first for p, s in todo.items()}
             moved = time.monotonic()
             while todo:
                 batch = await consumer.getmany(timeout_ms=500, max_records=_FETCH)
@@ -175,13 +265,19 @@ class TopicReader:
                     if records:
                         moved = time.monotonic()
                         self._take(segment, pending[tp.partition], records)
-                        on_records(len(records))
                 for p in list(todo):
-                    if await consumer.position(tps[p]) >= todo[p].below:
-                        self._spill(todo[p], pending[p], final=True)
+                    position = min(await consumer.position(tps[p]), todo[p].below)
+                    if position > at[p]:  # by offsets: a gap in them counts as read
+                        on_records(position - at[p])
+                        at[p] = position
+                    if position >= todo[p].below:
+                        self._spill(todo[p], pending[p])
                         consumer.pause(tps[p])
                         del todo[p]
                         moved = time.monotonic()
+                if sum(len(x.events) for x in pending.values()) >= CHUNK:
+                    for p, waiting in pending.items():  # memory: at most CHUNK events wait
+                        self._spill(segments[p], waiting)
                 if todo and time.monotonic() - moved > stall_s:
                     at = {p: await consumer.position(tps[p]) for p in todo}
                     where = ", ".join(
@@ -192,6 +288,8 @@ class TopicReader:
                         f"the broker returned no record of topic {topic} partition(s) {where} "
                         f"for {stall_s:.0f} s: is it reachable, and are the records still there?"
                     )
+        except KafkaError as exc:
+            raise TopicError(self._failed(exc)) from exc
         finally:
             await consumer.stop()
 
@@ -206,35 +304,58 @@ class TopicReader:
             allowed_lateness_ms=self.allowed_lateness_ms,
             future_tolerance_ms=self.future_tolerance_ms,
         )
+        stamp = min(r.timestamp_ms for r in records)
+        if segment.oldest_record_ms is None or stamp < segment.oldest_record_ms:
+            segment.oldest_record_ms = stamp
         for event, record in zip(result.valid, result.valid_records, strict=True):
             t = event.event_time_ms
             if segment.oldest_ms is None or t < segment.oldest_ms:
                 segment.oldest_ms = t
             if t >= self.from_ms:
                 pending.events.append(event)
-                pending.records.append(record)
-        self._spill(segment, pending, final=False)
+                pending.positions.append(
+                    _Pos(record.topic, record.partition, record.offset, record.timestamp_ms)
+                )
 
-    def _spill(self, segment: Segment, pending: _Pending, *, final: bool) -> None:
-        """Write full spool files (and, when ``final``, the rest)."""
-        while len(pending.events) >= CHUNK or (final and pending.events):
-            events, pending.events = pending.events[:CHUNK], pending.events[CHUNK:]
-            records, pending.records = pending.records[:CHUNK], pending.records[CHUNK:]
-            table = self.layout.to_table(events, records)
-            path = self.spool / f"p{segment.partition}-{len(segment.files):06d}.arrow"
+    def _spill(self, segment: Segment, pending: _Pending) -> None:
+        """Write what waits of a segment to a spool file."""
+        if not pending.events:
+            return
+        table = self.layout.to_table(pending.events, pending.positions)
+        offsets = [p.offset for p in pending.positions]
+        pending.events, pending.positions = [], []
+        path = self.spool / f"p{segment.partition}-{len(segment.files):06d}.arrow"
+        try:
             with (
                 pa.OSFile(str(path), "wb") as sink,
                 pa.ipc.new_file(sink, table.schema, options=self._options) as writer,
             ):
                 writer.write_table(table)
-            segment.files.append((path, table.num_rows))
+        except OSError as exc:
+            raise TopicError(
+                f"cannot write the backfill's spool file {path} (the accepted events read from "
+                f"the topic wait there; set TMPDIR to a directory with room): {exc}"
+            ) from exc
+        segment.files.append((path, table.num_rows, offsets[0], offsets[-1]))
+
+
+async def _close(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer whose start may have failed half-way (its stop then fails too)."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:  # its own coordinator task, never started
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except KafkaError:
+        pass
 
 
 @dataclass
 class _Pending:
     watermark_ms: int | None = None
     events: list[ParsedEvent] = field(default_factory=list)
-    records: list[RawRecord] = field(default_factory=list)
+    positions: list[_Pos] = field(default_factory=list)
 
 
 def plan_log_from(
@@ -259,13 +380,14 @@ def plan_log_from(
 
 
 def short_history(first_available: int, oldest_ms: int | None, from_ms: int) -> bool:
-    """Whether a partition's history since ``from_ms`` is incomplete.
+    """Whether a partition's history since ``from_ms`` may be incomplete.
 
     Neither the log nor the topic holds the partition from offset 0
-    (``first_available`` > 0), and the oldest event they hold is after
+    (``first_available`` > 0), and the oldest time they hold (an accepted
+    event's, else a record's timestamp; ``None``: nothing at all) is after
     ``from_ms``: older events since ``from_ms`` may have been dropped.
     """
-    return first_available > 0 and oldest_ms is not None and oldest_ms > from_ms
+    return first_available > 0 and (oldest_ms is None or oldest_ms > from_ms)
 
 
 def describe(segments: Mapping[int, Segment]) -> str:

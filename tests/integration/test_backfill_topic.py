@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import re
+import shutil
 import tempfile
 import uuid
 import zlib
@@ -45,6 +47,7 @@ from tests.integration.test_backfill import CONTRACT, V1, V2, _check, _from
 
 SOURCE = "transactions"
 T0 = 1_700_000_000_000
+FROM_MS = T0 - 60_000  # _from()
 LATENESS_MS = 30_000  # the source's default allowed_lateness
 PARTITIONS = 3
 LAYOUT = LogLayout.from_declared(
@@ -98,6 +101,13 @@ def _stream(rng: random.Random, n: int) -> dict[int, list[Record]]:
             "event_time": t,
         }
         values[p].append((orjson.dumps(data), ParsedEvent(user, t, data)))
+    users = [f"u{i}" for i in range(41)]
+    for p in values:  # each partition starts with two events older than --from
+        user = next(u for u in users if zlib.crc32(u.encode()) % PARTITIONS == p)
+        for i in range(2):
+            data = {"event_id": f"old{p}{i}", "user_id": user, "amount": 1.0 + i}
+            data |= {"category": "fuel", "event_time": T0 - 120_000 - i * 1000}
+            values[p].insert(i, (orjson.dumps(data), ParsedEvent(user, data["event_time"], data)))
     out: dict[int, list[Record]] = {}
     for p, recs in values.items():
         watermark: int | None = None
@@ -206,10 +216,6 @@ async def _live(
         await store.mark_live(SOURCE, p, [v1, v2])
 
 
-def _events(stream: Mapping[int, list[Record]]) -> dict[int, list[ParsedEvent]]:
-    return {p: [r.accepted for r in rs if r.accepted is not None] for p, rs in stream.items()}
-
-
 @dataclass
 class Setup:
     client: RedisClient
@@ -218,6 +224,32 @@ class Setup:
     topic: str
     stream: dict[int, list[Record]]
     log: OfflineLog
+    handovers: Mapping[int, int]
+
+    def expected(self) -> dict[int, list[ParsedEvent]]:
+        """What version 2 holds: the live writes' events after the marks, and the
+        backfill's at or below them since --from."""
+        return {
+            p: [
+                r.accepted
+                for r in rs
+                if r.accepted is not None
+                and (r.offset > self.handovers[p] or r.accepted.event_time_ms >= FROM_MS)
+            ]
+            for p, rs in self.stream.items()
+        }
+
+    def backfilled(self, below: Mapping[int, int] | None = None) -> int:
+        """Events at or below the marks since --from (and below ``below``, per partition)."""
+        return sum(
+            1
+            for p, rs in self.stream.items()
+            for r in rs
+            if r.accepted is not None
+            and r.offset <= self.handovers[p]
+            and r.offset < (below or {}).get(p, r.offset + 1)
+            and r.accepted.event_time_ms >= FROM_MS
+        )
 
 
 async def _prepare(
@@ -229,9 +261,10 @@ async def _prepare(
     n: int,
     log_starts: Mapping[int, int | None],
     handovers: Mapping[int, int] | None = None,
+    stream: dict[int, list[Record]] | None = None,
 ) -> Setup:
     rng = random.Random(seed)
-    stream = _stream(rng, n)
+    stream = _stream(rng, n) if stream is None else stream
     topic = f"bft-{uuid.uuid4().hex[:8]}"
     prefix = f"bft{uuid.uuid4().hex[:6]}"
     config = _config(tmp, bootstrap, topic, url, prefix, shards)
@@ -250,7 +283,7 @@ async def _prepare(
         handovers = {p: rng.randint(-1, len(rs) - 1) for p, rs in stream.items()}
     for p, records in stream.items():
         await _live(store, (v1, v2), p, records, handovers[p], rng)
-    return Setup(client, store, config, topic, stream, log)
+    return Setup(client, store, config, topic, stream, log, handovers)
 
 
 @pytest.fixture(params=["one-redis", "sharded"])
@@ -268,21 +301,12 @@ async def cleanup() -> AsyncIterator[list[RedisClient]]:
         await client.aclose()
 
 
-def _below(setup: Setup, handovers: Mapping[int, int], log_starts: Mapping[int, int | None]) -> int:
-    """Accepted events at or below the marks that the log does not hold."""
-    n = 0
-    for p, records in setup.stream.items():
-        first = log_starts[p]
-        if first is None or first > handovers[p]:
-            first = handovers[p] + 1
-        n += sum(1 for r in records if r.offset < first and r.offset <= handovers[p] and r.accepted)
-    return n
-
-
 @pytest.fixture
-def small_spool(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Spool files of 37 events: a segment spans many (applied newest first)."""
+def small_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fetches of 7 records (the watermark carries over) and spool files of 37
+    events (a segment spans many, applied newest first)."""
     monkeypatch.setattr(backfill_topic, "CHUNK", 37)
+    monkeypatch.setattr(backfill_topic, "_FETCH", 7)
 
 
 async def test_backfill_reads_the_topic_below_the_log(
@@ -290,7 +314,7 @@ async def test_backfill_reads_the_topic_below_the_log(
     backend: tuple[str, int],
     tmp_path: Path,
     cleanup: list[RedisClient],
-    small_spool: None,
+    small_reads: None,
 ) -> None:
     url, shards = backend
     rng = random.Random(3)
@@ -306,26 +330,18 @@ async def test_backfill_reads_the_topic_below_the_log(
         load_settings(setup.config), str(setup.config), "spend", from_text=_from(),
         progress=False, wait_s=10,
     )  # fmt: skip
-    assert report.from_topic == _below(setup, handovers, log_starts) > 0
-    assert (
-        report.total
-        == report.applied
-        == sum(
-            1
-            for p, rs in setup.stream.items()
-            for r in rs
-            if r.offset <= handovers[p] and r.accepted
-        )
-    )
-    v2 = FeatureGroup.from_config(V2)
-    await _check(setup.store, v2, _events(setup.stream))
-    raw = await setup.client.hget(setup.store.layout.registry_key("spend"), backfill_field(2))
-    progress = BackfillProgress.parse(raw)
-    assert progress is not None and progress.state == "done"
     first_in_log = min(
         r.offset for r in setup.stream[1] if r.offset >= (log_starts[1] or 0) and r.accepted
     )
-    assert progress.log_from == {0: handovers[0] + 1, 1: first_in_log, 2: handovers[2] + 1}
+    below = {0: handovers[0] + 1, 1: first_in_log, 2: handovers[2] + 1}
+    assert report.from_topic == setup.backfilled(below) > 0
+    assert report.total == report.applied == setup.backfilled()
+    v2 = FeatureGroup.from_config(V2)
+    await _check(setup.store, v2, setup.expected())
+    raw = await setup.client.hget(setup.store.layout.registry_key("spend"), backfill_field(2))
+    progress = BackfillProgress.parse(raw)
+    assert progress is not None and progress.state == "done"
+    assert progress.log_from == below
 
 
 class _Crash(Exception):
@@ -338,12 +354,15 @@ async def test_a_resumed_backfill_keeps_its_plan_when_the_log_grows_below(
     tmp_path: Path,
     cleanup: list[RedisClient],
     monkeypatch: pytest.MonkeyPatch,
-    small_spool: None,
+    small_reads: None,
 ) -> None:
-    """Killed while applying the topic's records; an archiver then fills the log from
-    offset 0; the next run still reads what the first run planned, in the same order."""
-    log_starts: dict[int, int | None] = {0: None, 1: None, 2: 0}
-    setup = await _prepare(kafka_bootstrap, redis_url, 1, tmp_path, 5, 1200, log_starts)
+    """Killed while applying the topic's records; the log is then written again from
+    offset 0 (an archiver started afresh); the next run still reads what the first run
+    planned, in the same order, and so counts nothing twice."""
+    log_starts: dict[int, int | None] = {0: None, 1: 120, 2: 0}
+    sizes = {p: len(rs) for p, rs in _stream(random.Random(5), 1200).items()}
+    handovers = {p: k - 1 for p, k in sizes.items()}
+    setup = await _prepare(kafka_bootstrap, redis_url, 1, tmp_path, 5, 1200, log_starts, handovers)
     cleanup.append(setup.client)
     v2 = FeatureGroup.from_config(V2)
     real = RedisFeatureStore.apply
@@ -353,7 +372,7 @@ async def test_a_resumed_backfill_keeps_its_plan_when_the_log_grows_below(
         nonlocal calls
         if source == backfill_source(SOURCE, v2):
             calls += 1
-            if calls == 6:
+            if calls == 150:  # among the topic's records
                 raise _Crash
         return await real(self, source, *args, **kwargs)
 
@@ -366,11 +385,12 @@ async def test_a_resumed_backfill_keeps_its_plan_when_the_log_grows_below(
         await run(max_entities=4)
     assert isinstance(crash.value.cause, _Crash)
     monkeypatch.setattr(RedisFeatureStore, "apply", real)
-    for p in (0, 1):  # the archiver starts, from the topic's first record
+    shutil.rmtree(setup.log.root)
+    for p in range(PARTITIONS):  # an archiver starts afresh, from the topic's first record
         _log_from(setup.log, setup.topic, p, setup.stream[p], 0)
     report = await run(max_entities=9)
     assert report.resumed > 0 and report.applied > 0 and report.from_topic > 0
-    await _check(setup.store, v2, _events(setup.stream))
+    await _check(setup.store, v2, setup.expected())
 
 
 async def test_a_trimmed_topic_that_misses_history_is_refused(
@@ -404,7 +424,7 @@ async def test_a_trimmed_topic_that_misses_history_is_refused(
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 async def test_any_log_start_handover_and_interruption_give_the_uninterrupted_version(
-    kafka_bootstrap: str, redis_url: str, small_spool: None, data: st.DataObject
+    kafka_bootstrap: str, redis_url: str, small_reads: None, data: st.DataObject
 ) -> None:
     seed = data.draw(st.integers(0, 10_000), label="seed")
     n = data.draw(st.integers(30, 300), label="records")
@@ -447,6 +467,134 @@ async def test_any_log_start_handover_and_interruption_give_the_uninterrupted_ve
             finally:
                 RedisFeatureStore.apply = real  # type: ignore[method-assign]
             await run()
-            await _check(setup.store, v2, _events(setup.stream))
+            await _check(setup.store, v2, setup.expected())
         finally:
             await setup.client.aclose()
+
+
+def _record(offset: int, user: str, t: int) -> Record:
+    data = {"event_id": f"e{offset}", "user_id": user, "amount": 10.0 + offset}
+    data |= {"category": "fuel", "event_time": t}
+    return Record(offset, orjson.dumps(data), ParsedEvent(user, t, data))
+
+
+async def test_records_judged_otherwise_after_retention_are_not_counted_twice(
+    kafka_bootstrap: str,
+    redis_url: str,
+    tmp_path: Path,
+    cleanup: list[RedisClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The topic drops its oldest records between a crash and the resumed run: the
+    resumed run judges from a later start, without the watermark the dropped records
+    made, and now accepts a record the first run refused as late.  Ranks by offset
+    keep every record already written skipped (a rank by place among the accepted
+    ones would shift and write one again); the dropped records not yet written are
+    said to be missing."""
+    times = [T0 + i * 1000 for i in range(5)] + [T0 + 100_000] + [T0 + 75_000 + i for i in range(4)]
+    times += [T0 + 95_000, T0 + 67_000] + [T0 + 96_000 + i for i in range(8)]
+    records = [_record(o, f"x{o}", t) for o, t in enumerate(times)]
+    late = records[11]  # 67 s < 100 s - 30 s: late for the worker; not after offset 10 alone
+    records[11] = Record(11, late.value, None)
+    stream = {0: records, 1: [], 2: []}
+    setup = await _prepare(
+        kafka_bootstrap, redis_url, 1, tmp_path, 0, 0, {0: None, 1: None, 2: None},
+        {0: 19, 1: -1, 2: -1}, stream,
+    )  # fmt: skip
+    cleanup.append(setup.client)
+    v2 = FeatureGroup.from_config(V2)
+    real = RedisFeatureStore.apply
+    calls = 0
+
+    async def crashing(self: RedisFeatureStore, source: str, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        if source == backfill_source(SOURCE, v2):
+            calls += 1
+            if calls == 10:  # offsets 19..12, then 10 written (one event each); 9 is next
+                raise _Crash
+        return await real(self, source, *args, **kwargs)
+
+    said: list[str] = []
+    run = functools.partial(
+        backfill, load_settings(setup.config), str(setup.config), "spend",
+        from_text=_from(), progress=False, wait_s=10, max_entities=1, echo=said.append,
+    )  # fmt: skip
+    monkeypatch.setattr(RedisFeatureStore, "apply", crashing)
+    with pytest.raises(EffectFailed):
+        await run()
+    monkeypatch.setattr(RedisFeatureStore, "apply", real)
+    real_earliest = TopicReader.earliest
+
+    async def retained(self: TopicReader, partitions: list[int]) -> dict[int, int]:
+        return {p: max(o, 10) for p, o in (await real_earliest(self, partitions)).items()}
+
+    monkeypatch.setattr(TopicReader, "earliest", retained)  # offsets 0..9 dropped
+    await run()
+    assert any("offsets 0-9" in line and "misses their events" in line for line in said), said
+    users = [f"x{o}" for o in range(20)]
+    got = await setup.store.get(v2, users, as_of_ms=T0 + 401_000)
+    counts = {u: g.values["amount_count_1h"] for u, g in zip(users, got, strict=True)}
+    # written once each: offset 10 and 12..19; not 11 (late for the worker); 0..9 lost
+    assert counts == {
+        u: (1 if u in {"x10", *(f"x{o}" for o in range(12, 20))} else 0) for u in users
+    }
+
+
+async def test_history_the_topic_has_dropped_entirely_is_refused(
+    kafka_bootstrap: str,
+    redis_url: str,
+    tmp_path: Path,
+    cleanup: list[RedisClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No log, and the topic keeps nothing up to a partition's mark: whether events
+    since --from are gone is told by the oldest retained record's timestamp."""
+    log_starts: dict[int, int | None] = {0: None, 1: None, 2: None}
+    sizes = {p: len(rs) for p, rs in _stream(random.Random(4), 300).items()}
+    handovers = {0: sizes[0] - 10, 1: sizes[1] - 1, 2: sizes[2] - 1}
+    setup = await _prepare(kafka_bootstrap, redis_url, 1, tmp_path, 4, 300, log_starts, handovers)
+    cleanup.append(setup.client)
+    real_earliest = TopicReader.earliest
+
+    async def retained(self: TopicReader, partitions: list[int]) -> dict[int, int]:
+        firsts = await real_earliest(self, partitions)
+        return {**firsts, 0: sizes[0] - 5}  # partition 0 keeps only records after its mark
+
+    monkeypatch.setattr(TopicReader, "earliest", retained)
+    run = functools.partial(
+        backfill, load_settings(setup.config), str(setup.config), "spend", progress=False,
+        wait_s=10,
+    )  # fmt: skip
+    # the records were produced now: their timestamps are after a --from in 2023
+    with pytest.raises(BackfillError, match=r"partition\(s\) 0 of source .* --from 20[2-9]") as no:
+        await run(from_text=_from())
+    raw = await setup.client.hget(setup.store.layout.registry_key("spend"), backfill_field(2))
+    assert raw is None  # refused before any write
+    # as advised, from the retained record on: what was dropped is older, nothing is missing
+    advised = re.search(r"--from (\S+),", str(no.value))
+    assert advised is not None
+    report = await run(from_text=advised[1])
+    assert report.total == 0
+
+
+async def test_a_broker_or_topic_that_cannot_be_read_is_said_in_words(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    from driftline.streams.backfill_topic import TopicError
+    from driftline.streams.local.ports import find_free_port
+    from driftline.streams.sources import build_sources
+
+    for bootstrap, topic, said in [
+        (f"127.0.0.1:{find_free_port()}", "bft-any", "failed: KafkaConnectionError"),
+        (kafka_bootstrap, f"bft-missing-{uuid.uuid4().hex[:6]}", "does not exist"),
+    ]:
+        config = _config(tmp_path, bootstrap, topic, "redis://127.0.0.1:1/0", "bft", 1)
+        settings = load_settings(config)
+        sources = build_sources(settings, str(config))
+        reader = TopicReader(
+            settings, settings.sources[0], sources.parsers[SOURCE], None, LAYOUT,
+            from_ms=0, spool=tmp_path,
+        )  # fmt: skip
+        with pytest.raises(TopicError, match=said) as error:
+            await reader.earliest([0])
+        assert topic in str(error.value)
