@@ -4,6 +4,7 @@
                              [--max-rate 20000] [--small-writes 200]
                              [--entities-per-write 2000]
                              [--live-rate 5000] [--live-seconds 20] [--drain-events N]
+                             [--phases alone,topic,live]
                              [--bootstrap HOST:PORT] [--redis-url URL] [--json FILE]
 
 What runs: the embedded broker and Redis (or ``--bootstrap`` / ``--redis-url``),
@@ -36,7 +37,7 @@ The steps:
    and the same for a worker running the v2 definition alone (its own
    consumer group and key prefix): the figure like for like with the
    backfill, which computes that definition.
-3. The worker restarts with v1 .. v8: each new version gets its live marks at
+3. The worker restarts with v1 .. v9: each new version gets its live marks at
    the end of the N events (a worker marks every partition it is assigned),
    so every backfill below fills exactly the N events.
 4. **Backfill alone**: ``driftline backfill --group spend --version 2
@@ -46,7 +47,20 @@ The steps:
    counts included); CPU-seconds per 1M events of the backfill process (its
    ``wait4`` resource use, all threads; its peak RSS from ``VmHWM``), Redis and the
    broker (``/proc/<pid>/stat``), Lua time inside Redis.  Ratios to the live
-   worker's events/s and to raw.
+   worker's events/s and to raw (``--phases`` ``alone``).
+   **Backfill from the topic** (``--phases`` ``topic``): v9 (the version after
+   step 5's), the same definition, backfilled the same way (worker idle) with a
+   config whose ``offline.path`` is an empty directory: no offline log, so the
+   backfill reads the N events from the topic (aiokafka from the oldest record,
+   the worker's verdicts, spooled to Arrow IPC files under ``TMPDIR``), then
+   applies them. The same figures, its whole process's events/s as the headline
+   (its summary's events/s is the apply loop only, without the read), the time
+   to the "reading ... of topic" line (start-up) and to its first progress
+   record (the read), the peak size of its ``TMPDIR`` (a directory of its own,
+   sampled every 0.1 s: the spool), the raw consumer once more right after it
+   (a noise check), and v9's stored state compared with v2's, entity by entity
+   (the same events: the hashes should match but for ``_u``, the time of the
+   last write).
 5. **Beside live traffic**, in three conditions: the backfill at full speed,
    with ``--max-rate`` (20,000), and with ``--max-rate`` and
    ``--entities-per-write`` ``--small-writes`` (200: shorter scripts).  Each
@@ -73,8 +87,8 @@ The steps:
      applied).  The with-backfill rate is taken over the part of the drain the
      backfill was running (its share is shown).
 
-   The slowdown is stated as "p50/p99 latency +x %" and "worker rate -y %"
-   against the no-backfill run of the same worker.  The workers of v4 .. v8
+   (``--phases`` ``live``.)  The slowdown is stated as "p50/p99 latency +x %"
+   and "worker rate -y %" against the no-backfill run of the same worker.  The workers of v4 .. v8
    have not written the live traffic of the runs before them into those
    versions: they are throw-away, the bench reads no features back.
 
@@ -158,8 +172,11 @@ V1: dict[str, Any] = {
 }
 #: the event time the N events cover, ending near now
 SPAN_S = 50 * 60
-#: the version backfilled alone; those beside live traffic follow it, two per condition
+#: the version backfilled alone; those beside live traffic follow it, two per condition;
+#: then the version backfilled from the topic
 ALONE = 2
+#: --phases
+PHASES = ("alone", "topic", "live")
 
 
 def version(n: int) -> dict[str, Any]:
@@ -318,6 +335,15 @@ class Backfill:
     lua_s: float
     scripts: int
     summary: str
+    from_topic: int  # of total, read from the topic (its summary)
+    #: process start to its first progress record: start-up, the log's scan and counts, or
+    #: the whole read of the topic (records judged and spooled), before the first write
+    first_progress_s: float
+    #: process start to its "reading ... of topic" line (nan: it read no topic)
+    read_start_s: float
+    spool_mib: float  # peak size of its temporary directory (TMPDIR), sampled every 0.1 s
+    spool_files: int  # files in it at that peak
+    others: float  # cores busy with other tenants' processes while it ran
 
     @property
     def wall_rate(self) -> float:
@@ -328,7 +354,9 @@ class Backfill:
 
 
 SUMMARY = re.compile(
-    r": (\d+) events \((\d+) applied now, (\d+) by an earlier run\), ([\d,]+) events/s"
+    r": (?P<total>\d+) events(?:, (?P<topic>\d+) of them read from the topic)? "
+    r"\((?P<now>\d+) applied now, (?P<earlier>\d+) by an earlier run\), "
+    r"(?P<rate>[\d,]+) events/s"
 )
 
 
@@ -346,7 +374,9 @@ def rss_by_progress(sampler: Sampler, progress: list[tuple[float, int]]) -> str:
     )
 
 
-def spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def spawn(
+    command: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """``command`` in its own session, output to ``log_path``, dying with us."""
     with log_path.open("wb") as out:
         return subprocess.Popen(
@@ -355,7 +385,7 @@ def spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
             start_new_session=True,
             preexec_fn=child_preexec(os.getpid()),
         )
@@ -386,6 +416,25 @@ def peak_rss_mib(pid: int) -> float:
     return int(hwm) / 1024
 
 
+def dir_size(path: Path) -> tuple[int, int]:
+    """Bytes and files under ``path`` now (files may come and go while it walks)."""
+    size = files = 0
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return 0, 0
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                sub = dir_size(Path(entry.path))
+                size, files = size + sub[0], files + sub[1]
+            else:
+                size, files = size + entry.stat(follow_symlinks=False).st_size, files + 1
+        except OSError:
+            continue
+    return size, files
+
+
 async def run_backfill(
     ctx: Ctx,
     n_version: int,
@@ -393,13 +442,24 @@ async def run_backfill(
     max_rate: float | None = None,
     entities_per_write: int | None = None,
     started: asyncio.Event | None = None,
+    no_log: bool = False,
 ) -> Backfill:
     """``driftline backfill`` of ``n_version`` as a subprocess, to its end.
 
-    ``started`` is set once its registry record shows events applied.
+    ``started`` is set once its registry record shows events applied.  ``no_log``:
+    its config's ``offline.path`` is an empty directory, so it reads every event
+    from the topic.  Its ``TMPDIR`` is a directory of its own, whose size (the
+    spool of the topic's events) is sampled while it runs.
     """
     config = ctx.workdir / f"backfill-v{n_version}.yaml"
-    config.write_text(yaml.safe_dump(ctx.config(ctx.groups)))
+    settings = ctx.config(ctx.groups)
+    if no_log:
+        empty = ctx.workdir / "no-log"
+        empty.mkdir(exist_ok=True)
+        settings["offline"] = {**settings["offline"], "path": str(empty)}
+    config.write_text(yaml.safe_dump(settings))
+    tmpdir = ctx.workdir / f"tmp-v{n_version}"
+    tmpdir.mkdir(exist_ok=True)
     command = [
         *(sys.executable, "-m", "driftline.streams.cli", "backfill", "-c", str(config)),
         *("--group", GROUP, "--version", str(n_version), "--from", ctx.from_iso),
@@ -411,11 +471,12 @@ async def run_backfill(
     cpu0 = await ctx.cpu()
     calls0, usec0 = await evalsha_usec(ctx.client)
     worker0 = tree_cpu(worker.pid)[0] if worker is not None else 0.0
+    machine0, me0 = machine_busy_s(), cpu_seconds(os.getpid())
     registry = f"{ctx.prefix}:registry:{GROUP}"
     log(f"backfill v{n_version}: {shlex.join(command[2:])}")
     wall_start = time.time() * 1000
     t0 = time.monotonic()
-    proc = spawn(command, log_path)
+    proc = spawn(command, log_path, env={"TMPDIR": str(tmpdir)})
     ctx.backfills.append(proc)
     sampler = Sampler(proc.pid, period=0.1)
     sampler.start()
@@ -423,14 +484,21 @@ async def run_backfill(
     used: float | None = None
     polls = 0
     hwm = 0.0
+    spool = (0, 0)
+    first_progress = read_start = math.nan
     while used is None:
         await asyncio.sleep(0.02)
         hwm = max(hwm, peak_rss_mib(proc.pid))
         used = reap(proc)
         polls += 1
         if polls % 5 == 0:
+            spool = max(spool, dir_size(tmpdir))
             raw = await ctx.client.hget(registry, backfill_field(n_version))
             held = None if raw is None else BackfillProgress.parse(raw)
+            if held is not None and not progress:
+                first_progress = time.monotonic() - t0
+            if no_log and math.isnan(read_start) and b"reading p" in log_path.read_bytes():
+                read_start = time.monotonic() - t0
             if held is not None and (not progress or held.events > progress[-1][1]):
                 progress.append((time.monotonic(), held.events))
             if started is not None and held is not None and held.events > 0:
@@ -443,6 +511,11 @@ async def run_backfill(
     cpu1 = await ctx.cpu()
     calls1, usec1 = await evalsha_usec(ctx.client)
     worker1 = tree_cpu(worker.pid)[0] if worker is not None else 0.0
+    machine1, me1 = machine_busy_s(), cpu_seconds(os.getpid())
+    ours = used + (worker1 - worker0) + (me1 - me0) + (cpu1["Redis"] - cpu0["Redis"])
+    if not math.isnan(cpu1["broker"]):
+        ours += cpu1["broker"] - cpu0["broker"]
+    others = ((machine1 - machine0) - ours) / max(time.monotonic() - t0, 1e-9)
     if started is not None:
         started.set()
     text = log_path.read_text(errors="replace")
@@ -457,8 +530,8 @@ async def run_backfill(
         wall_start,
         wall_end,
         seconds,
-        int(match.group(1)),
-        float(match.group(4).replace(",", "")),
+        int(match["total"]),
+        float(match["rate"].replace(",", "")),
         used,
         hwm,
         rss,
@@ -468,7 +541,81 @@ async def run_backfill(
         (usec1 - usec0) / 1e6,
         calls1 - calls0,
         summary,
+        int(match["topic"] or 0),
+        first_progress,
+        read_start,
+        spool[0] / 2**20,
+        spool[1],
+        others,
     )
+
+
+@dataclass
+class Same:
+    """Two backfilled versions of one definition, entity by entity."""
+
+    entities: int  # in either version
+    identical: int  # byte-identical hashes but for ``_u`` (the wall time of the last write)
+    close: int  # every feature equal (numbers within 1e-9 relative) as of one time
+    worst: str  # the largest difference seen
+    fields: str  # the hash fields that differ, of the first entity whose hashes differ
+
+
+async def same_state(ctx: Ctx, a: int, b: int) -> Same:
+    """Compare the stored state of versions ``a`` and ``b`` (the same definition)."""
+    from driftline.features.definitions import FeatureGroup
+    from driftline.sinks.feature_store import read_stored
+
+    group = FeatureGroup.from_config({"entity_key": "user_id", **version(a)})
+    heads = {v: f"{ctx.prefix}:fg:{GROUP}:v{v}:" for v in (a, b)}
+    entities: set[str] = set()
+    for head in heads.values():
+        async for key in ctx.client.scan_iter(match=head + "*", count=1000):
+            name = key.decode() if isinstance(key, bytes) else key
+            entities.add(name[len(head) :])
+    names = sorted(entities)
+    hashes: dict[int, list[Any]] = {}
+    for v, head in heads.items():
+        async with ctx.client.pipeline(transaction=False) as pipe:
+            for e in names:
+                pipe.hgetall(head + e)
+            hashes[v] = await pipe.execute()
+    as_of = int(time.time() * 1000)
+    identical = close = 0
+    worst, worst_rel = "none", 0.0
+    fields = "none"
+    for e, ha, hb in zip(names, hashes[a], hashes[b], strict=True):
+        for h in (ha, hb):
+            h.pop(b"_u", None)
+        if ha == hb:
+            identical += 1
+            close += 1
+            continue
+        if fields == "none":
+            differ = sorted(
+                (k.decode() if isinstance(k, bytes) else k)
+                for k in ha.keys() | hb.keys()
+                if ha.get(k) != hb.get(k)
+            )
+            fields = f"{e}: {', '.join(differ)}"
+        va = read_stored(group, ha, as_of).vector.values
+        vb = read_stored(group, hb, as_of).vector.values
+        ok = va.keys() == vb.keys()
+        for name in va.keys() & vb.keys():
+            x, y = va[name], vb[name]
+            if x == y:
+                continue
+            if isinstance(x, int | float) and isinstance(y, int | float):
+                rel = abs(x - y) / max(abs(x), abs(y), 1e-12)
+                if rel > worst_rel:
+                    worst, worst_rel = f"{e} {name}: {x!r} vs {y!r} (rel {rel:.1e})", rel
+                if rel <= 1e-9:
+                    continue
+            elif worst_rel < math.inf:
+                worst, worst_rel = f"{e} {name}: {x!r} vs {y!r}", math.inf
+            ok = False
+        close += ok
+    return Same(len(names), identical, close, worst, fields)
 
 
 # ----------------------------------------------------------------------------- live traffic
@@ -826,6 +973,38 @@ async def run(args: argparse.Namespace, res: Results, out: dict[str, Any], workd
             broker.stop()
 
 
+async def archive(ctx: Ctx, res: Results, last_offsets: dict[int, int], n: int) -> None:
+    """``driftline archive`` until the offline log holds the N events; then stopped."""
+    log("archive ...")
+    archiver = Archiver(ctx.workdir, ctx.config([V1]))
+    ctx.procs.append(archiver)
+    archiver.start()
+    await archiver.wait_ready()
+    t0 = time.monotonic()
+    offline = OfflineLog(str(ctx.log_root))
+    parts = list(last_offsets)
+    while True:
+        held = (
+            await asyncio.to_thread(offline.positions, SOURCE, ctx.topic, parts)
+            if await asyncio.to_thread(offline.exists, SOURCE)
+            else {}
+        )
+        if all(held.get(p, -1) >= o for p, o in last_offsets.items()):
+            break
+        if time.monotonic() - t0 > max(600.0, n / 500):
+            raise RuntimeError(f"archive behind: {held} vs {last_offsets}")
+        archiver.check_alive()
+        await asyncio.sleep(0.5)
+    archive_s = time.monotonic() - t0
+    archiver.stop()
+    res.add(
+        "driftline archive (to the offline log)",
+        f"{n / archive_s:,.0f} events/s",
+        f"ready to all in the log in {archive_s:.1f}s (1 s polls of the log's positions); "
+        "stopped afterwards",
+    )
+
+
 async def phases(ctx: Ctx, args: argparse.Namespace, res: Results, out: dict[str, Any]) -> None:
     n = args.events
     await create_source_topic(ctx.bootstrap, ctx.topic)
@@ -884,34 +1063,8 @@ async def phases(ctx: Ctx, args: argparse.Namespace, res: Results, out: dict[str
         f"mean of {raw1:,.0f} before and {raw2:,.0f} after the v1 worker; "
         f"v1 worker ratio to raw {live_rate / raw:.3f}",
     )
-    log("archive ...")
-    archiver = Archiver(ctx.workdir, ctx.config([V1]))
-    ctx.procs.append(archiver)
-    archiver.start()
-    await archiver.wait_ready()
-    t0 = time.monotonic()
-    offline = OfflineLog(str(ctx.log_root))
-    parts = list(produced.last_offsets)
-    while True:
-        held = (
-            await asyncio.to_thread(offline.positions, SOURCE, ctx.topic, parts)
-            if await asyncio.to_thread(offline.exists, SOURCE)
-            else {}
-        )
-        if all(held.get(p, -1) >= o for p, o in produced.last_offsets.items()):
-            break
-        if time.monotonic() - t0 > max(600.0, n / 500):
-            raise RuntimeError(f"archive behind: {held} vs {produced.last_offsets}")
-        archiver.check_alive()
-        await asyncio.sleep(0.5)
-    archive_s = time.monotonic() - t0
-    archiver.stop()
-    res.add(
-        "driftline archive (to the offline log)",
-        f"{n / archive_s:,.0f} events/s",
-        f"ready to all in the log in {archive_s:.1f}s (1 s polls of the log's positions); "
-        "stopped afterwards",
-    )
+    if {"alone", "live"} & args.phases:  # the backfills from the log
+        await archive(ctx, res, produced.last_offsets, n)
     log("worker with the v2 definition alone (its own group and prefix) ...")
     alone = ctx.worker([{**version(2), "version": 1}], suffix=f"{ctx.suffix}-v2")
     await alone.wait_ready()
@@ -943,14 +1096,51 @@ async def phases(ctx: Ctx, args: argparse.Namespace, res: Results, out: dict[str
             )
     lat_versions = [ALONE + 1 + i for i in range(len(conditions))]
     drain_versions = [lat_versions[-1] + 1 + i for i in range(len(conditions))]
-    ctx.groups = [V1, *(version(v) for v in range(ALONE, drain_versions[-1] + 1))]
-    log(f"worker with v1 .. v{drain_versions[-1]} (marks the new versions) ...")
+    from_topic = drain_versions[-1] + 1  # the version backfilled from the topic
+    ctx.groups = [V1, *(version(v) for v in range(ALONE, from_topic + 1))]
+    log(f"worker with v1 .. v{from_topic} (marks the new versions) ...")
     worker = ctx.worker(ctx.groups)
     await worker.wait_ready()
 
-    # 4. backfill alone --------------------------------------------------------------
-    bf = await run_backfill(ctx, ALONE, worker)
+    # 4. backfill alone, from the log, and from the topic ----------------------------
+    rates = Rates(raw, raw1, raw2, live_rate, v2_live_rate)
+    bf = bft = None
+    if "alone" in args.phases:
+        bf = await run_backfill(ctx, ALONE, worker)
+        alone_rows(res, out, bf, n, rates)
+    if "topic" in args.phases:
+        bft = await run_backfill(ctx, from_topic, worker, no_log=True)
+        log("raw baseline again, after the backfill from the topic ...")
+        raw3 = await raw_baseline(ctx.bootstrap, ctx.topic, n)
+        same = await same_state(ctx, ALONE, from_topic) if bf is not None else None
+        topic_rows(res, out, bft, n, rates, raw3, bf, same)
     worker.stop()
+
+    # 5. beside live traffic ---------------------------------------------------------
+    if "live" in args.phases:
+        ref = bf or bft
+        # the drain's default backlog: half what the backfill alone took (n events in it)
+        seconds = ref.seconds if ref is not None else n / min(live_rate, v2_live_rate)
+        await beside_live(
+            ctx, args, res, out, conditions, lat_versions, drain_versions, rates, seconds
+        )
+
+
+@dataclass
+class Rates:
+    """The references of one run: the raw consumer and the live workers, events/s."""
+
+    raw: float  # mean of raw1 and raw2
+    raw1: float  # before the v1 worker
+    raw2: float  # after it
+    live: float  # the v1 worker
+    v2_live: float  # a worker with the backfilled definition alone
+
+
+def alone_rows(res: Results, out: dict[str, Any], bf: Backfill, n: int, rates: Rates) -> None:
+    """The figures of the backfill from the log, the worker idle."""
+    raw, raw1, raw2 = rates.raw, rates.raw1, rates.raw2
+    live_rate, v2_live_rate = rates.live, rates.v2_live
     if bf.total != n:
         log(f"backfill v2 filled {bf.total:,} events, not {n:,}: {bf.summary}")
     res.add(
@@ -962,7 +1152,8 @@ async def phases(ctx: Ctx, args: argparse.Namespace, res: Results, out: dict[str
         "backfill alone (v2), whole process",
         f"{bf.wall_rate:,.0f} events/s",
         f"{bf.total:,} events in {bf.seconds:.1f}s from process start to exit (start-up, log "
-        f"scan and counts: {bf.seconds - bf.total / max(bf.rate, 1e-9):.1f}s)",
+        f"scan and counts: {bf.seconds - bf.total / max(bf.rate, 1e-9):.1f}s); other tenants "
+        f"kept {bf.others:.0%} of a core busy meanwhile",
     )
     res.add(
         "backfill ratio to the live worker",
@@ -999,13 +1190,131 @@ async def phases(ctx: Ctx, args: argparse.Namespace, res: Results, out: dict[str
         "peak_rss_mib": bf.rss_mib,
         "rss": bf.rss,
         "scripts": bf.scripts,
+        "others_cpu": bf.others,
         "live_worker_v1": live_rate,
         "live_worker_v2_definition": v2_live_rate,
         "raw": raw,
         "raw_before_after": [raw1, raw2],
     }
 
-    # 5. beside live traffic ---------------------------------------------------------
+
+def topic_rows(
+    res: Results,
+    out: dict[str, Any],
+    bf: Backfill,
+    n: int,
+    rates: Rates,
+    raw3: float,
+    log_bf: Backfill | None,
+    same: Same | None,
+) -> None:
+    """The figures of the backfill from the topic (no offline log), the worker idle."""
+    v = f"v{bf.version}"
+    read_s = bf.first_progress_s - bf.read_start_s
+    if bf.total != n or bf.from_topic != bf.total:
+        log(
+            f"backfill {v} filled {bf.total:,} events ({bf.from_topic:,} from the topic), not "
+            f"{n:,}: {bf.summary}"
+        )
+    res.add(
+        f"backfill from the topic ({v}), whole process",
+        f"{bf.wall_rate:,.0f} events/s",
+        f"{bf.total:,} events ({bf.from_topic:,} read from the topic) in {bf.seconds:.1f}s from "
+        f"process start to exit: start-up {bf.read_start_s:.1f}s, the topic read (judged and "
+        f"spooled) {read_s:.1f}s ({n / read_s:,.0f} records/s, to its first progress "
+        f"record), the apply loop {bf.total / bf.rate if bf.rate else math.nan:.1f}s; other "
+        f"tenants kept {bf.others:.0%} of a core busy meanwhile",
+    )
+    res.add(
+        f"backfill from the topic ({v}), its summary (the apply loop only)",
+        f"{bf.rate:,.0f} events/s",
+        f"`{bf.summary}`",
+    )
+    res.add(
+        "backfill from the topic: ratio to raw",
+        f"{bf.wall_rate / rates.raw:.3f}",
+        f"whole process; its apply loop {bf.rate / rates.raw:.3f}; raw after this backfill "
+        f"{raw3:,.0f} events/s ({raw3 / rates.raw:.2f} of the mean before), ratio to it "
+        f"{bf.wall_rate / raw3:.3f}",
+    )
+    res.add(
+        "backfill from the topic: ratio to the live worker",
+        f"{bf.wall_rate / rates.live:.2f} (v1) / {bf.wall_rate / rates.v2_live:.2f} "
+        "(v2 definition)",
+        "whole process"
+        + (
+            f"; to the backfill from the log (whole process): {bf.wall_rate / log_bf.wall_rate:.2f}"
+            if log_bf is not None
+            else ""
+        ),
+    )
+    res.add(
+        "backfill from the topic: CPU-s per 1M events",
+        f"backfill {bf.per_million(bf.cpu_s):.1f} / Redis {bf.per_million(bf.redis_cpu_s):.1f}"
+        f" / broker {bf.per_million(bf.broker_cpu_s):.2f}",
+        f"idle worker {bf.per_million(bf.worker_cpu_s):.2f}; Lua inside Redis "
+        f"{bf.per_million(bf.lua_s):.2f} s per 1M ({bf.scripts:,} scripts); backfill process "
+        f"{bf.cpu_s / bf.seconds:.0%} of a core over its wall time",
+    )
+    res.add(
+        "backfill from the topic: memory and spool",
+        f"peak RSS {bf.rss_mib:,.0f} MiB, spool {bf.spool_mib:,.1f} MiB",
+        f"RSS {bf.rss}; spool: its TMPDIR's peak size ({bf.spool_files} files, 0.1 s samples), "
+        f"{bf.spool_mib * 2**20 / max(bf.total, 1):.0f} bytes per event",
+    )
+    if same is not None:
+        res.add(
+            f"state of {v} (from the topic) vs v{ALONE} (from the log)",
+            f"{same.close:,} of {same.entities:,} entities equal",
+            f"{same.identical:,} byte-identical hashes (but for `_u`, the time of the last "
+            f"write); the others' features equal within 1e-9 "
+            f"relative as of now; largest difference: {same.worst}; fields that differ, first "
+            f"entity: {same.fields}",
+        )
+    out["topic"] = {
+        "version": bf.version,
+        "events": bf.total,
+        "from_topic": bf.from_topic,
+        "rate_summary": bf.rate,
+        "rate_wall": bf.wall_rate,
+        "seconds": bf.seconds,
+        "first_progress_s": bf.first_progress_s,
+        "others_cpu": bf.others,
+        "read_start_s": bf.read_start_s,
+        "read_s": read_s,
+        "cpu_s_per_1m": {
+            "backfill": bf.per_million(bf.cpu_s),
+            "redis": bf.per_million(bf.redis_cpu_s),
+            "broker": bf.per_million(bf.broker_cpu_s),
+            "worker_idle": bf.per_million(bf.worker_cpu_s),
+        },
+        "lua_s_per_1m": bf.per_million(bf.lua_s),
+        "peak_rss_mib": bf.rss_mib,
+        "rss": bf.rss,
+        "spool_peak_mib": bf.spool_mib,
+        "spool_files": bf.spool_files,
+        "scripts": bf.scripts,
+        "raw_after": raw3,
+        "same_state_as_log": None if same is None else same.__dict__,
+    }
+
+
+async def beside_live(
+    ctx: Ctx,
+    args: argparse.Namespace,
+    res: Results,
+    out: dict[str, Any],
+    conditions: list[tuple[str, float | None, int | None]],
+    lat_versions: list[int],
+    drain_versions: list[int],
+    rates: Rates,
+    alone_s: float,
+) -> None:
+    """Step 5: latency and backlog drain of the live worker, without and with a backfill.
+
+    ``alone_s``: how long the backfill alone took (the drain's default backlog).
+    """
+    n = args.events
     lat_runs: list[LatencyRun] = []
     for n_version, (name, max_rate, epw) in zip(lat_versions, conditions, strict=True):
         worker = ctx.worker([V1, version(n_version)])
@@ -1037,7 +1346,7 @@ async def phases(ctx: Ctx, args: argparse.Namespace, res: Results, out: dict[str
         lat_runs += [base, with_bf]
     drain_runs: list[DrainRun] = []
     m = args.drain_events or max(
-        20_000, min(n, int(0.5 * bf.seconds * min(live_rate, v2_live_rate)))
+        20_000, min(n, int(0.5 * alone_s * min(rates.live, rates.v2_live)))
     )
     for n_version, (name, max_rate, epw) in zip(drain_versions, conditions, strict=True):
         worker = ctx.worker([V1, version(n_version)])
@@ -1191,10 +1500,19 @@ def main() -> None:
         help="backlog of the drain runs (default: what the worker drains in half the time "
         "the backfill alone took, at least 20,000, at most --events)",
     )
+    ap.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help="which backfills to measure, comma-separated: alone (from the log), topic (from "
+        "the topic, no offline log), live (beside live traffic); default all",
+    )
     ap.add_argument("--bootstrap", default=None, help="use this broker instead of the embedded one")
     ap.add_argument("--redis-url", default=None, help="use this Redis instead of the embedded one")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = ap.parse_args()
+    args.phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    if not args.phases or args.phases - set(PHASES):
+        ap.error(f"--phases: a comma-separated choice of {', '.join(PHASES)}")
     if args.events is None:
         args.events = 100_000 if args.quick else 1_000_000
     if args.live_seconds is None:
@@ -1211,6 +1529,7 @@ def main() -> None:
         "paced": f"--max-rate {args.max_rate:,.0f}"
         + (f", and with --entities-per-write {args.small_writes}" if args.small_writes else ""),
         "live rate": f"{args.live_rate:,.0f}/s",
+        "phases": ",".join(p for p in PHASES if p in args.phases),
         "cores": os.cpu_count(),
     }
     out: dict[str, Any] = {"params": res.params, "argv": sys.argv[1:]}
