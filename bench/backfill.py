@@ -37,9 +37,12 @@ The steps:
    and the same for a worker running the v2 definition alone (its own
    consumer group and key prefix): the figure like for like with the
    backfill, which computes that definition.
-3. The worker restarts with v1 .. v9: each new version gets its live marks at
-   the end of the N events (a worker marks every partition it is assigned),
-   so every backfill below fills exactly the N events.
+3. The worker restarts with v1, v2 and v9: each new version gets its live
+   marks at the end of the N events (a worker marks every partition it is
+   assigned), so step 4's backfills fill exactly the N events.  Step 5's
+   versions are marked when step 5's workers start (a version a worker does not
+   write after its mark has a gap, which the backfill refuses): they fill the N
+   events and the live traffic of the conditions before them.
 4. **Backfill alone**: ``driftline backfill --group spend --version 2
    --from T --no-progress`` (``T``: the oldest event's time, so the set is the
    same whenever it runs), the worker idle.  Its own summary's events/s (the
@@ -452,7 +455,7 @@ async def run_backfill(
     spool of the topic's events) is sampled while it runs.
     """
     config = ctx.workdir / f"backfill-v{n_version}.yaml"
-    settings = ctx.config(ctx.groups)
+    settings = ctx.config([V1, version(n_version)])
     if no_log:
         empty = ctx.workdir / "no-log"
         empty.mkdir(exist_ok=True)
@@ -1097,8 +1100,10 @@ async def phases(ctx: Ctx, args: argparse.Namespace, res: Results, out: dict[str
     lat_versions = [ALONE + 1 + i for i in range(len(conditions))]
     drain_versions = [lat_versions[-1] + 1 + i for i in range(len(conditions))]
     from_topic = drain_versions[-1] + 1  # the version backfilled from the topic
-    ctx.groups = [V1, *(version(v) for v in range(ALONE, from_topic + 1))]
-    log(f"worker with v1 .. v{from_topic} (marks the new versions) ...")
+    # step 5's versions are started by step 5's workers: a version some worker does
+    # not write after its mark has a gap, and the backfill refuses it
+    ctx.groups = [V1, version(ALONE), version(from_topic)]
+    log(f"worker with v1, v{ALONE} and v{from_topic} (marks the new versions) ...")
     worker = ctx.worker(ctx.groups)
     await worker.wait_ready()
 

@@ -256,6 +256,7 @@ class _Job:
         #: per partition, the oldest offset the first run read from the topic
         self._topic_from: dict[int, int] = {}
         self._reader: TopicReader | None = None
+        self._t0 = time.monotonic()
         self.log = OfflineLog(settings.offline.path)
         self.layout = LogLayout.from_declared(declared_types(sources.parsers[group.source]))
         self.backoff = Backoff(0.2, 5.0)
@@ -586,6 +587,7 @@ class _Job:
         log_part = {p: top for p, top in tops.items() if self._log_from[p] <= top}
         if log_part:
             await self._log_reaches(log_part, wait_s)
+        self._t0 = time.monotonic()  # the rate counts reading the topic too
         with tempfile.TemporaryDirectory(prefix="driftline-backfill-") as spool:
             segments = await self._read_topic(tops, Path(spool), progress, wait_s)
             if held is None:  # a resumed run goes on with what is left
@@ -618,7 +620,7 @@ class _Job:
         self._lost(segments, {p: _of(counts, p) for p in segments}, states)
         self._read, self._total = done_before, total
         await self._progress("running", done_before, total, force=True)
-        started = time.monotonic()
+        started = self._t0
         applied = 0
         with tqdm(
             total=total,

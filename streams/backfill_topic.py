@@ -22,8 +22,9 @@ applied backwards (a ``last`` value on a tie of event times goes to the later
 record), so its accepted events since ``--from`` wait on local disk, in the
 offline log's columns (Arrow IPC files of at most :data:`CHUNK` rows,
 compressed), in a temporary directory the backfill removes when it ends.  At
-most :data:`CHUNK` accepted events (and no record bodies) wait in memory,
-over all partitions.
+most a few thousand accepted events (and no record bodies) wait in memory as
+objects, over all partitions; they are appended to each partition's open
+spool file as columns.
 
 **Ranks.**  The backfill's checkpoint is a rank; a record read from the topic
 ranks by its offset alone (:meth:`Segment.rank`), not by its place among the
@@ -35,11 +36,12 @@ still skips exactly the offsets written before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import polars as pl
 import pyarrow as pa
@@ -61,6 +63,9 @@ __all__ = ["CHUNK", "Segment", "TopicError", "TopicReader", "TopicStalled"]
 CHUNK = 50_000
 #: Records fetched at a time.
 _FETCH = 20_000
+#: Accepted events waiting as Python objects, over all partitions, before they are
+#: appended to the spool files as columns.
+_WAITING = 5_000
 
 
 class TopicError(DriftlineError):
@@ -234,12 +239,12 @@ class TopicReader:
             return
         topic = self.source.topic
         consumer = await self._start()
+        pending = {p: _Pending() for p in todo}
         try:
             tps = {p: TopicPartition(topic, p) for p in todo}
             consumer.assign(list(tps.values()))
             for p, segment in todo.items():
                 consumer.seek(tps[p], segment.first)
-            pending = {p: _Pending() for p in todo}
             at = {p: s.first for p, s in todo.items()}
             moved = time.monotonic()
             while todo:
@@ -271,12 +276,12 @@ class TopicReader:
                         on_records(position - at[p])
                         at[p] = position
                     if position >= todo[p].below:
-                        self._spill(todo[p], pending[p])
+                        self._spill(todo[p], pending[p], close=True)
                         consumer.pause(tps[p])
                         del todo[p]
                         moved = time.monotonic()
-                if sum(len(x.events) for x in pending.values()) >= CHUNK:
-                    for p, waiting in pending.items():  # memory: at most CHUNK events wait
+                if sum(len(x.events) for x in pending.values()) >= _WAITING:
+                    for p, waiting in pending.items():  # memory: few events wait as objects
                         self._spill(segments[p], waiting)
                 if todo and time.monotonic() - moved > stall_s:
                     at = {p: await consumer.position(tps[p]) for p in todo}
@@ -291,6 +296,8 @@ class TopicReader:
         except KafkaError as exc:
             raise TopicError(self._failed(exc)) from exc
         finally:
+            for waiting in pending.values():
+                waiting.discard()
             await consumer.stop()
 
     def _take(self, segment: Segment, pending: _Pending, records: Sequence[RawRecord]) -> None:
@@ -317,26 +324,35 @@ class TopicReader:
                     _Pos(record.topic, record.partition, record.offset, record.timestamp_ms)
                 )
 
-    def _spill(self, segment: Segment, pending: _Pending) -> None:
-        """Write what waits of a segment to a spool file."""
-        if not pending.events:
-            return
-        table = self.layout.to_table(pending.events, pending.positions)
-        offsets = [p.offset for p in pending.positions]
-        pending.events, pending.positions = [], []
-        path = self.spool / f"p{segment.partition}-{len(segment.files):06d}.arrow"
+    def _spill(self, segment: Segment, pending: _Pending, *, close: bool = False) -> None:
+        """Append what waits of a segment to its open spool file; a file is closed (and
+        listed) at :data:`CHUNK` rows, or when the segment is read (``close``)."""
         try:
-            with (
-                pa.OSFile(str(path), "wb") as sink,
-                pa.ipc.new_file(sink, table.schema, options=self._options) as writer,
-            ):
-                writer.write_table(table)
+            if pending.events:
+                table = self.layout.to_table(pending.events, pending.positions)
+                first, last = pending.positions[0].offset, pending.positions[-1].offset
+                pending.events, pending.positions = [], []
+                if pending.writer is None:
+                    pending.path = self.spool / f"p{segment.partition}-{len(segment.files):06d}"
+                    pending.sink = pa.OSFile(str(pending.path), "wb")
+                    pending.writer = pa.ipc.new_file(
+                        pending.sink, table.schema, options=self._options
+                    )
+                    pending.rows, pending.lo = 0, first
+                pending.writer.write_table(table)
+                pending.rows += table.num_rows
+                pending.hi = last
+            if pending.writer is not None and (close or pending.rows >= CHUNK):
+                pending.writer.close()
+                assert pending.sink is not None and pending.path is not None
+                pending.sink.close()
+                segment.files.append((pending.path, pending.rows, pending.lo, pending.hi))
+                pending.writer = pending.sink = None
         except OSError as exc:
             raise TopicError(
-                f"cannot write the backfill's spool file {path} (the accepted events read from "
-                f"the topic wait there; set TMPDIR to a directory with room): {exc}"
+                f"cannot write the backfill's spool file {pending.path} (the accepted events "
+                f"read from the topic wait there; set TMPDIR to a directory with room): {exc}"
             ) from exc
-        segment.files.append((path, table.num_rows, offsets[0], offsets[-1]))
 
 
 async def _close(consumer: AIOKafkaConsumer) -> None:
@@ -353,9 +369,25 @@ async def _close(consumer: AIOKafkaConsumer) -> None:
 
 @dataclass
 class _Pending:
+    """A segment being read: its watermark, the events waiting, its open spool file."""
+
     watermark_ms: int | None = None
     events: list[ParsedEvent] = field(default_factory=list)
     positions: list[_Pos] = field(default_factory=list)
+    path: Path | None = None
+    sink: Any = None
+    writer: Any = None
+    rows: int = 0
+    lo: int = 0
+    hi: int = 0
+
+    def discard(self) -> None:
+        """Close an open spool file (after a failure: the directory is removed anyway)."""
+        for handle in (self.writer, self.sink):
+            if handle is not None:
+                with contextlib.suppress(Exception):
+                    handle.close()
+        self.writer = self.sink = None
 
 
 def plan_log_from(

@@ -303,10 +303,11 @@ async def cleanup() -> AsyncIterator[list[RedisClient]]:
 
 @pytest.fixture
 def small_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fetches of 7 records (the watermark carries over) and spool files of 37
-    events (a segment spans many, applied newest first)."""
+    """Fetches of 7 records (the watermark carries over), spool files of about 37
+    events (a segment spans many, applied newest first), appended 11 at a time."""
     monkeypatch.setattr(backfill_topic, "CHUNK", 37)
     monkeypatch.setattr(backfill_topic, "_FETCH", 7)
+    monkeypatch.setattr(backfill_topic, "_WAITING", 11)
 
 
 async def test_backfill_reads_the_topic_below_the_log(
