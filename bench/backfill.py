@@ -57,7 +57,7 @@ The steps:
    backfill reads the N events from the topic (aiokafka from the oldest record,
    the worker's verdicts, spooled to Arrow IPC files under ``TMPDIR``), then
    applies them. The same figures, its whole process's events/s as the headline
-   (its summary's events/s is the apply loop only, without the read), the time
+   (its summary's events/s counts the read and the apply loop, not start-up), the time
    to the "reading ... of topic" line (start-up) and to its first progress
    record (the read), the peak size of its ``TMPDIR`` (a directory of its own,
    sampled every 0.1 s: the spool), the raw consumer once more right after it
@@ -1227,18 +1227,19 @@ def topic_rows(
         f"{bf.total:,} events ({bf.from_topic:,} read from the topic) in {bf.seconds:.1f}s from "
         f"process start to exit: start-up {bf.read_start_s:.1f}s, the topic read (judged and "
         f"spooled) {read_s:.1f}s ({n / read_s:,.0f} records/s, to its first progress "
-        f"record), the apply loop {bf.total / bf.rate if bf.rate else math.nan:.1f}s; other "
+        f"record), the read and the apply loop "
+        f"{bf.total / bf.rate if bf.rate else math.nan:.1f}s; other "
         f"tenants kept {bf.others:.0%} of a core busy meanwhile",
     )
     res.add(
-        f"backfill from the topic ({v}), its summary (the apply loop only)",
+        f"backfill from the topic ({v}), its summary (the read and the apply loop)",
         f"{bf.rate:,.0f} events/s",
         f"`{bf.summary}`",
     )
     res.add(
         "backfill from the topic: ratio to raw",
         f"{bf.wall_rate / rates.raw:.3f}",
-        f"whole process; its apply loop {bf.rate / rates.raw:.3f}; raw after this backfill "
+        f"whole process; its summary's {bf.rate / rates.raw:.3f}; raw after this backfill "
         f"{raw3:,.0f} events/s ({raw3 / rates.raw:.2f} of the mean before), ratio to it "
         f"{bf.wall_rate / raw3:.3f}",
     )
