@@ -42,7 +42,9 @@ The steps:
    assigned), so step 4's backfills fill exactly the N events.  Step 5's
    versions are marked when step 5's workers start (a version a worker does not
    write after its mark has a gap, which the backfill refuses): they fill the N
-   events and the live traffic of the conditions before them.
+   events and the live traffic of the conditions before them, and before each
+   of their backfills ``driftline archive`` brings the offline log up to the
+   worker's offsets, outside the measured windows.
 4. **Backfill alone**: ``driftline backfill --group spend --version 2
    --from T --no-progress`` (``T``: the oldest event's time, so the set is the
    same whenever it runs), the worker idle.  Its own summary's events/s (the
@@ -979,6 +981,30 @@ async def run(args: argparse.Namespace, res: Results, out: dict[str, Any], workd
 async def archive(ctx: Ctx, res: Results, last_offsets: dict[int, int], n: int) -> None:
     """``driftline archive`` until the offline log holds the N events; then stopped."""
     log("archive ...")
+    archive_s = await archive_to(ctx, last_offsets, n)
+    res.add(
+        "driftline archive (to the offline log)",
+        f"{n / archive_s:,.0f} events/s",
+        f"ready to all in the log in {archive_s:.1f}s (1 s polls of the log's positions); "
+        "stopped afterwards",
+    )
+
+
+async def catch_up_log(ctx: Ctx) -> None:
+    """Step 5: the offline log brought up to where the worker stands (so up to the live
+    marks of the version about to be backfilled), outside the measured windows."""
+    raw = await ctx.client.hgetall(f"{ctx.prefix}:offsets:{SOURCE}")
+    stored = {
+        int(k[1:]): int(v)
+        for k, v in ((k.decode(), v) for k, v in raw.items())
+        if k.startswith("p") and k[1:].isdigit()
+    }
+    log(f"archive up to the worker's offsets {stored} ...")
+    await archive_to(ctx, stored, sum(o + 1 for o in stored.values()))
+
+
+async def archive_to(ctx: Ctx, last_offsets: dict[int, int], n: int) -> float:
+    """Run ``driftline archive`` until the log holds ``last_offsets``; its seconds."""
     archiver = Archiver(ctx.workdir, ctx.config([V1]))
     ctx.procs.append(archiver)
     archiver.start()
@@ -1000,12 +1026,7 @@ async def archive(ctx: Ctx, res: Results, last_offsets: dict[int, int], n: int) 
         await asyncio.sleep(0.5)
     archive_s = time.monotonic() - t0
     archiver.stop()
-    res.add(
-        "driftline archive (to the offline log)",
-        f"{n / archive_s:,.0f} events/s",
-        f"ready to all in the log in {archive_s:.1f}s (1 s polls of the log's positions); "
-        "stopped afterwards",
-    )
+    return archive_s
 
 
 async def phases(ctx: Ctx, args: argparse.Namespace, res: Results, out: dict[str, Any]) -> None:
@@ -1336,6 +1357,7 @@ async def beside_live(
             seed=2 * n_version,
         )
         what = f"backfill v{n_version}, {name}"
+        await catch_up_log(ctx)
         log(f"latency, worker v1 + v{n_version}: {args.live_rate:,.0f}/s, {what} ...")
         with_bf = await latency_run(
             ctx,
@@ -1361,6 +1383,7 @@ async def beside_live(
         log(f"drain, worker v1 + v{n_version}: {m:,} events, no backfill ...")
         base_d = await drain_run(ctx, worker, m, 10 + n_version, f"no backfill (v1 + v{n_version})")
         what = f"backfill v{n_version}, {name}"
+        await catch_up_log(ctx)
         log(f"drain, worker v1 + v{n_version}: {m:,} events, {what} ...")
         with_d = await drain_run(ctx, worker, m, 20 + n_version, what, n_version, max_rate, epw)
         worker.stop()
