@@ -254,19 +254,7 @@ class TopicReader:
                     if open_segment is None or not messages:
                         continue
                     segment = open_segment
-                    records = [
-                        RawRecord(
-                            m.topic,
-                            m.partition,
-                            m.offset,
-                            m.timestamp,
-                            m.key,
-                            m.value,
-                            list(m.headers or ()),
-                        )
-                        for m in messages
-                        if m.offset < segment.below
-                    ]
+                    records = [RawRecord.of(m) for m in messages if m.offset < segment.below]
                     if records:
                         moved = time.monotonic()
                         self._take(segment, pending[tp.partition], records)

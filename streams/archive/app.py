@@ -323,21 +323,7 @@ class Archiver:
                 room = max(1, settings.offline.flush_max_events - self._pending)
                 batch = await consumer.getmany(timeout_ms=500, max_records=min(room, 50_000))
                 for tp, messages in batch.items():
-                    self.take(
-                        tp,
-                        [
-                            RawRecord(
-                                m.topic,
-                                m.partition,
-                                m.offset,
-                                m.timestamp,
-                                m.key,
-                                m.value,
-                                list(m.headers or ()),
-                            )
-                            for m in messages
-                        ],
-                    )
+                    self.take(tp, [RawRecord.of(m) for m in messages])
                 if self.due():
                     await self.flush()
             await self.flush()

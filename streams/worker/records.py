@@ -12,7 +12,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from driftline.drift.quality import QualityReport
 from driftline.schemas import REASONS, EventParser, InvalidEvent, ParsedEvent, Rejection
@@ -28,6 +28,14 @@ class RawRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes]]
+
+    @classmethod
+    def of(cls, message: Any) -> RawRecord:
+        """An aiokafka ``ConsumerRecord`` (its timestamp in ms) as the verdicts take it."""
+        m = message
+        return cls(
+            m.topic, m.partition, m.offset, m.timestamp, m.key, m.value, list(m.headers or ())
+        )
 
 
 @dataclass
