@@ -400,13 +400,7 @@ class _Job:
     # -- the work ---------------------------------------------------------------
 
     def _scan(self, tops: Mapping[int, int]) -> pl.LazyFrame:
-        cond = pl.lit(False)
-        for p, top in tops.items():
-            cond = cond | (
-                (pl.col("_partition") == p)
-                & (pl.col("_offset") >= self._log_from.get(p, 0))
-                & (pl.col("_offset") <= top)
-            )
+        cond = _offsets(tops, self._log_from)
         since = pl.lit(self.from_ms).cast(pl.Datetime("ms", "UTC"))
         return (
             self.log.scan(self.source)
@@ -429,9 +423,7 @@ class _Job:
         """Per partition in the log: its first offset, its oldest event time up to the mark."""
         if not tops or not self.log.exists(self.source):
             return {}
-        cond = pl.lit(False)
-        for p, top in tops.items():
-            cond = cond | ((pl.col("_partition") == p) & (pl.col("_offset") <= top))
+        cond = _offsets(tops, {})
         frame = (
             self.log.scan(self.source)
             .filter(pl.col("_topic") == self.topic)
@@ -822,6 +814,15 @@ class _Job:
         )
         key = self.store.layout.registry_key(self.group.name)
         await self.store.client.hset(key, backfill_field(self.group.version), record.to_record())
+
+
+def _offsets(tops: Mapping[int, int], lows: Mapping[int, int]) -> pl.Expr:
+    """Rows of each partition from its ``lows`` offset (else 0) up to its ``tops`` one."""
+    cond = pl.lit(False)
+    for p, top in tops.items():
+        rows = (pl.col("_partition") == p) & (pl.col("_offset") <= top)
+        cond = cond | (rows & (pl.col("_offset") >= lows[p]) if p in lows else rows)
+    return cond
 
 
 def _of(counts: Mapping[tuple[Any, int], int], partition: int) -> int:

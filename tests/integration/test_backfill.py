@@ -263,23 +263,31 @@ class _Crash(Exception):
     pass
 
 
+def crash_at(group: FeatureGroup, at: int) -> Any:
+    """``RedisFeatureStore.apply`` that raises :class:`_Crash` at the backfill's write ``at``
+    of ``group`` (1 = its first), and writes everything else as the store does."""
+    real = RedisFeatureStore.apply
+    calls = 0
+
+    async def crashing(self: RedisFeatureStore, source: str, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        if source == backfill_source(SOURCE, group):
+            calls += 1
+            if calls == at:
+                raise _Crash
+        return await real(self, source, *args, **kwargs)
+
+    return crashing
+
+
 async def test_an_interrupted_backfill_resumes_without_counting_twice(
     backend: tuple[RedisClient, Path, int, bool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, config, shards, _ = backend
     store, v2, events, _ = await _prepare(client, config, shards, seed=11)
     real = RedisFeatureStore.apply
-    calls = 0
-
-    async def crashing(self: RedisFeatureStore, source: str, *args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        if source == backfill_source(SOURCE, v2):
-            calls += 1
-            if calls == 4:
-                raise _Crash  # mid-way: some partitions written, one not at all
-        return await real(self, source, *args, **kwargs)
-
-    monkeypatch.setattr(RedisFeatureStore, "apply", crashing)
+    # mid-way: some partitions written, one not at all
+    monkeypatch.setattr(RedisFeatureStore, "apply", crash_at(v2, 4))
     with pytest.raises(EffectFailed) as crash:  # writes of at most 5 entities: many of them
         await backfill(
             load_settings(config), str(config), "spend", from_text=_from(), progress=False,
@@ -335,7 +343,7 @@ async def test_any_handover_and_any_interruption_give_the_uninterrupted_version(
         for p, evs in events.items()
     }
     per_write = data.draw(st.integers(1, 12), label="entities per write")
-    crash_at = data.draw(st.integers(1, 30), label="crash at write")
+    crash_on = data.draw(st.integers(1, 30), label="crash at write")
     with tempfile.TemporaryDirectory() as tmp:
         client = connect_redis(redis_url)
         prefix = f"bfh{uuid.uuid4().hex[:6]}"
@@ -346,22 +354,13 @@ async def test_any_handover_and_any_interruption_give_the_uninterrupted_version(
                 client, config, 1, seed, events, handovers, unassigned=None
             )
             real = RedisFeatureStore.apply
-            calls = 0
-
-            async def crashing(self: RedisFeatureStore, source: str, *a: Any, **k: Any) -> Any:
-                nonlocal calls
-                if source == backfill_source(SOURCE, v2):
-                    calls += 1
-                    if calls == crash_at:
-                        raise _Crash
-                return await real(self, source, *a, **k)
 
             since = dt.datetime.fromtimestamp((MIDNIGHT - 60_000) / 1000, dt.UTC).isoformat()
             run = functools.partial(
                 backfill, load_settings(config), str(config), "spend",
                 from_text=since, progress=False, max_entities=per_write, wait_s=5,
             )  # fmt: skip
-            RedisFeatureStore.apply = crashing  # type: ignore[method-assign]
+            RedisFeatureStore.apply = crash_at(v2, crash_on)  # type: ignore[method-assign]
             try:
                 await run()
             except EffectFailed as exc:

@@ -38,12 +38,12 @@ from driftline.sinks.feature_store import RedisFeatureStore
 from driftline.sinks.offline_log import LogLayout, OfflineLog
 from driftline.sinks.redis_client import RedisClient, connect_redis
 from driftline.streams import backfill_topic
-from driftline.streams.backfill import BackfillError, backfill, backfill_source
+from driftline.streams.backfill import BackfillError, backfill
 from driftline.streams.backfill_topic import TopicReader
 from driftline.streams.local.embedded import create_topics
 from driftline.streams.settings import load_settings
 from driftline.streams.worker.retry import EffectFailed
-from tests.integration.test_backfill import CONTRACT, V1, V2, _check, _from
+from tests.integration.test_backfill import CONTRACT, V1, V2, _check, _Crash, _from, crash_at
 
 SOURCE = "transactions"
 T0 = 1_700_000_000_000
@@ -345,10 +345,6 @@ async def test_backfill_reads_the_topic_below_the_log(
     assert progress.log_from == below
 
 
-class _Crash(Exception):
-    pass
-
-
 async def test_a_resumed_backfill_keeps_its_plan_when_the_log_grows_below(
     kafka_bootstrap: str,
     redis_url: str,
@@ -367,15 +363,7 @@ async def test_a_resumed_backfill_keeps_its_plan_when_the_log_grows_below(
     cleanup.append(setup.client)
     v2 = FeatureGroup.from_config(V2)
     real = RedisFeatureStore.apply
-    calls = 0
-
-    async def crashing(self: RedisFeatureStore, source: str, *args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        if source == backfill_source(SOURCE, v2):
-            calls += 1
-            if calls == 150:  # among the topic's records
-                raise _Crash
-        return await real(self, source, *args, **kwargs)
+    crashing = crash_at(v2, 150)  # among the topic's records
 
     run = functools.partial(
         backfill, load_settings(setup.config), str(setup.config), "spend",
@@ -438,7 +426,7 @@ async def test_any_log_start_handover_and_interruption_give_the_uninterrupted_ve
         p: data.draw(st.integers(-1, k - 1), label=f"handover {p}") for p, k in sizes.items()
     }
     per_write = data.draw(st.integers(1, 12), label="entities per write")
-    crash_at = data.draw(st.integers(1, 40), label="crash at write")
+    crash_on = data.draw(st.integers(1, 40), label="crash at write")
     with tempfile.TemporaryDirectory() as tmp:
         setup = await _prepare(
             kafka_bootstrap, redis_url, 1, Path(tmp), seed, n, log_starts, handovers
@@ -446,21 +434,12 @@ async def test_any_log_start_handover_and_interruption_give_the_uninterrupted_ve
         try:
             v2 = FeatureGroup.from_config(V2)
             real = RedisFeatureStore.apply
-            calls = 0
-
-            async def crashing(self: RedisFeatureStore, source: str, *a: Any, **k: Any) -> Any:
-                nonlocal calls
-                if source == backfill_source(SOURCE, v2):
-                    calls += 1
-                    if calls == crash_at:
-                        raise _Crash
-                return await real(self, source, *a, **k)
 
             run = functools.partial(
                 backfill, load_settings(setup.config), str(setup.config), "spend",
                 from_text=_from(), progress=False, max_entities=per_write, wait_s=10,
             )  # fmt: skip
-            RedisFeatureStore.apply = crashing  # type: ignore[method-assign]
+            RedisFeatureStore.apply = crash_at(v2, crash_on)  # type: ignore[method-assign]
             try:
                 await run()
             except EffectFailed as exc:
@@ -505,15 +484,7 @@ async def test_records_judged_otherwise_after_retention_are_not_counted_twice(
     cleanup.append(setup.client)
     v2 = FeatureGroup.from_config(V2)
     real = RedisFeatureStore.apply
-    calls = 0
-
-    async def crashing(self: RedisFeatureStore, source: str, *args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        if source == backfill_source(SOURCE, v2):
-            calls += 1
-            if calls == 10:  # offsets 19..12, then 10 written (one event each); 9 is next
-                raise _Crash
-        return await real(self, source, *args, **kwargs)
+    crashing = crash_at(v2, 10)  # offsets 19..12, then 10 written (one event each); 9 is next
 
     said: list[str] = []
     run = functools.partial(
